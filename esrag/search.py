@@ -1,0 +1,142 @@
+"""HybridSearcher: embed the query once, fetch BM25 and kNN candidates in one store round trip, fuse."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from esrag.config import Settings
+from esrag.embedders.base import Embedder
+from esrag.errors import ConfigError, ModelMismatchError
+from esrag.fusion import Fused, linear_fusion, rrf_fusion
+from esrag.stores.base import Store
+from esrag.types import Filters, Hit, ScoredChunk, SearchRequest
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    hits: list[Hit]
+    request: SearchRequest
+    mode: str
+    fusion: str
+    alpha: float
+    normalization: str
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+def check_model(store: Store, embedder: Embedder) -> None:
+    """Raise ModelMismatchError if the index was built with another model or dims than ``embedder``."""
+    meta = store.read_meta()
+    if meta is None:
+        return
+    if meta.model != embedder.model_name or meta.dims != embedder.dims:
+        where = store.describe().get("index", "")
+        raise ModelMismatchError(
+            f"index {where!r} was built with model {meta.model!r} ({meta.dims} dims), but the configured "
+            f"model is {embedder.model_name!r} ({embedder.dims} dims); use --model {meta.model!r} or "
+            f"re-ingest into a new index"
+        )
+
+
+def fuse(
+    sparse: list[ScoredChunk],
+    dense: list[ScoredChunk],
+    mode: str,
+    fusion: str,
+    alpha: float,
+    normalization: str,
+    rrf_k: int,
+) -> list[Hit]:
+    """Turn the two candidate lists into Hits, best first (all of them: the caller cuts to k)."""
+    if mode == "bm25":
+        alpha, dense = 0.0, []
+    elif mode == "dense":
+        alpha, sparse = 1.0, []
+    if fusion == "rrf":
+        fused = rrf_fusion([(c.id, c.score) for c in sparse], [(c.id, c.score) for c in dense], rrf_k, alpha)
+    else:
+        fused = linear_fusion([(c.id, c.score) for c in sparse], [(c.id, c.score) for c in dense], alpha,
+                              normalization)
+    by_id = {c.id: c for c in dense}
+    by_id.update({c.id: c for c in sparse})
+    return [_hit(f, by_id[f.id]) for f in fused]
+
+
+def _hit(f: Fused, c: ScoredChunk) -> Hit:
+    return Hit(
+        id=c.id, doc_id=c.doc_id, source=c.source, title=c.title, text=c.text, chunk_index=c.chunk_index,
+        score=f.score, bm25_score=f.sparse_score, dense_score=f.dense_score, bm25_rank=f.sparse_rank,
+        dense_rank=f.dense_rank, bm25_norm=f.sparse_norm, dense_norm=f.dense_norm, metadata=c.metadata,
+    )
+
+
+class HybridSearcher:
+    """Search one store with one embedder. Defaults come from Settings; each call may override them."""
+
+    def __init__(self, store: Store, embedder: Embedder | None, settings: Settings) -> None:
+        self.store = store
+        self.embedder = embedder
+        self.settings = settings
+        self._checked = False
+
+    def build_request(
+        self,
+        query: str,
+        mode: str | None = None,
+        candidates: int | None = None,
+        filters: Filters | None = None,
+    ) -> SearchRequest:
+        mode = mode or self.settings.mode
+        candidates = candidates or self.settings.candidates
+        vector = None
+        if mode in ("hybrid", "dense"):
+            if self.embedder is None:
+                raise ConfigError(f"mode {mode!r} needs an embedding model")
+            if not self._checked:
+                check_model(self.store, self.embedder)
+                self._checked = True
+            vector = self.embedder.embed_query(query)
+        return SearchRequest(
+            text=query if mode in ("hybrid", "bm25") else None,
+            vector=vector,
+            candidates=candidates,
+            filters=dict(filters or {}),
+            num_candidates=max(2 * candidates, candidates + 10),
+        )
+
+    def search(
+        self,
+        query: str,
+        k: int | None = None,
+        mode: str | None = None,
+        alpha: float | None = None,
+        fusion: str | None = None,
+        normalization: str | None = None,
+        filters: Filters | None = None,
+        candidates: int | None = None,
+        rrf_k: int | None = None,
+    ) -> SearchResult:
+        s = self.settings
+        mode = mode or s.mode
+        k = k or s.k
+        alpha = s.alpha if alpha is None else alpha
+        if not 0.0 <= alpha <= 1.0:
+            raise ConfigError(f"alpha must be between 0 and 1, got {alpha}")
+        fusion = fusion or s.fusion
+        normalization = normalization or s.normalization
+        candidates = max(candidates or s.candidates, k)
+        t0 = time.perf_counter()
+        request = self.build_request(query, mode, candidates, filters)
+        t1 = time.perf_counter()
+        response = self.store.search(request)
+        t2 = time.perf_counter()
+        hits = fuse(response.sparse, response.dense, mode, fusion, alpha, normalization, rrf_k or s.rrf_k)[:k]
+        t3 = time.perf_counter()
+        timings = {"embed_ms": (t1 - t0) * 1e3, "store_ms": (t2 - t1) * 1e3, "fuse_ms": (t3 - t2) * 1e3}
+        return SearchResult(hits, request, mode, fusion, alpha, normalization, timings)
+
+    def explain(self, result: SearchResult) -> dict[str, Any]:
+        """The native request (paste into Kibana Dev Tools for ES) and the per-hit arithmetic."""
+        return {"request": self.store.explain_request(result.request), "mode": result.mode,
+                "fusion": result.fusion, "alpha": result.alpha, "normalization": result.normalization}

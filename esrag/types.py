@@ -1,0 +1,242 @@
+"""Frozen dataclasses passed between modules: the currency of esrag.
+
+Nothing here does I/O. Ids and hashes are content-addressed so that re-running an ingest computes the same
+ids for the same input, which is what makes incremental ingest and crash recovery exact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+MetadataValue = str | int | float | bool
+Metadata = Mapping[str, MetadataValue]
+#: Filters: field -> accepted values. Different keys are ANDed, values of one key are ORed.
+#: Keys ``doc_id``, ``source`` and ``title`` address those fields; any other key addresses ``metadata.<key>``.
+Filters = Mapping[str, tuple[str, ...]]
+
+TOP_LEVEL_FILTER_FIELDS = frozenset({"doc_id", "source", "title"})
+
+
+def sha256_hex(*parts: str) -> str:
+    """Hex SHA-256 of the parts joined with NUL, so ("ab", "c") and ("a", "bc") differ."""
+    h = hashlib.sha256()
+    for i, p in enumerate(parts):
+        if i:
+            h.update(b"\x00")
+        h.update(p.encode("utf-8", "surrogatepass"))
+    return h.hexdigest()
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+@dataclass(frozen=True)
+class Document:
+    """One source document: a file, a JSONL line, a BEIR corpus entry.
+
+    ``doc_id`` is stable across runs (a normalised path, or the id given in JSONL). ``decode_errors`` counts
+    bytes that were not valid UTF-8 and were replaced.
+    """
+
+    doc_id: str
+    source: str
+    text: str
+    title: str = ""
+    metadata: Metadata = field(default_factory=dict)
+    decode_errors: int = 0
+
+    def sha(self, chunker_signature: str = "") -> str:
+        """Hash of everything that determines this document's chunks: text, title, metadata and the
+        chunking parameters. Equal hashes mean re-ingesting would produce identical chunks."""
+        return sha256_hex(self.doc_id, self.title, self.text, canonical_json(dict(self.metadata)),
+                          chunker_signature)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A piece of a document, the unit that is embedded and stored (one ES document per chunk).
+
+    ``start``/``end`` are character offsets into the document text. ``chunk_count`` is the number of chunks
+    of the whole document, stored on each chunk so that a store can tell a complete document from one whose
+    write was interrupted.
+    """
+
+    id: str
+    doc_id: str
+    source: str
+    title: str
+    text: str
+    chunk_index: int
+    chunk_count: int
+    start: int
+    end: int
+    chunk_sha: str
+    doc_sha: str
+    metadata: Metadata = field(default_factory=dict)
+
+    @staticmethod
+    def make_id(doc_id: str, doc_sha: str, chunk_index: int, chunk_sha: str) -> str:
+        """Content-addressed chunk id: same document version, position and text give the same id."""
+        return sha256_hex(doc_id, doc_sha, str(chunk_index), chunk_sha)[:40]
+
+
+@dataclass(frozen=True)
+class EmbeddedChunk:
+    """A chunk with its L2-normalised float32 embedding, ready to write."""
+
+    chunk: Chunk
+    embedding: np.ndarray
+
+
+@dataclass(frozen=True)
+class ChunkRef:
+    """What a store reports about a stored chunk for incremental ingest (no text, no vector)."""
+
+    id: str
+    doc_id: str
+    doc_sha: str
+    chunk_sha: str
+    chunk_count: int
+
+
+@dataclass(frozen=True)
+class ScoredChunk:
+    """One result of one retrieval side (BM25 or kNN), with the store's raw score."""
+
+    id: str
+    score: float
+    doc_id: str
+    source: str
+    title: str
+    text: str
+    chunk_index: int
+    metadata: Metadata = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    """What the searcher asks a store for: up to ``candidates`` hits per side.
+
+    ``text`` None skips the BM25 side, ``vector`` None skips the kNN side. ``num_candidates`` is the kNN
+    graph-search breadth (ES ``num_candidates``); stores with exact search ignore it.
+    """
+
+    text: str | None
+    vector: np.ndarray | None
+    candidates: int
+    filters: Filters = field(default_factory=dict)
+    num_candidates: int | None = None
+
+
+@dataclass(frozen=True)
+class SearchResponse:
+    sparse: list[ScoredChunk]
+    dense: list[ScoredChunk]
+    took_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class Hit:
+    """A fused search result. Raw and normalised per-side scores are kept for ``--explain``.
+
+    A side that did not return this chunk has ``None`` raw score and rank and contributes 0 to the fusion.
+    """
+
+    id: str
+    doc_id: str
+    source: str
+    title: str
+    text: str
+    chunk_index: int
+    score: float
+    bm25_score: float | None
+    dense_score: float | None
+    bm25_rank: int | None
+    dense_rank: int | None
+    bm25_norm: float
+    dense_norm: float
+    metadata: Metadata = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "doc_id": self.doc_id,
+            "source": self.source,
+            "title": self.title,
+            "chunk_index": self.chunk_index,
+            "score": self.score,
+            "bm25_score": self.bm25_score,
+            "dense_score": self.dense_score,
+            "bm25_rank": self.bm25_rank,
+            "dense_rank": self.dense_rank,
+            "bm25_norm": self.bm25_norm,
+            "dense_norm": self.dense_norm,
+            "metadata": dict(self.metadata),
+            "text": self.text,
+        }
+
+
+@dataclass(frozen=True)
+class IndexMeta:
+    """What an index was built with. Recorded in ES ``_meta`` (or the SQLite meta table) and checked on
+    every open, so that querying with another model is an error rather than silent garbage."""
+
+    model: str
+    dims: int
+    similarity: str = "cosine"
+    normalized: bool = True
+    chunk_size: int = 256
+    chunk_overlap: int = 32
+    esrag_version: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "dims": self.dims,
+            "similarity": self.similarity,
+            "normalized": self.normalized,
+            "chunk_size": self.chunk_size,
+            "chunk_overlap": self.chunk_overlap,
+            "esrag_version": self.esrag_version,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> IndexMeta:
+        return cls(
+            model=str(d["model"]),
+            dims=int(d["dims"]),
+            similarity=str(d.get("similarity", "cosine")),
+            normalized=bool(d.get("normalized", True)),
+            chunk_size=int(d.get("chunk_size", 256)),
+            chunk_overlap=int(d.get("chunk_overlap", 32)),
+            esrag_version=str(d.get("esrag_version", "")),
+        )
+
+
+@dataclass(frozen=True)
+class Counts:
+    documents: int
+    chunks: int
+
+
+@dataclass(frozen=True)
+class WriteError:
+    """One chunk the store failed to write, with the file it came from."""
+
+    chunk_id: str
+    source: str
+    reason: str
+    status: int | None = None
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    written: int
+    errors: tuple[WriteError, ...] = ()
