@@ -1,7 +1,9 @@
 """Score normalisation and fusion of a BM25 list and a kNN list. Pure functions, no I/O.
 
 Linear fusion: ``hybrid = (1 - alpha) * norm(sparse) + alpha * norm(dense)`` over the union of both lists;
-a chunk one side did not return counts 0 on that side. Normalisation is per list:
+a chunk one side did not return counts 0 on that side -- or that side's lowest normalised score, if that is
+below 0 (z-scores): a chunk a side did not return is never ranked above one it did. Normalisation is per
+list:
 
 - ``minmax``: ``(s - min) / (max - min)``; a list whose scores are all equal (or a single hit) maps to 1.0.
 - ``zscore``: ``(s - mean) / std`` (population std); all-equal scores map to 0.0.
@@ -100,9 +102,11 @@ def linear_fusion(
     s_ids, d_ids = list(s_ranked), list(d_ranked)
     s_norm = dict(zip(s_ids, normalize([s_ranked[i][1] for i in s_ids], normalization), strict=True))
     d_norm = dict(zip(d_ids, normalize([d_ranked[i][1] for i in d_ids], normalization), strict=True))
+    s_floor = min(0.0, *s_norm.values()) if s_norm else 0.0
+    d_floor = min(0.0, *d_norm.values()) if d_norm else 0.0
     out = []
     for doc in dict.fromkeys(s_ids + d_ids):
-        sn, dn = s_norm.get(doc, 0.0), d_norm.get(doc, 0.0)
+        sn, dn = s_norm.get(doc, s_floor), d_norm.get(doc, d_floor)
         s, d = s_ranked.get(doc), d_ranked.get(doc)
         out.append(Fused(
             id=doc,

@@ -26,7 +26,9 @@ def _isolate_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempP
     for key in list(os.environ):
         if key.startswith("ESRAG_") and not key.startswith("ESRAG_TEST_"):
             monkeypatch.delenv(key)
-    monkeypatch.setenv("ESRAG_CONFIG", str(tmp_path_factory.mktemp("cfg") / "esrag.toml"))
+    cfg = tmp_path_factory.mktemp("cfg") / "esrag.toml"
+    cfg.write_text("")
+    monkeypatch.setenv("ESRAG_CONFIG", str(cfg))
 
 
 @pytest.fixture(scope="session")

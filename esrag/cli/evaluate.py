@@ -1,0 +1,241 @@
+"""``esrag eval`` and ``esrag tune``: retrieval quality on a BEIR-layout dataset.
+
+Thin: parse options, resolve settings, call esrag.evaluation / esrag.tuning, print."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+
+from esrag.cli.common import build_settings, load_embedder, model_options, open_store, store_options
+from esrag.config import NORMALIZATIONS, Settings, save_settings
+from esrag.errors import BulkWriteError, ConfigError
+
+METRIC_HEADERS = {"ndcg@10": "nDCG@10", "mrr@10": "MRR@10", "recall@100": "R@100"}
+
+dataset_argument = click.argument("dataset_dir",
+                                  type=click.Path(exists=True, file_okay=False, path_type=Path))
+
+eval_options = [
+    click.option("--split", default="test", show_default=True, help="Qrels split: qrels/SPLIT.tsv."),
+    click.option("--candidates", type=click.IntRange(min=1), default=300, show_default=True,
+                 help="Chunks fetched per side and query (documents are deduplicated from these)."),
+    click.option("--chunk-size", type=click.IntRange(min=1),
+                 help="Chunk size in model tokens. [default: 256]"),
+    click.option("--chunk-overlap", type=click.IntRange(min=0),
+                 help="Chunk overlap in tokens. [default: 32]"),
+    click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables."),
+    click.option("--progress/--no-progress", default=None,
+                 help="Progress bars on stderr. [default: when stderr is a terminal]"),
+]
+
+
+def common_eval_options(f: Any) -> Any:
+    """Dataset, store, model and chunking options shared by ``eval`` and ``tune``."""
+    for d in reversed([dataset_argument, *eval_options]):
+        f = d(f)
+    return model_options(store_options(f))
+
+
+@contextmanager
+def _prepared(dataset_dir: Path, split: str, progress: bool, options: dict[str, Any]) -> Iterator[Any]:
+    """Load the dataset, open the store and model, ingest incrementally; yields a context dict."""
+    from esrag.evaluation import eval_index_name, index_dataset, load_beir
+
+    dataset = load_beir(dataset_dir, split)
+    settings: Settings = build_settings(**{k: v for k, v in options.items() if k != "index"})
+    settings = settings.replace(index=options.get("index") or eval_index_name(dataset.name, settings.model))
+    embedder = load_embedder(settings)
+    store = open_store(settings)
+    try:
+        click.echo(f"Indexing {len(dataset.documents)} documents of {dataset.name} into "
+                   f"{settings.store_name} index {settings.index!r}...", err=True)
+        report = index_dataset(dataset, store, embedder, settings, progress)
+        click.echo(f"ingest: {report.documents_new} new, {report.documents_changed} changed, "
+                   f"{report.documents_unchanged} unchanged documents; {report.chunks_embedded} chunks "
+                   f"embedded in {report.seconds:.1f}s", err=True)
+        if not report.ok:
+            raise BulkWriteError(f"{len(report.errors)} chunks failed to write; first: "
+                                 f"{report.errors[0].reason}", tuple(report.errors))
+        yield {"dataset": dataset, "settings": settings, "embedder": embedder, "store": store,
+               "report": report}
+    finally:
+        store.close()
+
+
+def _progress(flag: bool | None) -> bool:
+    return sys.stderr.isatty() if flag is None else flag
+
+
+@click.command("eval")
+@common_eval_options
+@click.option("--methods", "methods", multiple=True, metavar="M[,M...]",
+              help="Methods to report: tfidf, bm25, dense, hybrid, rrf (comma-separated or repeated). "
+                   "[default: all]")
+@click.option("--alpha", type=click.FloatRange(0.0, 1.0),
+              help="Dense weight of hybrid. [default: from config]")
+@click.option("--normalization", type=click.Choice(NORMALIZATIONS),
+              help="Normaliser of hybrid. [default: from config]")
+@click.option("--rrf-k", type=click.IntRange(min=1), help="k of rrf. [default: from config]")
+@click.option("--runs", "runs_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Write one TREC run file per method into DIR (METHOD.trec).")
+def eval_cmd(dataset_dir: Path, split: str, candidates: int, as_json: bool, progress: bool | None,
+             methods: tuple[str, ...], runs_dir: Path | None, **options: Any) -> None:
+    """Evaluate retrieval on a BEIR-layout dataset: nDCG@10, MRR@10 and Recall@100 per method.
+
+    \b
+    DATASET_DIR holds corpus.jsonl, queries.jsonl and qrels/SPLIT.tsv. The corpus is
+    ingested (incrementally) into the index eval-<dataset>, every query is sent once
+    (BM25 and kNN candidates together), and bm25, dense, hybrid and rrf are fused from
+    those same candidates; tfidf is a whole-document scikit-learn baseline.
+    """
+    from esrag.evaluation import (
+        METRICS,
+        build_runs,
+        evaluate_run,
+        format_trec_run,
+        parse_methods,
+        percentile,
+        retrieve_candidates,
+    )
+
+    chosen = parse_methods(methods)
+    show = _progress(progress)
+    with _prepared(dataset_dir, split, show, options) as ctx:
+        settings, dataset = ctx["settings"], ctx["dataset"]
+        store_methods = [m for m in chosen if m != "tfidf"]
+        retrieval = None
+        if store_methods:
+            retrieval = retrieve_candidates(dataset.queries, ctx["store"], ctx["embedder"], candidates, show)
+        runs = build_runs(dataset, retrieval.candidates if retrieval else {}, chosen, settings.alpha,
+                          settings.normalization, settings.rrf_k)
+        results = {m: evaluate_run(dataset.qrels, runs[m], METRICS) for m in chosen}
+        report = ctx["report"]
+    if runs_dir is not None:
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        for m, run in runs.items():
+            (runs_dir / f"{m}.trec").write_text(format_trec_run(run, f"esrag-{m}"), encoding="utf-8")
+    out = {
+        "dataset": dataset.name,
+        "store": settings.store_name,
+        "index": settings.index,
+        "split": split,
+        "queries": len(dataset.queries),
+        "documents": len(dataset.documents),
+        "params": {"alpha": settings.alpha, "normalization": settings.normalization, "rrf_k": settings.rrf_k,
+                   "candidates": candidates, "model": settings.model},
+        "results": results,
+        "latency_ms": None if retrieval is None else {
+            "query_embedding_mean": retrieval.embed_ms,
+            "store_p50": percentile(retrieval.store_ms, 50),
+            "store_p95": percentile(retrieval.store_ms, 95),
+        },
+        "ingest": report.to_dict(),
+    }
+    if as_json:
+        click.echo(json.dumps(out, indent=2))
+        return
+    click.echo(f"{dataset.name} ({split}): {len(dataset.queries)} queries, {len(dataset.documents)} "
+               f"documents, {settings.store_name} index {settings.index!r}")
+    click.echo(f"hybrid: linear {settings.normalization} alpha={settings.alpha}; rrf: k={settings.rrf_k}")
+    click.echo("")
+    click.echo(f"{'method':<8}" + "".join(f"{METRIC_HEADERS[m]:>10}" for m in METRICS))
+    for m in chosen:
+        click.echo(f"{m:<8}" + "".join(f"{results[m][k]:>10.4f}" for k in METRICS))
+    if retrieval is not None:
+        click.echo(f"\nstore round trip p50 {percentile(retrieval.store_ms, 50):.1f} ms, "
+                   f"p95 {percentile(retrieval.store_ms, 95):.1f} ms; query embedding "
+                   f"{retrieval.embed_ms:.1f} ms/query (batched)")
+    if runs_dir is not None:
+        click.echo(f"runs written to {runs_dir}/")
+
+
+@click.command("tune")
+@common_eval_options
+@click.option("--step", type=click.FloatRange(0.0, 1.0, min_open=True), default=0.1, show_default=True,
+              help="Alpha step of the linear-fusion sweep.")
+@click.option("--rrf-ks", default="1,10,20,40,60,100", show_default=True, metavar="K[,K...]",
+              help="RRF k values to try.")
+@click.option("--folds", type=click.IntRange(min=2), default=5, show_default=True,
+              help="Cross-validation folds over queries.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the fold split.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the tuning curve as a PNG.")
+@click.option("--save", is_flag=True, help="Write the best fusion, alpha and normalisation to esrag.toml.")
+def tune(dataset_dir: Path, split: str, candidates: int, as_json: bool, progress: bool | None, step: float,
+         rrf_ks: str, folds: int, seed: int, plot_path: Path | None, save: bool, **options: Any) -> None:
+    """Sweep fusion settings on a BEIR-layout dataset and pick the best by nDCG@10.
+
+    \b
+    Linear fusion at alpha = 0, STEP, ..., 1 with each normaliser (minmax, zscore, none),
+    and RRF at each k. Candidates are fetched once per query and every setting is
+    re-fused in the client. The best setting is chosen on all queries (and saved with
+    --save); k-fold cross-validation over queries estimates how well choosing that way
+    does on queries it was not chosen on.
+    """
+    from esrag.evaluation import retrieve_candidates
+    from esrag.tuning import plot_curve, score_settings, sweep_settings, tune_to_dict
+    from esrag.tuning import tune as run_tune
+
+    try:
+        ks = [int(k) for k in rrf_ks.split(",") if k.strip()]
+    except ValueError as e:
+        raise click.BadParameter(f"expected comma-separated integers, got {rrf_ks!r}",
+                                 param_hint="--rrf-ks") from e
+    grid = sweep_settings(step, NORMALIZATIONS, ks)
+    show = _progress(progress)
+    with _prepared(dataset_dir, split, show, options) as ctx:
+        settings, dataset = ctx["settings"], ctx["dataset"]
+        if not 2 <= folds <= len(dataset.queries):
+            raise ConfigError(f"--folds must be between 2 and the number of queries ({len(dataset.queries)})")
+        retrieval = retrieve_candidates(dataset.queries, ctx["store"], ctx["embedder"], candidates, show)
+    scores = score_settings(dataset.qrels, retrieval.candidates, grid)
+    result = run_tune(scores, folds, seed)
+    saved = None
+    if save:
+        saved = save_settings(result.best.config_updates())
+    if plot_path is not None:
+        plot_curve(result, plot_path, f"{dataset.name}:")
+    out = {"dataset": dataset.name, "store": settings.store_name, "index": settings.index,
+           "queries": len(dataset.queries), **tune_to_dict(result),
+           "saved": str(saved) if saved else None, "plot": str(plot_path) if plot_path else None}
+    if as_json:
+        click.echo(json.dumps(out, indent=2))
+        return
+    _print_tune(result, dataset.name, len(dataset.queries))
+    if plot_path is not None:
+        click.echo(f"plot written to {plot_path}")
+    if saved is not None:
+        click.echo(f"saved {result.best.config_updates()} to {saved}")
+
+
+def _print_tune(result: Any, name: str, n_queries: int) -> None:
+    m = result.metric
+    linear = [s for s in result.curve if s.fusion == "linear"]
+    norms = list(dict.fromkeys(s.normalization for s in linear))
+    alphas = sorted({s.alpha for s in linear})
+    by_key = {(s.normalization, s.alpha): v for s, v in result.curve.items() if s.fusion == "linear"}
+    click.echo(f"{name}: {m} over {n_queries} queries\n")
+    click.echo("linear fusion")
+    click.echo(f"{'alpha':>6}" + "".join(f"{n:>10}" for n in norms))
+    for a in alphas:
+        click.echo(f"{a:>6.2f}" + "".join(f"{by_key[(n, a)]:>10.4f}" for n in norms))
+    rrf = sorted((s for s in result.curve if s.fusion == "rrf"), key=lambda s: s.rrf_k)
+    if rrf:
+        click.echo("\nrrf (equal weights)")
+        click.echo(f"{'k':>6}{m:>10}")
+        for s in rrf:
+            click.echo(f"{s.rrf_k:>6}{result.curve[s]:>10.4f}")
+    click.echo(f"\nbest on all queries: {result.best.label}: {m} {result.best_score:.4f} (optimistic: chosen "
+               "and scored on the same queries)")
+    click.echo(f"{result.folds}-fold cross-validation (seed {result.seed}): held-out {m} "
+               f"{result.cv.heldout_mean:.4f}")
+    for f in result.cv.folds:
+        click.echo(f"  fold {f.index}: chose {f.chosen.label} on {len(f.train_qids)} queries -> "
+                   f"{f.test_score:.4f} on {len(f.test_qids)} held-out")

@@ -1,0 +1,181 @@
+"""Index lifecycle commands: init, ingest, status, delete."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from esrag.cli.common import (
+    build_settings,
+    load_embedder,
+    model_options,
+    open_store,
+    parse_pairs,
+    store_options,
+)
+from esrag.config import INDEX_OPTIONS, SIMILARITIES
+from esrag.errors import IndexNotFoundError
+
+index_settings_options = [
+    click.option("--index-options", type=click.Choice(INDEX_OPTIONS),
+                 help="ES dense_vector index type. [default: int8_hnsw]"),
+    click.option("--similarity", type=click.Choice(SIMILARITIES), help="Vector similarity. [default: cosine]"),
+    click.option("--analyzer", metavar="NAME", help="ES analyzer for title/text. [default: standard]"),
+]
+
+
+def _index_settings(f: Any) -> Any:
+    for opt in reversed(index_settings_options):
+        f = opt(f)
+    return f
+
+
+@click.command()
+@store_options
+@model_options
+@_index_settings
+def init(**opts: Any) -> None:
+    """Create the index (mapping from mappings/chunks.json, dims from the model) if it does not exist.
+
+    `esrag ingest` does this too; run init to create an empty index up front, for example to look at
+    the mapping in Kibana before loading data.
+    """
+    from esrag.ingest import Ingestor
+
+    settings = build_settings(**opts)
+    store = open_store(settings)
+    ingestor = Ingestor(store, load_embedder(settings), settings)
+    created = store.ensure_index(ingestor.index_meta())
+    where = store.describe()
+    verb = "Created" if created else "Index already exists:"
+    click.echo(f"{verb} {where['index']} ({where['store']} at {where['location']}), model "
+               f"{ingestor.embedder.model_name}, {ingestor.embedder.dims} dims")
+
+
+@click.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=str))
+@click.option("--glob", "globs", multiple=True, metavar="PATTERN",
+              help="Only files matching PATTERN (relative to the directory given, '**' ok). Repeatable.")
+@click.option("--exclude", "excludes", multiple=True, metavar="PATTERN", help="Skip files matching. Repeatable.")
+@click.option("--metadata", "metadata", multiple=True, metavar="KEY=VALUE",
+              help="Metadata added to every chunk, usable with search --filter. Repeatable.")
+@click.option("--chunk-size", type=click.IntRange(min=16), help="Max chunk length in model tokens. [default: 256]")
+@click.option("--chunk-overlap", type=click.IntRange(min=0), help="Overlap in model tokens. [default: 32]")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar. [default: on when stderr is a terminal]")
+@store_options
+@model_options
+@_index_settings
+def ingest(paths: tuple[str, ...], globs: tuple[str, ...], excludes: tuple[str, ...],
+           metadata: tuple[str, ...], as_json: bool, progress: bool | None, **opts: Any) -> None:
+    """Load, chunk, embed and index files or directories.
+
+    \b
+    Supported: .txt .md .rst .html .htm .pdf .json .jsonl
+    (JSONL: one document per line with "text" and optional "id", "title", other fields -> metadata.)
+
+    Incremental: unchanged documents are skipped, changed ones have only their new chunks embedded,
+    and stale chunks are deleted after the new ones are written. Exits 1 if any chunk failed.
+
+    \b
+    Examples:
+      esrag ingest docs/
+      esrag ingest notes/ --glob '**/*.md' --exclude 'drafts/**' --metadata team=search
+      ESRAG_ES_URL=http://localhost:9200 esrag ingest handbook.pdf --index handbook
+    """
+    from esrag.ingest import Ingestor
+
+    meta = dict(parse_pairs(metadata, "--metadata"))
+    settings = build_settings(**opts)
+    store = open_store(settings)
+    embedder = load_embedder(settings)
+    show = click.get_text_stream("stderr").isatty() if progress is None else progress
+    ingestor = Ingestor(store, embedder, settings, progress=show)
+    report = ingestor.ingest_paths(list(paths), glob=globs, exclude=excludes, metadata=meta)
+    where = store.describe()
+    if as_json:
+        click.echo(json.dumps({"store": where, **report.to_dict()}, indent=2))
+    else:
+        _print_report(report, where)
+    if not report.ok:
+        raise SystemExit(1)
+
+
+def _print_report(report: Any, where: dict[str, Any]) -> None:
+    click.echo(f"Ingested into {where['index']} ({where['store']}: {where['location']})")
+    click.echo(f"  files        {report.files}  ({report.documents} documents: {report.documents_new} new, "
+               f"{report.documents_changed} changed, {report.documents_unchanged} unchanged)")
+    click.echo(f"  chunks       {report.chunks_written} written ({report.chunks_embedded} embedded, "
+               f"{report.chunks_reused} reused), {report.chunks_unchanged} unchanged, "
+               f"{report.chunks_deleted} deleted")
+    click.echo(f"  time         {report.seconds:.1f} s, {report.chunks_per_s:.1f} chunks/s")
+    if report.decode_errors:
+        click.echo(f"  decoding     {report.decode_errors} invalid UTF-8 sequence(s) replaced")
+    if report.skipped:
+        click.echo(f"  skipped      {len(report.skipped)}")
+        for s in report.skipped[:50]:
+            click.echo(f"    {s.path}: {s.reason}")
+        if len(report.skipped) > 50:
+            click.echo(f"    ... and {len(report.skipped) - 50} more (use --json for all)")
+    if report.errors:
+        click.secho(f"  errors       {len(report.errors)} chunk(s) failed to write", fg="red", err=True)
+        for e in report.errors[:50]:
+            status = f" [{e.status}]" if e.status else ""
+            click.secho(f"    {e.source}: {e.reason}{status}", fg="red", err=True)
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@store_options
+def status(as_json: bool, **opts: Any) -> None:
+    """Show the store, index, embedding model, dims and document/chunk counts."""
+    settings = build_settings(**opts)
+    store = open_store(settings)
+    info: dict[str, Any] = dict(store.describe())
+    meta = store.read_meta()
+    info["exists"] = meta is not None
+    if meta is not None:
+        counts = store.count()
+        info.update(model=meta.model, dims=meta.dims, similarity=meta.similarity,
+                    chunk_size=meta.chunk_size, chunk_overlap=meta.chunk_overlap,
+                    esrag_version=meta.esrag_version, documents=counts.documents, chunks=counts.chunks)
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    for key, value in info.items():
+        click.echo(f"{key:14} {value}")
+    if meta is None:
+        click.echo("The index does not exist yet: run `esrag ingest PATH` to create it.")
+
+
+@click.command()
+@click.option("--doc", "docs", multiple=True, metavar="PATH_OR_ID",
+              help="A document to remove: the file path given at ingest, or a doc_id. Repeatable.")
+@click.option("--all", "drop_all", is_flag=True, help="Delete the whole index.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation with --all.")
+@store_options
+def delete(docs: tuple[str, ...], drop_all: bool, yes: bool, **opts: Any) -> None:
+    """Remove documents (all their chunks) from the index, or the whole index with --all."""
+    if not docs and not drop_all:
+        raise click.UsageError("give --doc PATH (repeatable) or --all")
+    settings = build_settings(**opts)
+    store = open_store(settings)
+    where = store.describe()
+    if drop_all:
+        if not yes:
+            click.confirm(f"Delete index {where['index']} ({where['store']}: {where['location']})?", abort=True)
+        existed = store.drop()
+        click.echo(f"Deleted index {where['index']}." if existed else f"Index {where['index']} did not exist.")
+        return
+    if not store.exists():
+        raise IndexNotFoundError(f"index {where['index']!r} not found ({where['store']}: {where['location']})")
+    # A doc_id is the absolute path at ingest time; accept the path as typed too (the file may be gone).
+    ids = sorted({d for d in docs} | {Path(d).expanduser().resolve().as_posix() for d in docs})
+    deleted = store.delete_documents(ids)
+    click.echo(f"Deleted {deleted} chunk(s) of {len(docs)} document(s).")
+    if deleted == 0:
+        click.echo("No chunks matched: doc ids are absolute paths (see `esrag search --json`).", err=True)
+        raise SystemExit(1)

@@ -1,0 +1,97 @@
+"""``esrag search``."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from typing import Any
+
+import click
+
+from esrag.cli.common import (
+    build_settings,
+    check_alpha,
+    load_embedder,
+    model_options,
+    open_store,
+    parse_filters,
+    retrieval_options,
+    store_options,
+)
+
+
+@click.command()
+@click.argument("query")
+@click.option("-k", "k", type=click.IntRange(min=1), help="Number of results. [default: 10]")
+@retrieval_options
+@click.option("--explain", is_flag=True,
+              help="Show the per-hit fusion arithmetic and the exact store request (for ES: paste into Kibana "
+                   "Dev Tools).")
+@click.option("--json", "as_json", is_flag=True, help="Print hits as a JSON list.")
+@store_options
+@model_options
+def search(query: str, filters: tuple[str, ...], explain: bool, as_json: bool, **opts: Any) -> None:
+    """Hybrid search: BM25 and kNN in one round trip, fused in the client.
+
+    \b
+    hybrid = (1 - alpha) * norm(bm25) + alpha * norm(knn)    (--fusion linear)
+    hybrid = sum_i w_i / (rrf_k + rank_i)                      (--fusion rrf)
+
+    \b
+    Examples:
+      esrag search "reset a forgotten password"
+      esrag search "error 137" --mode bm25 -k 5
+      esrag search "scaling shards" --alpha 0.7 --filter team=search --explain
+    """
+    from esrag.search import HybridSearcher
+
+    check_alpha(opts.get("alpha"))
+    parsed_filters = parse_filters(filters)
+    settings = build_settings(**opts)
+    store = open_store(settings)
+    if not store.exists():
+        from esrag.errors import IndexNotFoundError
+
+        where = store.describe()
+        raise IndexNotFoundError(f"index {where['index']!r} not found ({where['store']}: {where['location']}); "
+                                 "run `esrag ingest PATH` first")
+    mode = settings.mode
+    embedder = load_embedder(settings) if mode != "bm25" else None
+    searcher = HybridSearcher(store, embedder, settings)
+    result = searcher.search(query, k=opts.get("k"), filters=parsed_filters)
+    if as_json:
+        out: Any = [h.to_dict() for h in result.hits]
+        if explain:
+            out = {"hits": out, "explain": searcher.explain(result), "timings_ms": result.timings_ms}
+        click.echo(json.dumps(out, indent=2, default=str))
+        return
+    if not result.hits:
+        click.echo("No results.")
+    for rank, hit in enumerate(result.hits, 1):
+        title = f" — {hit.title}" if hit.title else ""
+        click.secho(f"{rank:>2}. [{hit.score:.4f}] {hit.source}{title}  (chunk {hit.chunk_index})", bold=True)
+        click.echo(textwrap.indent(textwrap.shorten(" ".join(hit.text.split()), 300), "    "))
+        if explain:
+            click.echo(_arithmetic(hit, result))
+    if explain:
+        info = searcher.explain(result)
+        click.secho("\nRequest sent to the store:", bold=True)
+        req = info["request"]
+        click.echo(req.get("kibana") if isinstance(req, dict) and "kibana" in req else json.dumps(req, indent=2))
+        t = result.timings_ms
+        click.echo(f"\nembed {t['embed_ms']:.1f} ms, store {t['store_ms']:.1f} ms, fuse {t['fuse_ms']:.2f} ms")
+
+
+def _fmt(v: float | None) -> str:
+    return "—" if v is None else f"{v:.4f}"
+
+
+def _arithmetic(hit: Any, result: Any) -> str:
+    a = result.alpha
+    if result.fusion == "rrf":
+        return (f"    rrf: bm25 rank {hit.bm25_rank or '—'} -> {hit.bm25_norm:.5f}, "
+                f"knn rank {hit.dense_rank or '—'} -> {hit.dense_norm:.5f}; sum {hit.score:.5f}")
+    return (f"    bm25 {_fmt(hit.bm25_score)} (rank {hit.bm25_rank or '—'}) -> {result.normalization} "
+            f"{hit.bm25_norm:.4f}; knn {_fmt(hit.dense_score)} (rank {hit.dense_rank or '—'}) -> "
+            f"{hit.dense_norm:.4f}\n    hybrid = {1 - a:.2f} * {hit.bm25_norm:.4f} + {a:.2f} * "
+            f"{hit.dense_norm:.4f} = {hit.score:.4f}")
