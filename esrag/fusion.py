@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 NORMALIZATIONS = ("minmax", "zscore", "none")
 
 
-@dataclass(frozen=True)
-class Fused:
+class Fused(NamedTuple):
     id: str
     score: float
     sparse_score: float | None

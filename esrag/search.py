@@ -47,8 +47,9 @@ def fuse(
     alpha: float,
     normalization: str,
     rrf_k: int,
+    k: int | None = None,
 ) -> list[Hit]:
-    """Turn the two candidate lists into Hits, best first (all of them: the caller cuts to k)."""
+    """Turn the two candidate lists into the best ``k`` Hits (all of them when k is None), best first."""
     if mode == "bm25":
         alpha, dense = 0.0, []
     elif mode == "dense":
@@ -60,7 +61,7 @@ def fuse(
                               normalization)
     by_id = {c.id: c for c in dense}
     by_id.update({c.id: c for c in sparse})
-    return [_hit(f, by_id[f.id]) for f in fused]
+    return [_hit(f, by_id[f.id]) for f in fused[:k]]
 
 
 def _hit(f: Fused, c: ScoredChunk) -> Hit:
@@ -131,7 +132,7 @@ class HybridSearcher:
         t1 = time.perf_counter()
         response = self.store.search(request)
         t2 = time.perf_counter()
-        hits = fuse(response.sparse, response.dense, mode, fusion, alpha, normalization, rrf_k or s.rrf_k)[:k]
+        hits = fuse(response.sparse, response.dense, mode, fusion, alpha, normalization, rrf_k or s.rrf_k, k)
         t3 = time.perf_counter()
         timings = {"embed_ms": (t1 - t0) * 1e3, "store_ms": (t2 - t1) * 1e3, "fuse_ms": (t3 - t2) * 1e3}
         return SearchResult(hits, request, mode, fusion, alpha, normalization, timings)

@@ -27,8 +27,14 @@ from esrag.types import TOP_LEVEL_FILTER_FIELDS, EmbeddedChunk, Filters, IndexMe
 VECTOR_FIELD = "embedding"
 #: Fields the BM25 side searches (``multi_match`` best_fields: a chunk scores by its best field).
 TEXT_FIELDS = ("title", "text")
-#: ``_source`` filter of every search: vectors are large and the searcher never needs them.
-SOURCE_NO_VECTOR: dict[str, Any] = {"excludes": [VECTOR_FIELD]}
+#: ``_source`` fields every search returns: what a hit shows, nothing else (vectors are large, and bookkeeping
+#: fields like the hashes only cost parsing time on the client).
+SEARCH_SOURCE: list[str] = ["doc_id", "source", "title", "text", "chunk_index", "metadata"]
+#: ``filter_path`` of ``_msearch``: only what the searcher parses.
+MSEARCH_FILTER_PATH = (
+    "took,responses.status,responses.error,responses.hits.hits._id,responses.hits.hits._score,"
+    "responses.hits.hits._source"
+)
 #: Elasticsearch's default ``index.max_result_window`` and its hard ``num_candidates`` limit.
 MAX_RESULT_WINDOW = 10_000
 MAX_NUM_CANDIDATES = 10_000
@@ -122,7 +128,7 @@ def build_sparse_body(text: str, size: int, filters: Filters) -> dict[str, Any]:
         "size": _clamp(size, MAX_RESULT_WINDOW),
         "query": query,
         "track_total_hits": False,
-        "_source": copy.deepcopy(SOURCE_NO_VECTOR),
+        "_source": list(SEARCH_SOURCE),
     }
 
 
@@ -151,7 +157,7 @@ def build_dense_body(
     clauses = build_filter_clauses(filters)
     if clauses:
         knn["filter"] = clauses
-    return {"knn": knn, "size": k, "_source": copy.deepcopy(SOURCE_NO_VECTOR)}
+    return {"knn": knn, "size": k, "_source": list(SEARCH_SOURCE)}
 
 
 def build_msearch(index: str, request: SearchRequest) -> list[dict[str, Any]]:

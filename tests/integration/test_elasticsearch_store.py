@@ -298,7 +298,7 @@ def test_hybrid_search_is_exactly_one_http_request(es_store: MakeES) -> None:
     sent = _count_http_requests(store)
     resp = store.search(SearchRequest(text="words", vector=vecs[2], candidates=5, filters={"lang": ("en",)}))
     assert len(resp.sparse) == 5 and len(resp.dense) == 5
-    assert sent == [f"POST /{store.alias}/_msearch"]
+    assert [r.split("?")[0] for r in sent] == [f"POST /{store.alias}/_msearch"]
 
 
 def test_search_errors_carry_the_elasticsearch_reason(es_store: MakeES) -> None:

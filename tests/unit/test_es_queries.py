@@ -12,7 +12,7 @@ from esrag.config import Settings
 from esrag.stores import es_queries as q
 from esrag.types import Chunk, EmbeddedChunk, IndexMeta, SearchRequest
 
-NO_VECTOR = {"excludes": ["embedding"]}
+NO_VECTOR = ["doc_id", "source", "title", "text", "chunk_index", "metadata"]
 
 
 def test_template_has_null_placeholders_and_strict_mapping() -> None:
