@@ -323,6 +323,7 @@ class Ingestor:
             writes.put(("write", items))
             if plan.stale_ids:
                 writes.put(("delete", plan.doc.doc_id, plan.stale_ids))
+        writes.put(("flush",))  # one write per window at least: progress is durable as it is made
 
     def embedder_batch(self) -> int:
         return max(1, self.settings.batch_size)
@@ -354,6 +355,8 @@ class Ingestor:
                     batch.extend(item[1])
                     if len(batch) >= 500:
                         flush()
+                elif item[0] == "flush":
+                    flush()
                 else:
                     flush()
                     _, doc_id, stale = item

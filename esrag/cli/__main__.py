@@ -1,0 +1,3 @@
+from esrag.cli import main
+
+main()
