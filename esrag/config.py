@@ -25,6 +25,8 @@ FUSIONS = ("linear", "rrf")
 NORMALIZATIONS = ("minmax", "zscore", "none")
 MODES = ("hybrid", "bm25", "dense")
 INDEX_OPTIONS = ("hnsw", "int8_hnsw", "bbq_hnsw", "flat", "int8_flat")
+QUANTIZE = ("auto", "4bit", "none")
+GENERATORS = ("openai_compat", "transformers_local", "none")
 SIMILARITIES = ("cosine", "dot_product", "max_inner_product", "l2_norm")
 
 
@@ -66,11 +68,13 @@ class Settings:
     candidates: int = 100
     k: int = 10
     # generation
-    generator: str = "transformers_local"
+    generator: str | None = None  # None: openai_compat if llm_url is set, else transformers_local
     llm_url: str | None = None
     llm_model: str | None = None
     llm_api_key: str | None = None
     llm_timeout: float = 300.0
+    llm_context_tokens: int | None = None  # None: ask the server / read the model config
+    cache_dir: str | None = None  # None: $XDG_CACHE_HOME/esrag or ~/.cache/esrag
     max_new_tokens: int = 512
     temperature: float = 0.0
     quantize: str = "auto"  # auto | 4bit | none
@@ -83,6 +87,9 @@ class Settings:
         _check_choice("mode", self.mode, MODES)
         _check_choice("index_options", self.index_options, INDEX_OPTIONS)
         _check_choice("similarity", self.similarity, SIMILARITIES)
+        _check_choice("quantize", self.quantize, QUANTIZE)
+        if self.generator is not None:
+            _check_choice("generator", self.generator, GENERATORS)
         if not 0.0 <= self.alpha <= 1.0:
             raise ConfigError(f"alpha must be between 0 and 1, got {self.alpha}")
         for name in ("batch_size", "chunk_size", "candidates", "k", "rrf_k", "max_new_tokens", "rag_k"):
@@ -104,6 +111,14 @@ class Settings:
         if self.store:
             return self.store
         return "elasticsearch" if self.es_url else "sqlite"
+
+    @property
+    def generator_name(self) -> str:
+        """The generator to use: explicit choice, else openai_compat when an LLM URL is set, else
+        transformers_local."""
+        if self.generator:
+            return self.generator
+        return "openai_compat" if self.llm_url else "transformers_local"
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})

@@ -312,7 +312,7 @@ class Ingestor:
             for i, vec in zip(idx, embedded, strict=True):
                 vectors[i] = vec
         report.chunks_embedded += len(todo)
-        vec_by_id = {c.id: v for c, v in zip(todo, vectors, strict=True)}
+        vec_by_id = {c.id: v for c, v in zip(todo, vectors, strict=True) if v is not None}
         for plan in plans:
             if plan.is_new:
                 report.documents_new += 1

@@ -16,5 +16,7 @@ if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev
 fi
 echo "==> ruff"
 .venv/bin/ruff check esrag tests scripts
+echo "==> mypy"
+.venv/bin/mypy esrag
 echo "==> pytest"
 .venv/bin/pytest "$@"

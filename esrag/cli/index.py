@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +93,7 @@ def ingest(paths: tuple[str, ...], globs: tuple[str, ...], excludes: tuple[str, 
     settings = build_settings(**opts)
     store = open_store(settings)
     embedder = load_embedder(settings)
-    show = click.get_text_stream("stderr").isatty() if progress is None else progress
+    show = sys.stderr.isatty() if progress is None else progress
     ingestor = Ingestor(store, embedder, settings, progress=show)
     report = ingestor.ingest_paths(list(paths), glob=globs, exclude=excludes, metadata=meta)
     where = store.describe()

@@ -65,13 +65,11 @@ class SentenceTransformerEmbedder(Embedder):
             raise EmbeddingError(f"cannot load embedding model {model!r} (from {path}): {e}") from e
         if self.device.startswith("cuda"):
             self._model.half()
-        get_dims = getattr(self._model, "get_embedding_dimension", None) or getattr(
-            self._model, "get_sentence_embedding_dimension"
-        )
-        self.dims = int(get_dims())
+        get_dims = getattr(self._model, "get_embedding_dimension", None) or self._model.get_sentence_embedding_dimension
+        self.dims = int(get_dims() or 0)
         self._tokenizer = self._model.tokenizer
         special = int(self._tokenizer.num_special_tokens_to_add())
-        self.max_tokens = int(self._model.max_seq_length) - special
+        self.max_tokens = int(self._model.max_seq_length or 512) - special
 
     def embed_batch(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:

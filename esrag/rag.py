@@ -1,0 +1,430 @@
+"""Retrieval-augmented answers: retrieve, fit the passages into the model's context, prompt with numbered
+sources, stream the answer, and map its ``[n]`` citations back to the chunks they name.
+
+The pure parts (budget arithmetic, truncation, prompt building, citation parsing) are plain functions that
+take a token counter, so they are tested without a model. ``RagPipeline`` wires them to a
+``HybridSearcher`` and a ``Generator``::
+
+    pipeline = RagPipeline(searcher, generator, settings)
+    stream = pipeline.stream("how do I rotate the keys?")   # retrieval happens here
+    for piece in stream:                                      # generation happens here
+        print(piece, end="", flush=True)
+    answer = stream.answer                                    # citations, passages, timings
+
+or simply ``answer = pipeline.ask(question)``.
+
+When retrieval finds nothing relevant (no hits, or the best fused score is below ``settings.min_score``)
+the answer says so and the LLM is not called.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Sequence
+from collections.abc import Generator as PyGenerator
+from dataclasses import dataclass, field
+from typing import Any
+
+from esrag.config import Settings
+from esrag.errors import ConfigError
+from esrag.generators.base import Generator, Message
+from esrag.search import HybridSearcher
+from esrag.types import Hit
+
+TokenCounter = Callable[[str], int]
+
+SYSTEM_PROMPT = (
+    "You answer questions using only the numbered sources given by the user. After each statement, cite "
+    "the sources that support it by their numbers in square brackets, like [1] or [2][3]. If the sources "
+    "do not contain the answer, say that the sources do not answer the question. Do not use outside "
+    "knowledge and do not invent sources."
+)
+NO_CONTEXT_ANSWER = (
+    "I found nothing relevant to this question in the index, so I cannot answer it from the documents."
+)
+#: A passage cut shorter than this (in tokens) is dropped rather than kept as a fragment.
+MIN_PASSAGE_TOKENS = 32
+#: Tokens kept free when the generator counts exactly (joins can tokenize a little differently)...
+EXACT_MARGIN_TOKENS = 16
+#: ...and the fraction of the window kept free when it only estimates.
+ESTIMATE_MARGIN = 0.10
+PASSAGE_SEPARATOR = "\n\n"
+TRUNCATION_MARK = " …"
+
+_CITATION_RE = re.compile(r"\[(\s*\d+\s*(?:[,;–-]\s*\d+\s*)*)\]")
+
+
+# -- data ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Passage:
+    """A retrieved chunk as it was put in the prompt, numbered ``n`` (1-based, in rank order)."""
+
+    n: int
+    hit: Hit
+    text: str  # the chunk text, possibly truncated to fit
+    tokens: int  # tokens of the whole numbered block (header + text)
+    truncated: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        h = self.hit
+        return {"n": self.n, "chunk_id": h.id, "doc_id": h.doc_id, "source": h.source, "title": h.title,
+                "chunk_index": h.chunk_index, "score": h.score, "tokens": self.tokens,
+                "truncated": self.truncated, "text": self.text}
+
+
+@dataclass(frozen=True)
+class Citation:
+    """One ``[n]`` of the answer, resolved to the chunk it names."""
+
+    n: int
+    doc_id: str
+    source: str
+    chunk_id: str
+    title: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"n": self.n, "doc_id": self.doc_id, "source": self.source, "chunk_id": self.chunk_id,
+                "title": self.title}
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Milliseconds, measured with ``time.perf_counter``.
+
+    ``retrieval_ms``: embed + store + fuse. ``ttft_ms``: from handing the prompt to the generator to its
+    first non-empty piece of text (None when nothing was generated). ``generation_ms``: the whole generator
+    call. ``total_ms``: the whole ask, retrieval included. ``tokens``: answer tokens as the backend counted
+    them (else the generator's tokenizer or estimate). ``tokens_per_s``: ``tokens`` over ``generation_ms``
+    (prompt processing included), None when nothing was generated.
+    """
+
+    retrieval_ms: float = 0.0
+    ttft_ms: float | None = None
+    generation_ms: float = 0.0
+    total_ms: float = 0.0
+    tokens: int = 0
+    tokens_per_s: float | None = None
+    prompt_tokens: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"retrieval_ms": self.retrieval_ms, "ttft_ms": self.ttft_ms, "generation_ms": self.generation_ms,
+                "total_ms": self.total_ms, "tokens": self.tokens, "tokens_per_s": self.tokens_per_s,
+                "prompt_tokens": self.prompt_tokens}
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The outcome of one question.
+
+    ``citations`` are the valid ``[n]`` of ``text`` in order of first appearance; ``invalid_citations`` the
+    numbers that named no passage. ``retrieved`` is every hit retrieval returned, ``passages`` the ones that
+    fitted into the prompt. ``no_context`` is True when nothing relevant was retrieved and the LLM was not
+    called. ``generator`` is None for retrieval only (``--generator none``).
+    """
+
+    question: str
+    text: str
+    citations: list[Citation] = field(default_factory=list)
+    invalid_citations: list[int] = field(default_factory=list)
+    passages: list[Passage] = field(default_factory=list)
+    retrieved: list[Hit] = field(default_factory=list)
+    timings: Timings = field(default_factory=Timings)
+    no_context: bool = False
+    generator: str | None = None
+    model: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "question": self.question, "answer": self.text, "no_context": self.no_context,
+            "generator": self.generator, "model": self.model,
+            "citations": [c.to_dict() for c in self.citations], "invalid_citations": self.invalid_citations,
+            "passages": [p.to_dict() for p in self.passages], "retrieved": len(self.retrieved),
+            "timings": self.timings.to_dict(),
+        }
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What will be sent: the messages, the passages in them, and the budget they were fitted to."""
+
+    messages: list[Message]
+    passages: list[Passage]
+    budget_tokens: int | None  # None: no budget (retrieval only)
+    prompt_tokens: int = 0  # the whole prompt, chat template included (0 without a generator)
+
+
+# -- pure functions --------------------------------------------------------------------------------------
+
+
+def is_relevant(hits: Sequence[Hit], min_score: float) -> bool:
+    """Whether retrieval found something worth answering from: any hit, and the best fused score reaches
+    ``min_score`` (on the scale of the fusion used: [0, 1] for linear, ~1/60 per list for RRF)."""
+    return bool(hits) and hits[0].score >= min_score
+
+
+def passage_header(n: int, hit: Hit) -> str:
+    """``[n] source`` plus the title when there is one, e.g. ``[2] docs/keys.md — Rotating keys``."""
+    title = f" — {hit.title}" if hit.title and hit.title != hit.source else ""
+    return f"[{n}] {hit.source}{title}"
+
+
+def format_passage(n: int, hit: Hit, text: str) -> str:
+    return f"{passage_header(n, hit)}\n{text}"
+
+
+def prompt_budget(context_tokens: int, max_new_tokens: int, overhead_tokens: int, exact: bool) -> int:
+    """Tokens left for the numbered passages: the window minus the answer, the prompt without passages and a
+    safety margin (``EXACT_MARGIN_TOKENS``, or ``ESTIMATE_MARGIN`` of the window for estimated counts).
+    May be negative when the question alone does not fit."""
+    margin = EXACT_MARGIN_TOKENS if exact else max(EXACT_MARGIN_TOKENS, int(context_tokens * ESTIMATE_MARGIN))
+    return context_tokens - max_new_tokens - overhead_tokens - margin
+
+
+def truncate_to_tokens(text: str, max_tokens: int, count: TokenCounter, mark: str = TRUNCATION_MARK) -> str:
+    """The longest prefix of ``text``, cut at a word boundary and followed by ``mark``, whose token count
+    (mark included) is at most ``max_tokens``. Returns ``text`` itself when it fits, ``""`` when not even one
+    word does. Uses O(log n) calls of ``count``."""
+    if count(text) <= max_tokens:
+        return text
+    cuts = [m.start() for m in re.finditer(r"\s+", text)] + [len(text)]
+    lo, hi, best = 0, len(cuts) - 1, ""
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        candidate = text[: cuts[mid]].rstrip() + mark
+        if cuts[mid] > 0 and count(candidate) <= max_tokens:
+            best, lo = candidate, mid + 1
+        else:
+            hi = mid - 1
+    return best
+
+
+def fit_passages(
+    hits: Sequence[Hit], budget_tokens: int | None, count: TokenCounter, min_tokens: int = MIN_PASSAGE_TOKENS
+) -> list[Passage]:
+    """Number hits [1]..[n] in rank order, as many as fit into ``budget_tokens`` (None: all of them).
+
+    Whole passages are taken best-first. The first one that does not fit is truncated to the space left if
+    at least ``min_tokens`` remain, else dropped, and nothing after it is taken: the prompt always holds a
+    best-ranked prefix of the hits. Each passage costs its formatted block plus the separator.
+    """
+    passages: list[Passage] = []
+    used = 0
+    sep = count(PASSAGE_SEPARATOR) if hits else 0
+    for hit in hits:
+        n = len(passages) + 1
+        block = format_passage(n, hit, hit.text)
+        tokens = count(block) + sep
+        if budget_tokens is None or used + tokens <= budget_tokens:
+            passages.append(Passage(n, hit, hit.text, tokens))
+            used += tokens
+            continue
+        left = budget_tokens - used - sep - count(passage_header(n, hit) + "\n")
+        if left >= min_tokens:
+            text = truncate_to_tokens(hit.text, left, count)
+            if text:
+                passages.append(Passage(n, hit, text, count(format_passage(n, hit, text)) + sep, True))
+        break
+    return passages
+
+
+def build_messages(question: str, passages: Sequence[Passage], system_prompt: str = SYSTEM_PROMPT) -> list[Message]:
+    """The chat: a system message with the rules, and a user message with the numbered sources then the
+    question. Chat templates (local) or the server (openai_compat) turn it into the model's format."""
+    sources = PASSAGE_SEPARATOR.join(format_passage(p.n, p.hit, p.text) for p in passages)
+    user = f"Sources:\n\n{sources}\n\nQuestion: {question.strip()}"
+    return [Message("system", system_prompt), Message("user", user)]
+
+
+def parse_citations(text: str, n_passages: int) -> tuple[list[int], list[int]]:
+    """The source numbers cited in ``text``: (valid, invalid), each unique and in order of first appearance.
+
+    Understands ``[1]``, ``[1, 3]``, ``[1;3]`` and ranges ``[2-4]``/``[2–4]``. A number outside
+    1..``n_passages`` is invalid. Brackets holding anything else (``[a]``, ``[1.5]``, ``[]``) are ignored.
+    Ranges longer than ``n_passages`` are not expanded (a year range like ``[1990-2020]`` is not 31
+    citations): their two ends are checked instead.
+    """
+    valid: list[int] = []
+    invalid: list[int] = []
+    for match in _CITATION_RE.finditer(text):
+        for part in re.split(r"[,;]", match.group(1)):
+            ends = [int(x) for x in re.split(r"[–-]", part) if x.strip()]
+            if len(ends) == 2 and 0 < ends[1] - ends[0] < max(n_passages, 1):
+                numbers = list(range(ends[0], ends[1] + 1))
+            else:
+                numbers = ends
+            for number in numbers:
+                bucket = valid if 1 <= number <= n_passages else invalid
+                if number not in bucket:
+                    bucket.append(number)
+    return valid, invalid
+
+
+def resolve_citations(numbers: Sequence[int], passages: Sequence[Passage]) -> list[Citation]:
+    """Citation records for valid numbers (numbers without a passage are skipped)."""
+    by_n = {p.n: p for p in passages}
+    return [Citation(n, by_n[n].hit.doc_id, by_n[n].hit.source, by_n[n].hit.id, by_n[n].hit.title)
+            for n in numbers if n in by_n]
+
+
+def format_sources(citations: Sequence[Citation]) -> str:
+    """The ``Sources:`` block printed after an answer, one cited chunk per line ('' when none)."""
+    if not citations:
+        return ""
+    lines = [f"[{c.n}] {c.source}" + (f" — {c.title}" if c.title and c.title != c.source else "")
+             for c in citations]
+    return "Sources:\n" + "\n".join(lines)
+
+
+# -- the pipeline ----------------------------------------------------------------------------------------
+
+
+class AnswerStream:
+    """An iterator of answer text pieces; ``answer`` holds the full Answer once it is exhausted.
+
+    Made by ``RagPipeline.stream`` after retrieval; generation runs as it is iterated. Closing it early
+    (``close()``) stops the generator. A backend failure raises GeneratorError from iteration, with the text
+    produced so far in ``partial``. Without a generator, or without relevant context, the LLM is not called:
+    the stream yields nothing (retrieval only) or the single ``NO_CONTEXT_ANSWER`` piece.
+    """
+
+    def __init__(
+        self,
+        question: str,
+        generator: Generator | None,
+        prepared: Prepared,
+        retrieved: list[Hit],
+        relevant: bool,
+        started: float,
+        retrieval_ms: float,
+    ) -> None:
+        self.question = question
+        self.generator = generator
+        self.prepared = prepared
+        self.retrieved = retrieved
+        self.relevant = relevant
+        self._started = started
+        self._retrieval_ms = retrieval_ms
+        self._answer: Answer | None = None
+        self._pieces = self._run()
+
+    @property
+    def passages(self) -> list[Passage]:
+        return self.prepared.passages
+
+    @property
+    def answer(self) -> Answer:
+        """The finished Answer; raises RuntimeError while the stream has not been consumed."""
+        if self._answer is None:
+            raise RuntimeError("the answer is not complete: iterate the stream to the end first")
+        return self._answer
+
+    def __iter__(self) -> AnswerStream:
+        return self
+
+    def __next__(self) -> str:
+        return next(self._pieces)
+
+    def close(self) -> None:
+        self._pieces.close()
+
+    def _finish(self, text: str, timings: Timings, citations: list[Citation] | None = None,
+                invalid: list[int] | None = None) -> None:
+        g = self.generator
+        self._answer = Answer(
+            question=self.question, text=text, citations=citations or [], invalid_citations=invalid or [],
+            passages=self.prepared.passages, retrieved=self.retrieved, timings=timings,
+            no_context=not self.relevant, generator=g.name if g is not None else None,
+            model=g.model if g is not None else None,
+        )
+
+    def _run(self) -> PyGenerator[str, None, None]:
+        g = self.generator
+        if g is None or not self.relevant:
+            text = "" if g is None else NO_CONTEXT_ANSWER
+            if text:
+                yield text
+            total_ms = (time.perf_counter() - self._started) * 1e3
+            self._finish(text, Timings(retrieval_ms=self._retrieval_ms, total_ms=total_ms))
+            return
+        parts: list[str] = []
+        ttft_ms: float | None = None
+        t_gen = time.perf_counter()
+        for piece in g.stream(self.prepared.messages):
+            if ttft_ms is None and piece:
+                ttft_ms = (time.perf_counter() - t_gen) * 1e3
+            parts.append(piece)
+            yield piece
+        t_end = time.perf_counter()
+        text = "".join(parts)
+        tokens = g.last_completion_tokens if g.last_completion_tokens is not None else g.count_tokens(text)
+        generation_ms = (t_end - t_gen) * 1e3
+        valid, invalid = parse_citations(text, len(self.prepared.passages))
+        timings = Timings(
+            retrieval_ms=self._retrieval_ms, ttft_ms=ttft_ms, generation_ms=generation_ms,
+            total_ms=(time.perf_counter() - self._started) * 1e3, tokens=tokens,
+            tokens_per_s=tokens / (generation_ms / 1e3) if tokens and generation_ms > 0 else None,
+            prompt_tokens=self.prepared.prompt_tokens,
+        )
+        self._finish(text, timings, resolve_citations(valid, self.prepared.passages), invalid)
+
+
+class RagPipeline:
+    """Answers questions from one searcher with one generator (None: retrieval only)."""
+
+    def __init__(
+        self,
+        searcher: HybridSearcher,
+        generator: Generator | None,
+        settings: Settings,
+        system_prompt: str = SYSTEM_PROMPT,
+    ) -> None:
+        self.searcher = searcher
+        self.generator = generator
+        self.settings = settings
+        self.system_prompt = system_prompt
+
+    def retrieve(self, question: str, **search_kwargs: Any) -> list[Hit]:
+        """The top ``settings.rag_k`` hits (``k=`` overrides), best first. Other keyword arguments go to
+        ``HybridSearcher.search`` (mode, alpha, fusion, normalization, filters, candidates)."""
+        search_kwargs.setdefault("k", self.settings.rag_k)
+        return self.searcher.search(question, **search_kwargs).hits
+
+    def prepare(self, question: str, hits: Sequence[Hit]) -> Prepared:
+        """Fit ``hits`` into the generator's context and build the messages. Raises ConfigError when the
+        question is empty, or when it and the reserved answer leave no room for even a short passage."""
+        if not question.strip():
+            raise ConfigError("the question is empty")
+        g = self.generator
+        if g is None:
+            passages = fit_passages(hits, None, lambda s: 0)
+            return Prepared(build_messages(question, passages, self.system_prompt), passages, None)
+        overhead = g.count_prompt_tokens(build_messages(question, [], self.system_prompt))
+        budget = prompt_budget(g.context_tokens, g.max_new_tokens, overhead, g.exact_token_counts)
+        if hits and budget < MIN_PASSAGE_TOKENS:
+            raise ConfigError(
+                f"no room for sources: the model's context is {g.context_tokens} tokens, the answer reserves "
+                f"{g.max_new_tokens} (--max-new-tokens) and the question with the instructions takes "
+                f"{overhead}; lower --max-new-tokens or shorten the question"
+            )
+        passages = fit_passages(hits, budget, g.count_tokens)
+        messages = build_messages(question, passages, self.system_prompt)
+        return Prepared(messages, passages, budget, g.count_prompt_tokens(messages))
+
+    def stream(self, question: str, **search_kwargs: Any) -> AnswerStream:
+        """Retrieve and build the prompt now (errors surface here); generate as the stream is iterated."""
+        started = time.perf_counter()
+        hits = self.retrieve(question, **search_kwargs)
+        retrieval_ms = (time.perf_counter() - started) * 1e3
+        relevant = is_relevant(hits, self.settings.min_score)
+        prepared = self.prepare(question, hits if relevant else [])
+        return AnswerStream(question, self.generator, prepared, list(hits), relevant, started, retrieval_ms)
+
+    def ask(self, question: str, **search_kwargs: Any) -> Answer:
+        """The whole Answer (streamed internally, so ``ttft_ms`` is measured too)."""
+        stream = self.stream(question, **search_kwargs)
+        for _ in stream:
+            pass
+        return stream.answer
