@@ -1,0 +1,743 @@
+"""The embedded default store: one SQLite file per index, BM25 with FTS5, exact cosine kNN with numpy.
+
+File: ``<sqlite_dir>/<index>.db`` (default ``./.esrag/esrag.db``), plus SQLite's ``-wal``/``-shm`` files.
+
+Schema: ``meta`` (key/value: the esrag marker, the schema version and the IndexMeta JSON); ``chunks`` (one
+row per chunk, the vector as a float32 BLOB); ``chunks_fts``, an FTS5 index over ``chunks.title`` and
+``chunks.text`` with external content (rowid = ``chunks.rowid``), kept in sync by triggers, so that the
+FTS rows change in the same transaction as the chunk rows.
+
+BM25: FTS5 ``bm25()`` with weight 1.0 on title and text, negated so that higher is better. The
+``unicode61`` tokenizer with ``remove_diacritics 0`` is close to Elasticsearch's standard analyzer: splits on
+anything that is not a letter, digit or mark, lowercases, keeps diacritics. Query text never reaches FTS5's
+query syntax: it is split the same way and each term is quoted and ORed (like ES ``match``).
+
+Dense: exact cosine kNN over an in-memory (n, dims) float32 matrix of L2-normalised vectors, loaded from the
+file on the first dense search and reloaded after any write, by this process or another one (detected with
+``PRAGMA data_version``). Scores follow ES cosine: ``(1 + cos) / 2``. Filters become a boolean mask before
+the top-k cut. Only the rows of the hits are read back from SQL, so a query process holds about one copy of
+the raw vectors.
+
+Concurrency: one connection per store object, opened with ``check_same_thread=False`` and guarded by a
+re-entrant lock, so the ingest writer thread and reader threads share one page cache and one matrix (SQLite
+serialises a connection's calls anyway). Other processes may use the same file: WAL lets readers run during
+a write and a 30 s busy timeout makes writers queue.
+
+Durability: WAL with ``synchronous=NORMAL``. Every transaction is atomic and survives a crash of the process
+(SIGKILL included); an OS crash or power loss can lose the last commits, never consistency. Ingest is
+incremental, so a lost commit is redone by the next run; ``FULL`` would fsync every batch for nothing.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import re
+import sqlite3
+import threading
+import time
+import unicodedata
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from esrag.config import Settings
+from esrag.errors import ConfigError, CorruptStoreError, IndexNotFoundError, ModelMismatchError, StoreError
+from esrag.types import (
+    TOP_LEVEL_FILTER_FIELDS,
+    ChunkRef,
+    Counts,
+    EmbeddedChunk,
+    Filters,
+    IndexMeta,
+    ScoredChunk,
+    SearchRequest,
+    SearchResponse,
+    WriteError,
+    WriteResult,
+    canonical_json,
+)
+
+SCHEMA_VERSION = 1
+MARKER = "esrag-sqlite-store"
+#: chunks per write transaction
+WRITE_BATCH = 500
+#: values per ``IN (...)`` list
+IN_BATCH = 500
+BM25_WEIGHTS = (1.0, 1.0)  # title, text
+BM25_K1, BM25_B = 1.2, 0.75  # FTS5's bm25() constants
+#: a query term in at least this many chunks, and this fraction of them, is "common": see _sparse_pruned
+COMMON_MIN_DF, COMMON_FRACTION = 1000, 0.02
+#: the pruned BM25 path first reads this many times ``candidates`` rows of the rare terms, and gives up
+#: (running the plain query) after PRUNE_TRIES queries
+PRUNE_DEPTH, PRUNE_TRIES = 4, 3
+BUSY_TIMEOUT_S = 30.0
+
+_FTS_ADD = "INSERT INTO chunks_fts(rowid, title, text) VALUES (new.rowid, new.title, new.text);"
+_FTS_DEL = ("INSERT INTO chunks_fts(chunks_fts, rowid, title, text) "
+            "VALUES ('delete', old.rowid, old.title, old.text);")
+_SCHEMA = (
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    # Small columns first and text last: filters and vector loads then never touch the overflow pages of
+    # a long text.
+    """CREATE TABLE chunks (
+        rowid INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, doc_id TEXT NOT NULL, source TEXT NOT NULL,
+        title TEXT NOT NULL, chunk_index INTEGER NOT NULL, chunk_count INTEGER NOT NULL,
+        start INTEGER NOT NULL, "end" INTEGER NOT NULL, doc_sha TEXT NOT NULL, chunk_sha TEXT NOT NULL,
+        ingested_at TEXT NOT NULL, metadata TEXT NOT NULL, embedding BLOB NOT NULL, text TEXT NOT NULL)""",
+    "CREATE INDEX chunks_doc_id ON chunks(doc_id)",
+    "CREATE VIRTUAL TABLE chunks_fts USING fts5(title, text, content='chunks', content_rowid='rowid', "
+    "tokenize='unicode61 remove_diacritics 0')",
+    f"CREATE TRIGGER chunks_ai AFTER INSERT ON chunks BEGIN {_FTS_ADD} END",
+    f"CREATE TRIGGER chunks_ad AFTER DELETE ON chunks BEGIN {_FTS_DEL} END",
+    "CREATE TRIGGER chunks_au AFTER UPDATE OF title, text ON chunks "
+    f"WHEN old.title IS NOT new.title OR old.text IS NOT new.text BEGIN {_FTS_DEL} {_FTS_ADD} END",
+)
+_COLUMNS = ("id", "doc_id", "source", "title", "chunk_index", "chunk_count", "start", "end", "doc_sha",
+            "chunk_sha", "ingested_at", "metadata", "embedding", "text")
+_QUOTED = [f'"{c}"' for c in _COLUMNS]
+_UPSERT = (f"INSERT INTO chunks({', '.join(_QUOTED)}) VALUES ({', '.join('?' * len(_COLUMNS))}) "
+           f"ON CONFLICT(id) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in _QUOTED[1:])}")
+_HIT_COLUMNS = "c.rowid, c.id, c.doc_id, c.source, c.title, c.text, c.chunk_index, c.metadata"
+_LOAD_SQL = "SELECT rowid, embedding FROM chunks ORDER BY rowid"
+#: a metadata value as the string ES's ``flattened`` type would index: booleans as true/false
+_META_VALUE = ("(CASE json_type(c.metadata, ?) WHEN 'true' THEN 'true' WHEN 'false' THEN 'false' "
+               "ELSE CAST(json_extract(c.metadata, ?) AS TEXT) END)")
+
+
+# --- pure SQL building (also what explain_request shows) ------------------------------------------------
+
+@functools.cache
+def _token_re() -> re.Pattern[str]:
+    """Tokens as ``unicode61`` sees them: runs of letters, digits, marks (M*) and private-use characters
+    (Co); everything else separates. Marks and Co are listed from the BMP, built once (~20 ms)."""
+    extra, start, prev = [], -2, -2
+    for cp in [*(cp for cp in range(0x10000) if (c := unicodedata.category(chr(cp)))[0] == "M" or c == "Co"), -9]:
+        if cp != prev + 1:
+            if start >= 0:
+                extra.append(re.escape(chr(start)) + ("-" + re.escape(chr(prev)) if prev > start else ""))
+            start = cp
+        prev = cp
+    return re.compile(rf"(?:[^\W_]|[{''.join(extra)}])+")
+
+
+def query_terms(text: str) -> list[str]:
+    """Split query text into terms the way ``unicode61`` splits indexed text. Case is left to FTS5, which
+    folds it exactly as it did when indexing."""
+    return _token_re().findall(text)
+
+
+def match_expression(terms: str | Sequence[str]) -> str | None:
+    """A safe FTS5 MATCH expression for free text (or its terms): each term quoted, ORed. None when there
+    is no term (an empty or all-punctuation query matches nothing)."""
+    terms = query_terms(terms) if isinstance(terms, str) else terms
+    return " OR ".join(f'"{t}"' for t in terms) if terms else None
+
+
+def filter_sql(filters: Filters) -> tuple[str, list[Any]]:
+    """WHERE condition over ``chunks AS c`` for ``filters`` (keys ANDed, values ORed) and its parameters.
+
+    ``doc_id``/``source``/``title`` compare the column; any other key compares ``metadata.<key>`` as a
+    string, like ES ``flattened`` (so 3 matches "3" and True matches "true"). An empty value tuple matches
+    nothing. Empty filters give ``("", [])``.
+    """
+    clauses: list[str] = []
+    params: list[Any] = []
+    for key in sorted(filters):
+        values = [str(v) for v in filters[key]]
+        marks = ", ".join("?" * len(values))
+        if key in TOP_LEVEL_FILTER_FIELDS:
+            clauses.append(f"c.{key} IN ({marks})")
+        else:
+            if '"' in key or not key:
+                raise ConfigError(f"invalid metadata filter key {key!r}")
+            clauses.append(f"{_META_VALUE} IN ({marks})")
+            params += [f'$."{key}"'] * 2
+        params += values
+    return " AND ".join(clauses), params
+
+
+def sparse_sql(text: str | Sequence[str], filters: Filters, limit: int, rows: bool = True
+               ) -> tuple[str, list[Any]] | None:
+    """The BM25 query for free text (or its terms): top ``limit`` rowids by bm25 (filters applied before the
+    cut), then their rows (``rows=False``: just ``(rowid, score)``). None when there is no term."""
+    match = match_expression(text)
+    if match is None:
+        return None
+    where, fparams = filter_sql(filters)
+    join = " JOIN chunks AS c ON c.rowid = chunks_fts.rowid" if where else ""
+    weights = ", ".join(str(w) for w in BM25_WEIGHTS)
+    inner = (f"SELECT chunks_fts.rowid AS rid, bm25(chunks_fts, {weights}) AS score FROM chunks_fts{join} "
+             f"WHERE chunks_fts MATCH ?{' AND ' + where if where else ''} ORDER BY score, rid LIMIT ?")
+    sql = (f"SELECT {_HIT_COLUMNS}, -t.score FROM ({inner}) AS t JOIN chunks AS c ON c.rowid = t.rid "
+           "ORDER BY t.score, t.rid") if rows else f"SELECT rid, -score FROM ({inner})"
+    return sql, [match, *fparams, limit]
+
+
+def dense_filter_sql(filters: Filters) -> tuple[str, list[Any]] | None:
+    """The rowids the kNN side may return under ``filters``; None when unfiltered."""
+    where, params = filter_sql(filters)
+    if not where:
+        return None
+    return f"SELECT c.rowid FROM chunks AS c WHERE {where} ORDER BY c.rowid", params
+
+
+def fetch_sql(n: int) -> str:
+    """Rows of ``n`` hits by rowid."""
+    return f"SELECT {_HIT_COLUMNS} FROM chunks AS c WHERE c.rowid IN ({', '.join('?' * n)})"
+
+
+def _varints(blob: bytes) -> list[int]:
+    """Decode a sequence of SQLite varints (FTS5 stores its row counts and token counts with them)."""
+    out, i = [], 0
+    while i < len(blob):
+        value = 0
+        for j in range(9):
+            byte = blob[i]
+            i += 1
+            if j == 8:
+                value = (value << 8) | byte
+                break
+            value = (value << 7) | (byte & 0x7F)
+            if byte < 0x80:
+                break
+        out.append(value)
+    return out
+
+
+def _weighted_tf(title: str, text: str, terms: set[str]) -> dict[str, float]:
+    """Column-weighted frequency of each (folded) term in a chunk, tokenized like ``unicode61``."""
+    tf = dict.fromkeys(terms, 0.0)
+    for weight, column in zip(BM25_WEIGHTS, (title, text), strict=True):
+        for token in _token_re().findall(column):
+            folded = token.lower()
+            if folded in tf:
+                tf[folded] += weight
+    return tf
+
+
+def _batches(values: Sequence[Any], size: int = IN_BATCH) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(values), size):
+        yield values[i:i + size]
+
+
+def _scored(row: Sequence[Any], score: float) -> ScoredChunk:
+    return ScoredChunk(id=row[1], score=score, doc_id=row[2], source=row[3], title=row[4], text=row[5],
+                       chunk_index=int(row[6]), metadata=json.loads(row[7]))
+
+
+def _vector(embedding: Any, dims: int) -> np.ndarray:
+    """Validate one embedding and return it as float32 (dims,). Raises ValueError with the reason."""
+    v = np.asarray(embedding)
+    if v.dtype.kind not in "fiu":
+        raise ValueError(f"embedding has dtype {v.dtype}, expected float32")
+    v = v.astype(np.float32, copy=False)
+    if v.ndim != 1 or v.shape[0] != dims:
+        raise ValueError(f"embedding has shape {v.shape}, the index expects ({dims},)")
+    if not np.isfinite(v).all():
+        raise ValueError("embedding contains NaN or infinity")
+    if not v.any():
+        raise ValueError("embedding is all zeros (cosine similarity is undefined)")
+    return v
+
+
+class SQLiteStore:
+    """The Store protocol over one local SQLite file. Construction does no I/O; the first operation opens
+    the file (and only ``ensure_index`` creates it)."""
+
+    name = "sqlite"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.path = Path(settings.sqlite_dir).expanduser() / f"{settings.index}.db"
+        self._lock = threading.RLock()
+        self._conn: sqlite3.Connection | None = None
+        self._meta: IndexMeta | None = None
+        # dense side: normalised vectors, their chunk rowids (ascending) and the data_version loaded
+        self._matrix: np.ndarray | None = None
+        self._rowids: np.ndarray | None = None
+        self._version: int | None = None
+        # BM25 side: (data_version, FTS5 row count, average length, {folded term: document frequency})
+        self._stats: tuple[int, int, float, dict[str, int]] | None = None
+
+    # --- connection and errors -------------------------------------------------------------------------
+
+    @contextmanager
+    def _guard(self, action: str) -> Iterator[None]:
+        """Turn sqlite3 errors into StoreErrors that name the file."""
+        try:
+            yield
+        except sqlite3.Error as e:
+            code = getattr(e, "sqlite_errorcode", 0) & 0xFF
+            if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+                raise CorruptStoreError(
+                    f"{self.path} is not a valid esrag store ({e}); move it away, or delete it and run "
+                    f"`esrag ingest` again") from e
+            if code == sqlite3.SQLITE_READONLY:
+                raise StoreError(f"cannot {action} {self.path}: the file or its directory is read-only "
+                                 f"({e})") from e
+            if code == sqlite3.SQLITE_CANTOPEN:
+                raise StoreError(f"cannot {action} {self.path}: cannot open the file or create its -wal/-shm "
+                                 f"files; check that the directory exists and is writable ({e})") from e
+            if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                raise StoreError(f"cannot {action} {self.path}: locked by another process for more than "
+                                 f"{BUSY_TIMEOUT_S:.0f} s ({e})") from e
+            raise StoreError(f"cannot {action} {self.path}: {e}") from e
+
+    def _open(self, create: bool) -> sqlite3.Connection:
+        uri = f"{self.path.absolute().as_uri()}?mode={'rwc' if create else 'rw'}"
+        conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                               check_same_thread=False)
+        try:
+            conn.execute("PRAGMA synchronous=NORMAL")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _inspect(self, conn: sqlite3.Connection) -> IndexMeta | None:
+        """The IndexMeta of an open file; None for an empty database (a new file, or one whose creation was
+        interrupted). Raises CorruptStoreError for a database that is not an esrag store."""
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not tables:
+            return None
+        values = dict(conn.execute("SELECT key, value FROM meta")) if "meta" in tables else {}
+        if values.get("marker") != MARKER:
+            raise CorruptStoreError(
+                f"{self.path} is an SQLite database but not an esrag store (no esrag marker); choose another "
+                f"--sqlite-dir or --index, or move the file away")
+        try:
+            version = int(values["schema_version"])
+            meta = IndexMeta.from_dict(json.loads(values["index_meta"]))
+        except (KeyError, ValueError, TypeError) as e:
+            raise CorruptStoreError(f"{self.path}: unreadable esrag meta ({e!r})") from e
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"{self.path} was written by a newer esrag (store schema {version}; this "
+                             f"version reads up to {SCHEMA_VERSION}): upgrade esrag")
+        if not {"chunks", "chunks_fts"} <= tables:
+            raise CorruptStoreError(f"{self.path}: esrag store is missing its chunks tables")
+        return meta
+
+    def _connection(self) -> sqlite3.Connection:
+        """The connection to an existing store; IndexNotFoundError if there is none. Hold the lock."""
+        if self._conn is not None:
+            return self._conn
+        missing = IndexNotFoundError(f"no esrag index at {self.path}; run `esrag ingest` to create it")
+        if not self.path.is_file():
+            raise missing
+        with self._guard("open"):
+            conn = self._open(create=False)
+            try:
+                meta = self._inspect(conn)
+            except BaseException:
+                conn.close()
+                raise
+        if meta is None:
+            conn.close()
+            raise missing
+        self._conn, self._meta = conn, meta
+        return conn
+
+    @contextmanager
+    def _transaction(self, conn: sqlite3.Connection) -> Iterator[None]:
+        """BEGIN IMMEDIATE ... COMMIT (rolled back on any exception); drops the cached matrix after."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        finally:
+            self._matrix = self._rowids = self._stats = None
+
+    # --- Store protocol --------------------------------------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        return {"store": self.name, "location": str(self.path), "index": self.settings.index}
+
+    def exists(self) -> bool:
+        """Whether the file holds an esrag index. A foreign or corrupt file raises CorruptStoreError."""
+        with self._lock:
+            try:
+                self._connection()
+            except IndexNotFoundError:
+                return False
+            return True
+
+    def ensure_index(self, meta: IndexMeta) -> bool:
+        """Create the file and schema and record ``meta`` (True), or check the existing index was built
+        with the same model and dims (False; else ModelMismatchError). Only this method creates the
+        directory and the file. An interrupted creation leaves an empty database, which the next call
+        completes."""
+        with self._lock:
+            if self._conn is None:
+                conn = self._open_for_create()
+                try:
+                    with self._guard("create the index in"):
+                        existing = self._inspect(conn)  # before touching it: it may be someone else's file
+                        if existing is None:
+                            conn.execute("PRAGMA journal_mode=WAL")
+                            with self._transaction(conn):
+                                existing = self._inspect(conn)  # another process may have just made it
+                                if existing is None:
+                                    self._create_schema(conn, meta)
+                except BaseException:
+                    conn.close()
+                    raise
+                self._conn, self._meta = conn, existing or meta
+                if existing is None:
+                    return True
+            old = self._meta
+            assert old is not None
+            if old.model != meta.model or old.dims != meta.dims:
+                raise ModelMismatchError(
+                    f"index at {self.path} was built with model {old.model!r} ({old.dims} dims), but the "
+                    f"configured model is {meta.model!r} ({meta.dims} dims); use --model {old.model!r} or "
+                    f"ingest into a new index (--index)")
+            return False
+
+    @staticmethod
+    def _create_schema(conn: sqlite3.Connection, meta: IndexMeta) -> None:
+        for stmt in _SCHEMA:
+            conn.execute(stmt)
+        conn.executemany("INSERT INTO meta(key, value) VALUES (?, ?)", [
+            ("marker", MARKER), ("schema_version", str(SCHEMA_VERSION)),
+            ("index_meta", canonical_json(meta.to_dict())), ("created_at", datetime.now(UTC).isoformat())])
+
+    def _open_for_create(self) -> sqlite3.Connection:
+        """Open the file for ensure_index, creating the directory and the file when missing."""
+        if self.path.is_file():
+            with self._guard("open"):
+                return self._open(create=False)
+        directory = self.path.parent
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"cannot create the store directory {directory} for {self.path}: "
+                             f"{e.strerror or e}") from e
+        if not os.access(directory, os.W_OK | os.X_OK):
+            raise StoreError(f"cannot create {self.path}: directory {directory} is not writable")
+        with self._guard("create"):
+            return self._open(create=True)
+
+    def read_meta(self) -> IndexMeta | None:
+        with self._lock:
+            try:
+                self._connection()
+            except IndexNotFoundError:
+                return None
+            return self._meta
+
+    def write(self, chunks: Iterable[EmbeddedChunk]) -> WriteResult:
+        """Upsert chunks, one transaction per WRITE_BATCH chunks. A chunk that cannot be stored (wrong dims
+        or dtype, NaN, bad field) is reported in the result, not raised; the rest are written."""
+        written = 0
+        errors: list[WriteError] = []
+        batch: list[EmbeddedChunk] = []
+        for item in chunks:
+            batch.append(item)
+            if len(batch) >= WRITE_BATCH:
+                written += self._write_batch(batch, errors)
+                batch = []
+        if batch:
+            written += self._write_batch(batch, errors)
+        return WriteResult(written=written, errors=tuple(errors))
+
+    def _write_batch(self, batch: Sequence[EmbeddedChunk], errors: list[WriteError]) -> int:
+        with self._lock:
+            conn = self._connection()
+            assert self._meta is not None
+            dims = self._meta.dims
+            now = datetime.now(UTC).isoformat()
+            written = 0
+            with self._guard("write to"), self._transaction(conn):
+                for item in batch:
+                    chunk = getattr(item, "chunk", None)
+                    try:
+                        c = item.chunk
+                        row = (str(c.id), str(c.doc_id), str(c.source), str(c.title), int(c.chunk_index),
+                               int(c.chunk_count), int(c.start), int(c.end), str(c.doc_sha), str(c.chunk_sha),
+                               now, canonical_json(dict(c.metadata)), _vector(item.embedding, dims).tobytes(),
+                               str(c.text))
+                        conn.execute(_UPSERT, row)
+                        written += 1
+                    except (ValueError, TypeError, AttributeError, OverflowError, sqlite3.IntegrityError,
+                            sqlite3.InterfaceError, sqlite3.ProgrammingError) as e:
+                        # SQLite rolls back just the failed statement; the transaction goes on.
+                        errors.append(WriteError(chunk_id=str(getattr(chunk, "id", "")),
+                                                 source=str(getattr(chunk, "source", "")),
+                                                 reason=f"{type(e).__name__}: {e}"))
+            return written
+
+    def list_chunks(self, doc_ids: Sequence[str]) -> dict[str, list[ChunkRef]]:
+        out: dict[str, list[ChunkRef]] = {}
+        with self._lock, self._guard("read"):
+            conn = self._connection()
+            for part in _batches(list(dict.fromkeys(doc_ids))):
+                rows = conn.execute(
+                    "SELECT id, doc_id, doc_sha, chunk_sha, chunk_count FROM chunks "
+                    f"WHERE doc_id IN ({', '.join('?' * len(part))}) ORDER BY doc_id, chunk_index, id", part)
+                for r in rows:
+                    out.setdefault(r[1], []).append(ChunkRef(id=r[0], doc_id=r[1], doc_sha=r[2],
+                                                             chunk_sha=r[3], chunk_count=int(r[4])))
+        return out
+
+    def get_embeddings(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        with self._lock, self._guard("read"):
+            conn = self._connection()
+            for part in _batches(list(dict.fromkeys(ids))):
+                rows = conn.execute(
+                    f"SELECT id, embedding FROM chunks WHERE id IN ({', '.join('?' * len(part))})", part)
+                for cid, blob in rows:
+                    out[cid] = np.frombuffer(blob, dtype=np.float32).copy()
+        return out
+
+    def delete_chunks(self, ids: Sequence[str]) -> int:
+        return self._delete("id", ids)
+
+    def delete_documents(self, doc_ids: Sequence[str]) -> int:
+        return self._delete("doc_id", doc_ids)
+
+    def _delete(self, column: str, values: Sequence[str]) -> int:
+        """Delete rows whose ``column`` is in ``values``, all in one transaction; returns the rows deleted."""
+        deleted = 0
+        with self._lock:
+            conn = self._connection()
+            unique = list(dict.fromkeys(values))
+            if not unique:
+                return 0
+            with self._guard("delete from"), self._transaction(conn):
+                for part in _batches(unique):
+                    cur = conn.execute(f"DELETE FROM chunks WHERE {column} IN ({', '.join('?' * len(part))})",
+                                       part)
+                    deleted += cur.rowcount
+        return deleted
+
+    def search(self, request: SearchRequest) -> SearchResponse:
+        """Both sides under one lock, each returning up to ``request.candidates`` hits, best first."""
+        t0 = time.perf_counter()
+        limit = max(0, int(request.candidates))
+        sparse: list[ScoredChunk] = []
+        dense: list[ScoredChunk] = []
+        with self._lock, self._guard("search"):
+            conn = self._connection()
+            conn.execute("BEGIN")  # one snapshot for both sides
+            try:
+                if request.text is not None and limit:
+                    sparse = self._sparse(conn, request.text, request.filters, limit)
+                if request.vector is not None and limit:
+                    dense = self._dense(conn, request.vector, request.filters, limit)
+            finally:
+                conn.execute("COMMIT")
+        return SearchResponse(sparse=sparse, dense=dense, took_ms=(time.perf_counter() - t0) * 1e3)
+
+    def _sparse(self, conn: sqlite3.Connection, text: str, filters: Filters, limit: int) -> list[ScoredChunk]:
+        terms = query_terms(text)
+        if not terms:
+            return []
+        pruned = self._sparse_pruned(conn, terms, filters, limit)
+        if pruned is not None:
+            return pruned
+        built = sparse_sql(terms, filters, limit)
+        assert built is not None
+        return [_scored(r, float(r[8])) for r in conn.execute(*built)]
+
+    def _sparse_pruned(self, conn: sqlite3.Connection, terms: list[str], filters: Filters, limit: int
+                       ) -> list[ScoredChunk] | None:
+        """FTS5's exact bm25 top-``limit`` without scoring every chunk that holds a common word (FTS5 has
+        no WAND: a query with "the" scores most of the index, ~1 us per row and term). None when the plan
+        does not apply or cannot prove its answer; the caller then runs the plain query.
+
+        MaxScore: FTS5 ranks the chunks matching the rare terms (``e``). A common term adds at most
+        ``ub = idf * (k1 + 1)`` to any chunk, so with ``U`` the sum over common terms and ``theta`` the
+        ``limit``-th best ``e``, a chunk with ``e < theta - U`` or with no rare term cannot reach the top.
+        The common terms' bm25 parts are added in Python for the remaining candidates, with FTS5's formula,
+        row count, average length and per-chunk lengths (tokenization as in query_terms)."""
+        n_rows, avgdl, df = self._term_stats(conn, terms)
+        folded = [t.lower() for t in terms]
+        threshold = max(COMMON_MIN_DF, COMMON_FRACTION * n_rows)
+        by_df = sorted({f for f in folded if df.get(f, 0) >= threshold}, key=lambda f: (df[f], f))
+        rare_df = sum(df.get(f, 0) for f in set(folded) - set(by_df))
+        while by_df and rare_df < limit:  # the rare terms alone cannot fill the list
+            rare_df += df[by_df[0]]
+            by_df = by_df[1:]
+        idf = {f: max(1e-6, math.log((n_rows - df[f] + 0.5) / (df[f] + 0.5))) for f in by_df}
+        depth, tries = PRUNE_DEPTH, 0
+        while by_df and tries < PRUNE_TRIES:
+            tries += 1
+            common = set(by_df)
+            bound = (BM25_K1 + 1.0) * sum(idf[f] for f in folded if f in common)
+            built = sparse_sql([t for t, f in zip(terms, folded, strict=True) if f not in common], filters,
+                               depth * limit, rows=False)
+            assert built is not None
+            rows = conn.execute(*built).fetchall()
+            if len(rows) < limit or rows[limit - 1][1] < bound:
+                by_df = by_df[1:]  # chunks with only common terms could make the list: demote the rarest
+                continue
+            floor = rows[limit - 1][1] - bound
+            if len(rows) == depth * limit and rows[-1][1] >= floor:
+                depth *= 4  # candidates beyond the rows read
+                continue
+            break
+        else:
+            return None
+        partial = {int(rid): float(e) for rid, e in rows if e >= floor}
+        scored = []
+        for part in _batches(list(partial)):
+            for r in conn.execute(f"SELECT {_HIT_COLUMNS}, d.sz FROM chunks AS c JOIN chunks_fts_docsize AS d "
+                                  f"ON d.id = c.rowid WHERE c.rowid IN ({', '.join('?' * len(part))})", part):
+                tf = _weighted_tf(r[4], r[5], common)
+                norm = BM25_K1 * (1.0 - BM25_B + BM25_B * sum(_varints(r[8])) / avgdl)
+                score = partial[r[0]] + sum(idf[f] * tf[f] * (BM25_K1 + 1.0) / (tf[f] + norm)
+                                            for f in folded if f in common and tf[f])
+                scored.append((score, r))
+        scored.sort(key=lambda x: (-x[0], x[1][0]))
+        return [_scored(r, score) for score, r in scored[:limit]]
+
+    def _term_stats(self, conn: sqlite3.Connection, terms: Sequence[str]) -> tuple[int, float, dict[str, int]]:
+        """FTS5's row count, average chunk length in tokens and the document frequency of each folded term,
+        cached until the file changes (a df lookup reads the term's whole doclist)."""
+        version = int(conn.execute("PRAGMA data_version").fetchone()[0])
+        if self._stats is None or self._stats[0] != version or len(self._stats[3]) > 100_000:
+            row = conn.execute("SELECT block FROM chunks_fts_data WHERE id = 1").fetchone()
+            counts = (_varints(row[0]) if row else []) or [0]
+            conn.execute("CREATE VIRTUAL TABLE IF NOT EXISTS temp.esrag_vocab "
+                         "USING fts5vocab(main, 'chunks_fts', 'row')")
+            self._stats = (version, counts[0], sum(counts[1:]) / max(1, counts[0]), {})
+        df = self._stats[3]
+        for f in {t.lower() for t in terms} - df.keys():
+            row = conn.execute("SELECT doc FROM temp.esrag_vocab WHERE term = ?", (f,)).fetchone()
+            df[f] = int(row[0]) if row else 0
+        return self._stats[1], self._stats[2], df
+
+    def _dense(self, conn: sqlite3.Connection, vector: np.ndarray, filters: Filters, limit: int
+               ) -> list[ScoredChunk]:
+        matrix, rowids = self._vectors(conn)
+        q = np.asarray(vector, dtype=np.float32).reshape(-1)
+        if q.shape[0] != matrix.shape[1]:
+            raise ModelMismatchError(f"query vector has {q.shape[0]} dims but the index at {self.path} "
+                                     f"holds {matrix.shape[1]}-dim vectors")
+        norm = float(np.linalg.norm(q))
+        if not np.isfinite(norm) or norm == 0.0:
+            return []
+        q = q / norm
+        filtered = dense_filter_sql(filters)
+        if filtered is None:
+            positions = None
+            cos = matrix @ q
+        else:
+            wanted = np.fromiter((r for (r,) in conn.execute(*filtered)), dtype=np.int64)
+            found = np.searchsorted(rowids, wanted)
+            ok = found < len(rowids)
+            ok[ok] = rowids[found[ok]] == wanted[ok]
+            positions = found[ok]
+            # A selective filter scores only its rows; a broad one scores all and picks (cheaper than a copy).
+            cos = matrix[positions] @ q if 4 * len(positions) < len(rowids) else (matrix @ q)[positions]
+        k = min(limit, len(cos))
+        if k == 0:
+            return []
+        top = np.argpartition(-cos, k - 1)[:k] if k < len(cos) else np.arange(len(cos))
+        top_rows = rowids[top] if positions is None else rowids[positions[top]]
+        order = np.lexsort((top_rows, -cos[top]))  # best first, ties by rowid
+        ranked = [(int(top_rows[i]), min(1.0, max(0.0, (1.0 + float(cos[top[i]])) / 2.0))) for i in order]
+        rows: dict[int, Sequence[Any]] = {}
+        for part in _batches(ranked):
+            for r in conn.execute(fetch_sql(len(part)), [rid for rid, _ in part]):
+                rows[int(r[0])] = r
+        return [_scored(rows[rid], score) for rid, score in ranked if rid in rows]
+
+    def _vectors(self, conn: sqlite3.Connection) -> tuple[np.ndarray, np.ndarray]:
+        """The normalised (n, dims) matrix and its rowids, reloaded when the file changed since the last
+        load (own writes drop the cache; other processes' commits change ``PRAGMA data_version``)."""
+        version = int(conn.execute("PRAGMA data_version").fetchone()[0])
+        if self._matrix is not None and self._rowids is not None and version == self._version:
+            return self._matrix, self._rowids
+        self._matrix = self._rowids = None  # free the old copy before loading the new one
+        assert self._meta is not None
+        dims = self._meta.dims
+        own = not conn.in_transaction
+        if own:
+            conn.execute("BEGIN")  # one snapshot for the count and the rows
+        try:
+            n = int(conn.execute("SELECT count(*) FROM chunks").fetchone()[0])
+            matrix = np.empty((n, dims), dtype=np.float32)
+            rowids = np.empty(n, dtype=np.int64)
+            i = 0
+            for rid, blob in conn.execute(_LOAD_SQL):
+                if len(blob) != 4 * dims:
+                    raise CorruptStoreError(f"{self.path}: chunk rowid {rid} has a {len(blob)}-byte vector, "
+                                            f"expected {4 * dims}")
+                matrix[i] = np.frombuffer(blob, dtype=np.float32)
+                rowids[i] = rid
+                i += 1
+        finally:
+            if own:
+                conn.execute("COMMIT")
+        norms = np.sqrt(np.einsum("ij,ij->i", matrix, matrix))
+        norms[norms == 0.0] = 1.0
+        np.divide(matrix, norms[:, None], out=matrix)
+        self._matrix, self._rowids, self._version = matrix, rowids, version
+        return matrix, rowids
+
+    def explain_request(self, request: SearchRequest) -> dict[str, Any]:
+        """The SQL ``search`` runs, with parameters; the kNN side is numpy, described with its filter SQL.
+        Pure: no I/O."""
+        limit = max(0, int(request.candidates))
+        out: dict[str, Any] = {"store": self.name, "database": str(self.path), "sparse": None, "dense": None}
+        if request.text is not None:
+            built = sparse_sql(request.text, request.filters, limit)
+            out["sparse"] = ({"sql": built[0], "params": built[1]} if built else
+                             {"sql": None, "note": "no terms in the query text: no BM25 hits"})
+        if request.vector is not None:
+            filtered = dense_filter_sql(request.filters)
+            out["dense"] = {
+                "method": "exact cosine kNN (numpy) over the L2-normalised float32 matrix loaded with "
+                          f"`{_LOAD_SQL}`; score = (1 + cos) / 2; filters mask rows before the top-k cut",
+                "vector": f"<{int(np.asarray(request.vector).size)} floats>",
+                "k": limit,
+                "filter_sql": filtered[0] if filtered else None,
+                "filter_params": filtered[1] if filtered else [],
+                "fetch_sql": fetch_sql(limit) if limit else None,
+            }
+        return out
+
+    def count(self) -> Counts:
+        with self._lock, self._guard("read"):
+            conn = self._connection()
+            docs, chunks = conn.execute("SELECT count(DISTINCT doc_id), count(*) FROM chunks").fetchone()
+        return Counts(documents=int(docs), chunks=int(chunks))
+
+    def drop(self) -> bool:
+        """Delete the file and its -wal/-shm. Refuses (CorruptStoreError) to delete a file that is not an
+        esrag store, so a wrong --sqlite-dir cannot destroy someone else's database."""
+        with self._lock:
+            existed = self.path.exists()
+            if existed:
+                try:
+                    self._connection()
+                except IndexNotFoundError:
+                    existed = False  # an empty database: nothing was indexed
+            self.close()
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                try:
+                    Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+                except OSError as e:
+                    raise StoreError(f"cannot delete {self.path}{suffix}: {e.strerror or e}") from e
+            return existed
+
+    def close(self) -> None:
+        with self._lock:
+            conn, self._conn = self._conn, None
+            self._meta = self._matrix = self._rowids = self._stats = None
+            self._version = None
+            if conn is not None:
+                conn.close()

@@ -1,0 +1,211 @@
+"""Benchmark the embedded SQLite store alone: write throughput, hybrid query latency, query-process memory.
+
+    python scripts/bench_store.py [--n 126000] [--dims 384] [--corpus CORPUS_JSONL] [--dir DIR]
+
+Texts come from a BEIR ``corpus.jsonl`` (``_id``, ``title``, ``text``; cycled when shorter than ``--n``) or,
+without ``--corpus``, from Zipf-distributed random words. Vectors are random unit float32 vectors, so the
+numbers exclude embedding. Measured:
+
+- write: chunks/s of ``store.write`` with vectors (ensure_index and data generation not timed);
+- query: p50/p95 of one hybrid query at k=10 with ``--candidates`` per side: BM25 + exact kNN + linear
+  fusion (``esrag.fusion.linear_fusion``), excluding the query embedding; in this process, after a warm-up
+  query that loads the vector matrix, and again in a fresh process;
+- memory: peak RSS (VmHWM, else ``ru_maxrss``) of a fresh process that opens the store and runs the queries, over the
+  raw vector bytes (n * dims * 4).
+
+Prints a table and one JSON line. Not a test: numbers depend on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from esrag.config import Settings
+from esrag.fusion import linear_fusion
+from esrag.stores.sqlite import SQLiteStore
+from esrag.types import Chunk, EmbeddedChunk, IndexMeta, SearchRequest, sha256_hex
+
+INDEX = "bench"
+
+
+def texts(n: int, corpus: Path | None, rng: np.random.Generator) -> list[tuple[str, str]]:
+    """``n`` (title, text) pairs from the corpus (cycled) or from random words."""
+    if corpus is not None:
+        rows = []
+        with corpus.open(encoding="utf-8") as fh:
+            for line in fh:
+                d = json.loads(line)
+                rows.append((str(d.get("title", "")), str(d.get("text", ""))))
+                if len(rows) >= n:
+                    break
+        return list(itertools.islice(itertools.cycle(rows), n))
+    vocab = [f"w{i}" + "".join(chr(97 + int(c)) for c in str(i)) for i in range(30_000)]
+    cdf = np.cumsum(1.0 / np.arange(1, len(vocab) + 1))
+    lengths = rng.integers(30, 150, size=n)
+    words = np.searchsorted(cdf, rng.random(int(lengths.sum())) * cdf[-1])  # Zipf-distributed word ids
+    out, at = [], 0
+    for length in lengths:
+        doc = [vocab[i] for i in words[at:at + length]]
+        at += length
+        out.append((" ".join(doc[:3]), " ".join(doc)))
+    return out
+
+
+def unit_vectors(n: int, dims: int, rng: np.random.Generator) -> np.ndarray:
+    v = rng.standard_normal((n, dims), dtype=np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    return v
+
+
+def make_queries(pairs: list[tuple[str, str]], count: int, dims: int, seed: int
+                 ) -> list[tuple[str, np.ndarray]]:
+    """Query texts: 2-6 words taken from random documents; vectors: random unit vectors."""
+    rng = np.random.default_rng(seed)
+    vectors = unit_vectors(count, dims, rng)
+    out = []
+    for i in range(count):
+        words = pairs[int(rng.integers(len(pairs)))][1].split()
+        start = int(rng.integers(max(1, len(words) - 6)))
+        out.append((" ".join(words[start:start + int(rng.integers(2, 7))]) or "query", vectors[i]))
+    return out
+
+
+def run_queries(store: SQLiteStore, queries: list[tuple[str, np.ndarray]], k: int, candidates: int
+                ) -> list[float]:
+    """Milliseconds per hybrid query (store search + fusion)."""
+    times = []
+    for text, vector in queries:
+        t0 = time.perf_counter()
+        resp = store.search(SearchRequest(text=text, vector=vector, candidates=candidates))
+        linear_fusion([(c.id, c.score) for c in resp.sparse], [(c.id, c.score) for c in resp.dense], 0.5)[:k]
+        times.append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def peak_rss_bytes() -> int:
+    """Peak RSS of this process: VmHWM (reset by exec, unlike ``ru_maxrss``, which a child started with
+    fork+exec inherits from its parent), else ``ru_maxrss``."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    scale = 1 if sys.platform == "darwin" else 1024  # macOS reports bytes, Linux KiB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def child(args: argparse.Namespace) -> None:
+    """The fresh query process: open, load (first query), run the queries, report timings and peak RSS."""
+    store = SQLiteStore(Settings(sqlite_dir=args.dir, index=INDEX))
+    queries = [(t, np.asarray(v, dtype=np.float32)) for t, v in json.loads(sys.stdin.read())]
+    t0 = time.perf_counter()
+    first = run_queries(store, queries[:1], args.k, args.candidates)
+    load_s = time.perf_counter() - t0
+    times = run_queries(store, queries, args.k, args.candidates)
+    rss = peak_rss_bytes()
+    print(json.dumps({"first_query_ms": first[0], "load_s": load_s, "p50_ms": float(np.percentile(times, 50)),
+                      "p95_ms": float(np.percentile(times, 95)), "peak_rss_bytes": rss}))
+    store.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=126_000)
+    ap.add_argument("--dims", type=int, default=384)
+    ap.add_argument("--corpus", type=Path, default=None, help="BEIR corpus.jsonl for the texts")
+    ap.add_argument("--dir", default=None, help="store directory (default: a temporary one, removed after)")
+    ap.add_argument("--queries", type=int, default=200)
+    ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--candidates", type=int, default=100)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        child(args)
+        return
+    tmp = None
+    if args.dir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="esrag-bench-")
+        args.dir = tmp.name
+    rng = np.random.default_rng(args.seed)
+    t0 = time.perf_counter()
+    pairs = texts(args.n, args.corpus, rng)
+    vectors = unit_vectors(args.n, args.dims, rng)
+    chunks = [EmbeddedChunk(Chunk(id=sha256_hex(str(i))[:40], doc_id=f"doc{i // 4}",
+                                  source=f"doc{i // 4}.txt", title=title, text=text, chunk_index=i % 4,
+                                  chunk_count=4, start=0, end=len(text), chunk_sha=sha256_hex(text),
+                                  doc_sha=sha256_hex(str(i // 4)), metadata={"part": str(i % 10)}),
+                            vectors[i])
+              for i, (title, text) in enumerate(pairs)]
+    gen_s = time.perf_counter() - t0
+
+    store = SQLiteStore(Settings(sqlite_dir=args.dir, index=INDEX))
+    store.drop()
+    store.ensure_index(IndexMeta(model="bench-random", dims=args.dims))
+    t0 = time.perf_counter()
+    result = store.write(chunks)
+    write_s = time.perf_counter() - t0
+    assert not result.errors, result.errors[:3]
+    del chunks, vectors
+
+    queries = make_queries(pairs, args.queries, args.dims, args.seed + 1)
+    t0 = time.perf_counter()
+    run_queries(store, queries[:1], args.k, args.candidates)
+    load_s = time.perf_counter() - t0
+    times = run_queries(store, queries, args.k, args.candidates)
+    filtered = []
+    for text, vector in queries[:50]:
+        t1 = time.perf_counter()
+        store.search(SearchRequest(text=text, vector=vector, candidates=args.candidates,
+                                   filters={"part": ("3",)}))
+        filtered.append((time.perf_counter() - t1) * 1e3)
+    store.close()
+
+    payload = json.dumps([[t, v.tolist()] for t, v in queries])
+    proc = subprocess.run([sys.executable, __file__, "--child", "--dir", args.dir, "--k", str(args.k),
+                           "--candidates", str(args.candidates)], input=payload, capture_output=True,
+                          text=True, check=True)
+    fresh: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    raw = args.n * args.dims * 4
+    db_bytes = sum(p.stat().st_size for p in Path(args.dir).glob(f"{INDEX}.db*"))
+    out = {
+        "n": args.n, "dims": args.dims, "corpus": str(args.corpus) if args.corpus else "random-words",
+        "write_chunks_per_s": args.n / write_s, "write_s": write_s, "generate_s": gen_s,
+        "db_bytes": db_bytes, "raw_vector_bytes": raw, "matrix_load_s": load_s,
+        "query_p50_ms": float(np.percentile(times, 50)), "query_p95_ms": float(np.percentile(times, 95)),
+        "filtered_query_p50_ms": float(np.percentile(filtered, 50)),
+        "fresh_process": fresh, "peak_rss_over_raw": fresh["peak_rss_bytes"] / raw,
+        "cpus": os.cpu_count(), "queries": len(queries), "candidates": args.candidates, "k": args.k,
+    }
+    mb = 1024 * 1024
+    print(f"{'corpus':<32}{out['corpus']}")
+    print(f"{'chunks x dims':<32}{args.n} x {args.dims}  "
+          f"(raw vectors {raw / mb:.0f} MiB, db {db_bytes / mb:.0f} MiB)")
+    print(f"{'write':<32}{out['write_chunks_per_s']:.0f} chunks/s ({write_s:.1f} s)")
+    print(f"{'first query (loads matrix)':<32}{load_s * 1e3:.0f} ms")
+    print(f"{'hybrid query p50 / p95':<32}{out['query_p50_ms']:.1f} / {out['query_p95_ms']:.1f} ms")
+    print(f"{'filtered hybrid query p50':<32}{out['filtered_query_p50_ms']:.1f} ms")
+    print(f"{'fresh process p50 / p95':<32}{fresh['p50_ms']:.1f} / {fresh['p95_ms']:.1f} ms "
+          f"(first query {fresh['first_query_ms']:.0f} ms)")
+    print(f"{'fresh process peak RSS':<32}{fresh['peak_rss_bytes'] / mb:.0f} MiB = "
+          f"{out['peak_rss_over_raw']:.2f} x raw vectors")
+    print(json.dumps(out))
+    if tmp is not None:
+        tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()

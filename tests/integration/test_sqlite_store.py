@@ -1,0 +1,435 @@
+"""SQLite-specific behaviour of the embedded store: query sanitising, analyzer parity, file errors, WAL,
+crash consistency under SIGKILL and visibility of other processes' writes. The Store contract itself is
+checked for both stores by test_store_contract.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from esrag.config import Settings
+from esrag.errors import CorruptStoreError, IndexNotFoundError, ModelMismatchError, StoreError
+from esrag.stores.sqlite import SQLiteStore, match_expression, query_terms
+from esrag.types import Chunk, EmbeddedChunk, IndexMeta, SearchRequest
+
+pytestmark = pytest.mark.integration
+
+DIMS = 8
+META = IndexMeta(model="test-model", dims=DIMS)
+REPO = Path(__file__).resolve().parents[2]
+
+# Shared by the subprocesses below: builds chunks like the tests do.
+CHUNK_HELPERS = textwrap.dedent("""
+    import sys
+    import numpy as np
+    from esrag.config import Settings
+    from esrag.stores.sqlite import SQLiteStore
+    from esrag.types import Chunk, EmbeddedChunk, IndexMeta
+
+    def chunk(cid, text, vector, doc="doc"):
+        c = Chunk(id=cid, doc_id=doc, source=doc + ".txt", title="", text=text, chunk_index=0, chunk_count=1,
+                  start=0, end=len(text), chunk_sha="s", doc_sha="d")
+        return EmbeddedChunk(c, np.asarray(vector, dtype=np.float32))
+""")
+
+
+def vec(seed: int) -> np.ndarray:
+    v = np.random.default_rng(seed).standard_normal(DIMS).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+def chunk(cid: str, text: str, title: str = "", doc_id: str = "doc", seed: int | None = None,
+          metadata: dict[str, Any] | None = None, embedding: Any = None) -> EmbeddedChunk:
+    c = Chunk(id=cid, doc_id=doc_id, source=f"{doc_id}.txt", title=title, text=text, chunk_index=0,
+              chunk_count=1, start=0, end=len(text), chunk_sha=f"s-{cid}", doc_sha=f"d-{doc_id}",
+              metadata=metadata or {})
+    return EmbeddedChunk(c, vec(zlib.crc32(cid.encode()) if seed is None else seed) if embedding is None else embedding)
+
+
+def settings(directory: Path | str, index: str = "t") -> Settings:
+    return Settings(sqlite_dir=str(directory), index=index)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SQLiteStore]:
+    s = SQLiteStore(settings(tmp_path / "store"))
+    s.ensure_index(META)
+    yield s
+    s.close()
+
+
+def sparse_ids(store: SQLiteStore, text: str, **kw: Any) -> list[str]:
+    return [h.id for h in store.search(SearchRequest(text=text, vector=None, candidates=10, **kw)).sparse]
+
+
+def fts_consistent(path: Path) -> tuple[int, int]:
+    """(chunk rows, FTS rows) after SQLite's and FTS5's own integrity checks passed."""
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        # rank=1: also compare the FTS index with the external content table (raises if they differ)
+        conn.execute("INSERT INTO chunks_fts(chunks_fts, rank) VALUES ('integrity-check', 1)")
+        chunks = conn.execute("SELECT count(*) FROM chunks").fetchone()[0]
+        fts = conn.execute("SELECT count(*) FROM chunks_fts_docsize").fetchone()[0]
+        return int(chunks), int(fts)
+    finally:
+        conn.close()
+
+
+def run_python(code: str, *args: str, unprivileged: bool = False, timeout: float = 60) -> dict[str, Any]:
+    """Run ``code`` in a fresh interpreter; it prints one JSON line, returned parsed. ``unprivileged``: as
+    root, drop the capabilities that let root ignore file permissions (with util-linux ``setpriv``)."""
+    prefix = []
+    if unprivileged and os.geteuid() == 0:
+        prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner"]
+    proc = subprocess.run([*prefix, sys.executable, "-c", CHUNK_HELPERS + textwrap.dedent(code), *args],
+                          cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr
+    return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+# --- construction and files ---------------------------------------------------------------------------
+
+
+def test_construction_does_no_io_and_reads_on_a_missing_file_name_it(tmp_path: Path) -> None:
+    s = SQLiteStore(settings(tmp_path / "nowhere", index="idx"))
+    assert s.describe() == {"store": "sqlite", "location": str(tmp_path / "nowhere" / "idx.db"), "index": "idx"}
+    assert not s.exists() and s.read_meta() is None
+    with pytest.raises(IndexNotFoundError, match="esrag ingest") as e:
+        s.count()
+    assert str(tmp_path / "nowhere" / "idx.db") in str(e.value)
+    assert not (tmp_path / "nowhere").exists()  # only ensure_index creates the directory
+
+
+def test_default_location_is_dot_esrag_slash_esrag_db() -> None:
+    assert SQLiteStore(Settings()).describe()["location"] == str(Path(".esrag") / "esrag.db")
+
+
+def test_store_is_in_wal_mode(store: SQLiteStore) -> None:
+    store.write([chunk("a", "hello")])
+    conn = sqlite3.connect(store.path)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn.close()
+
+
+def test_file_that_is_not_sqlite_is_a_corrupt_store_named_and_kept(tmp_path: Path) -> None:
+    path = tmp_path / "t.db"
+    path.write_bytes(b"definitely not an SQLite database\n" * 200)
+    s = SQLiteStore(settings(tmp_path))
+    for op in (lambda: s.ensure_index(META), s.count, s.exists, s.drop):
+        with pytest.raises(CorruptStoreError, match=str(path)):
+            op()
+    assert path.read_bytes().startswith(b"definitely")  # drop refuses to delete a file that is not ours
+
+
+def test_foreign_sqlite_database_is_rejected_and_left_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "t.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE accounts (name TEXT)")
+    conn.commit()
+    conn.close()
+    s = SQLiteStore(settings(tmp_path))
+    with pytest.raises(CorruptStoreError, match="not an esrag store") as e:
+        s.ensure_index(META)
+    assert str(path) in str(e.value)
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"  # not switched to WAL
+    conn.close()
+
+
+def test_damaged_store_pages_raise_corrupt_store_error(tmp_path: Path) -> None:
+    s = SQLiteStore(settings(tmp_path))
+    s.ensure_index(META)
+    s.write([chunk(f"c{i}", f"text number {i} " * 20) for i in range(300)])
+    s.close()
+    data = bytearray((tmp_path / "t.db").read_bytes())
+    page = 4096
+    data[page:] = bytes(range(256)) * ((len(data) - page) // 256) + bytes((len(data) - page) % 256)
+    (tmp_path / "t.db").write_bytes(bytes(data))
+    with pytest.raises(CorruptStoreError, match=str(tmp_path / "t.db")):
+        SQLiteStore(settings(tmp_path)).count()
+
+
+def test_empty_file_from_an_interrupted_creation_is_completed(tmp_path: Path) -> None:
+    (tmp_path / "t.db").write_bytes(b"")
+    s = SQLiteStore(settings(tmp_path))
+    with pytest.raises(IndexNotFoundError):
+        s.count()
+    assert s.ensure_index(META) is True
+    assert s.write([chunk("a", "hello")]).written == 1
+    s.close()
+
+
+def test_store_from_a_newer_schema_version_is_a_clear_error(store: SQLiteStore) -> None:
+    conn = sqlite3.connect(store.path)
+    conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StoreError, match="newer esrag"):
+        SQLiteStore(store.settings).count()
+
+
+def test_model_or_dims_mismatch_names_both_and_the_file(store: SQLiteStore) -> None:
+    assert store.ensure_index(META) is False
+    fresh = SQLiteStore(store.settings)
+    for other in (IndexMeta(model="other-model", dims=DIMS), IndexMeta(model="test-model", dims=DIMS * 2)):
+        with pytest.raises(ModelMismatchError) as e:
+            fresh.ensure_index(other)
+        assert "test-model" in str(e.value) and other.model in str(e.value) and str(store.path) in str(e.value)
+    assert fresh.read_meta() == META
+    fresh.close()
+
+
+def test_unwritable_locations_raise_store_errors_naming_the_path(tmp_path: Path) -> None:
+    root = tmp_path
+    (root / "ro").mkdir(mode=0o555)
+    existing = SQLiteStore(settings(root / "rw"))
+    existing.ensure_index(META)
+    existing.write([chunk("a", "hello world")])
+    existing.close()
+    (root / "rw" / "t.db").chmod(0o444)
+    out = run_python("""
+        import json
+        from esrag.errors import StoreError
+        def attempt(directory, op):
+            s = SQLiteStore(Settings(sqlite_dir=directory, index="t"))
+            try:
+                return ["ok", op(s)]
+            except StoreError as e:
+                return [type(e).__name__, str(e)]
+        print(json.dumps({
+            "ro_dir": attempt(sys.argv[1], lambda s: s.ensure_index(IndexMeta(model="test-model", dims=8))),
+            "ro_parent": attempt(sys.argv[1] + "/sub", lambda s: s.ensure_index(IndexMeta(model="m", dims=8))),
+            "ro_file_count": attempt(sys.argv[2], lambda s: s.count().chunks),
+            "ro_file_write": attempt(sys.argv[2], lambda s: s.write([chunk("b", "x", [1.0] * 8)]).written),
+        }))
+    """, str(root / "ro"), str(root / "rw"), unprivileged=True)
+    assert out["ro_dir"][0] == "StoreError" and str(root / "ro" / "t.db") in out["ro_dir"][1]
+    assert "not writable" in out["ro_dir"][1]
+    assert out["ro_parent"][0] == "StoreError" and str(root / "ro" / "sub") in out["ro_parent"][1]
+    assert out["ro_file_count"] == ["ok", 1]  # a read-only store can still be searched
+    assert out["ro_file_write"][0] == "StoreError" and "read-only" in out["ro_file_write"][1]
+    assert str(root / "rw" / "t.db") in out["ro_file_write"][1]
+
+
+def test_drop_removes_the_file_and_its_wal_and_shm(store: SQLiteStore) -> None:
+    store.write([chunk("a", "hello")])
+    assert Path(f"{store.path}-wal").exists()
+    assert store.drop() is True
+    assert not any(Path(f"{store.path}{s}").exists() for s in ("", "-wal", "-shm"))
+    assert store.drop() is False
+
+
+# --- BM25 ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fts_store(store: SQLiteStore) -> SQLiteStore:
+    store.write([
+        chunk("greet", "Hello, WORLD!", title="Greeting"),
+        chunk("ops", "and or not near"),
+        chunk("cols", "text title column"),
+        chunk("accents", "héllo wörld 日本語"),
+        chunk("prefix", "hellothere"),
+        chunk("other", "nothing relevant here"),
+    ])
+    return store
+
+
+@pytest.mark.parametrize(("query", "expected"), [
+    ('"', set()),
+    ('"unbalanced', set()),
+    ("*", set()),
+    ("hello*", {"greet"}),  # no prefix query: "hellothere" does not match
+    ("-hello", {"greet"}),
+    ("hello AND world", {"greet", "ops"}),  # AND is a word, ORed like ES match
+    ("NOT hello", {"greet", "ops"}),
+    ("(hello OR", {"greet", "ops"}),
+    ("NEAR(hello world)", {"greet", "ops"}),
+    ("text: hello", {"cols", "greet"}),  # not a column filter
+    ("title:nothing", {"cols", "other"}),
+    ("{title text}: relevant", {"cols", "other"}),
+    ("^hello + world", {"greet"}),
+    ("HÉLLO", {"accents"}),  # case folded, diacritics kept (like ES standard)
+    ("hello\x00world", {"greet"}),
+    ("日本語", {"accents"}),
+    ("", set()),
+    ("  !!! ... ", set()),
+])
+def test_user_text_is_never_parsed_as_fts5_syntax(fts_store: SQLiteStore, query: str, expected: set[str]) -> None:
+    assert set(sparse_ids(fts_store, query)) == expected
+
+
+def test_query_terms_split_like_unicode61() -> None:
+    assert query_terms("Hello, WORLD! don't e\u0301te a_b 3.14") == ["Hello", "WORLD", "don", "t", "e\u0301te",
+                                                                     "a", "b", "3", "14"]
+    assert match_expression('a "b" NEAR(c)') == '"a" OR "b" OR "NEAR" OR "c"'
+    assert match_expression(" - ") is None
+
+
+def test_long_queries_work(fts_store: SQLiteStore) -> None:
+    assert "greet" in sparse_ids(fts_store, " ".join(["filler"] * 2000 + ["hello"]))
+
+
+def test_bm25_tokenizes_like_the_standard_analyzer(fts_store: SQLiteStore) -> None:
+    hits = fts_store.search(SearchRequest(text="hello world", vector=None, candidates=10)).sparse
+    assert hits[0].id == "greet" and hits[0].score > 0
+    assert sparse_ids(fts_store, "WORLD.")[0] == "greet"
+    assert sparse_ids(fts_store, "hello-world")[0] == "greet"
+    assert sparse_ids(fts_store, "greeting")[0] == "greet"  # the title is searched too
+    assert "accents" not in sparse_ids(fts_store, "hello world")  # no diacritic folding
+
+
+def test_upsert_reindexes_changed_text_and_keeps_fts_in_sync(store: SQLiteStore) -> None:
+    store.write([chunk("a", "old words"), chunk("b", "other")])
+    store.write([chunk("a", "new words")])
+    assert sparse_ids(store, "old") == []
+    assert sparse_ids(store, "new") == ["a"]
+    store.delete_chunks(["b"])
+    store.close()
+    assert fts_consistent(store.path) == (1, 1)
+
+
+# --- writes, filters, dense -------------------------------------------------------------------------
+
+
+def test_bad_items_are_reported_with_their_source_and_the_rest_written(store: SQLiteStore) -> None:
+    result = store.write([
+        chunk("good1", "fine"),
+        chunk("dims", "x", doc_id="wrongdims", embedding=np.ones(DIMS + 1, dtype=np.float32)),
+        chunk("dtype", "x", doc_id="strings", embedding=np.array(["a"] * DIMS)),
+        chunk("nan", "x", doc_id="nan", embedding=np.full(DIMS, np.nan, dtype=np.float32)),
+        chunk("zero", "x", doc_id="zero", embedding=np.zeros(DIMS, dtype=np.float32)),
+        chunk("good2", "fine"),
+    ])
+    assert result.written == 2
+    assert {(e.chunk_id, e.source) for e in result.errors} == {
+        ("dims", "wrongdims.txt"), ("dtype", "strings.txt"), ("nan", "nan.txt"), ("zero", "zero.txt")}
+    assert store.count().chunks == 2
+
+
+def test_metadata_filters_compare_as_strings_on_both_sides(store: SQLiteStore) -> None:
+    store.write([chunk(f"c{i}", "same words", metadata={"n": i, "even": i % 2 == 0, "lang": "en"}, seed=i)
+                 for i in range(6)])
+    for filters, expected in (({"n": ("3",)}, {"c3"}), ({"even": ("true",), "n": ("1", "2", "4")}, {"c2", "c4"}),
+                              ({"lang": ("de",)}, set()), ({"missing": ("x",)}, set()),
+                              ({"doc_id": ("doc",), "n": ("5",)}, {"c5"})):
+        resp = store.search(SearchRequest(text="words", vector=vec(0), candidates=10, filters=filters))
+        assert {h.id for h in resp.sparse} == expected, filters
+        assert {h.id for h in resp.dense} == expected, filters
+
+
+def test_dense_scores_follow_es_cosine_and_ties_are_deterministic(store: SQLiteStore) -> None:
+    store.write([chunk("same", "x", embedding=vec(1)), chunk("opposite", "y", embedding=-vec(1) * 3)])
+    dense = store.search(SearchRequest(text=None, vector=vec(1) * 5, candidates=5)).dense
+    assert [h.id for h in dense] == ["same", "opposite"]
+    assert dense[0].score == pytest.approx(1.0, abs=1e-6) and dense[1].score == pytest.approx(0.0, abs=1e-6)
+    assert store.get_embeddings(["opposite"])["opposite"] == pytest.approx(-vec(1) * 3)  # stored as given
+
+
+def test_explain_request_is_pure_and_hides_the_vector(tmp_path: Path) -> None:
+    s = SQLiteStore(settings(tmp_path / "none"))
+    out = s.explain_request(SearchRequest(text='say "hi"', vector=vec(0), candidates=7, filters={"k": ("v",)}))
+    assert out["sparse"]["params"][0] == '"say" OR "hi"' and out["sparse"]["params"][-1] == 7
+    assert "MATCH ?" in out["sparse"]["sql"] and "json_extract" in out["sparse"]["sql"]
+    assert out["dense"]["vector"] == f"<{DIMS} floats>" and out["dense"]["filter_params"][-1] == "v"
+    assert not (tmp_path / "none").exists()
+
+
+def test_writer_thread_and_reader_threads_share_the_store(store: SQLiteStore) -> None:
+    failures: list[BaseException] = []
+
+    def writer() -> None:
+        try:
+            for b in range(10):
+                store.write([chunk(f"w{b}-{i}", f"batch {b} item {i}", doc_id=f"d{b}") for i in range(50)])
+        except BaseException as e:  # noqa: BLE001 - reported below
+            failures.append(e)
+
+    t = threading.Thread(target=writer)
+    t.start()
+    while t.is_alive():
+        store.list_chunks(["d0", "d1"])
+        store.get_embeddings(["w0-0"])
+        store.search(SearchRequest(text="batch", vector=vec(0), candidates=5))
+    t.join()
+    assert not failures
+    assert store.count().chunks == 500
+
+
+# --- other processes ------------------------------------------------------------------------------------
+
+
+def test_writes_by_another_process_are_visible_to_an_open_stores_dense_search(store: SQLiteStore) -> None:
+    store.write([chunk(f"c{i}", f"text {i}", seed=i) for i in range(20)])
+    target = vec(999)
+    before = store.search(SearchRequest(text=None, vector=target, candidates=3)).dense  # loads the matrix
+    assert "new" not in [h.id for h in before]
+    run_python("""
+        import json
+        s = SQLiteStore(Settings(sqlite_dir=sys.argv[1], index="t"))
+        s.write([chunk("new", "fresh", np.frombuffer(bytes.fromhex(sys.argv[2]), dtype=np.float32))])
+        s.delete_chunks(["c0"])
+        s.close()
+        print(json.dumps({}))
+    """, str(store.path.parent), target.tobytes().hex())
+    after = store.search(SearchRequest(text=None, vector=target, candidates=3)).dense
+    assert after[0].id == "new" and after[0].score == pytest.approx(1.0, abs=1e-6)
+    assert "c0" not in [h.id for h in store.search(SearchRequest(text=None, vector=vec(0), candidates=25)).dense]
+    assert store.count().chunks == 20
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_after_s", [0.4, 1.1])
+def test_sigkill_during_writes_leaves_a_consistent_store(tmp_path: Path, kill_after_s: float) -> None:
+    code = CHUNK_HELPERS + textwrap.dedent("""
+        s = SQLiteStore(Settings(sqlite_dir=sys.argv[1], index="t"))
+        s.ensure_index(IndexMeta(model="test-model", dims=8))
+        rng = np.random.default_rng(0)
+        b = 0
+        while True:
+            # new chunks, re-written chunks with new text (FTS update trigger) and deletions
+            s.write([chunk(f"c{b}-{i}", f"batch {b} word{i % 7} " * 30, rng.standard_normal(8), doc=f"d{b}")
+                     for i in range(300)])
+            if b:
+                s.write([chunk(f"c{b - 1}-{i}", f"rewritten {b} " * 20, rng.standard_normal(8), doc=f"d{b - 1}")
+                         for i in range(0, 300, 3)])
+                s.delete_documents([f"d{b - 1}"]) if b % 5 == 0 else s.delete_chunks([f"c{b - 1}-1"])
+            print(b, flush=True)
+            b += 1
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "0", proc.stderr.read() if proc.stderr else ""
+        time.sleep(kill_after_s)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close() if proc.stdout else None
+        proc.stderr.close() if proc.stderr else None
+    path = tmp_path / "t.db"
+    chunks, fts = fts_consistent(path)
+    assert chunks == fts and chunks > 0
+    s = SQLiteStore(settings(tmp_path))
+    assert s.count().chunks == chunks
+    assert sparse_ids(s, "batch")
+    assert s.write([chunk("after", "after the crash")]).written == 1
+    assert s.search(SearchRequest(text="crash", vector=vec(0), candidates=5)).sparse[0].id == "after"
+    s.close()
+    assert fts_consistent(path) == (chunks + 1, chunks + 1)
