@@ -44,8 +44,9 @@ def _stack(*decorators: Callable[[F], F]) -> Callable[[F], F]:
 store_options = _stack(
     click.option("--index", "index", metavar="NAME",
                  help="Index name (an ES alias, or the SQLite file name). [default: esrag; env ESRAG_INDEX]"),
-    click.option("--store", type=click.Choice(["elasticsearch", "sqlite"]),
-                 help="Force a store. Default: elasticsearch when --es-url is set, else sqlite."),
+    click.option("--store", metavar="NAME",
+                 help="Store plugin: elasticsearch, sqlite, or one a package registers under the 'esrag.stores' "
+                      "entry point. [default: elasticsearch when --es-url is set, else sqlite; env ESRAG_STORE]"),
     click.option("--es-url", metavar="URL", help="Elasticsearch URL, e.g. http://localhost:9200 [env ESRAG_ES_URL]"),
     click.option("--es-api-key", metavar="KEY", help="Elasticsearch API key (base64 id:key). [env ESRAG_ES_API_KEY]"),
     click.option("--es-username", metavar="USER", help="Basic auth user. [env ESRAG_ES_USERNAME]"),
