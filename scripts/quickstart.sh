@@ -12,4 +12,4 @@ echo "==> esrag status"
 echo '==> esrag search "how does hybrid fusion weight BM25 against kNN?"'
 .venv/bin/esrag search "how does hybrid fusion weight BM25 against kNN?" -k 3
 echo '==> esrag ask "How do I connect esrag to my Elasticsearch cluster?"'
-.venv/bin/esrag ask "How do I connect esrag to my Elasticsearch cluster?"
+.venv/bin/esrag ask "How do I connect esrag to my Elasticsearch cluster?" --max-new-tokens 200
