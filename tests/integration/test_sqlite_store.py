@@ -23,7 +23,9 @@ import pytest
 
 from esrag.config import Settings
 from esrag.errors import CorruptStoreError, IndexNotFoundError, ModelMismatchError, StoreError
+from esrag.stores import sqlite as sqlite_store
 from esrag.stores.sqlite import SQLiteStore, match_expression, query_terms
+from esrag.stores.sqlite import sparse_sql as sparse_store_sql
 from esrag.types import Chunk, EmbeddedChunk, IndexMeta, SearchRequest
 
 pytestmark = pytest.mark.integration
@@ -215,13 +217,16 @@ def test_unwritable_locations_raise_store_errors_naming_the_path(tmp_path: Path)
             "ro_dir": attempt(sys.argv[1], lambda s: s.ensure_index(IndexMeta(model="test-model", dims=8))),
             "ro_parent": attempt(sys.argv[1] + "/sub", lambda s: s.ensure_index(IndexMeta(model="m", dims=8))),
             "ro_file_count": attempt(sys.argv[2], lambda s: s.count().chunks),
+            "ro_file_search": attempt(sys.argv[2], lambda s: [h.id for h in s.search(__import__(
+                "esrag.types").types.SearchRequest(text="hello", vector=[1.0] * 8, candidates=3)).sparse]),
             "ro_file_write": attempt(sys.argv[2], lambda s: s.write([chunk("b", "x", [1.0] * 8)]).written),
         }))
     """, str(root / "ro"), str(root / "rw"), unprivileged=True)
     assert out["ro_dir"][0] == "StoreError" and str(root / "ro" / "t.db") in out["ro_dir"][1]
     assert "not writable" in out["ro_dir"][1]
     assert out["ro_parent"][0] == "StoreError" and str(root / "ro" / "sub") in out["ro_parent"][1]
-    assert out["ro_file_count"] == ["ok", 1]  # a read-only store can still be searched
+    assert out["ro_file_count"] == ["ok", 1]  # a read-only store can still be read and searched
+    assert out["ro_file_search"] == ["ok", ["a"]]
     assert out["ro_file_write"][0] == "StoreError" and "read-only" in out["ro_file_write"][1]
     assert str(root / "rw" / "t.db") in out["ro_file_write"][1]
 
@@ -433,3 +438,44 @@ def test_sigkill_during_writes_leaves_a_consistent_store(tmp_path: Path, kill_af
     assert s.search(SearchRequest(text="crash", vector=vec(0), candidates=5)).sparse[0].id == "after"
     s.close()
     assert fts_consistent(path) == (chunks + 1, chunks + 1)
+
+
+def test_pruned_bm25_equals_fts5_bm25(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The MaxScore path (common terms scored in Python on candidates only) returns what the plain FTS5
+    query returns: same chunks, same scores."""
+    monkeypatch.setattr(sqlite_store, "COMMON_MIN_DF", 40)
+    used = []
+    real = SQLiteStore._sparse_pruned
+
+    def spy(self: SQLiteStore, *args: Any) -> Any:
+        out = real(self, *args)
+        used.append(out is not None)
+        return out
+
+    monkeypatch.setattr(SQLiteStore, "_sparse_pruned", spy)
+    rng = np.random.default_rng(3)
+    stop = ["the", "The", "OF", "and,", "a", "to", "in", "is", "naïve", "café"]
+    vocab = stop + [f"w{i}" for i in range(400)] + ["Straße", "e\u0301te", "日本語", "x_y"]
+    weights = np.array([0.6] * len(stop) + [1.0 / (i + 1) for i in range(len(vocab) - len(stop))])
+    weights /= weights.sum()
+
+    def text(n: int) -> str:
+        return " ".join(vocab[i] for i in rng.choice(len(vocab), size=n, p=weights))
+
+    s = SQLiteStore(settings(tmp_path))
+    s.ensure_index(META)
+    s.write([chunk(f"c{i}", text(int(rng.integers(5, 60))), title=text(2), doc_id=f"d{i % 50}",
+                   metadata={"part": str(i % 3)}) for i in range(1500)])
+    conn = sqlite3.connect(s.path)
+    for _ in range(60):
+        query = text(int(rng.integers(2, 6)))
+        for filters in ({}, {"part": ("1",)}):
+            got = s.search(SearchRequest(text=query, vector=None, candidates=20, filters=filters)).sparse
+            built = sparse_store_sql(query, filters, 20)
+            assert built is not None
+            want = conn.execute(*built).fetchall()
+            assert {h.id for h in got} == {r[1] for r in want}, (query, filters)
+            assert [h.score for h in got] == pytest.approx([r[8] for r in want], rel=1e-9), (query, filters)
+    conn.close()
+    s.close()
+    assert sum(used) >= 30, sum(used)  # the pruned path did run
