@@ -8,14 +8,22 @@ import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from esrag.cli.common import build_settings, load_embedder, model_options, open_store, store_options
 from esrag.config import NORMALIZATIONS, Settings, save_settings
 from esrag.errors import BulkWriteError, ConfigError
+
+if TYPE_CHECKING:
+    from esrag.embedders.base import Embedder
+    from esrag.evaluation import BeirDataset
+    from esrag.ingest import IngestReport
+    from esrag.stores.base import Store
+    from esrag.tuning import TuneResult
 
 METRIC_HEADERS = {"ndcg@10": "nDCG@10", "mrr@10": "MRR@10", "recall@100": "R@100"}
 
@@ -43,9 +51,20 @@ def common_eval_options(f: Any) -> Any:
     return model_options(store_options(f))
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A dataset indexed and ready to query."""
+
+    dataset: BeirDataset
+    settings: Settings
+    embedder: Embedder
+    store: Store
+    report: IngestReport
+
+
 @contextmanager
-def _prepared(dataset_dir: Path, split: str, progress: bool, options: dict[str, Any]) -> Iterator[Any]:
-    """Load the dataset, open the store and model, ingest incrementally; yields a context dict."""
+def _prepared(dataset_dir: Path, split: str, progress: bool, options: dict[str, Any]) -> Iterator[Prepared]:
+    """Load the dataset, open the store and model, ingest incrementally (the store is closed on exit)."""
     from esrag.evaluation import eval_index_name, index_dataset, load_beir
 
     dataset = load_beir(dataset_dir, split)
@@ -63,8 +82,7 @@ def _prepared(dataset_dir: Path, split: str, progress: bool, options: dict[str, 
         if not report.ok:
             raise BulkWriteError(f"{len(report.errors)} chunks failed to write; first: "
                                  f"{report.errors[0].reason}", tuple(report.errors))
-        yield {"dataset": dataset, "settings": settings, "embedder": embedder, "store": store,
-               "report": report}
+        yield Prepared(dataset, settings, embedder, store, report)
     finally:
         store.close()
 
@@ -108,15 +126,15 @@ def eval_cmd(dataset_dir: Path, split: str, candidates: int, as_json: bool, prog
     chosen = parse_methods(methods)
     show = _progress(progress)
     with _prepared(dataset_dir, split, show, options) as ctx:
-        settings, dataset = ctx["settings"], ctx["dataset"]
+        settings, dataset = ctx.settings, ctx.dataset
         store_methods = [m for m in chosen if m != "tfidf"]
         retrieval = None
         if store_methods:
-            retrieval = retrieve_candidates(dataset.queries, ctx["store"], ctx["embedder"], candidates, show)
+            retrieval = retrieve_candidates(dataset.queries, ctx.store, ctx.embedder, candidates, show)
         runs = build_runs(dataset, retrieval.candidates if retrieval else {}, chosen, settings.alpha,
                           settings.normalization, settings.rrf_k)
         results = {m: evaluate_run(dataset.qrels, runs[m], METRICS) for m in chosen}
-        report = ctx["report"]
+        report = ctx.report
     if runs_dir is not None:
         runs_dir.mkdir(parents=True, exist_ok=True)
         for m, run in runs.items():
@@ -191,17 +209,17 @@ def tune(dataset_dir: Path, split: str, candidates: int, as_json: bool, progress
     grid = sweep_settings(step, NORMALIZATIONS, ks)
     show = _progress(progress)
     with _prepared(dataset_dir, split, show, options) as ctx:
-        settings, dataset = ctx["settings"], ctx["dataset"]
+        settings, dataset = ctx.settings, ctx.dataset
         if not 2 <= folds <= len(dataset.queries):
             raise ConfigError(f"--folds must be between 2 and the number of queries ({len(dataset.queries)})")
-        retrieval = retrieve_candidates(dataset.queries, ctx["store"], ctx["embedder"], candidates, show)
+        retrieval = retrieve_candidates(dataset.queries, ctx.store, ctx.embedder, candidates, show)
     scores = score_settings(dataset.qrels, retrieval.candidates, grid)
     result = run_tune(scores, folds, seed)
     saved = None
     if save:
         saved = save_settings(result.best.config_updates())
     if plot_path is not None:
-        plot_curve(result, plot_path, f"{dataset.name}:")
+        plot_curve(result, plot_path, dataset.name)
     out = {"dataset": dataset.name, "store": settings.store_name, "index": settings.index,
            "queries": len(dataset.queries), **tune_to_dict(result),
            "saved": str(saved) if saved else None, "plot": str(plot_path) if plot_path else None}
@@ -215,7 +233,7 @@ def tune(dataset_dir: Path, split: str, candidates: int, as_json: bool, progress
         click.echo(f"saved {result.best.config_updates()} to {saved}")
 
 
-def _print_tune(result: Any, name: str, n_queries: int) -> None:
+def _print_tune(result: TuneResult, name: str, n_queries: int) -> None:
     m = result.metric
     linear = [s for s in result.curve if s.fusion == "linear"]
     norms = list(dict.fromkeys(s.normalization for s in linear))
