@@ -136,8 +136,9 @@ class Settings:
         values: dict[str, Any] = {}
         if path.is_file():
             values.update(_read_toml(path))
-        elif config_file or env.get(CONFIG_ENV):
+        elif config_file:
             raise ConfigError(f"config file not found: {path}")
+        # A missing ESRAG_CONFIG file is an empty config: `esrag tune --save` creates it.
         hints = get_type_hints(cls)
         for f in fields(cls):
             raw = env.get(f"ESRAG_{f.name.upper()}")

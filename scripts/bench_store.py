@@ -1,6 +1,7 @@
 """Benchmark the embedded SQLite store alone: write throughput, hybrid query latency, query-process memory.
 
     python scripts/bench_store.py [--n 126000] [--dims 384] [--corpus CORPUS_JSONL] [--dir DIR]
+                                  [--langchain [--langchain-queries 50]]
 
 Texts come from a BEIR ``corpus.jsonl`` (``_id``, ``title``, ``text``; cycled when shorter than ``--n``) or,
 without ``--corpus``, from Zipf-distributed random words. Vectors are random unit float32 vectors, so the
@@ -12,6 +13,15 @@ numbers exclude embedding. Measured:
   query that loads the vector matrix, and again in a fresh process;
 - memory: peak RSS (VmHWM, else ``ru_maxrss``) of a fresh process that opens the store and runs the queries, over the
   raw vector bytes (n * dims * 4).
+
+With ``--langchain`` (needs ``pip install -e '.[compare]'``), the baseline in the same run: LangChain's
+``BM25Retriever`` (rank_bm25) over the same ``title + text``, a dense retriever over the same vectors (Chroma,
+persisted under ``DIR/chroma``, query vector looked up by text) and ``EnsembleRetriever([bm25, dense],
+weights=[0.5, 0.5])`` cut to k, each retriever returning ``--candidates`` (see ``bench_store_langchain.py``).
+Build time (BM25Retriever + Chroma fill) is compared with esrag's write time. On the first
+``--langchain-queries`` queries (rank_bm25 scores every document, so it is slow on large corpora) the esrag
+hybrid query, ``BM25Retriever.invoke`` and ``EnsembleRetriever.invoke`` are timed interleaved, query by query,
+so machine noise hits both sides alike; the ratios esrag/LangChain come from that pass.
 
 Prints a table and one JSON line. Not a test: numbers depend on the machine.
 """
@@ -31,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from bench_store_langchain import Baseline, check_installed
 
 from esrag.config import Settings
 from esrag.fusion import linear_fusion
@@ -121,6 +132,33 @@ def child(args: argparse.Namespace) -> None:
     store.close()
 
 
+def langchain_baseline(store: SQLiteStore, pairs: list[tuple[str, str]], vectors: np.ndarray,
+                       queries: list[tuple[str, np.ndarray]], write_s: float, args: argparse.Namespace
+                       ) -> dict[str, Any]:
+    """Build the LangChain retrievers, then time esrag / BM25Retriever / EnsembleRetriever query by query."""
+    subset = queries[:args.langchain_queries]
+    print(f"building the LangChain baseline over {len(pairs)} texts ...", file=sys.stderr, flush=True)
+    lc = Baseline(pairs, vectors, subset, Path(args.dir) / "chroma", args.k, args.candidates)
+    print(f"timing {len(subset)} queries on both sides ...", file=sys.stderr, flush=True)
+    esrag_ms, bm25_ms, ensemble_ms = [], [], []
+    for query in subset:
+        esrag_ms.extend(run_queries(store, [query], args.k, args.candidates))
+        bm25_ms.append(lc.bm25_ms(query[0]))
+        ensemble_ms.append(lc.ensemble_ms(query[0]))
+    p = {name: (float(np.percentile(v, 50)), float(np.percentile(v, 95)))
+         for name, v in (("esrag", esrag_ms), ("bm25", bm25_ms), ("ensemble", ensemble_ms))}
+    return {
+        "queries": len(subset), "duplicate_query_texts": lc.duplicate_query_texts,
+        "bm25_build_s": lc.bm25_build_s, "chroma_build_s": lc.chroma_build_s, "build_s": lc.build_s,
+        "chroma_bytes": lc.chroma_bytes,
+        **{f"{name}_{q}_ms": v[i] for name, v in p.items() for i, q in enumerate(("p50", "p95"))},
+        "ratios_esrag_over_langchain": {
+            "hybrid_p50": p["esrag"][0] / p["ensemble"][0], "hybrid_p95": p["esrag"][1] / p["ensemble"][1],
+            "build": write_s / lc.build_s,
+        },
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=126_000)
@@ -131,11 +169,17 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--candidates", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--langchain", action="store_true",
+                    help="also time LangChain's BM25Retriever + EnsembleRetriever as the baseline")
+    ap.add_argument("--langchain-queries", type=int, default=50,
+                    help="queries timed on both sides for the LangChain ratios (default 50)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         child(args)
         return
+    if args.langchain and (missing := check_installed()):
+        sys.exit(missing)
     tmp = None
     if args.dir is None:
         tmp = tempfile.TemporaryDirectory(prefix="esrag-bench-")
@@ -144,6 +188,7 @@ def main() -> None:
     t0 = time.perf_counter()
     pairs = texts(args.n, args.corpus, rng)
     vectors = unit_vectors(args.n, args.dims, rng)
+    lc_vectors = vectors if args.langchain else None
     chunks = [EmbeddedChunk(Chunk(id=sha256_hex(str(i))[:40], doc_id=f"doc{i // 4}",
                                   source=f"doc{i // 4}.txt", title=title, text=text, chunk_index=i % 4,
                                   chunk_count=4, start=0, end=len(text), chunk_sha=sha256_hex(text),
@@ -172,6 +217,10 @@ def main() -> None:
         store.search(SearchRequest(text=text, vector=vector, candidates=args.candidates,
                                    filters={"part": ("3",)}))
         filtered.append((time.perf_counter() - t1) * 1e3)
+    lc = None
+    if lc_vectors is not None:
+        lc = langchain_baseline(store, pairs, lc_vectors, queries, write_s, args)
+        del lc_vectors
     store.close()
 
     payload = json.dumps([[t, v.tolist()] for t, v in queries])
@@ -190,6 +239,8 @@ def main() -> None:
         "fresh_process": fresh, "peak_rss_over_raw": fresh["peak_rss_bytes"] / raw,
         "cpus": os.cpu_count(), "queries": len(queries), "candidates": args.candidates, "k": args.k,
     }
+    if lc is not None:
+        out["langchain"] = lc
     mb = 1024 * 1024
     print(f"{'corpus':<32}{out['corpus']}")
     print(f"{'chunks x dims':<32}{args.n} x {args.dims}  "
@@ -202,6 +253,17 @@ def main() -> None:
           f"(first query {fresh['first_query_ms']:.0f} ms)")
     print(f"{'fresh process peak RSS':<32}{fresh['peak_rss_bytes'] / mb:.0f} MiB = "
           f"{out['peak_rss_over_raw']:.2f} x raw vectors")
+    if lc is not None:
+        print(f"-- LangChain baseline, {lc['queries']} queries timed interleaved with esrag --")
+        print(f"{'LangChain build':<32}{lc['build_s']:.1f} s (BM25Retriever {lc['bm25_build_s']:.1f} s, "
+              f"Chroma {lc['chroma_build_s']:.1f} s)")
+        print(f"{'BM25Retriever p50 / p95':<32}{lc['bm25_p50_ms']:.1f} / {lc['bm25_p95_ms']:.1f} ms")
+        print(f"{'EnsembleRetriever p50 / p95':<32}{lc['ensemble_p50_ms']:.1f} / {lc['ensemble_p95_ms']:.1f} ms")
+        print(f"{'esrag hybrid p50 / p95':<32}{lc['esrag_p50_ms']:.1f} / {lc['esrag_p95_ms']:.1f} ms "
+              f"(same queries)")
+        r = lc["ratios_esrag_over_langchain"]
+        print(f"{'esrag / Ensemble p50 / p95':<32}{r['hybrid_p50']:.3f} / {r['hybrid_p95']:.3f}")
+        print(f"{'esrag write / LangChain build':<32}{r['build']:.3f} ({write_s:.1f} s / {lc['build_s']:.1f} s)")
     print(json.dumps(out))
     if tmp is not None:
         tmp.cleanup()

@@ -388,10 +388,10 @@ def print_report(report: dict[str, Any]) -> None:
           f"{' (from cache; time of the original run)' if report['embedding']['cached'] else ''}")
     for side, b in report["build"].items():
         print(f"index build {side}: {b['total_s']:.2f}s (excluding embedding)")
-    print(f"\n{'side':<18}{'method':<16}" + "".join(f"{h:>9}" for h in heads) + "   (latency in ms)")
+    print(f"\n{'side':<21}{'method':<16}" + "".join(f"{h:>9}" for h in heads) + "   (latency in ms)")
     for r in report["methods"]:
         cells = "".join(f"{r[c]:>9.3f}" if r[c] is not None else f"{'-':>9}" for c in cols)
-        print(f"{r['side']:<18}{r['method']:<16}{cells}")
+        print(f"{r['side']:<21}{r['method']:<16}{cells}")
     for side, rows in report["ratios"].items():
         print(f"\nratios {side} / langchain")
         print(f"{'esrag':<16}{'langchain':<16}" + "".join(f"{h:>9}" for h in heads))
