@@ -236,6 +236,12 @@ class ElasticsearchStore:
 
     # -- error translation ------------------------------------------------------------------------------
 
+    def _item_error(self, item: dict[str, Any], action: str) -> StoreError:
+        """The error for one failed item of a multi-response (``mget`` doc, ``_msearch`` response)."""
+        if error_type(item) == "index_not_found_exception":
+            return self._missing()
+        return StoreError(f"Elasticsearch at {self.location} failed {action}: {error_reason(item)}")
+
     def _missing(self) -> IndexNotFoundError:
         return IndexNotFoundError(
             f"index '{self.alias}' not found at {self.location}; run `esrag ingest` (or `esrag init`) first"
@@ -529,12 +535,7 @@ class ElasticsearchStore:
                 )
                 for doc in resp["docs"]:
                     if "error" in doc:
-                        if error_type(doc) == "index_not_found_exception":
-                            raise self._missing()
-                        raise StoreError(
-                            f"Elasticsearch at {self.location} failed reading chunk {doc.get('_id')} of "
-                            f"'{self.alias}': {error_reason(doc)}"
-                        )
+                        raise self._item_error(doc, f"reading chunk {doc.get('_id')} of '{self.alias}'")
                     vector = (doc.get("_source") or {}).get(q.VECTOR_FIELD) if doc.get("found") else None
                     if vector is not None:
                         out[doc["_id"]] = np.asarray(vector, dtype=np.float32)
@@ -571,12 +572,7 @@ class ElasticsearchStore:
         results: list[list[ScoredChunk]] = []
         for r in resp["responses"]:
             if "error" in r:
-                if error_type(r) == "index_not_found_exception":
-                    raise self._missing()
-                raise StoreError(
-                    f"Elasticsearch at {self.location} failed searching '{self.alias}' "
-                    f"(HTTP {r.get('status', '?')}): {error_reason(r)}"
-                )
+                raise self._item_error(r, f"searching '{self.alias}' (HTTP {r.get('status', '?')})")
             results.append([_scored(h) for h in r.get("hits", {}).get("hits", [])])
         sparse = results.pop(0) if request.text is not None else []
         dense = results.pop(0) if request.vector is not None else []

@@ -27,21 +27,10 @@ MakeES = Callable[..., ElasticsearchStore]
 
 
 @pytest.fixture
-def es_store(store_settings: Callable[..., Settings]) -> Iterator[MakeES]:
-    """Factory of ElasticsearchStores on fresh index names of the test server; dropped afterwards."""
-    made: list[ElasticsearchStore] = []
-
-    def make(**overrides: object) -> ElasticsearchStore:
-        store = ElasticsearchStore(store_settings(**overrides))
-        made.append(store)
-        return store
-
-    yield make
-    for s in made:
-        try:
-            s.drop()
-        finally:
-            s.close()
+def es_store(make_store: Callable[..., Any]) -> MakeES:
+    """Factory of ElasticsearchStores on fresh index names of the test server, dropped afterwards: conftest's
+    ``make_store`` with ``store_name`` fixed to elasticsearch below."""
+    return make_store
 
 
 @pytest.fixture
