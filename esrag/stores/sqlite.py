@@ -10,9 +10,10 @@ FTS rows change in the same transaction as the chunk rows.
 BM25: FTS5 ``bm25()`` with weight 1.0 on title and text, negated so that higher is better. The
 ``unicode61`` tokenizer with ``remove_diacritics 0`` is close to Elasticsearch's standard analyzer: splits on
 anything that is not a letter, digit or mark, lowercases, keeps diacritics. Query text never reaches FTS5's
-query syntax: it is split the same way and each term is quoted and ORed (like ES ``match``). FTS5 scores
-every matching row, so a query holding a word found in a fifth of the index or more is answered with
-MaxScore pruning (``_sparse_pruned``): same hits, same scores, far fewer rows scored. Note FTS5's idf,
+query syntax: it is split the same way and each term is quoted and ORed (like ES ``match``). FTS5 itself
+scores row by row, too slowly for words found in much of the index, so queries are answered by
+``sqlite_bm25.Bm25Index``: FTS5's formula over FTS5's postings, in numpy, cached per term (same hits, same
+scores; the plain FTS5 query remains for terms it cannot read the same way). Note FTS5's idf,
 ``log((N - n + 0.5) / (n + 0.5))`` floored at 1e-6, differs from Lucene's ``log(1 + ...)`` for terms in
 more than half the chunks.
 
@@ -36,7 +37,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import os
 import re
 import sqlite3
@@ -53,6 +53,7 @@ import numpy as np
 
 from esrag.config import Settings
 from esrag.errors import ConfigError, CorruptStoreError, IndexNotFoundError, ModelMismatchError, StoreError
+from esrag.stores.sqlite_bm25 import Bm25Index
 from esrag.types import (
     TOP_LEVEL_FILTER_FIELDS,
     ChunkRef,
@@ -74,13 +75,8 @@ MARKER = "esrag-sqlite-store"
 WRITE_BATCH = 500
 #: values per ``IN (...)`` list
 IN_BATCH = 500
-BM25_WEIGHTS = (1.0, 1.0)  # title, text
-BM25_K1 = 1.2  # FTS5's bm25() k1
-#: a query term in at least this many chunks, and this fraction of them, is "common": see _sparse_pruned
-COMMON_MIN_DF, COMMON_FRACTION = 1000, 0.2
-#: the pruned BM25 path first reads this many times ``candidates`` rows of the rare terms, and gives up
-#: (running the plain query) after PRUNE_TRIES queries
-PRUNE_DEPTH, PRUNE_TRIES = 4, 3
+#: title, text (Bm25Index weighs both 1.0, as here)
+BM25_WEIGHTS = (1.0, 1.0)
 BUSY_TIMEOUT_S = 30.0
 
 _FTS_ADD = "INSERT INTO chunks_fts(rowid, title, text) VALUES (new.rowid, new.title, new.text);"
@@ -243,8 +239,9 @@ class SQLiteStore:
         self._matrix: np.ndarray | None = None
         self._rowids: np.ndarray | None = None
         self._version: int | None = None
-        # BM25 side: (data_version, FTS5 row count, {folded term: document frequency})
-        self._stats: tuple[int, int, dict[str, int]] | None = None
+        # BM25 side: FTS5's postings as numpy, for the data_version in _bm25_version
+        self._bm25: Bm25Index | None = None
+        self._bm25_version: int | None = None
 
     # --- connection and errors -------------------------------------------------------------------------
 
@@ -336,7 +333,7 @@ class SQLiteStore:
                 conn.execute("ROLLBACK")
             raise
         finally:
-            self._matrix = self._rowids = self._stats = None
+            self._matrix = self._rowids = self._bm25 = None
 
     # --- Store protocol --------------------------------------------------------------------------------
 
@@ -512,95 +509,38 @@ class SQLiteStore:
             conn = self._connection()
             conn.execute("BEGIN")
             try:
+                wanted: np.ndarray | None = None
+                if limit and (filtered := dense_filter_sql(request.filters)) is not None:
+                    wanted = np.sort(np.fromiter((r for (r,) in conn.execute(*filtered)), dtype=np.int64))
                 if request.text is not None and limit:
-                    sparse = self._sparse(conn, request.text, request.filters, limit)
+                    sparse = self._sparse(conn, request.text, request.filters, wanted, limit)
                 if request.vector is not None and limit:
-                    dense = self._hits(conn, self._knn(conn, request.vector, request.filters, limit))
+                    dense = self._hits(conn, self._knn(conn, request.vector, wanted, limit))
             finally:
                 conn.execute("COMMIT")
         return SearchResponse(sparse=sparse, dense=dense, took_ms=(time.perf_counter() - t0) * 1e3)
 
-    def _sparse(self, conn: sqlite3.Connection, text: str, filters: Filters, limit: int) -> list[ScoredChunk]:
+    def _sparse(self, conn: sqlite3.Connection, text: str, filters: Filters, wanted: np.ndarray | None,
+                limit: int) -> list[ScoredChunk]:
+        """BM25 top ``limit`` (``wanted``: the filters' rowids, sorted), by Bm25Index, else by FTS5."""
         terms = query_terms(text)
         if not terms:
             return []
-        pruned = self._sparse_pruned(conn, terms, filters, limit)
-        if pruned is not None:
-            return pruned
+        version = int(conn.execute("PRAGMA data_version").fetchone()[0])
+        if self._bm25 is None or version != self._bm25_version:
+            self._bm25 = None  # free the old postings first
+            self._bm25, self._bm25_version = Bm25Index(conn), version
+        ranked = self._bm25.top(conn, terms, limit, wanted)
+        if ranked is not None:
+            return self._hits(conn, ranked)
         built = sparse_sql(terms, filters, limit)
         assert built is not None
         return [_scored(r, float(r[8])) for r in conn.execute(*built)]
 
-    def _sparse_pruned(self, conn: sqlite3.Connection, terms: list[str], filters: Filters, limit: int
-                       ) -> list[ScoredChunk] | None:
-        """FTS5's exact bm25 top-``limit`` without scoring every chunk that holds a common word (FTS5 has
-        no WAND: a query with "the" scores most of the index, ~1 us per row and term). None when the plan
-        does not apply or cannot prove its answer; the caller then runs the plain query.
-
-        MaxScore: FTS5 ranks the chunks matching the rare terms (``e``). A common term adds at most
-        ``ub = idf * (k1 + 1)`` to any chunk, so with ``U`` the sum over common terms and ``theta`` the
-        ``limit``-th best ``e``, a chunk with ``e < theta - U`` or with no rare term cannot reach the top.
-        FTS5 then adds the common terms' bm25 to the remaining candidates only. Rare terms that make too few
-        hits, or a ``theta`` below ``U``, move the rarest common term to the rare side (at most PRUNE_TRIES
-        queries in all)."""
-        n_rows, df = self._term_stats(conn, terms)
-        folded = [t.lower() for t in terms]
-        threshold = max(COMMON_MIN_DF, COMMON_FRACTION * n_rows)
-        by_df = sorted({f for f in folded if df.get(f, 0) >= threshold}, key=lambda f: (df[f], f))
-        rare_df = sum(df.get(f, 0) for f in set(folded) - set(by_df))
-        while by_df and rare_df < limit:  # the rare terms alone cannot fill the list
-            rare_df += df[by_df[0]]
-            by_df = by_df[1:]
-        idf = {f: max(1e-6, math.log((n_rows - df[f] + 0.5) / (df[f] + 0.5))) for f in by_df}
-        depth, tries = PRUNE_DEPTH, 0
-        while by_df and tries < PRUNE_TRIES:
-            tries += 1
-            common = set(by_df)
-            bound = (BM25_K1 + 1.0) * sum(idf[f] for f in folded if f in common)
-            built = sparse_sql([t for t, f in zip(terms, folded, strict=True) if f not in common], filters,
-                               depth * limit, rows=False)
-            assert built is not None
-            rows = conn.execute(*built).fetchall()
-            if len(rows) < limit or rows[limit - 1][1] < bound:
-                by_df = by_df[1:]  # chunks with only common terms could make the list: demote the rarest
-                continue
-            floor = rows[limit - 1][1] - bound
-            if len(rows) == depth * limit and rows[-1][1] >= floor:
-                depth *= 4  # candidates beyond the rows read
-                continue
-            break
-        else:
-            return None
-        # The common terms' part of bm25, for the candidates only: FTS5 computes it as it would in the full
-        # query (same idf, tf, length normalisation); "+" keeps it to one pass over the doclists.
-        scores = {int(rid): float(e) for rid, e in rows if e >= floor}
-        weights = ", ".join(str(w) for w in BM25_WEIGHTS)
-        common_match = match_expression([t for t, f in zip(terms, folded, strict=True) if f in common])
-        for rid, part in conn.execute(
-                f"SELECT rowid, -bm25(chunks_fts, {weights}) FROM chunks_fts WHERE chunks_fts MATCH ? "
-                "AND +rowid IN (SELECT value FROM json_each(?))", (common_match, json.dumps(list(scores)))):
-            scores[rid] += part
-        ranked = sorted(scores.items(), key=lambda x: (-x[1], x[0]))[:limit]
-        return self._hits(conn, ranked)
-
-    def _term_stats(self, conn: sqlite3.Connection, terms: Sequence[str]) -> tuple[int, dict[str, int]]:
-        """FTS5's row count and the document frequency of each folded term, cached until the file changes
-        (a df lookup reads the term's whole doclist)."""
-        version = int(conn.execute("PRAGMA data_version").fetchone()[0])
-        if self._stats is None or self._stats[0] != version or len(self._stats[2]) > 100_000:
-            n_rows = int(conn.execute("SELECT count(*) FROM chunks_fts_docsize").fetchone()[0])
-            conn.execute("CREATE VIRTUAL TABLE IF NOT EXISTS temp.esrag_vocab "
-                         "USING fts5vocab(main, 'chunks_fts', 'row')")
-            self._stats = (version, n_rows, {})
-        df = self._stats[2]
-        for f in {t.lower() for t in terms} - df.keys():
-            row = conn.execute("SELECT doc FROM temp.esrag_vocab WHERE term = ?", (f,)).fetchone()
-            df[f] = int(row[0]) if row else 0
-        return self._stats[1], df
-
-    def _knn(self, conn: sqlite3.Connection, vector: np.ndarray, filters: Filters, limit: int
+    def _knn(self, conn: sqlite3.Connection, vector: np.ndarray, wanted: np.ndarray | None, limit: int
              ) -> list[tuple[int, float]]:
-        """Exact kNN: ``(rowid, (1 + cos) / 2)`` best first, ties by rowid; filters mask rows first.
+        """Exact kNN: ``(rowid, (1 + cos) / 2)`` best first, ties by rowid; only ``wanted`` rowids (sorted)
+        when given.
 
         ``einsum`` rather than ``@``: numpy's own loop is single-threaded and on this workload about twice
         as fast as BLAS sgemv, whose threads also contend with the caller's (measured: 8 vs 15 ms for
@@ -615,11 +555,9 @@ class SQLiteStore:
             return []
         q = q / norm
         positions: np.ndarray | None = None
-        filtered = dense_filter_sql(filters)
-        if filtered is None:
+        if wanted is None:
             cos = np.einsum("ij,j->i", matrix, q)
         else:
-            wanted = np.sort(np.fromiter((r for (r,) in conn.execute(*filtered)), dtype=np.int64))
             found = np.searchsorted(rowids, wanted)
             ok = found < len(rowids)
             ok[ok] = rowids[found[ok]] == wanted[ok]
@@ -685,8 +623,8 @@ class SQLiteStore:
         if request.text is not None:
             built = sparse_sql(request.text, request.filters, limit)
             out["sparse"] = ({"sql": built[0], "params": built[1],
-                              "note": "with common words, search may instead run this over the rarer terms and "
-                                      "add the common terms' bm25 to the candidates (same hits and scores)"}
+                              "note": "search computes the same hits and scores with numpy from FTS5's postings "
+                                      "(esrag.stores.sqlite_bm25); this is the equivalent FTS5 query"}
                              if built else {"sql": None, "note": "no terms in the query text: no BM25 hits"})
         if request.vector is not None:
             filtered = dense_filter_sql(request.filters)
@@ -728,7 +666,7 @@ class SQLiteStore:
     def close(self) -> None:
         with self._lock:
             conn, self._conn = self._conn, None
-            self._meta = self._matrix = self._rowids = self._stats = None
+            self._meta = self._matrix = self._rowids = self._bm25 = None
             self._version = None
             if conn is not None:
                 conn.close()

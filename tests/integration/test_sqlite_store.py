@@ -23,9 +23,10 @@ import pytest
 
 from esrag.config import Settings
 from esrag.errors import CorruptStoreError, IndexNotFoundError, ModelMismatchError, StoreError
-from esrag.stores import sqlite as sqlite_store
+from esrag.stores import sqlite_bm25
 from esrag.stores.sqlite import SQLiteStore, match_expression, query_terms
 from esrag.stores.sqlite import sparse_sql as sparse_store_sql
+from esrag.stores.sqlite_bm25 import Bm25Index
 from esrag.types import Chunk, EmbeddedChunk, IndexMeta, SearchRequest
 
 pytestmark = pytest.mark.integration
@@ -379,11 +380,12 @@ def test_writer_thread_and_reader_threads_share_the_store(store: SQLiteStore) ->
 # --- other processes ------------------------------------------------------------------------------------
 
 
-def test_writes_by_another_process_are_visible_to_an_open_stores_dense_search(store: SQLiteStore) -> None:
-    store.write([chunk(f"c{i}", f"text {i}", seed=i) for i in range(20)])
+def test_writes_by_another_process_are_visible_to_an_open_stores_searches(store: SQLiteStore) -> None:
+    store.write([chunk(f"c{i}", f"text {i} common", seed=i) for i in range(20)])
     target = vec(999)
-    before = store.search(SearchRequest(text=None, vector=target, candidates=3)).dense  # loads the matrix
-    assert "new" not in [h.id for h in before]
+    before = store.search(SearchRequest(text="fresh common", vector=target, candidates=3))  # loads both caches
+    assert "new" not in [h.id for h in before.dense + before.sparse]
+    old_score = before.sparse[0].score
     run_python("""
         import json
         s = SQLiteStore(Settings(sqlite_dir=sys.argv[1], index="t"))
@@ -392,9 +394,12 @@ def test_writes_by_another_process_are_visible_to_an_open_stores_dense_search(st
         s.close()
         print(json.dumps({}))
     """, str(store.path.parent), target.tobytes().hex())
-    after = store.search(SearchRequest(text=None, vector=target, candidates=3)).dense
-    assert after[0].id == "new" and after[0].score == pytest.approx(1.0, abs=1e-6)
+    after = store.search(SearchRequest(text="fresh common", vector=target, candidates=3))
+    assert after.dense[0].id == "new" and after.dense[0].score == pytest.approx(1.0, abs=1e-6)
+    assert after.sparse[0].id == "new"  # BM25 postings were reloaded: "fresh" is new
+    assert after.sparse[1].score != old_score  # and "common"'s idf and avgdl changed
     assert "c0" not in [h.id for h in store.search(SearchRequest(text=None, vector=vec(0), candidates=25)).dense]
+    assert "c0" not in [h.id for h in store.search(SearchRequest(text="common", vector=None, candidates=25)).sparse]
     assert store.count().chunks == 20
 
 
@@ -440,22 +445,22 @@ def test_sigkill_during_writes_leaves_a_consistent_store(tmp_path: Path, kill_af
     assert fts_consistent(path) == (chunks + 1, chunks + 1)
 
 
-def test_pruned_bm25_equals_fts5_bm25(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The MaxScore path (common terms scored in Python on candidates only) returns what the plain FTS5
-    query returns: same chunks, same scores."""
-    monkeypatch.setattr(sqlite_store, "COMMON_MIN_DF", 40)
-    used = []
-    real = SQLiteStore._sparse_pruned
+def test_numpy_bm25_equals_fts5_bm25(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bm25Index (FTS5's formula over FTS5's postings, in numpy) returns what the plain FTS5 query returns:
+    same chunks, same order (ties by rowid, also at the cut), same scores, with and without filters, with
+    repeated and non-ASCII query terms; and it answers nearly every query itself."""
+    answered = []
+    real = Bm25Index.top
 
-    def spy(self: SQLiteStore, *args: Any) -> Any:
+    def spy(self: Bm25Index, *args: Any) -> Any:
         out = real(self, *args)
-        used.append(out is not None)
+        answered.append(out is not None)
         return out
 
-    monkeypatch.setattr(SQLiteStore, "_sparse_pruned", spy)
+    monkeypatch.setattr(Bm25Index, "top", spy)
     rng = np.random.default_rng(3)
-    stop = ["the", "The", "OF", "and,", "a", "to", "in", "is", "naïve", "café"]
-    vocab = stop + [f"w{i}" for i in range(400)] + ["Straße", "e\u0301te", "日本語", "x_y"]
+    stop = ["the", "The", "OF", "and,", "a", "to", "in", "is", "naïve", "café", "ΟΔΟΣ", "οδος", "İstanbul"]
+    vocab = stop + [f"w{i}" for i in range(400)] + ["Straße", "STRASSE", "e\u0301te", "日本語", "x_y", "ǅemal"]
     weights = np.array([0.6] * len(stop) + [1.0 / (i + 1) for i in range(len(vocab) - len(stop))])
     weights /= weights.sum()
 
@@ -464,18 +469,33 @@ def test_pruned_bm25_equals_fts5_bm25(tmp_path: Path, monkeypatch: pytest.Monkey
 
     s = SQLiteStore(settings(tmp_path))
     s.ensure_index(META)
-    s.write([chunk(f"c{i}", text(int(rng.integers(5, 60))), title=text(2), doc_id=f"d{i % 50}",
-                   metadata={"part": str(i % 3)}) for i in range(1500)])
+    texts = [text(int(rng.integers(1, 60))) for _ in range(1200)]
+    texts += texts[:300]  # identical rows: ties in score, broken by rowid
+    texts += [text(200), text(20_000)]  # row sizes that take 2- and 3-byte varints in FTS5's _docsize
+    s.write([chunk(f"c{i}", t, title=text(int(rng.integers(0, 3))), doc_id=f"d{i % 50}",
+                   metadata={"part": str(i % 3)}) for i, t in enumerate(texts)])
     conn = sqlite3.connect(s.path)
-    for _ in range(60):
-        query = text(int(rng.integers(2, 6)))
-        for filters in ({}, {"part": ("1",)}):
-            got = s.search(SearchRequest(text=query, vector=None, candidates=20, filters=filters)).sparse
-            built = sparse_store_sql(query, filters, 20)
+    queries = [text(int(rng.integers(1, 6))) for _ in range(60)] + ["the the of", "ΟΔΟΣ οδος", "istanbul İSTANBUL",
+                                                                     "STRASSE straße", "ǆemal Ǆemal", "nothing"]
+    for query in queries:
+        for filters, candidates in (({}, 20), ({"part": ("1",)}, 20), ({}, 2000), ({"part": ("2", "0")}, 7)):
+            got = s.search(SearchRequest(text=query, vector=None, candidates=candidates, filters=filters)).sparse
+            built = sparse_store_sql(query, filters, candidates)
             assert built is not None
             want = conn.execute(*built).fetchall()
-            assert {h.id for h in got} == {r[1] for r in want}, (query, filters)
-            assert [h.score for h in got] == pytest.approx([r[8] for r in want], rel=1e-9), (query, filters)
+            assert [h.id for h in got] == [r[1] for r in want], (query, filters)
+            assert [h.score for h in got] == pytest.approx([r[8] for r in want], rel=1e-12, abs=0), (query, filters)
     conn.close()
     s.close()
-    assert sum(used) >= 30, sum(used)  # the pruned path did run
+    assert all(answered), (sum(answered), len(answered))  # unicode61 folding is reproduced exactly
+
+
+def test_terms_fts5_reads_differently_go_to_fts5(fts_store: SQLiteStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The safety net: a term whose folded form does not give FTS5's MATCH count is answered by FTS5."""
+    monkeypatch.setattr(sqlite_bm25, "fold", lambda term: term)  # a wrong fold: no case folding
+    answered = []
+    real = Bm25Index.top
+    monkeypatch.setattr(Bm25Index, "top", lambda self, *a: answered.append(out := real(self, *a)) or out)
+    assert sparse_ids(fts_store, "WORLD") == ["greet"]
+    assert answered[-1] is None
+    assert sparse_ids(fts_store, "hello") == ["greet"] and answered[-1] is not None
