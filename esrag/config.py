@@ -80,6 +80,8 @@ class Settings:
     quantize: str = "auto"  # auto | 4bit | none
     min_score: float = 0.0
     rag_k: int = 5
+    # generators that decode in-process make every sentence cite a source (esrag/generators/citations.py)
+    force_citations: bool = True
 
     def __post_init__(self) -> None:
         _check_choice("fusion", self.fusion, FUSIONS)

@@ -122,7 +122,8 @@ class Answer:
     ``citations`` are the valid ``[n]`` of ``text`` in order of first appearance; ``invalid_citations`` the
     numbers that named no passage. ``retrieved`` is every hit retrieval returned, ``passages`` the ones that
     fitted into the prompt. ``no_context`` is True when nothing relevant was retrieved and the LLM was not
-    called. ``generator`` is None for retrieval only (``--generator none``).
+    called. ``generator`` is None for retrieval only (``--generator none``). ``constrained_citations`` is True
+    when the generator's decoding made every sentence cite a source (the model chose which).
     """
 
     question: str
@@ -135,11 +136,13 @@ class Answer:
     no_context: bool = False
     generator: str | None = None
     model: str | None = None
+    constrained_citations: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "question": self.question, "answer": self.text, "no_context": self.no_context,
             "generator": self.generator, "model": self.model,
+            "constrained_citations": self.constrained_citations,
             "citations": [c.to_dict() for c in self.citations], "invalid_citations": self.invalid_citations,
             "passages": [p.to_dict() for p in self.passages], "retrieved": len(self.retrieved),
             "timings": self.timings.to_dict(),
@@ -299,6 +302,7 @@ class AnswerStream:
         relevant: bool,
         started: float,
         retrieval_ms: float,
+        force_citations: bool = False,
     ) -> None:
         self.question = question
         self.generator = generator
@@ -307,6 +311,8 @@ class AnswerStream:
         self.relevant = relevant
         self._started = started
         self._retrieval_ms = retrieval_ms
+        self.constrained = bool(force_citations and generator is not None
+                                and getattr(generator, "constrains_citations", False) and prepared.passages)
         self._answer: Answer | None = None
         self._pieces = self._run()
 
@@ -337,7 +343,7 @@ class AnswerStream:
             question=self.question, text=text, citations=citations or [], invalid_citations=invalid or [],
             passages=self.prepared.passages, retrieved=self.retrieved, timings=timings,
             no_context=not self.relevant, generator=g.name if g is not None else None,
-            model=g.model if g is not None else None,
+            model=g.model if g is not None else None, constrained_citations=self.constrained and self.relevant,
         )
 
     def _run(self) -> PyGenerator[str, None, None]:
@@ -352,7 +358,9 @@ class AnswerStream:
         parts: list[str] = []
         ttft_ms: float | None = None
         t_gen = time.perf_counter()
-        for piece in g.stream(self.prepared.messages):
+        pieces = (g.stream(self.prepared.messages, sources=len(self.prepared.passages))  # type: ignore[call-arg]
+                  if self.constrained else g.stream(self.prepared.messages))
+        for piece in pieces:
             if ttft_ms is None and piece:
                 ttft_ms = (time.perf_counter() - t_gen) * 1e3
             parts.append(piece)
@@ -420,7 +428,8 @@ class RagPipeline:
         retrieval_ms = (time.perf_counter() - started) * 1e3
         relevant = is_relevant(hits, self.settings.min_score)
         prepared = self.prepare(question, hits if relevant else [])
-        return AnswerStream(question, self.generator, prepared, list(hits), relevant, started, retrieval_ms)
+        return AnswerStream(question, self.generator, prepared, list(hits), relevant, started, retrieval_ms,
+                            force_citations=self.settings.force_citations)
 
     def ask(self, question: str, **search_kwargs: Any) -> Answer:
         """The whole Answer (streamed internally, so ``ttft_ms`` is measured too)."""

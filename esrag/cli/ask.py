@@ -51,6 +51,11 @@ def resolve_generator(choice: str | None, settings: Settings) -> str:
               help="Longest answer, in tokens. [default: 512]")
 @click.option("--temperature", type=click.FloatRange(min=0.0), metavar="T",
               help="Sampling temperature; 0 is greedy. [default: 0]")
+@click.option("--force-citations/--no-force-citations", default=None,
+              help="transformers_local: make every sentence of the answer cite a source, by constraining "
+                   "decoding where the model would end a sentence (the model picks the source). Small models "
+                   "rarely cite otherwise. Servers (openai_compat) only get the instruction to cite. "
+                   "[default: on; env ESRAG_FORCE_CITATIONS]")
 @click.option("--llm-timeout", type=click.FloatRange(min=0.0, min_open=True), metavar="SECONDS",
               help="openai_compat: seconds to wait for the server (connect, and between streamed pieces). "
                    "[default: 300]")

@@ -59,6 +59,9 @@ class Generator(ABC):
     max_new_tokens: int = 512
     exact_token_counts: bool = False
     last_completion_tokens: int | None = None
+    #: whether ``stream``/``generate`` accept ``sources=n`` and then make every sentence cite one of the n
+    #: numbered sources (by constraining decoding; see esrag/generators/citations.py)
+    constrains_citations: bool = False
 
     @abstractmethod
     def stream(self, messages: Sequence[Message]) -> Iterator[str]:

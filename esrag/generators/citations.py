@@ -3,18 +3,21 @@
 Large instruction-tuned models follow "cite as [n]"; small ones (the 135M default) mostly do not. For a
 generator that decodes in-process, esrag can make citing part of the decoding instead of a request:
 
-* while the current sentence has no ``[n]`` yet, the probability the model gives to ending it (a token ending
-  in ``.``, ``!`` or ``?``, or end-of-text) is moved to the token that opens a citation (`` [``): where the
-  model would end the sentence, it opens a citation instead;
-* inside a citation it opened this way, only digits that spell a source number 1..n are allowed, then the
-  closing ``]``. *Which* source is the model's own choice, by its probabilities over those numbers;
-* a sentence still open when the token budget is nearly spent is cited before the budget runs out.
+* when the model has written a sentence with no ``[n]`` in it and ends it (``.``, ``!`` or ``?``, then the
+  model's next token starts with whitespace, or is the end of text), the probability it gives to that next
+  token moves to ``[``: the citation goes right after the sentence, Wikipedia style (``...blue.[2] Next``);
+  the probability of tokens that continue without a space (``corpus.jsonl``, ``3.14``) is left alone, so the
+  model's own choice between "sentence end" and "not one" decides. A single token holding both the
+  punctuation and the whitespace (``".\n"``) is steered to the bare punctuation first;
+* the end of text after an uncited sentence without final punctuation opens `` [`` instead;
+* inside a citation opened this way, only digits that spell a source number 1..n are allowed, then ``]``.
+  *Which* source is the model's own choice, by its probabilities over those numbers;
+* a sentence still uncited when the token budget is nearly spent is cited before the budget runs out.
 
 Everything else is left to the model, and a citation the model writes by itself counts as the sentence's
-citation. This is the technique grammar-constrained decoding (llama.cpp grammars, vLLM guided decoding)
-applies, reduced to what citations need. ``CitationRules`` holds the pure part (which tokens do what, the
-state of a text) and is tested without a model; ``CitationLogitsProcessor`` applies it in
-``transformers``' ``generate``.
+citation. This is what grammar-constrained decoding (llama.cpp grammars, vLLM guided decoding) does, reduced
+to what citations need. ``CitationRules`` holds the pure part (which tokens do what, the state of a text)
+and is tested without a model; ``CitationLogitsProcessor`` applies it in ``transformers``' ``generate``.
 """
 
 from __future__ import annotations
@@ -23,47 +26,56 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-#: a sentence end: . ! or ? at the end of a token's text (trailing whitespace aside)
-_END_RE = re.compile(r"[.!?]\s*$")
-#: the text of a closing token: "]" with at most one punctuation mark after it
-_CLOSE_RE = re.compile(r"^\][.,;:!?]?$")
-#: where the current sentence starts: after the last sentence end followed by whitespace
-_SENTENCE_SPLIT_RE = re.compile(r"[.!?](?:\s+)|\n")
-_CITED_RE = re.compile(r"\[\s*\d+(?:\s*[,;–-]\s*\d+)*\s*\]")
+_CITATION = r"\[\s*\d+(?:\s*[,;–-]\s*\d+)*\s*\]"
+#: a sentence boundary: . ! or ? (optionally followed by citations) then whitespace; or a line break
+_SENTENCE_SPLIT_RE = re.compile(rf"[.!?](?:{_CITATION})*\s+|\n")
+_CITED_RE = re.compile(_CITATION)
 _OPEN_DIGITS_RE = re.compile(r"\[(\d*)$")
-#: a "." after these is no sentence end: a number (3.14), a one-letter abbreviation (e.g.)
-_NOT_AN_END_RE = re.compile(r"(?:\d|\b[A-Za-z])$")
+#: text ending a sentence: a word, then . ! or ?
+_ENDED_RE = re.compile(r"\w[)\"'”’]*[.!?][)\"'”’]*$")
+#: ... unless the word is a number (a list marker "1.", "3.14"; not "BM25."), one letter or dotted ("e.g.")
+_NOT_AN_END_RE = re.compile(r"(?:\b\d+|\b\w|\w\.\w)[.!?][)\"'”’]*$")
+#: one token holding a sentence end and the whitespace after it: ".\n", "? "
+_END_AND_SPACE_RE = re.compile(r"^\S*?([.!?])\s+$")
 
 
 class CitationRules:
-    """Which tokens end sentences, open and close citations, or are digits, for one tokenizer's vocabulary
-    (``texts[i]`` is token i decoded alone), and the citation state of a text."""
+    """Which tokens open and close citations, are digits, start with whitespace or end sentences, for one
+    tokenizer's vocabulary (``texts[i]`` is token i decoded alone), and the citation state of a text."""
 
     def __init__(self, texts: Sequence[str], eos_ids: Sequence[int]) -> None:
         self.eos_ids = sorted({i for i in eos_ids if 0 <= i < len(texts)})
-        self.end_ids = [i for i, t in enumerate(texts) if t.strip() and _END_RE.search(t)
-                        and "[" not in t and "]" not in t]
-        self.close_ids = [i for i, t in enumerate(texts) if _CLOSE_RE.match(t)]
+        ids = {t: i for i, t in reversed(list(enumerate(texts)))}  # the first id of each text
+        if "[" not in ids or "]" not in ids:
+            raise ValueError("the tokenizer has no '[' or no ']' token")
+        self.open_bare, self.close = ids["["], ids["]"]
+        self.open_spaced = ids.get(" [", self.open_bare)
         self.digit_ids = {i: t for i, t in enumerate(texts) if t.isascii() and t.isdigit()}
-        spaced = [i for i, t in enumerate(texts) if t == " ["]
-        bare = [i for i, t in enumerate(texts) if t == "["]
-        if not bare and not spaced:
-            raise ValueError("the tokenizer has no '[' token")
-        self.open_spaced = spaced[0] if spaced else bare[0]
-        self.open_bare = bare[0] if bare else spaced[0]
-        if not self.close_ids or not self.digit_ids:
-            raise ValueError("the tokenizer lacks ']' or digit tokens")
+        if not self.digit_ids:
+            raise ValueError("the tokenizer has no digit tokens")
+        #: tokens that start with whitespace: after a sentence end, they are what says it ended
+        self.space_ids = [i for i, t in enumerate(texts) if t[:1].isspace()]
+        #: the bare punctuation's token -> tokens holding it and the whitespace after it (".\n", ". ")
+        self.end_and_space: dict[int, list[int]] = {}
+        for i, t in enumerate(texts):
+            if (m := _END_AND_SPACE_RE.match(t)) and m.group(1) in ids and "[" not in t:
+                self.end_and_space.setdefault(ids[m.group(1)], []).append(i)
 
     @staticmethod
     def sentence_needs_citation(text: str) -> bool:
         """Whether the text's last sentence holds words but no citation yet."""
-        parts = _SENTENCE_SPLIT_RE.split(text)
-        current = parts[-1] if parts else ""
+        current = _SENTENCE_SPLIT_RE.split(text)[-1]
         return bool(re.search(r"\w", current)) and not _CITED_RE.search(current)
 
+    @staticmethod
+    def ended_uncited(text: str) -> bool:
+        """Whether ``text`` ends a sentence (pending the whitespace after it) that cites nothing."""
+        return bool(_ENDED_RE.search(text)) and not _NOT_AN_END_RE.search(text) \
+            and CitationRules.sentence_needs_citation(text)
+
     def open_id(self, text: str) -> int:
-        """The token that opens a citation after ``text``."""
-        return self.open_bare if not text or text[-1].isspace() else self.open_spaced
+        """The token that opens a citation after ``text``: glued after punctuation or whitespace."""
+        return self.open_bare if not text or text[-1].isspace() or text[-1] in ".!?)\"'”’" else self.open_spaced
 
     @staticmethod
     def number_prefixes(n_sources: int) -> set[str]:
@@ -86,10 +98,6 @@ class CitationRules:
         the opening token, the digits of the largest number, the closing token."""
         return tokens_left <= len(str(n_sources)) + 2 and self.sentence_needs_citation(text)
 
-    def blocks_end(self, text: str) -> bool:
-        """Whether ending the sentence after ``text`` is turned into opening a citation."""
-        return self.sentence_needs_citation(text) and not _NOT_AN_END_RE.search(text.rstrip())
-
 
 class CitationLogitsProcessor:
     """A ``transformers`` LogitsProcessor applying CitationRules to one ``generate`` call.
@@ -107,7 +115,7 @@ class CitationLogitsProcessor:
         self.prompt_len = prompt_len
         self.max_new_tokens = max_new_tokens
         self.decode = decode
-        self._opened: set[tuple[int, int]] = set()  # (batch row, position of the forced "[")
+        self._opened: dict[tuple[int, int], int] = {}  # (batch row, position) -> the "[" offered there
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
         import torch
@@ -122,7 +130,7 @@ class CitationLogitsProcessor:
             inside = self.rules.inside(text, self.n_sources) if self._open_forced(row, ids) else None
             if inside is not None:
                 digits, can_close = inside
-                keep = digits + (self.rules.close_ids if can_close else [])
+                keep = digits + ([self.rules.close] if can_close else [])
                 if keep:
                     mask = torch.full_like(scores[row], neg)
                     mask[keep] = scores[row, keep]
@@ -133,20 +141,32 @@ class CitationLogitsProcessor:
             if self.rules.must_cite_now(text, tokens_left, self.n_sources):
                 scores[row] = torch.full_like(scores[row], neg)
                 scores[row, open_id] = 0.0
-                self._opened.add((row, pos))
-            elif self.rules.blocks_end(text):
-                moved = self.rules.end_ids + self.rules.eos_ids + [open_id]
-                total = torch.logsumexp(scores[row, moved].float(), dim=0).to(scores.dtype)
-                scores[row, moved] = neg
-                scores[row, open_id] = total
-                self._opened.add((row, pos))
+                self._opened[(row, pos)] = open_id
+            elif self.rules.ended_uncited(text):  # "...blue." + " Next" / end of text -> "...blue.[n]"
+                self._move(scores, row, self.rules.space_ids + self.rules.eos_ids, open_id)
+                self._opened[(row, pos)] = open_id
+            elif self.rules.sentence_needs_citation(text):
+                for bare, tokens in self.rules.end_and_space.items():  # ".\n" -> "." first
+                    self._move(scores, row, tokens, bare)
+                self._move(scores, row, self.rules.eos_ids, open_id)  # stopping mid-sentence -> " [n]"
+                self._opened[(row, pos)] = open_id
         return scores
+
+    @staticmethod
+    def _move(scores: Any, row: int, sources: list[int], target: int) -> None:
+        """Give ``target`` the probability of ``sources`` (and its own); ``sources`` get none."""
+        import torch
+
+        moved = [i for i in sources if i != target] + [target]
+        total = torch.logsumexp(scores[row, moved].float(), dim=0).to(scores.dtype)
+        scores[row, moved] = torch.finfo(scores.dtype).min
+        scores[row, target] = total
 
     def _open_forced(self, row: int, ids: list[int]) -> bool:
         """Whether the last ``[`` in the generated ids is one this processor offered (and the model took)."""
         for pos in range(len(ids) - 1, -1, -1):
             if ids[pos] in (self.rules.open_spaced, self.rules.open_bare):
-                return (row, pos) in self._opened
+                return self._opened.get((row, pos)) == ids[pos]
             if ids[pos] not in self.rules.digit_ids:
                 return False
         return False

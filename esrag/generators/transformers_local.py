@@ -38,6 +38,7 @@ from typing import Any
 from esrag.config import Settings
 from esrag.errors import ConfigError, GeneratorError, MissingDependencyError
 from esrag.generators.base import DEFAULT_CONTEXT_TOKENS, Generator, Message, messages_to_dicts
+from esrag.generators.citations import CitationLogitsProcessor, CitationRules
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +129,7 @@ class TransformersLocalGenerator(Generator):
 
     name = "transformers_local"
     exact_token_counts = True
+    constrains_citations = True
     tokenizer: Any
     _model: Any
 
@@ -144,6 +146,7 @@ class TransformersLocalGenerator(Generator):
         self.cache_root = Path(cache_dir) if cache_dir else default_cache_dir(settings)
         self.loaded_from_cache: bool | None = None
         self.last_completion_tokens = None
+        self._citation_rules: CitationRules | None = None
         try:
             self._load()
         except (MissingDependencyError, GeneratorError, ConfigError):
@@ -267,10 +270,33 @@ class TransformersLocalGenerator(Generator):
     def count_prompt_tokens(self, messages: Sequence[Message]) -> int:
         return len(self.tokenizer(self.render(messages), add_special_tokens=False)["input_ids"])
 
-    def _generation_kwargs(self) -> dict[str, Any]:
+    def citation_rules(self) -> CitationRules:
+        """The tokenizer's citation tokens (built on first use: every token decoded once, ~0.2 s)."""
+        if self._citation_rules is None:
+            texts = self.tokenizer.batch_decode([[i] for i in range(len(self.tokenizer))])
+            eos = self._model.generation_config.eos_token_id
+            eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
+            if self.tokenizer.eos_token_id is not None:
+                eos_ids.append(self.tokenizer.eos_token_id)
+            try:
+                self._citation_rules = CitationRules(texts, eos_ids)
+            except ValueError as e:
+                raise GeneratorError(f"cannot constrain citations with {self.model!r}: {e}; "
+                                     "run with --no-force-citations") from e
+        return self._citation_rules
+
+    def _generation_kwargs(self, prompt_len: int = 0, sources: int = 0) -> dict[str, Any]:
         sample = self.temperature > 0
         kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "do_sample": sample,
                                   "pad_token_id": self.tokenizer.pad_token_id}
+        if sources > 0:
+            from transformers import LogitsProcessorList
+
+            def decode(ids: list[int]) -> str:
+                return str(self.tokenizer.decode(ids, skip_special_tokens=True))
+
+            kwargs["logits_processor"] = LogitsProcessorList([CitationLogitsProcessor(
+                self.citation_rules(), sources, prompt_len, self.max_new_tokens, decode)])
         if sample:
             kwargs["temperature"] = self.temperature
         else:  # silence "temperature is set but do_sample=False" from models whose config sets them
@@ -279,8 +305,9 @@ class TransformersLocalGenerator(Generator):
 
     # -- generation ------------------------------------------------------------------------------------
 
-    def generate(self, messages: Sequence[Message]) -> str:
-        """The whole answer from one ``model.generate`` call (no streamer thread)."""
+    def generate(self, messages: Sequence[Message], sources: int = 0) -> str:
+        """The whole answer from one ``model.generate`` call (no streamer thread). ``sources > 0``: every
+        sentence cites one of that many numbered sources (see esrag/generators/citations.py)."""
         import torch
 
         self.last_completion_tokens = None
@@ -288,15 +315,16 @@ class TransformersLocalGenerator(Generator):
         prompt_len = int(inputs["input_ids"].shape[1])
         try:
             with torch.inference_mode():
-                out = self._model.generate(**inputs, **self._generation_kwargs())
+                out = self._model.generate(**inputs, **self._generation_kwargs(prompt_len, sources))
         except Exception as e:
             raise GeneratorError(f"local LLM {self.model!r} failed: {type(e).__name__}: {e}") from e
         new = out[0][prompt_len:]
         self.last_completion_tokens = int(new.shape[0])
         return str(self.tokenizer.decode(new, skip_special_tokens=True))
 
-    def stream(self, messages: Sequence[Message]) -> Iterator[str]:
+    def stream(self, messages: Sequence[Message], sources: int = 0) -> Iterator[str]:
         """Stream word-sized pieces via ``TextIteratorStreamer``, generating in a background thread.
+        ``sources > 0``: every sentence cites one of that many numbered sources.
 
         Closing the iterator early stops the generation at the next token. A failure in the model raises
         GeneratorError with the text produced so far in ``partial``.
@@ -307,6 +335,7 @@ class TransformersLocalGenerator(Generator):
         self.last_completion_tokens = None
         inputs = self._encode(messages)
         prompt_len = int(inputs["input_ids"].shape[1])
+        generation_kwargs = self._generation_kwargs(prompt_len, sources)  # errors surface before the thread
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         cancel = threading.Event()
         outcome: dict[str, Any] = {}
@@ -319,7 +348,7 @@ class TransformersLocalGenerator(Generator):
         def run() -> None:
             try:
                 with torch.inference_mode():
-                    out = self._model.generate(**inputs, **self._generation_kwargs(), streamer=streamer,
+                    out = self._model.generate(**inputs, **generation_kwargs, streamer=streamer,
                                                stopping_criteria=StoppingCriteriaList([_Cancel()]))
                 outcome["tokens"] = int(out.shape[1]) - prompt_len
             except BaseException as e:  # noqa: BLE001 - handed to the consuming thread

@@ -153,4 +153,8 @@ def test_ask_with_the_in_process_model(
     out = ask_json(indexed, "--generator", "transformers_local", "--device", "cpu")
     assert out["generator"] == "transformers_local" and out["model"] == "SmolLM2-135M-Instruct"
     assert out["answer"].strip() and out["passages"]
+    assert out["constrained_citations"] and out["citations"], out["answer"]  # the default: constrained
     assert all(c["n"] in {p["n"] for p in out["passages"]} for c in out["citations"])
+    free = ask_json(indexed, "--generator", "transformers_local", "--device", "cpu", "--no-force-citations")
+    assert not free["constrained_citations"]
+    assert all(c["n"] in {p["n"] for p in free["passages"]} for c in free["citations"])

@@ -4,6 +4,7 @@ streaming equal to non-streaming under greedy decoding, and the dequantised-weig
 from __future__ import annotations
 
 import importlib.util
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from esrag.config import Settings
 from esrag.errors import MissingDependencyError
 from esrag.generators.base import Message
 from esrag.generators.transformers_local import TransformersLocalGenerator
+from esrag.rag import parse_citations
 
 pytestmark = pytest.mark.integration
 
@@ -64,6 +66,23 @@ def test_closing_the_stream_early_stops_generation(cold: TransformersLocalGenera
     stream.close()  # joins the generating thread; must not hang
     assert first
     assert cold.generate(QUESTION).strip()  # the model is still usable
+
+
+SOURCED = [Message("system", "Answer from the sources and cite them as [n]."),
+           Message("user", "Sources:\n\n[1] paris.md\nParis is the capital of France. The Eiffel Tower was "
+                           "completed in 1889.\n\n[2] rust.md\nRust is a programming language.\n\n"
+                           "Question: When was the Eiffel Tower completed?")]
+
+
+def test_constrained_decoding_makes_every_sentence_cite_a_valid_source(cold: TransformersLocalGenerator) -> None:
+    text = cold.generate(SOURCED, sources=2)
+    valid, invalid = parse_citations(text, 2)
+    assert valid and not invalid, text
+    # every sentence (up to the last one, which the token budget may cut) carries a citation
+    sentences = [s for s in re.split(r"(?<=[.!?\]])\s+", text.strip()) if re.search(r"\w", s)]
+    assert all(re.search(r"\[\d+\]", s) for s in sentences[:-1]), text
+    assert "".join(cold.stream(SOURCED, sources=2)) == text  # the constraint also applies when streaming
+    assert cold.citation_rules().close == cold.tokenizer.convert_tokens_to_ids("]")
 
 
 def test_token_counts_use_the_model_tokenizer(cold: TransformersLocalGenerator) -> None:

@@ -280,3 +280,29 @@ def test_generator_failure_propagates_with_the_partial_answer() -> None:
             got.append(piece)
     assert got == ["one ", "two "]
     assert info.value.partial == "one two "
+
+
+class ConstrainingGenerator(ScriptedGenerator):
+    """A ScriptedGenerator that declares constrained citations and records the ``sources`` it was given."""
+
+    constrains_citations = True
+
+    def __init__(self, pieces: Sequence[str]) -> None:
+        super().__init__(pieces)
+        self.sources: list[int] = []
+
+    def stream(self, messages: Sequence[Message], sources: int = 0) -> Iterator[str]:  # type: ignore[override]
+        self.sources.append(sources)
+        return super().stream(messages)
+
+
+def test_generators_that_constrain_citations_get_the_number_of_sources() -> None:
+    gen = ConstrainingGenerator(["Paris.[1]"])
+    answer = pipeline([hit(1), hit(2)], gen).ask("q")
+    assert gen.sources == [2] and answer.constrained_citations and answer.to_dict()["constrained_citations"]
+    off = ConstrainingGenerator(["Paris."])
+    answer = pipeline([hit(1), hit(2)], off, force_citations=False).ask("q")
+    assert off.sources == [0] and not answer.constrained_citations
+    plain = ScriptedGenerator(["Paris."])  # takes no ``sources`` argument: never given one
+    assert not pipeline([hit(1)], plain).ask("q").constrained_citations and len(plain.calls) == 1
+    assert not pipeline([], ConstrainingGenerator(["x"])).ask("q").constrained_citations  # no context
