@@ -343,7 +343,7 @@ class AnswerStream:
             question=self.question, text=text, citations=citations or [], invalid_citations=invalid or [],
             passages=self.prepared.passages, retrieved=self.retrieved, timings=timings,
             no_context=not self.relevant, generator=g.name if g is not None else None,
-            model=g.model if g is not None else None, constrained_citations=self.constrained and self.relevant,
+            model=g.model if g is not None else None, constrained_citations=self.constrained,
         )
 
     def _run(self) -> PyGenerator[str, None, None]:

@@ -53,7 +53,7 @@ import numpy as np
 
 from esrag.config import Settings
 from esrag.errors import ConfigError, CorruptStoreError, IndexNotFoundError, ModelMismatchError, StoreError
-from esrag.stores.sqlite_bm25 import Bm25Index
+from esrag.stores.sqlite_bm25 import Bm25Index, positions_of
 from esrag.types import (
     TOP_LEVEL_FILTER_FIELDS,
     ChunkRef,
@@ -167,10 +167,9 @@ def filter_sql(filters: Filters) -> tuple[str, list[Any]]:
     return " AND ".join(clauses), params
 
 
-def sparse_sql(text: str | Sequence[str], filters: Filters, limit: int, rows: bool = True
-               ) -> tuple[str, list[Any]] | None:
+def sparse_sql(text: str | Sequence[str], filters: Filters, limit: int) -> tuple[str, list[Any]] | None:
     """The BM25 query for free text (or its terms): top ``limit`` rowids by bm25 (filters applied before the
-    cut), then their rows (``rows=False``: just ``(rowid, score)``). None when there is no term."""
+    cut), then their rows. None when there is no term."""
     match = match_expression(text)
     if match is None:
         return None
@@ -181,7 +180,7 @@ def sparse_sql(text: str | Sequence[str], filters: Filters, limit: int, rows: bo
     inner = (f"SELECT chunks_fts.rowid AS rid, bm25(chunks_fts, {weights}) AS score FROM chunks_fts "
              f"WHERE chunks_fts MATCH ?{restrict} ORDER BY score, rid LIMIT ?")
     sql = (f"SELECT {_HIT_COLUMNS}, -t.score FROM ({inner}) AS t JOIN chunks AS c ON c.rowid = t.rid "
-           "ORDER BY t.score, t.rid") if rows else f"SELECT rid, -score FROM ({inner})"
+           "ORDER BY t.score, t.rid")
     return sql, [match, *fparams, limit]
 
 
@@ -558,10 +557,7 @@ class SQLiteStore:
         if wanted is None:
             cos = np.einsum("ij,j->i", matrix, q)
         else:
-            found = np.searchsorted(rowids, wanted)
-            ok = found < len(rowids)
-            ok[ok] = rowids[found[ok]] == wanted[ok]
-            positions = found[ok]
+            positions = positions_of(rowids, wanted)
             # a selective filter scores only its rows; a broad one scores all and picks (no big copy)
             cos = (np.einsum("ij,j->i", matrix[positions], q) if 4 * len(positions) < len(rowids)
                    else np.einsum("ij,j->i", matrix, q)[positions])
