@@ -107,6 +107,15 @@ class ChunkRef:
     chunk_count: int
 
 
+@dataclass(frozen=True)
+class DocRef:
+    """A stored document as ``Store.list_documents`` reports it: its version hash and chunk count."""
+
+    doc_id: str
+    doc_sha: str
+    chunks: int
+
+
 class ScoredChunk(NamedTuple):
     """One result of one retrieval side (BM25 or kNN), with the store's raw score.
 
@@ -244,3 +253,4 @@ class WriteError:
 class WriteResult:
     written: int
     errors: tuple[WriteError, ...] = ()
+    deleted: int = 0

@@ -12,8 +12,9 @@ store:
   follow Elasticsearch's cosine convention ``(1 + cos) / 2``, in [0, 1]. BM25 scores are the store's own.
 - Every method other than ``ensure_index``/``exists``/``describe``/``drop`` raises ``IndexNotFoundError``
   when the index does not exist.
-- Writes are visible to ``search``, ``count`` and ``list_chunks`` once ``write``/``delete_*`` return
-  (a store that buffers, like Elasticsearch, refreshes before returning).
+- ``list_chunks``, ``get_embeddings`` and ``list_documents`` see every completed write at once (ES reads them
+  with realtime gets or a refresh of its own). ``search`` and ``count`` may lag until ``refresh()``: an
+  ingest refreshes once at its end, not after every batch.
 - Constructing a store performs no I/O; the first operation connects.
 """
 
@@ -24,7 +25,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from esrag.types import ChunkRef, Counts, EmbeddedChunk, IndexMeta, SearchRequest, SearchResponse, WriteResult
+from esrag.types import ChunkRef, Counts, DocRef, EmbeddedChunk, IndexMeta, SearchRequest, SearchResponse, WriteResult
 
 
 @runtime_checkable
@@ -49,9 +50,22 @@ class Store(Protocol):
         """The recorded IndexMeta, or None when the index does not exist."""
         ...
 
-    def write(self, chunks: Iterable[EmbeddedChunk]) -> WriteResult:
-        """Upsert chunks. Never raises for individual failed items: they are returned in
-        ``WriteResult.errors`` with their source file. Raises StoreError only if the store is unusable."""
+    def write(self, chunks: Iterable[EmbeddedChunk], delete_ids: Sequence[str] = ()) -> WriteResult:
+        """Upsert ``chunks``, then delete the chunks whose ids are in ``delete_ids``, in one request stream
+        where the store allows it (ES: index and delete actions in the same ``_bulk`` stream; SQLite: one
+        transaction). Never raises for individual failed items: they are returned in
+        ``WriteResult.errors`` with their source file; ``WriteResult.deleted`` counts deletions of chunks
+        that existed. Raises StoreError only if the store is unusable."""
+        ...
+
+    def refresh(self) -> None:
+        """Make every completed write visible to ``search`` and ``count`` (ES: one refresh of the index;
+        a no-op where writes are visible at once)."""
+        ...
+
+    def list_documents(self, prefix: str = "") -> dict[str, DocRef]:
+        """Every stored document whose doc_id starts with ``prefix`` ("" = all): doc_id -> DocRef. Used by
+        ``ingest --prune`` to find documents that are gone from the corpus."""
         ...
 
     def list_chunks(self, doc_ids: Sequence[str]) -> dict[str, list[ChunkRef]]:
