@@ -10,8 +10,8 @@ class EsragError(Exception):
     exit_code = 1
 
 
-class ConfigError(EsragError):
-    """Bad configuration or arguments (exit code 2, like a usage error)."""
+class ConfigError(EsragError, ValueError):
+    """Bad configuration or arguments (exit code 2, like a usage error). Also a ValueError: a bad value."""
 
     exit_code = 2
 
@@ -20,7 +20,8 @@ class MissingDependencyError(EsragError):
     """An optional dependency is not installed; the message names the extra to install."""
 
     def __init__(self, package: str, extra: str, purpose: str) -> None:
-        super().__init__(f"{purpose} needs the '{package}' package: pip install 'esrag[{extra}]'")
+        super().__init__(f"{purpose} needs the '{package}' package: run `pip install -e '.[{extra}]'` in your "
+                         f"esrag checkout (or `pip install {package}`)")
         self.package = package
         self.extra = extra
 
@@ -47,6 +48,13 @@ class IndexNotFoundError(StoreError):
 
 class ModelMismatchError(StoreError):
     """The index was built with another embedding model or dimension than the one configured."""
+
+    @classmethod
+    def of(cls, where: str, built_model: str, built_dims: int, model: str, dims: int) -> ModelMismatchError:
+        """The one message for every place that finds the mismatch (ingest, search, evaluation)."""
+        return cls(f"index {where} was built with model {built_model!r} ({built_dims} dims), but the "
+                   f"configured model is {model!r} ({dims} dims); use --model {built_model!r} or ingest into "
+                   "a new index (--index NAME)")
 
 
 class CorruptStoreError(StoreError):

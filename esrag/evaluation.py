@@ -18,26 +18,21 @@ dataset into a store and fetches the candidates.
 from __future__ import annotations
 
 import json
-import math
 import re
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from esrag.config import DEFAULT_MODEL, Settings
+from esrag.config import DEFAULT_MODEL
 from esrag.errors import ConfigError, LoaderError, MissingDependencyError
-from esrag.search import fuse
-from esrag.types import Document, ScoredChunk, SearchRequest, SearchResponse
-
-if TYPE_CHECKING:
-    from esrag.embedders.base import Embedder
-    from esrag.ingest import IngestReport
-    from esrag.stores.base import Store
+from esrag.search import HybridSearcher, fuse
+from esrag.stats import percentile  # noqa: F401 - re-exported for the CLI
+from esrag.types import Document, ScoredChunk, SearchResponse
 
 #: The metrics reported by ``esrag eval``, in ranx's names.
 METRICS = ("ndcg@10", "mrr@10", "recall@100")
@@ -254,6 +249,16 @@ def tfidf_run(
 # -- metrics (ranx) ---------------------------------------------------------------------------------------
 
 
+def check_eval_dependencies(tfidf: bool = True) -> None:
+    """MissingDependencyError now, before any ingest starts, if a package the evaluation needs is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec("ranx") is None:
+        raise MissingDependencyError("ranx", "eval", "evaluation metrics")
+    if tfidf and importlib.util.find_spec("sklearn") is None:
+        raise MissingDependencyError("scikit-learn", "eval", "the tfidf baseline")
+
+
 def _ranx() -> Any:
     try:
         import ranx
@@ -331,22 +336,7 @@ def build_runs(
     return runs
 
 
-def percentile(values: Sequence[float], q: float) -> float:
-    """The q-th percentile (0..100, linear interpolation); NaN for no values."""
-    return float(np.percentile(np.asarray(values, dtype=float), q)) if len(values) else math.nan
-
-
 # -- I/O: index a dataset, fetch candidates -------------------------------------------------------------
-
-
-def index_dataset(
-    dataset: BeirDataset, store: Store, embedder: Embedder, settings: Settings, progress: bool = False
-) -> IngestReport:
-    """Ingest the corpus into ``store`` (incremental: unchanged documents are skipped)."""
-    from esrag.ingest import Ingestor
-
-    ingestor = Ingestor(store, embedder, settings, progress=progress)
-    return ingestor.ingest_documents(dataset.documents, total=len(dataset.documents))
 
 
 @dataclass(frozen=True)
@@ -360,34 +350,28 @@ class Retrieval:
 
 def retrieve_candidates(
     queries: Mapping[str, str],
-    store: Store,
-    embedder: Embedder,
+    searcher: HybridSearcher,
     candidates: int = DEFAULT_CANDIDATES,
     progress: bool = False,
     on_query: Callable[[str, SearchResponse], None] | None = None,
 ) -> Retrieval:
     """One store round trip per query, BM25 and kNN together, ``candidates`` chunks per side.
 
-    Query vectors are computed up front in batches (with the model's query prefix); ``embed_ms`` is the
-    mean embedding time per query, ``store_ms`` each query's round trip.
+    The requests are built by the searcher, exactly as ``esrag search`` builds them (query prefix, model
+    check, num_candidates), with the query vectors embedded in one batch up front; ``embed_ms`` is the mean
+    embedding time per query, ``store_ms`` each query's round trip.
     """
-    from esrag.search import check_model
-
-    check_model(store, embedder)
     qids = list(queries)
     t0 = time.perf_counter()
-    vectors = (embedder.embed_batch([embedder.query_prefix + queries[q] for q in qids]) if qids
-               else np.zeros((0, embedder.dims), dtype=np.float32))
+    requests = searcher.build_requests([queries[q] for q in qids], mode="hybrid", candidates=candidates)
     embed_ms = (time.perf_counter() - t0) * 1e3 / max(len(qids), 1)
     out: dict[str, SearchResponse] = {}
     store_ms: list[float] = []
     bar = _bar(len(qids), "queries", progress)
     try:
-        for qid, vector in zip(qids, vectors, strict=True):
-            request = SearchRequest(text=queries[qid], vector=vector, candidates=candidates,
-                                    num_candidates=max(2 * candidates, candidates + 10))
+        for qid, request in zip(qids, requests, strict=True):
             t = time.perf_counter()
-            response = store.search(request)
+            response = searcher.store.search(request)
             store_ms.append((time.perf_counter() - t) * 1e3)
             out[qid] = SearchResponse(_strip(response.sparse), _strip(response.dense), response.took_ms)
             if on_query is not None:

@@ -25,7 +25,7 @@ import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
-NORMALIZATIONS = ("minmax", "zscore", "none")
+from esrag.config import NORMALIZATIONS, check_alpha
 
 
 class Fused(NamedTuple):
@@ -62,12 +62,6 @@ def normalize(scores: Sequence[float], method: str = "minmax") -> list[float]:
     raise ValueError(msg)
 
 
-def _check_alpha(alpha: float) -> None:
-    if not 0.0 <= alpha <= 1.0:
-        msg = f"alpha must be between 0 and 1, got {alpha}"
-        raise ValueError(msg)
-
-
 def _ranked(hits: Sequence[tuple[str, float]]) -> dict[str, tuple[int, float]]:
     """id -> (1-based rank, score). If an id repeats, its first (best) occurrence wins."""
     out: dict[str, tuple[int, float]] = {}
@@ -96,7 +90,7 @@ def linear_fusion(
     normalization: str = "minmax",
 ) -> list[Fused]:
     """Fuse two ranked lists of (id, score), best first, with ``(1 - alpha) * sparse + alpha * dense``."""
-    _check_alpha(alpha)
+    check_alpha(alpha)
     s_ranked, d_ranked = _ranked(sparse), _ranked(dense)
     s_ids, d_ids = list(s_ranked), list(d_ranked)
     s_norm = dict(zip(s_ids, normalize([s_ranked[i][1] for i in s_ids], normalization), strict=True))
@@ -130,7 +124,7 @@ def rrf_fusion(
 
     ``sparse_norm``/``dense_norm`` of each result hold that side's RRF contribution.
     """
-    _check_alpha(alpha)
+    check_alpha(alpha)
     if k < 1:
         msg = f"rrf k must be at least 1, got {k}"
         raise ValueError(msg)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from esrag.config import Settings
+import numpy as np
+
+from esrag.config import Settings, check_alpha
 from esrag.embedders.base import Embedder
 from esrag.errors import ConfigError, ModelMismatchError
 from esrag.fusion import Fused, linear_fusion, rrf_fusion
@@ -31,12 +34,9 @@ def check_model(store: Store, embedder: Embedder) -> None:
     if meta is None:
         return
     if meta.model != embedder.model_name or meta.dims != embedder.dims:
-        where = store.describe().get("index", "")
-        raise ModelMismatchError(
-            f"index {where!r} was built with model {meta.model!r} ({meta.dims} dims), but the configured "
-            f"model is {embedder.model_name!r} ({embedder.dims} dims); use --model {meta.model!r} or "
-            f"re-ingest into a new index"
-        )
+        d = store.describe()
+        raise ModelMismatchError.of(f"{d.get('index', '')!r} at {d.get('location', '')}", meta.model, meta.dims,
+                                    embedder.model_name, embedder.dims)
 
 
 def fuse(
@@ -73,7 +73,10 @@ def _hit(f: Fused, c: ScoredChunk) -> Hit:
 
 
 class HybridSearcher:
-    """Search one store with one embedder. Defaults come from Settings; each call may override them."""
+    """Search one store with one embedder. Defaults come from Settings; each call may override them.
+
+    Thread-safe: ``search`` may run in several threads at once (the store and the embedder are).
+    """
 
     def __init__(self, store: Store, embedder: Embedder | None, settings: Settings) -> None:
         self.store = store
@@ -88,23 +91,33 @@ class HybridSearcher:
         candidates: int | None = None,
         filters: Filters | None = None,
     ) -> SearchRequest:
+        return self.build_requests([query], mode, candidates, filters)[0]
+
+    def build_requests(
+        self,
+        queries: Sequence[str],
+        mode: str | None = None,
+        candidates: int | None = None,
+        filters: Filters | None = None,
+    ) -> list[SearchRequest]:
+        """The store requests of several queries, their vectors embedded in one batch (evaluation)."""
         mode = mode or self.settings.mode
         candidates = candidates or self.settings.candidates
-        vector = None
+        vectors: Sequence[np.ndarray | None] = [None] * len(queries)
         if mode in ("hybrid", "dense"):
             if self.embedder is None:
                 raise ConfigError(f"mode {mode!r} needs an embedding model")
             if not self._checked:
                 check_model(self.store, self.embedder)
                 self._checked = True
-            vector = self.embedder.embed_query(query)
-        return SearchRequest(
+            vectors = list(self.embedder.embed_queries(list(queries)))
+        return [SearchRequest(
             text=query if mode in ("hybrid", "bm25") else None,
             vector=vector,
             candidates=candidates,
             filters=dict(filters or {}),
             num_candidates=max(2 * candidates, candidates + 10),
-        )
+        ) for query, vector in zip(queries, vectors, strict=True)]
 
     def search(
         self,
@@ -121,9 +134,7 @@ class HybridSearcher:
         s = self.settings
         mode = mode or s.mode
         k = k or s.k
-        alpha = s.alpha if alpha is None else alpha
-        if not 0.0 <= alpha <= 1.0:
-            raise ConfigError(f"alpha must be between 0 and 1, got {alpha}")
+        alpha = s.alpha if alpha is None else check_alpha(alpha)
         fusion = fusion or s.fusion
         normalization = normalization or s.normalization
         candidates = max(candidates or s.candidates, k)

@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from esrag.config import NORMALIZATIONS
 from esrag.errors import ConfigError, MissingDependencyError
 from esrag.evaluation import RUN_DEPTH, QrelsDict, Ranking, doc_ranking, evaluate_per_query
-from esrag.fusion import NORMALIZATIONS
 from esrag.search import fuse
 from esrag.types import SearchResponse
 

@@ -31,12 +31,7 @@ def read_jsonl(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
     return out
 
 
-def percentile(values: list[float], p: float) -> float:
-    s = sorted(values)
-    if not s:
-        return float("nan")
-    i = min(len(s) - 1, max(0, round(p / 100 * (len(s) - 1))))
-    return s[i]
+from esrag.stats import percentile  # noqa: E402, F401 - the one definition, shared with esrag eval
 
 
 @contextmanager

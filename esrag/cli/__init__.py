@@ -24,6 +24,8 @@ COMMANDS = {
     "ask": "esrag.cli.ask:ask",
     "eval": "esrag.cli.evaluate:eval_cmd",
     "tune": "esrag.cli.evaluate:tune",
+    "plugins": "esrag.cli.info:plugins",
+    "config": "esrag.cli.info:config",
 }
 
 HELP = """Hybrid BM25 + dense search and RAG over Elasticsearch, or an embedded SQLite file.
@@ -36,9 +38,11 @@ HELP = """Hybrid BM25 + dense search and RAG over Elasticsearch, or an embedded 
 
 \b
 Where the index lives: with --es-url (or ESRAG_ES_URL) set, in Elasticsearch;
-otherwise in ./.esrag/<index>.db (SQLite). --store forces one.
-Every option can also be set as ESRAG_<OPTION> in the environment or in
-esrag.toml (path from ESRAG_CONFIG); command-line flags win.
+otherwise in the project's .esrag/<index>.db (SQLite): the nearest directory,
+from here upwards, holding esrag.toml or .esrag/ (else ./.esrag). --store
+forces one. Every option can also be set as ESRAG_<OPTION> in the environment
+or in esrag.toml (ESRAG_CONFIG names another file); command-line flags win.
+`esrag config show` prints what each setting resolves to, and from where.
 """
 
 

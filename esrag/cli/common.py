@@ -1,23 +1,31 @@
-"""Options and helpers shared by the commands: settings resolution, store and embedder construction."""
+"""Options and helpers shared by the commands.
+
+Every option that sets a setting is made by ``setting_option``: its value is validated by the same pydantic
+definition as the config file and the environment (one definition of "alpha is a number in [0, 1]"), and
+``engine_from`` records which flag gave it, for error messages and ``esrag config show``.
+"""
 
 from __future__ import annotations
 
 import functools
 import os
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
-from esrag import plugins
-from esrag.config import FUSIONS, MODES, NORMALIZATIONS, Settings
-from esrag.stores.base import Store
+from esrag.config import FUSIONS, INDEX_OPTIONS, MODES, NORMALIZATIONS, QUANTIZE, SIMILARITIES, Settings
+from esrag.errors import ConfigError
 from esrag.types import Filters
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+#: option parameter name -> the flag a user typed, for "where did this value come from"
+FLAGS: dict[str, str] = {}
 
-def _quiet_libraries() -> None:
+
+def quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import warnings
 
@@ -32,7 +40,7 @@ def _quiet_libraries() -> None:
         pass
 
 
-def _stack(*decorators: Callable[[F], F]) -> Callable[[F], F]:
+def stack(*decorators: Callable[[F], F]) -> Callable[[F], F]:
     def apply(f: F) -> F:
         for d in reversed(decorators):
             f = d(f)
@@ -41,26 +49,101 @@ def _stack(*decorators: Callable[[F], F]) -> Callable[[F], F]:
     return apply
 
 
-store_options = _stack(
-    click.option("--index", "index", metavar="NAME",
-                 help="Index name (an ES alias, or the SQLite file name). [default: esrag; env ESRAG_INDEX]"),
-    click.option("--store", metavar="NAME",
-                 help="Store plugin: elasticsearch, sqlite, or one a package registers under the 'esrag.stores' "
-                      "entry point. [default: elasticsearch when --es-url is set, else sqlite; env ESRAG_STORE]"),
-    click.option("--es-url", metavar="URL", help="Elasticsearch URL, e.g. http://localhost:9200 [env ESRAG_ES_URL]"),
-    click.option("--es-api-key", metavar="KEY", help="Elasticsearch API key (base64 id:key). [env ESRAG_ES_API_KEY]"),
-    click.option("--es-username", metavar="USER", help="Basic auth user. [env ESRAG_ES_USERNAME]"),
-    click.option("--es-password", metavar="PASS", help="Basic auth password. [env ESRAG_ES_PASSWORD]"),
-    click.option("--es-ca-certs", metavar="FILE", type=click.Path(dir_okay=False),
-                 help="CA certificate bundle for TLS. [env ESRAG_ES_CA_CERTS]"),
-    click.option("--sqlite-dir", metavar="DIR", help="Where the embedded store's files live. [default: .esrag]"),
+class SettingType(click.ParamType):
+    """A click type that validates a flag's value with the Settings field of the same name."""
+
+    def __init__(self, setting: str) -> None:
+        self.setting = setting
+        self.name = setting
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from esrag.config import _validate_one
+
+        flag = param.opts[0] if param is not None and param.opts else self.setting
+        try:
+            return _validate_one(self.setting, value, flag, strict=False)
+        except ConfigError as e:
+            self.fail(str(e).split(": ", 1)[-1], param, ctx)
+
+
+def setting_option(setting: str, *flags: str, help: str, **kwargs: Any) -> Callable[[F], F]:  # noqa: A002
+    """An option that overrides the setting ``setting`` (validated like the config file and ESRAG_*)."""
+    flags = flags or (f"--{setting.replace('_', '-')}",)
+    long_flag = next((f for f in flags if f.startswith("--")), flags[0]).split("/")[0]
+    FLAGS[setting] = long_flag
+    env = f"ESRAG_{setting.upper()}"
+    if "type" not in kwargs and not kwargs.get("is_flag") and not any("/" in f for f in flags):
+        kwargs["type"] = SettingType(setting)
+    if "[env" not in help:
+        help = f"{help} [env {env}]"  # noqa: A001
+    return click.option(*flags, setting, help=help, **kwargs)
+
+
+def choice_option(setting: str, choices: Iterable[str], *flags: str, help: str) -> Callable[[F], F]:  # noqa: A002
+    return setting_option(setting, *flags, type=click.Choice(list(choices)), help=help)
+
+
+def _read_secret_file(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        secret = Path(value).expanduser().read_text(encoding="utf-8").strip()
+    except OSError as e:
+        raise click.BadParameter(f"cannot read {value}: {e.strerror}", ctx, param) from None
+    if not secret:
+        raise click.BadParameter(f"{value} is empty", ctx, param)
+    return secret
+
+
+store_options = stack(
+    setting_option("index", "--index", metavar="NAME",
+                   help="Index name (an ES alias, or the SQLite file name). [default: esrag]"),
+    setting_option("store", "--store", metavar="NAME",
+                   help="Store plugin: elasticsearch, sqlite, or one a package registers (see `esrag plugins`). "
+                        "[default: elasticsearch when --es-url is set, else sqlite]"),
+    setting_option("es_url", "--es-url", metavar="URL", help="Elasticsearch URL, e.g. http://localhost:9200."),
+    setting_option("es_api_key", "--es-api-key", metavar="KEY",
+                   help="Elasticsearch API key (base64 id:key). Prefer ESRAG_ES_API_KEY or --es-api-key-file: "
+                        "a flag is visible to other users in `ps`."),
+    click.option("--es-api-key-file", "es_api_key_file", metavar="FILE", callback=_read_secret_file,
+                 help="Read the Elasticsearch API key from FILE."),
+    setting_option("es_username", "--es-username", metavar="USER", help="Basic auth user."),
+    setting_option("es_password", "--es-password", metavar="PASS",
+                   help="Basic auth password. Prefer ESRAG_ES_PASSWORD or --es-password-file (flags show in "
+                        "`ps`)."),
+    click.option("--es-password-file", "es_password_file", metavar="FILE", callback=_read_secret_file,
+                 help="Read the Basic auth password from FILE."),
+    setting_option("es_ca_certs", "--es-ca-certs", metavar="FILE", help="CA certificate bundle for TLS."),
+    setting_option("es_verify_certs", "--es-verify-certs/--no-es-verify-certs", default=None,
+                   help="Verify the cluster's TLS certificate. Turning it off warns every time. [default: on]"),
+    setting_option("es_timeout", "--es-timeout", metavar="SECONDS",
+                   help="Seconds to wait for an Elasticsearch response. [default: 30]"),
+    setting_option("sqlite_dir", "--sqlite-dir", metavar="DIR",
+                   help="Where the embedded store's files live. [default: the project's .esrag/: the nearest "
+                        "directory upwards holding esrag.toml or .esrag/, else ./.esrag]"),
 )
 
-model_options = _stack(
-    click.option("--model", metavar="NAME_OR_PATH",
-                 help="sentence-transformers model. [default: all-MiniLM-L6-v2, packaged; env ESRAG_MODEL]"),
-    click.option("--device", metavar="DEVICE", help="cpu, cuda, cuda:1, mps... [default: cuda if available]"),
-    click.option("--batch-size", type=click.IntRange(min=1), help="Embedding batch size. [default: 64]"),
+model_options = stack(
+    setting_option("embedder", "--embedder", metavar="NAME",
+                   help="Embedder plugin (see `esrag plugins`). [default: sentence_transformers]"),
+    setting_option("model", "--model", metavar="NAME_OR_PATH",
+                   help="The embedding model, in every command. [default: all-MiniLM-L6-v2, packaged]"),
+    setting_option("device", "--device", metavar="DEVICE",
+                   help="cpu, cuda, cuda:1, mps... for the models. [default: cuda if available]"),
+    setting_option("batch_size", "--batch-size", metavar="N", help="Embedding batch size. [default: 64]"),
+)
+
+index_settings_options = stack(
+    choice_option("index_options", INDEX_OPTIONS, "--index-options",
+                  help="ES dense_vector index type. [default: int8_hnsw]"),
+    choice_option("similarity", SIMILARITIES, "--similarity", help="Vector similarity. [default: cosine]"),
+    setting_option("analyzer", "--analyzer", metavar="NAME", help="ES analyzer for title/text. [default: standard]"),
+)
+
+chunk_options = stack(
+    setting_option("chunk_size", "--chunk-size", metavar="TOKENS",
+                   help="Max chunk length in model tokens. [default: 256]"),
+    setting_option("chunk_overlap", "--chunk-overlap", metavar="TOKENS", help="Overlap in model tokens. [default: 32]"),
 )
 
 
@@ -72,16 +155,50 @@ def filter_option(f: F) -> F:
     )(f)
 
 
-retrieval_options = _stack(
-    click.option("--mode", type=click.Choice(MODES), help="Retrieval mode. [default: hybrid]"),
-    click.option("--alpha", type=float, metavar="A",
-                 help="Dense weight in [0,1]: 0 = pure BM25, 1 = pure kNN. [default: 0.5]"),
-    click.option("--fusion", type=click.Choice(FUSIONS), help="linear (alpha-weighted) or rrf. [default: linear]"),
-    click.option("--normalization", type=click.Choice(NORMALIZATIONS),
-                 help="Per-list score normalisation for linear fusion. [default: minmax]"),
-    click.option("--candidates", type=click.IntRange(min=1), metavar="N",
-                 help="Candidates fetched per side before fusion. [default: 100]"),
+fusion_options = stack(
+    setting_option("alpha", "--alpha", metavar="A",
+                   help="Dense weight in [0,1]: 0 = pure BM25, 1 = pure kNN. [default: 0.5]"),
+    choice_option("normalization", NORMALIZATIONS, "--normalization",
+                  help="Per-list score normalisation for linear fusion. [default: minmax]"),
+    setting_option("rrf_k", "--rrf-k", metavar="K", help="k of reciprocal rank fusion. [default: 60]"),
+)
+
+retrieval_options = stack(
+    choice_option("mode", MODES, "--mode", help="Retrieval mode. [default: hybrid]"),
+    choice_option("fusion", FUSIONS, "--fusion", help="linear (alpha-weighted) or rrf. [default: linear]"),
+    fusion_options,
+    setting_option("candidates", "--candidates", metavar="N",
+                   help="Candidates fetched per side before fusion. [default: 100]"),
     filter_option,
+)
+
+generation_options = stack(
+    setting_option("generator", "--generator", metavar="NAME",
+                   help="Generator plugin (see `esrag plugins`): openai_compat (a TGI/vLLM/SGLang/llama.cpp "
+                        "server), transformers_local (in-process), extractive (no LLM: the best sentences of "
+                        "the passages), none (the passages only). [default: openai_compat when an LLM URL is "
+                        "set, else transformers_local]"),
+    setting_option("llm_url", "--llm-url", metavar="URL",
+                   help="OpenAI-compatible server, e.g. http://localhost:8080 (implies --generator openai_compat). "
+                        "API key from ESRAG_LLM_API_KEY."),
+    setting_option("llm_model", "--llm-model", metavar="NAME_OR_PATH",
+                   help="The LLM: a hub id (HuggingFaceH4/zephyr-7b-beta), a directory or a .gguf file for "
+                        "transformers_local; the served model name for openai_compat. [default: packaged "
+                        "SmolLM2-135M-Instruct locally, the server's model remotely]"),
+    choice_option("quantize", QUANTIZE, "--quantize",
+                  help="transformers_local precision: auto = 4-bit NF4 on CUDA, float32 on CPU."),
+    setting_option("max_new_tokens", "--max-new-tokens", metavar="N", help="Longest answer, in tokens. [default: 512]"),
+    setting_option("temperature", "--temperature", metavar="T", help="Sampling temperature; 0 is greedy. [default: 0]"),
+    setting_option("force_citations", "--force-citations/--no-force-citations", default=None,
+                   help="transformers_local: make every sentence of the answer cite a source, by constraining "
+                        "decoding where the model would end a sentence (the model picks the source). Servers "
+                        "(openai_compat) only get the instruction to cite. [default: on]"),
+    setting_option("llm_timeout", "--llm-timeout", metavar="SECONDS",
+                   help="openai_compat: seconds to wait for the server (connect, and between streamed pieces). "
+                        "[default: 300]"),
+    setting_option("min_score", "--min-score", metavar="S",
+                   help="Answer \"nothing relevant\" without calling the LLM when the best fused score is below "
+                        "S. [default: 0]"),
 )
 
 
@@ -102,29 +219,34 @@ def parse_filters(values: Iterable[str]) -> Filters:
     return out
 
 
-def check_alpha(alpha: float | None) -> None:
-    if alpha is not None and not 0.0 <= alpha <= 1.0:
-        raise click.BadParameter(f"must be between 0 and 1, got {alpha}", param_hint="--alpha")
-
-
 def build_settings(**values: Any) -> Settings:
-    """Settings from config file and environment, overridden by the non-None CLI values given."""
-    _quiet_libraries()
-    from dataclasses import fields
+    """Settings from the config file and environment, overridden by the non-None option values given
+    (options that are not settings are ignored)."""
+    quiet_libraries()
+    if values.get("es_api_key_file"):
+        values["es_api_key"] = values["es_api_key_file"]
+        FLAGS.setdefault("es_api_key_file", "--es-api-key-file")
+    if values.get("es_password_file"):
+        values["es_password"] = values["es_password_file"]
+    names = set(Settings.model_fields) - {"plugin_options", "sources"}
+    overrides = {k: v for k, v in values.items() if k in names and v is not None}
+    return Settings.load(overrides, override_source={k: FLAGS.get(k, k) for k in overrides})
 
-    names = {f.name for f in fields(Settings)}
-    return Settings.load({k: v for k, v in values.items() if k in names and v is not None})
+
+def engine_from(**values: Any) -> Any:
+    """The Engine for these option values, with every configured plugin name checked first (exit 2 and
+    the installed names for an unknown one, before any model loads)."""
+    from esrag.engine import Engine
+
+    engine = Engine(build_settings(**values))
+    engine.check_plugins()
+    return engine
 
 
-def open_store(settings: Settings) -> Store:
-    store: Store = plugins.load(plugins.STORES, settings.store_name)(settings)
-    return store
+def progress_flag(flag: bool | None) -> bool:
+    import sys
 
-
-def load_embedder(settings: Settings):  # type: ignore[no-untyped-def]
-    from esrag.embedders.sentence_transformers import load_embedder as _load
-
-    return _load(settings)
+    return sys.stderr.isatty() if flag is None else flag
 
 
 def settings_command(f: F) -> F:

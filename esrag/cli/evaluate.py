@@ -5,7 +5,6 @@ Thin: parse options, resolve settings, call esrag.evaluation / esrag.tuning, pri
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -14,15 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from esrag.cli.common import build_settings, load_embedder, model_options, open_store, store_options
-from esrag.config import NORMALIZATIONS, Settings, save_settings
+from esrag.cli.common import build_settings, chunk_options, fusion_options, model_options, progress_flag, store_options
+from esrag.config import NORMALIZATIONS, save_settings
+from esrag.engine import Engine
 from esrag.errors import BulkWriteError, ConfigError
 
 if TYPE_CHECKING:
-    from esrag.embedders.base import Embedder
     from esrag.evaluation import BeirDataset
     from esrag.ingest import IngestReport
-    from esrag.stores.base import Store
     from esrag.tuning import TuneResult
 
 METRIC_HEADERS = {"ndcg@10": "nDCG@10", "mrr@10": "MRR@10", "recall@100": "R@100"}
@@ -34,10 +32,6 @@ eval_options = [
     click.option("--split", default="test", show_default=True, help="Qrels split: qrels/SPLIT.tsv."),
     click.option("--candidates", type=click.IntRange(min=1), default=300, show_default=True,
                  help="Chunks fetched per side and query (documents are deduplicated from these)."),
-    click.option("--chunk-size", type=click.IntRange(min=1),
-                 help="Chunk size in model tokens. [default: 256]"),
-    click.option("--chunk-overlap", type=click.IntRange(min=0),
-                 help="Chunk overlap in tokens. [default: 32]"),
     click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables."),
     click.option("--progress/--no-progress", default=None,
                  help="Progress bars on stderr. [default: when stderr is a terminal]"),
@@ -48,7 +42,7 @@ def common_eval_options(f: Any) -> Any:
     """Dataset, store, model and chunking options shared by ``eval`` and ``tune``."""
     for d in reversed([dataset_argument, *eval_options]):
         f = d(f)
-    return model_options(store_options(f))
+    return chunk_options(model_options(store_options(f)))
 
 
 @dataclass(frozen=True)
@@ -56,39 +50,38 @@ class Prepared:
     """A dataset indexed and ready to query."""
 
     dataset: BeirDataset
-    settings: Settings
-    embedder: Embedder
-    store: Store
+    engine: Engine
     report: IngestReport
+
+    @property
+    def settings(self) -> Any:
+        return self.engine.settings
 
 
 @contextmanager
 def _prepared(dataset_dir: Path, split: str, progress: bool, options: dict[str, Any]) -> Iterator[Prepared]:
     """Load the dataset, open the store and model, ingest incrementally (the store is closed on exit)."""
-    from esrag.evaluation import eval_index_name, index_dataset, load_beir
+    from esrag.evaluation import check_eval_dependencies, eval_index_name, load_beir
 
+    check_eval_dependencies()
     dataset = load_beir(dataset_dir, split)
-    settings: Settings = build_settings(**{k: v for k, v in options.items() if k != "index"})
+    settings = build_settings(**{k: v for k, v in options.items() if k != "index"})
     settings = settings.replace(index=options.get("index") or eval_index_name(dataset.name, settings.model))
-    embedder = load_embedder(settings)
-    store = open_store(settings)
+    engine = Engine(settings)
+    engine.check_plugins()
     try:
         click.echo(f"Indexing {len(dataset.documents)} documents of {dataset.name} into "
                    f"{settings.store_name} index {settings.index!r}...", err=True)
-        report = index_dataset(dataset, store, embedder, settings, progress)
+        report = engine.ingest_documents(dataset.documents, total=len(dataset.documents), progress=progress)
         click.echo(f"ingest: {report.documents_new} new, {report.documents_changed} changed, "
                    f"{report.documents_unchanged} unchanged documents; {report.chunks_embedded} chunks "
                    f"embedded in {report.seconds:.1f}s", err=True)
         if not report.ok:
             raise BulkWriteError(f"{len(report.errors)} chunks failed to write; first: "
                                  f"{report.errors[0].reason}", tuple(report.errors))
-        yield Prepared(dataset, settings, embedder, store, report)
+        yield Prepared(dataset, engine, report)
     finally:
-        store.close()
-
-
-def _progress(flag: bool | None) -> bool:
-    return sys.stderr.isatty() if flag is None else flag
+        engine.close()
 
 
 @click.command("eval")
@@ -96,11 +89,7 @@ def _progress(flag: bool | None) -> bool:
 @click.option("--methods", "methods", multiple=True, metavar="M[,M...]",
               help="Methods to report: tfidf, bm25, dense, hybrid, rrf (comma-separated or repeated). "
                    "[default: all]")
-@click.option("--alpha", type=click.FloatRange(0.0, 1.0),
-              help="Dense weight of hybrid. [default: from config]")
-@click.option("--normalization", type=click.Choice(NORMALIZATIONS),
-              help="Normaliser of hybrid. [default: from config]")
-@click.option("--rrf-k", type=click.IntRange(min=1), help="k of rrf. [default: from config]")
+@fusion_options
 @click.option("--runs", "runs_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Write one TREC run file per method into DIR (METHOD.trec).")
 def eval_cmd(dataset_dir: Path, split: str, candidates: int, as_json: bool, progress: bool | None,
@@ -124,13 +113,13 @@ def eval_cmd(dataset_dir: Path, split: str, candidates: int, as_json: bool, prog
     )
 
     chosen = parse_methods(methods)
-    show = _progress(progress)
+    show = progress_flag(progress)
     with _prepared(dataset_dir, split, show, options) as ctx:
         settings, dataset = ctx.settings, ctx.dataset
         store_methods = [m for m in chosen if m != "tfidf"]
         retrieval = None
         if store_methods:
-            retrieval = retrieve_candidates(dataset.queries, ctx.store, ctx.embedder, candidates, show)
+            retrieval = retrieve_candidates(dataset.queries, ctx.engine.searcher, candidates, show)
         runs = build_runs(dataset, retrieval.candidates if retrieval else {}, chosen, settings.alpha,
                           settings.normalization, settings.rrf_k)
         results = {m: evaluate_run(dataset.qrels, runs[m], METRICS) for m in chosen}
@@ -207,12 +196,12 @@ def tune(dataset_dir: Path, split: str, candidates: int, as_json: bool, progress
         raise click.BadParameter(f"expected comma-separated integers, got {rrf_ks!r}",
                                  param_hint="--rrf-ks") from e
     grid = sweep_settings(step, NORMALIZATIONS, ks)
-    show = _progress(progress)
+    show = progress_flag(progress)
     with _prepared(dataset_dir, split, show, options) as ctx:
         settings, dataset = ctx.settings, ctx.dataset
         if not 2 <= folds <= len(dataset.queries):
             raise ConfigError(f"--folds must be between 2 and the number of queries ({len(dataset.queries)})")
-        retrieval = retrieve_candidates(dataset.queries, ctx.store, ctx.embedder, candidates, show)
+        retrieval = retrieve_candidates(dataset.queries, ctx.engine.searcher, candidates, show)
     scores = score_settings(dataset.qrels, retrieval.candidates, grid)
     result = run_tune(scores, folds, seed)
     saved = None

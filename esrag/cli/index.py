@@ -1,59 +1,38 @@
-"""Index lifecycle commands: init, ingest, status, delete."""
+"""Index lifecycle commands: init, ingest, status, delete. Each parses, calls the engine and prints."""
 
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 from typing import Any
 
 import click
 
 from esrag.cli.common import (
-    build_settings,
-    load_embedder,
+    chunk_options,
+    engine_from,
+    index_settings_options,
     model_options,
-    open_store,
     parse_pairs,
+    progress_flag,
     store_options,
 )
-from esrag.config import INDEX_OPTIONS, SIMILARITIES
-from esrag.errors import IndexNotFoundError
-
-index_settings_options = [
-    click.option("--index-options", type=click.Choice(INDEX_OPTIONS),
-                 help="ES dense_vector index type. [default: int8_hnsw]"),
-    click.option("--similarity", type=click.Choice(SIMILARITIES), help="Vector similarity. [default: cosine]"),
-    click.option("--analyzer", metavar="NAME", help="ES analyzer for title/text. [default: standard]"),
-]
-
-
-def _index_settings(f: Any) -> Any:
-    for opt in reversed(index_settings_options):
-        f = opt(f)
-    return f
 
 
 @click.command()
 @store_options
 @model_options
-@_index_settings
+@index_settings_options
 def init(**opts: Any) -> None:
     """Create the index (mapping from mappings/chunks.json, dims from the model) if it does not exist.
 
     `esrag ingest` does this too; run init to create an empty index up front, for example to look at
     the mapping in Kibana before loading data.
     """
-    from esrag.ingest import Ingestor
-
-    settings = build_settings(**opts)
-    store = open_store(settings)
-    ingestor = Ingestor(store, load_embedder(settings), settings)
-    created = store.ensure_index(ingestor.index_meta())
-    where = store.describe()
-    verb = "Created" if created else "Index already exists:"
-    click.echo(f"{verb} {where['index']} ({where['store']} at {where['location']}), model "
-               f"{ingestor.embedder.model_name}, {ingestor.embedder.dims} dims")
+    with engine_from(**opts) as engine:
+        created, where = engine.init_index()
+        verb = "Created" if created else "Index already exists:"
+        click.echo(f"{verb} {where['index']} ({where['store']} at {where['location']}), model "
+                   f"{engine.embedder.model_name}, {engine.embedder.dims} dims")
 
 
 @click.command()
@@ -63,13 +42,12 @@ def init(**opts: Any) -> None:
 @click.option("--exclude", "excludes", multiple=True, metavar="PATTERN", help="Skip files matching. Repeatable.")
 @click.option("--metadata", "metadata", multiple=True, metavar="KEY=VALUE",
               help="Metadata added to every chunk, usable with search --filter. Repeatable.")
-@click.option("--chunk-size", type=click.IntRange(min=16), help="Max chunk length in model tokens. [default: 256]")
-@click.option("--chunk-overlap", type=click.IntRange(min=0), help="Overlap in model tokens. [default: 32]")
+@chunk_options
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar. [default: on when stderr is a terminal]")
 @store_options
 @model_options
-@_index_settings
+@index_settings_options
 def ingest(paths: tuple[str, ...], globs: tuple[str, ...], excludes: tuple[str, ...],
            metadata: tuple[str, ...], as_json: bool, progress: bool | None, **opts: Any) -> None:
     """Load, chunk, embed and index files or directories.
@@ -87,16 +65,11 @@ def ingest(paths: tuple[str, ...], globs: tuple[str, ...], excludes: tuple[str, 
       esrag ingest notes/ --glob '**/*.md' --exclude 'drafts/**' --metadata team=search
       ESRAG_ES_URL=http://localhost:9200 esrag ingest handbook.pdf --index handbook
     """
-    from esrag.ingest import Ingestor
-
     meta = dict(parse_pairs(metadata, "--metadata"))
-    settings = build_settings(**opts)
-    store = open_store(settings)
-    embedder = load_embedder(settings)
-    show = sys.stderr.isatty() if progress is None else progress
-    ingestor = Ingestor(store, embedder, settings, progress=show)
-    report = ingestor.ingest_paths(list(paths), glob=globs, exclude=excludes, metadata=meta)
-    where = store.describe()
+    with engine_from(**opts) as engine:
+        report = engine.ingest_paths(list(paths), glob=globs, exclude=excludes, metadata=meta,
+                                     progress=progress_flag(progress))
+        where = engine.store.describe()
     if as_json:
         click.echo(json.dumps({"store": where, **report.to_dict()}, indent=2))
     else:
@@ -132,23 +105,16 @@ def _print_report(report: Any, where: dict[str, Any]) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 @store_options
 def status(as_json: bool, **opts: Any) -> None:
-    """Show the store, index, embedding model, dims and document/chunk counts."""
-    settings = build_settings(**opts)
-    store = open_store(settings)
-    info: dict[str, Any] = dict(store.describe())
-    meta = store.read_meta()
-    info["exists"] = meta is not None
-    if meta is not None:
-        counts = store.count()
-        info.update(model=meta.model, dims=meta.dims, similarity=meta.similarity,
-                    chunk_size=meta.chunk_size, chunk_overlap=meta.chunk_overlap,
-                    esrag_version=meta.esrag_version, documents=counts.documents, chunks=counts.chunks)
+    """Show the store, index (and the concrete index behind an ES alias), embedding model, dims and
+    document/chunk counts."""
+    with engine_from(**opts) as engine:
+        info = engine.status()
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
     for key, value in info.items():
         click.echo(f"{key:14} {value}")
-    if meta is None:
+    if not info["exists"]:
         click.echo("The index does not exist yet: run `esrag ingest PATH` to create it.")
 
 
@@ -162,20 +128,16 @@ def delete(docs: tuple[str, ...], drop_all: bool, yes: bool, **opts: Any) -> Non
     """Remove documents (all their chunks) from the index, or the whole index with --all."""
     if not docs and not drop_all:
         raise click.UsageError("give --doc PATH (repeatable) or --all")
-    settings = build_settings(**opts)
-    store = open_store(settings)
-    where = store.describe()
-    if drop_all:
-        if not yes:
-            click.confirm(f"Delete index {where['index']} ({where['store']}: {where['location']})?", abort=True)
-        existed = store.drop()
-        click.echo(f"Deleted index {where['index']}." if existed else f"Index {where['index']} did not exist.")
-        return
-    if not store.exists():
-        raise IndexNotFoundError(f"index {where['index']!r} not found ({where['store']}: {where['location']})")
-    # A doc_id is the absolute path at ingest time; accept the path as typed too (the file may be gone).
-    ids = sorted({d for d in docs} | {Path(d).expanduser().resolve().as_posix() for d in docs})
-    deleted = store.delete_documents(ids)
+    with engine_from(**opts) as engine:
+        where = engine.store.describe()
+        if drop_all:
+            if not yes:
+                click.confirm(f"Delete index {where['index']} ({where['store']}: {where['location']})?",
+                              abort=True)
+            existed = engine.drop()
+            click.echo(f"Deleted index {where['index']}." if existed else f"Index {where['index']} did not exist.")
+            return
+        deleted = engine.delete_documents(list(docs))
     click.echo(f"Deleted {deleted} chunk(s) of {len(docs)} document(s).")
     if deleted == 0:
         click.echo("No chunks matched: doc ids are absolute paths (see `esrag search --json`).", err=True)

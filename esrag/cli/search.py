@@ -8,21 +8,12 @@ from typing import Any
 
 import click
 
-from esrag.cli.common import (
-    build_settings,
-    check_alpha,
-    load_embedder,
-    model_options,
-    open_store,
-    parse_filters,
-    retrieval_options,
-    store_options,
-)
+from esrag.cli.common import engine_from, model_options, parse_filters, retrieval_options, setting_option, store_options
 
 
 @click.command()
 @click.argument("query")
-@click.option("-k", "k", type=click.IntRange(min=1), help="Number of results. [default: 10]")
+@setting_option("k", "-k", metavar="N", help="Number of results. [default: 10]")
 @retrieval_options
 @click.option("--explain", is_flag=True,
               help="Show the per-hit fusion arithmetic and the exact store request (for ES: paste into Kibana "
@@ -43,26 +34,14 @@ def search(query: str, filters: tuple[str, ...], explain: bool, as_json: bool, *
       esrag search "error 137" --mode bm25 -k 5
       esrag search "scaling shards" --alpha 0.7 --filter team=search --explain
     """
-    from esrag.search import HybridSearcher
-
-    check_alpha(opts.get("alpha"))
     parsed_filters = parse_filters(filters)
-    settings = build_settings(**opts)
-    store = open_store(settings)
-    if not store.exists():
-        from esrag.errors import IndexNotFoundError
-
-        where = store.describe()
-        raise IndexNotFoundError(f"index {where['index']!r} not found ({where['store']}: {where['location']}); "
-                                 "run `esrag ingest PATH` first")
-    mode = settings.mode
-    embedder = load_embedder(settings) if mode != "bm25" else None
-    searcher = HybridSearcher(store, embedder, settings)
-    result = searcher.search(query, k=opts.get("k"), filters=parsed_filters)
+    with engine_from(**opts) as engine:
+        result = engine.search(query, filters=parsed_filters)
+        info = engine.explain(result) if explain else None
     if as_json:
         out: Any = [h.to_dict() for h in result.hits]
         if explain:
-            out = {"hits": out, "explain": searcher.explain(result), "timings_ms": result.timings_ms}
+            out = {"hits": out, "explain": info, "timings_ms": result.timings_ms}
         click.echo(json.dumps(out, indent=2, default=str))
         return
     if not result.hits:
@@ -73,8 +52,7 @@ def search(query: str, filters: tuple[str, ...], explain: bool, as_json: bool, *
         click.echo(textwrap.indent(textwrap.shorten(" ".join(hit.text.split()), 300), "    "))
         if explain:
             click.echo(_arithmetic(hit, result))
-    if explain:
-        info = searcher.explain(result)
+    if info is not None:
         click.secho("\nRequest sent to the store:", bold=True)
         req = info["request"]
         click.echo(req.get("kibana") if isinstance(req, dict) and "kibana" in req else json.dumps(req, indent=2))

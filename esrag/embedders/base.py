@@ -1,4 +1,10 @@
-"""The Embedder interface: text -> L2-normalised float32 vectors, plus the tokenizer used to size chunks."""
+"""The Embedder interface: text -> L2-normalised float32 vectors, plus the tokenizer used to size chunks.
+
+Embedders are plugins (entry-point group ``esrag.embedders``): a callable ``(settings) -> Embedder``. It may
+carry a ``model_name_for(settings) -> str`` attribute, which lets the engine record and check the model
+name without loading the model (see ``esrag.embedders.lazy``). An embedder says in its docstring whether it
+is thread-safe; the engine calls it from ingest threads and API worker threads at once.
+"""
 
 from __future__ import annotations
 
@@ -36,3 +42,9 @@ class Embedder(ABC):
 
     def embed_query(self, text: str) -> np.ndarray:
         return self.embed_batch([self.query_prefix + text])[0]
+
+    def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
+        """Many queries at once (evaluation), with the query prefix, like ``embed_query``."""
+        if not texts:
+            return np.zeros((0, self.dims), dtype=np.float32)
+        return self.embed_batch([self.query_prefix + t for t in texts])

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from esrag.config import DEFAULT_MODEL
+from esrag.devices import pick_device
 from esrag.embedders.base import Embedder
 from esrag.errors import EmbeddingError
 
@@ -40,14 +41,6 @@ def resolve_model_path(name: str) -> str:
         except ImportError:
             log.debug("%s not installed; loading %s from the hub", module, name)
     return name
-
-
-def pick_device(device: str | None) -> str:
-    if device:
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 class SentenceTransformerEmbedder(Embedder):
@@ -130,12 +123,27 @@ def _private_counter(tokenizer: Any) -> Any:
     return count_slow
 
 
-def load_embedder(settings: Any) -> SentenceTransformerEmbedder:
-    """Build the embedder from Settings (model, device, batch size, prefixes)."""
-    return SentenceTransformerEmbedder(
-        model=settings.model,
-        device=settings.device,
-        batch_size=settings.batch_size,
-        query_prefix=settings.query_prefix,
-        passage_prefix=settings.passage_prefix,
-    )
+_LOADED: dict[tuple[str, str, int, str, str], SentenceTransformerEmbedder] = {}
+_LOADING = threading.Lock()
+
+
+def from_settings(settings: Any) -> SentenceTransformerEmbedder:
+    """The ``sentence_transformers`` entry point: the embedder from Settings (model, device, batch size,
+    prefixes). One instance per configuration and process: engines built again from the same settings (the
+    CLI's commands in one process, API reloads, tests) share the loaded model instead of loading it again."""
+    key = (settings.model, pick_device(settings.device), settings.batch_size, settings.query_prefix,
+           settings.passage_prefix)
+    with _LOADING:
+        embedder = _LOADED.get(key)
+        if embedder is None:
+            embedder = _LOADED[key] = SentenceTransformerEmbedder(
+                model=key[0], device=key[1], batch_size=key[2], query_prefix=key[3], passage_prefix=key[4])
+        return embedder
+
+
+def _model_name_for(settings: Any) -> str:
+    return str(settings.model)
+
+
+from_settings.model_name_for = _model_name_for  # type: ignore[attr-defined]
+load_embedder = from_settings

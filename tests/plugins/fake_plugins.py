@@ -1,0 +1,80 @@
+"""Deterministic third-party plugins for tests, installed through a .dist-info (see ``fake_distribution``).
+
+``HashedBagOfWords``: an embedder with no model, vectors from hashed lowercase words (so texts sharing
+words are near each other). ``EchoCiter``: a generator that answers with the first sentence of its first
+source and cites it, so a test can check the whole ask path without an LLM.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel
+
+from esrag import plugins
+from esrag.embedders.base import Embedder
+from esrag.generators.base import Generator, Message
+
+WORD = re.compile(r"\w+")
+
+
+class HashedSettings(BaseModel):
+    dims: int = 64
+
+
+class HashedBagOfWords(Embedder):
+    """Thread-safe: pure numpy on immutable state."""
+
+    def __init__(self, settings: Any) -> None:
+        own = plugins.plugin_settings(settings, plugins.EMBEDDERS, "hashed", HashedSettings)
+        self.dims = own.dims
+        self.model_name = f"hashed-bow-{self.dims}"
+        self.max_tokens = 10_000
+        self.calls = 0
+
+    def _tokens(self, text: str) -> list[str]:
+        return WORD.findall(text.lower())
+
+    def embed_batch(self, texts: Sequence[str]) -> np.ndarray:
+        self.calls += 1
+        out = np.zeros((len(texts), self.dims), dtype=np.float32)
+        for i, text in enumerate(texts):
+            for word in self._tokens(text):
+                h = int.from_bytes(hashlib.blake2b(word.encode(), digest_size=4).digest(), "little")
+                out[i, h % self.dims] += 1.0
+            norm = float(np.linalg.norm(out[i]))
+            out[i] = out[i] / norm if norm else out[i]
+            if not norm:
+                out[i, 0] = 1.0
+        return out
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        return [len(self._tokens(t)) for t in texts]
+
+
+def hashed_model_name(settings: Any) -> str:
+    return f"hashed-bow-{plugins.plugin_settings(settings, plugins.EMBEDDERS, 'hashed', HashedSettings).dims}"
+
+
+class EchoCiter(Generator):
+    name = "echo"
+    model = "echo-citer"
+    concurrent = True
+
+    def __init__(self, settings: Any) -> None:
+        self.max_new_tokens = settings.max_new_tokens
+
+    def stream(self, messages: Sequence[Message]) -> Iterator[str]:
+        user = messages[-1].content
+        match = re.search(r"^\[1\] [^\n]*\n(.+?)(?:\n\[2\] |\n\nQuestion: )", user, re.S | re.M)
+        if match is None:
+            yield "I found no source."
+            return
+        prose = " ".join(line for line in match.group(1).splitlines() if line.strip() and not line.startswith("#"))
+        first = re.split(r"(?<=[.!?])\s", prose.strip(), maxsplit=1)[0].rstrip(".")
+        for word in f"{first} [1].".split(" "):
+            yield word + " "
