@@ -22,19 +22,6 @@ DOCS = {
 
 
 @pytest.fixture
-def fake_distribution(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
-    site = tmp_path_factory.mktemp("site")
-    dist = site / "esrag_fakes-1.2.3.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: esrag-fakes\nVersion: 1.2.3\n")
-    (dist / "entry_points.txt").write_text(
-        "[esrag.embedders]\nhashed = tests.plugins.fake_plugins:HashedBagOfWords\n\n"
-        "[esrag.generators]\necho = tests.plugins.fake_plugins:EchoCiter\n")
-    monkeypatch.syspath_prepend(str(site))
-    return site
-
-
-@pytest.fixture
 def corpus(tmp_path: Path) -> Path:
     root = tmp_path / "docs"
     root.mkdir()

@@ -78,3 +78,26 @@ class EchoCiter(Generator):
         first = re.split(r"(?<=[.!?])\s", prose.strip(), maxsplit=1)[0].rstrip(".")
         for word in f"{first} [1].".split(" "):
             yield word + " "
+
+
+class SerialEchoCiter(EchoCiter):
+    """Like EchoCiter, but declares that it cannot answer two questions at once (as an in-process model
+    cannot); it records overlapping calls, so a test can prove the engine queues them."""
+
+    name = "echo_serial"
+    concurrent = False
+    active = 0
+    overlaps = 0
+
+    def stream(self, messages: Sequence[Message]) -> Iterator[str]:
+        import time
+
+        type(self).active += 1
+        try:
+            if type(self).active > 1:
+                type(self).overlaps += 1
+            for piece in super().stream(messages):
+                time.sleep(0.002)
+                yield piece
+        finally:
+            type(self).active -= 1
