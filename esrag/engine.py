@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -65,33 +65,31 @@ class Engine:
 
     # -- parts -----------------------------------------------------------------------------------------
 
+    def _once(self, attr: str, build: Callable[[], Any]) -> Any:
+        """The part held in ``attr``, built by ``build`` the first time (once, whichever thread asks)."""
+        part = getattr(self, attr)
+        if part is None:
+            with self._lock:
+                part = getattr(self, attr)
+                if part is None:
+                    part = build()
+                    setattr(self, attr, part)
+        return part
+
     @property
     def store(self) -> Store:
-        if self._store is None:
-            with self._lock:
-                if self._store is None:
-                    self._store = plugins.load(plugins.STORES, self.settings.store_name)(self.settings)
-        assert self._store is not None
-        return self._store
+        return self._once("_store", lambda: plugins.load(plugins.STORES, self.settings.store_name)(self.settings))
 
     @property
     def embedder(self) -> LazyEmbedder:
-        if self._embedder is None:
-            with self._lock:
-                if self._embedder is None:
-                    factory = plugins.load(plugins.EMBEDDERS, self.settings.embedder)
-                    self._embedder = LazyEmbedder(factory, self.settings)
-        return self._embedder
+        return self._once("_embedder", lambda: LazyEmbedder(plugins.load(plugins.EMBEDDERS, self.settings.embedder),
+                                                            self.settings))
 
     @property
     def searcher(self) -> HybridSearcher:
-        if self._searcher is None:
-            from esrag.search import HybridSearcher
+        from esrag.search import HybridSearcher
 
-            with self._lock:
-                if self._searcher is None:
-                    self._searcher = HybridSearcher(self.store, self.embedder, self.settings)
-        return self._searcher
+        return self._once("_searcher", lambda: HybridSearcher(self.store, self.embedder, self.settings))
 
     def generator_name(self, name: str | None = None) -> str:
         return name or self.settings.generator_name
