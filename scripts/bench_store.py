@@ -45,6 +45,7 @@ from bench_store_langchain import Baseline, check_installed
 
 from esrag.config import Settings
 from esrag.fusion import linear_fusion
+from esrag.stats import percentile
 from esrag.stores.sqlite import SQLiteStore
 from esrag.types import Chunk, EmbeddedChunk, IndexMeta, SearchRequest, sha256_hex
 
@@ -127,8 +128,8 @@ def child(args: argparse.Namespace) -> None:
     load_s = time.perf_counter() - t0
     times = run_queries(store, queries, args.k, args.candidates)
     rss = peak_rss_bytes()
-    print(json.dumps({"first_query_ms": first[0], "load_s": load_s, "p50_ms": float(np.percentile(times, 50)),
-                      "p95_ms": float(np.percentile(times, 95)), "peak_rss_bytes": rss}))
+    print(json.dumps({"first_query_ms": first[0], "load_s": load_s, "p50_ms": percentile(times, 50),
+                      "p95_ms": percentile(times, 95), "peak_rss_bytes": rss}))
     store.close()
 
 
@@ -145,7 +146,7 @@ def langchain_baseline(store: SQLiteStore, pairs: list[tuple[str, str]], vectors
         esrag_ms.extend(run_queries(store, [query], args.k, args.candidates))
         bm25_ms.append(lc.bm25_ms(query[0]))
         ensemble_ms.append(lc.ensemble_ms(query[0]))
-    p = {name: (float(np.percentile(v, 50)), float(np.percentile(v, 95)))
+    p = {name: (percentile(v, 50), percentile(v, 95))
          for name, v in (("esrag", esrag_ms), ("bm25", bm25_ms), ("ensemble", ensemble_ms))}
     return {
         "queries": len(subset), "duplicate_query_texts": lc.duplicate_query_texts,
@@ -234,8 +235,8 @@ def main() -> None:
         "n": args.n, "dims": args.dims, "corpus": str(args.corpus) if args.corpus else "random-words",
         "write_chunks_per_s": args.n / write_s, "write_s": write_s, "generate_s": gen_s,
         "db_bytes": db_bytes, "raw_vector_bytes": raw, "matrix_load_s": load_s,
-        "query_p50_ms": float(np.percentile(times, 50)), "query_p95_ms": float(np.percentile(times, 95)),
-        "filtered_query_p50_ms": float(np.percentile(filtered, 50)),
+        "query_p50_ms": percentile(times, 50), "query_p95_ms": percentile(times, 95),
+        "filtered_query_p50_ms": percentile(filtered, 50),
         "fresh_process": fresh, "peak_rss_over_raw": fresh["peak_rss_bytes"] / raw,
         "cpus": os.cpu_count(), "queries": len(queries), "candidates": args.candidates, "k": args.k,
     }

@@ -72,8 +72,8 @@ from esrag.evaluation import (  # noqa: E402
     evaluate_run,
     load_beir,
     method_ranking,
-    percentile,
 )
+from esrag.stats import percentile  # noqa: E402
 from esrag.types import (  # noqa: E402
     Chunk,
     EmbeddedChunk,
