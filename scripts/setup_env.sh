@@ -8,6 +8,17 @@ python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 # torch first and pinned: a looser spec pulls GBs of CUDA wheels on CPU-only machines.
 .venv/bin/pip install -q torch==2.13.0
+# The [test] extra's llama.cpp server: built once per machine as a portable AVX2 wheel. A native build
+# (-march=native, the default) segfaults on prompts of more than one token on AVX-512/AMX CPUs.
+if [[ "$extras" == *test* ]]; then
+  wheels="${XDG_CACHE_HOME:-$HOME/.cache}/esrag/wheels"
+  if ! ls "$wheels"/llama_cpp_python-0.3.36-*.whl >/dev/null 2>&1; then
+    echo "==> building llama-cpp-python 0.3.36 (portable AVX2 build, once per machine: ~6 min)"
+    CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON" \
+      .venv/bin/pip wheel -q --no-deps --no-cache-dir -w "$wheels" llama-cpp-python==0.3.36
+  fi
+  .venv/bin/pip install -q --find-links "$wheels" --only-binary llama-cpp-python "llama-cpp-python[server]==0.3.36"
+fi
 if [ -n "$extras" ]; then
   .venv/bin/pip install -q -e ".[$extras]"
 else
