@@ -131,6 +131,10 @@ model_options = stack(
     setting_option("device", "--device", metavar="DEVICE",
                    help="cpu, cuda, cuda:1, mps... for the models. [default: cuda if available]"),
     setting_option("batch_size", "--batch-size", metavar="N", help="Embedding batch size. [default: 64]"),
+    setting_option("query_prefix", "--query-prefix", metavar="TEXT",
+                   help="Prepended to queries before embedding (e5: 'query: '). [default: none]"),
+    setting_option("passage_prefix", "--passage-prefix", metavar="TEXT",
+                   help="Prepended to chunks before embedding (e5: 'passage: '). [default: none]"),
 )
 
 index_settings_options = stack(
@@ -196,6 +200,11 @@ generation_options = stack(
     setting_option("llm_timeout", "--llm-timeout", metavar="SECONDS",
                    help="openai_compat: seconds to wait for the server (connect, and between streamed pieces). "
                         "[default: 300]"),
+    setting_option("llm_context_tokens", "--llm-context-tokens", metavar="N",
+                   help="The LLM's context window, when the server or model config does not say. [default: "
+                        "asked]"),
+    setting_option("cache_dir", "--cache-dir", metavar="DIR",
+                   help="Where converted local models are cached. [default: ~/.cache/esrag]"),
     setting_option("min_score", "--min-score", metavar="S",
                    help="Answer \"nothing relevant\" without calling the LLM when the best fused score is below "
                         "S. [default: 0]"),

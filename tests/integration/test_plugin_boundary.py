@@ -99,3 +99,17 @@ def test_a_plugins_unknown_or_bad_setting_is_named(fake_distribution: Path, tmp_
     cfg.write_text("[embedder.hashed]\ndims = 16\n")
     code, out = run("init", "--embedder", "hashed", "--sqlite-dir", str(tmp_path / "s"))
     assert code == 0 and "16 dims" in out, out
+
+
+def test_status_on_elasticsearch_names_the_concrete_index_behind_the_alias(
+    fake_distribution: Path, corpus: Path, es_url: str
+) -> None:
+    where = ["--es-url", es_url, "--index", "concrete-check"]
+    try:
+        code, out = run("ingest", str(corpus), "--no-progress", "--embedder", "hashed", *where)
+        assert code == 0, out
+        code, out = run("status", "--json", *where)
+        status = json.loads(out)
+        assert status["index"] == "concrete-check" and status["concrete_index"] == "concrete-check-v1"
+    finally:
+        run("delete", "--all", "--yes", *where)
