@@ -20,8 +20,8 @@ class MissingDependencyError(EsragError):
     """An optional dependency is not installed; the message names the extra to install."""
 
     def __init__(self, package: str, extra: str, purpose: str) -> None:
-        super().__init__(f"{purpose} needs the '{package}' package: run `pip install -e '.[{extra}]'` in your "
-                         f"esrag checkout (or `pip install {package}`)")
+        super().__init__(f"{purpose} needs the '{package}' package (the esrag[{extra}] extra): run "
+                         f"`pip install -e '.[{extra}]'` in your esrag checkout, or `pip install {package}`")
         self.package = package
         self.extra = extra
 
