@@ -18,7 +18,7 @@ from esrag.loaders import (
     markdown_title,
     rst_title,
 )
-from esrag.types import Document
+from esrag.types import Document, canonical_json, sha256_hex
 
 
 def write(path: Path, content: str | bytes) -> Path:
@@ -359,7 +359,9 @@ def test_json_list_gives_one_document_per_object(tmp_path: Path) -> None:
     ]))
     docs, skipped = load_file(path)
     name = posix(path)
-    assert [(d.doc_id, d.text, d.title) for d in docs] == [(name + "#a", "First", ""), (name + "#1", "Second", "")]
+    content_id = "sha-" + sha256_hex(canonical_json({"text": "Second"}))[:16]
+    assert [(d.doc_id, d.text, d.title) for d in docs] == [(name + "#a", "First", ""),
+                                                           (name + "#" + content_id, "Second", "")]
     assert skipped == [
         Skipped(name, "item 2: not a JSON object"),
         Skipped(name, "item 3: no 'text' string field"),
@@ -396,7 +398,8 @@ def test_jsonl_beir_corpus_with_a_bad_line_loads_the_rest(tmp_path: Path) -> Non
                  metadata={"collection": "scifact", "ext": ".jsonl", "year": 2020, "url": "u1"}),
         Document(doc_id=f"{name}#d2", source=name, text="Second text.", title="",
                  metadata={"collection": "scifact", "ext": ".jsonl", "source_name": "wiki"}),
-        Document(doc_id=f"{name}#5", source=name, text="No id here.", title="",
+        Document(doc_id=f"{name}#sha-{sha256_hex(canonical_json({'text': 'No id here.'}))[:16]}", source=name,
+                 text="No id here.", title="",
                  metadata={"collection": "scifact", "ext": ".jsonl"}),
     ]
     assert [s.path for s in skipped] == [name] * 5
