@@ -292,14 +292,14 @@ def _split(text: str, start: int, end: int, pattern: re.Pattern[str]) -> list[tu
     return pieces
 
 
-def chunk_document(doc: Document, chunker: Chunker) -> list[Chunk]:
+def chunk_document(doc: Document, chunker: Chunker, doc_sha: str | None = None) -> list[Chunk]:
     """Chunks of ``doc`` with content-addressed ids; ``[]`` for a blank document.
 
-    ``doc_sha`` covers the document and ``chunker.signature``, so changing the chunk parameters changes
-    every id; ``chunk_sha`` is the hash of the chunk text alone.
+    ``doc_sha`` defaults to ``doc.sha(chunker.signature)``, which covers the document and the chunk
+    parameters, so changing them changes every id; ``chunk_sha`` is the hash of the chunk text alone.
     """
     spans = chunker.split(doc.text)
-    doc_sha = doc.sha(chunker.signature)
+    doc_sha = doc_sha or doc.sha(chunker.signature)
     chunks: list[Chunk] = []
     for index, span in enumerate(spans):
         chunk_sha = sha256_hex(span.text)
