@@ -345,6 +345,8 @@ class Ingestor:
             window: list[_DocPlan] = []
             window_chunks = 0
             position = 0
+            # about a window of chunks' worth of text (4 characters a token), so that embedding starts early
+            window_chars = self.window * self.settings.chunk_size * 4
 
             def flush(at: int) -> None:
                 nonlocal window, window_chunks
@@ -363,7 +365,7 @@ class Ingestor:
                     report.documents += 1
                     report.decode_errors += doc.decode_errors
                     batch.append(doc)
-                if len(batch) >= _LOOKUP_BATCH or sum(len(d.text) for d in batch) >= 4_000_000:
+                if len(batch) >= _LOOKUP_BATCH or sum(len(d.text) for d in batch) >= window_chars:
                     flush(position)
             flush(position)
             if window:

@@ -71,10 +71,14 @@ class SourceFile:
 
 
 def display(name: str) -> str:
-    """A path printable as UTF-8: bytes that are not valid UTF-8 (lone surrogates in a str from the file
-    system) shown as ``\\xNN``."""
-    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace") if _SURROGATE.search(
-        name) else name
+    """A string printable as UTF-8: the bytes of a file name that are not valid UTF-8 (lone surrogates in
+    a str from the file system) shown as ``\\xNN``, any other lone surrogate as ``\\udNNN``."""
+    if not _SURROGATE.search(name):
+        return name
+    try:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def doc_id_candidates(path: str | Path) -> list[str]:
@@ -520,7 +524,7 @@ class _Records:
         for key, value in fields:
             key = str(key)
             if _SURROGATE.search(key):
-                return Skipped(self.name, f"{prefix}metadata key {display(key)!r} is not valid Unicode")
+                return Skipped(self.name, f"{prefix}metadata key '{display(key)}' is not valid Unicode")
             if isinstance(value, str):
                 value, n = _replace_escaped(value)
                 errors += n
