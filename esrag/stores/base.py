@@ -13,8 +13,8 @@ store:
 - Every method other than ``ensure_index``/``exists``/``describe``/``drop`` raises ``IndexNotFoundError``
   when the index does not exist.
 - ``list_chunks``, ``get_embeddings``, ``get_embeddings_by_sha`` and ``list_documents`` see every completed
-  write at once (ES reads them with realtime gets or a refresh of its own). ``search`` and ``count`` may lag until ``refresh()``: an
-  ingest refreshes once at its end, not after every batch.
+  write at once (ES reads them with realtime gets or a refresh of its own). ``search`` and ``count`` may lag
+  until ``refresh()``: an ingest refreshes once at its end, not after every batch.
 - Constructing a store performs no I/O; the first operation connects.
 """
 
