@@ -4,6 +4,7 @@ there, JSONL records have stable ids. Real packaged MiniLM, real stores (run one
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -224,3 +225,52 @@ def test_a_writer_failure_stops_the_embedder_and_reports_what_was_written(
     assert total == report.chunks_written
     # stopped promptly: far from the whole corpus (40 documents x ~6 chunks) was embedded
     assert spy.embedded < 120
+
+
+# -- through the CLI ----------------------------------------------------------------------------------------
+
+
+def cli(settings: Any, *args: str) -> Any:
+    from click.testing import CliRunner
+
+    from esrag.cli import main
+
+    store = ["--index", settings.index, "--store", settings.store_name]
+    store += ["--es-url", settings.es_url] if settings.es_url else ["--sqlite-dir", settings.sqlite_dir]
+    return CliRunner().invoke(main, [*args, *store], catch_exceptions=False)
+
+
+def test_cli_nothing_to_ingest_exits_2_with_a_warning_and_no_store(store_settings: Any, tmp_path: Path) -> None:
+    settings = store_settings()
+    (tmp_path / "empty").mkdir()
+    result = cli(settings, "ingest", str(tmp_path / "empty"), "--json")
+    assert result.exit_code == 2
+    assert "Warning: nothing to ingest: no supported file under" in result.stderr
+    assert json.loads(result.stdout)["files"] == 0
+    assert cli(settings, "status", "--json").stdout.count('"exists": false') == 1
+
+
+def test_cli_prune_delete_by_jsonl_file_and_max_file_size(store_settings: Any, tmp_path: Path) -> None:
+    settings = store_settings()
+    root = tmp_path / "corpus"
+    root.mkdir()
+    (root / "a.md").write_text("Alpha document about lighthouses.")
+    (root / "b.md").write_text("Beta document about orchards.")
+    (root / "big.txt").write_text("x " * 2000)
+    (root / "records.jsonl").write_text('{"text": "first record"}\n{"text": "second record"}\n')
+    first = cli(settings, "ingest", str(root), "--json", "--max-file-size", "1KB", "--no-progress")
+    assert first.exit_code == 0, first.output
+    report = json.loads(first.stdout)
+    assert report["documents_new"] == 4
+    assert [s["reason"] for s in report["skipped"]] == ["larger than --max-file-size (4,000 > 1,024 bytes)"]
+    (root / "b.md").unlink()
+    kept = cli(settings, "ingest", str(root), "--no-progress", "--max-file-size", "1KB")
+    assert kept.exit_code == 0 and "1 indexed document(s) under the given paths are no longer there" in kept.output
+    pruned = json.loads(cli(settings, "ingest", str(root), "--prune", "--json", "--max-file-size", "1KB").stdout)
+    assert pruned["documents_removed"] == 1 and pruned["chunks_embedded"] == 0
+    deleted = cli(settings, "delete", "--doc", str(root / "records.jsonl"))
+    assert deleted.exit_code == 0 and "Deleted 2 chunk(s)" in deleted.output
+    status = json.loads(cli(settings, "status", "--json").stdout)
+    assert status["documents"] == 1
+    bad = cli(settings, "ingest", str(root), "--max-file-size", "lots")
+    assert bad.exit_code == 2 and "'lots' is not a size" in bad.output
