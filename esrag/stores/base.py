@@ -68,10 +68,8 @@ class Store(Protocol):
         ``ingest --prune`` to find documents that are gone from the corpus, and by ingest to skip unchanged
         documents without chunking them.
 
-        ``DocRef.chunks`` counts the document's stored chunks (any version). ``DocRef.doc_sha`` is the
-        version's hash only when the stored chunks are exactly one complete version (all share one
-        ``doc_sha`` and there are ``chunk_count`` of them); otherwise (an interrupted write left two
-        versions, or part of one) it is "", so the document is never taken for unchanged."""
+        ``DocRef.chunks`` counts the document's stored chunks (any version). ``DocRef.doc_sha`` is their
+        version hash, or "" when they carry more than one (an interrupted re-write)."""
         ...
 
     def list_chunks(self, doc_ids: Sequence[str]) -> dict[str, list[ChunkRef]]:

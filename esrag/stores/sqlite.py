@@ -341,20 +341,19 @@ class SQLiteStore:
         self._reader()
 
     def list_documents(self, prefix: str = "") -> dict[str, DocRef]:
-        """Stored documents whose doc_id starts with ``prefix``. ``DocRef.doc_sha`` is "" unless the stored
-        chunks are exactly one complete version (one doc_sha, ``chunk_count`` chunks)."""
+        """Stored documents whose doc_id starts with ``prefix``; ``DocRef.doc_sha`` is "" for a document whose
+        chunks carry more than one doc_sha."""
         where, params = "", []
         if prefix:
             where, params = "WHERE doc_id >= ? AND doc_id < ?", [prefix, prefix + "\U0010ffff"]
         out: dict[str, DocRef] = {}
         with self._guard("read"):
             rows = self._reader().execute(
-                "SELECT doc_id, min(doc_sha), max(doc_sha), count(*), max(chunk_count) FROM chunks "
+                "SELECT doc_id, min(doc_sha), max(doc_sha), count(*) FROM chunks "
                 f"{where} GROUP BY doc_id", params)
-            for doc_id, lo, hi, n, expected in rows:
+            for doc_id, lo, hi, n in rows:
                 if doc_id.startswith(prefix):
-                    complete = lo == hi and int(n) == int(expected)
-                    out[doc_id] = DocRef(doc_id=doc_id, doc_sha=lo if complete else "", chunks=int(n))
+                    out[doc_id] = DocRef(doc_id=doc_id, doc_sha=lo if lo == hi else "", chunks=int(n))
         return out
 
     def list_chunks(self, doc_ids: Sequence[str]) -> dict[str, list[ChunkRef]]:

@@ -440,17 +440,15 @@ def test_list_documents_reports_sha_and_chunk_count_under_a_prefix(make_store: M
     assert store.list_documents("absent/") == {}
 
 
-def test_list_documents_hides_the_sha_of_an_incomplete_or_mixed_document(make_store: MakeStore) -> None:
+def test_list_documents_hides_the_sha_of_a_document_with_two_versions(make_store: MakeStore) -> None:
     store = ready(make_store)
-    v = unit_vectors(4)
-    # one chunk of three: an interrupted first write
-    written(store, [make_chunk("partial", 0, "p", v[0], chunk_count=3, doc_sha="sha-p")])
+    v = unit_vectors(3)
     # two versions side by side: an interrupted update
-    written(store, [make_chunk("mixed", 0, "old", v[1], doc_sha="sha-old"),
-                    make_chunk("mixed", 0, "new", v[2], doc_sha="sha-new")])
+    written(store, [make_chunk("mixed", 0, "old", v[0], doc_sha="sha-old"),
+                    make_chunk("mixed", 0, "new", v[1], doc_sha="sha-new"),
+                    make_chunk("single", 0, "one", v[2], doc_sha="sha-one")])
     docs = store.list_documents()
-    assert docs["partial"] == DocRef("partial", "", 1)
-    assert docs["mixed"] == DocRef("mixed", "", 2)
+    assert docs == {"mixed": DocRef("mixed", "", 2), "single": DocRef("single", "sha-one", 1)}
 
 
 def test_get_embeddings_by_sha_finds_vectors_across_documents(make_store: MakeStore) -> None:
