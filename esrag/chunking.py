@@ -104,14 +104,18 @@ class Chunker:
         """Split ``text`` into chunks; ``[]`` for empty or whitespace-only text.
 
         Text that fits in one chunk costs one tokenizer call; longer text a few batched calls (one per
-        separator level, one to verify the merged chunks, a few more to cut overlong words).
+        separator level, one to verify the merged chunks, a few more to cut overlong words). Text longer
+        than ``size * 32`` characters is never passed to the tokenizer whole, only in pieces.
         """
         start, end = _strip(text, 0, len(text))
         if start == end:
             return []
-        total = self._count([text[start:end]])[0]
-        if total <= self.size and end - start <= self._max_chars:
-            return [ChunkSpan(start, end, text[start:end])]
+        if end - start > self._max_chars:  # cannot be one chunk: never tokenise a whole large text at once
+            total = self.size + 1
+        else:
+            total = self._count([text[start:end]])[0]
+            if total <= self.size:
+                return [ChunkSpan(start, end, text[start:end])]
         atoms = self._atoms(text, start, end, total)
         ranges = self._verified_merge(text, atoms)
         return [ChunkSpan(atoms[a][0], atoms[b][1], text[atoms[a][0]:atoms[b][1]]) for a, b in ranges]
