@@ -403,7 +403,7 @@ def test_write_with_delete_ids_writes_then_deletes_and_counts_what_existed(make_
     assert ids(hits) == [new.chunk.id]
 
 
-def test_write_never_deletes_a_chunk_it_writes_in_the_same_call(make_store: MakeStore) -> None:
+def test_write_applies_its_deletes_after_its_writes(make_store: MakeStore) -> None:
     store = ready(make_store)
     chunk = make_chunk("d", 0, "kept", unit_vectors(1)[0])
     written(store, [chunk])
