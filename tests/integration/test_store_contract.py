@@ -403,15 +403,6 @@ def test_write_with_delete_ids_writes_then_deletes_and_counts_what_existed(make_
     assert ids(hits) == [new.chunk.id]
 
 
-def test_write_applies_its_deletes_after_its_writes(make_store: MakeStore) -> None:
-    store = ready(make_store)
-    chunk = make_chunk("d", 0, "kept", unit_vectors(1)[0])
-    written(store, [chunk])
-    # writes come first, then deletes: an id in both is gone afterwards, and it existed
-    assert store.write([chunk], delete_ids=[chunk.chunk.id]) == WriteResult(written=1, deleted=1)
-    assert store.list_chunks(["d"]) == {}
-
-
 def test_write_only_deletes(make_store: MakeStore) -> None:
     store = ready(make_store)
     chunk = make_chunk("d", 0, "doomed", unit_vectors(1)[0])
