@@ -8,7 +8,10 @@ character offsets) with no leading or trailing whitespace.
 Guarantees of ``Chunker.split``, all measured with the given ``count_tokens``:
 
 * every chunk has at most ``Chunker.size`` tokens (the only exception: a single character that alone
-  counts more than that, which is emitted on its own);
+  counts more than that, which is emitted on its own), and its pieces at most ``size * 32`` characters
+  (whitespace between them aside): a word longer than that, or one the tokenizer counts as a single
+  unknown token, is cut;
+* time is linear in the length of the text (for a tokenizer linear in its input);
 * every non-whitespace character of the text lies in at least one chunk;
 * chunks are ordered: both ``start`` and ``end`` strictly increase from one chunk to the next;
 * consecutive chunks share at most ``Chunker.overlap`` tokens: the shared text
@@ -29,14 +32,19 @@ from esrag.types import Chunk, Document, sha256_hex
 
 TokenCounter = Callable[[Sequence[str]], list[int]]
 
-#: Separators from coarsest to finest: blank line (paragraph), line break, sentence end, whitespace.
+#: Separators from coarsest to finest: blank line (paragraph), line break, sentence end, whitespace. Each can
+#: start a match only at a newline, after a sentence end, or at the first of a run of whitespace, so finding
+#: them is linear in the text (``\s*\n`` would rescan a run of spaces from each of its characters:
+#: quadratic). Whitespace before a separator is stripped from the piece, so it need not be matched.
 _SEPARATORS = (
     re.compile(r"\n[^\S\n]*\n\s*"),
-    re.compile(r"\s*\n\s*"),
+    re.compile(r"\n\s*"),
     re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"'\u201d\u2019)\]]))\s+|(?<=[\u3002\uff01\uff1f])\s*"),
     re.compile(r"\s+"),
 )
-#: A prefix searched when a single word must be cut is at most this many characters per allowed token.
+#: Characters per token at most: a piece counts at least ``ceil(len / _MAX_CHARS_PER_TOKEN)`` tokens, so a
+#: chunk's pieces total at most ``size * _MAX_CHARS_PER_TOKEN`` characters even where the tokenizer turns a
+#: whole long word into one ``[UNK]``; and a prefix searched when a word must be cut is at most this long.
 _MAX_CHARS_PER_TOKEN = 32
 #: Prefix lengths tried per tokenizer call while searching where to cut a word.
 _PROBES = 16
@@ -81,24 +89,33 @@ class Chunker:
         self._count_tokens = count_tokens
         self.size = min(chunk_size, max_tokens) if max_tokens is not None else chunk_size
         self.overlap = min(chunk_overlap, self.size - 1)
+        self._max_chars = self.size * _MAX_CHARS_PER_TOKEN
+
+    def _weight(self, start: int, end: int, tokens: int) -> int:
+        """A piece's count for merging: its tokens, but at least one per ``_MAX_CHARS_PER_TOKEN`` chars."""
+        return max(tokens, -(-(end - start) // _MAX_CHARS_PER_TOKEN))
 
     @property
     def signature(self) -> str:
         """Identifies the chunking algorithm and its effective parameters (part of the document hash)."""
-        return f"recursive:v1:size={self.size}:overlap={self.overlap}"
+        return f"recursive:v2:size={self.size}:overlap={self.overlap}"
 
     def split(self, text: str) -> list[ChunkSpan]:
         """Split ``text`` into chunks; ``[]`` for empty or whitespace-only text.
 
         Text that fits in one chunk costs one tokenizer call; longer text a few batched calls (one per
-        separator level, one to verify the merged chunks, a few more to cut overlong words).
+        separator level, one to verify the merged chunks, a few more to cut overlong words). Text longer
+        than ``size * 32`` characters is never passed to the tokenizer whole, only in pieces.
         """
         start, end = _strip(text, 0, len(text))
         if start == end:
             return []
-        total = self._count([text[start:end]])[0]
-        if total <= self.size:
-            return [ChunkSpan(start, end, text[start:end])]
+        if end - start > self._max_chars:  # cannot be one chunk: never tokenise a whole large text at once
+            total = self.size + 1
+        else:
+            total = self._count([text[start:end]])[0]
+            if total <= self.size:
+                return [ChunkSpan(start, end, text[start:end])]
         atoms = self._atoms(text, start, end, total)
         ranges = self._verified_merge(text, atoms)
         return [ChunkSpan(atoms[a][0], atoms[b][1], text[atoms[a][0]:atoms[b][1]]) for a, b in ranges]
@@ -125,7 +142,7 @@ class Chunker:
                     frontier.append(span)
                     continue
                 for i, (s, e) in enumerate(pieces):
-                    n = next(counts)
+                    n = self._weight(s, e, next(counts))
                     (atoms if n <= self.size else frontier).append((s, e, n, level if i else span[3]))
         for s, e, _, before in frontier:
             atoms.extend(self._cut_word(text, s, e, before))
@@ -138,6 +155,7 @@ class Chunker:
         pos = start
         while pos < end:
             length, n = self._fitting_prefix(text, pos, end)
+            n = min(self.size, self._weight(pos, pos + length, n)) if n <= self.size else n
             pieces.append((pos, pos + length, n, before if pos == start else _INSIDE_WORD))
             pos += length
         return pieces
@@ -278,14 +296,14 @@ def _split(text: str, start: int, end: int, pattern: re.Pattern[str]) -> list[tu
     return pieces
 
 
-def chunk_document(doc: Document, chunker: Chunker) -> list[Chunk]:
+def chunk_document(doc: Document, chunker: Chunker, doc_sha: str | None = None) -> list[Chunk]:
     """Chunks of ``doc`` with content-addressed ids; ``[]`` for a blank document.
 
-    ``doc_sha`` covers the document and ``chunker.signature``, so changing the chunk parameters changes
-    every id; ``chunk_sha`` is the hash of the chunk text alone.
+    ``doc_sha`` defaults to ``doc.sha(chunker.signature)``, which covers the document and the chunk
+    parameters, so changing them changes every id; ``chunk_sha`` is the hash of the chunk text alone.
     """
     spans = chunker.split(doc.text)
-    doc_sha = doc.sha(chunker.signature)
+    doc_sha = doc_sha or doc.sha(chunker.signature)
     chunks: list[Chunk] = []
     for index, span in enumerate(spans):
         chunk_sha = sha256_hex(span.text)

@@ -213,10 +213,15 @@ class Engine:
         return self.ingestor(progress).ingest_documents(docs, total=total)
 
     def delete_documents(self, refs: Sequence[str]) -> int:
-        """Delete documents by doc_id or by the path given at ingest; returns the chunks deleted."""
+        """Delete documents by doc_id or by the file given at ingest (every record of a JSON/JSONL file;
+        see ``ingest.documents_for_path``); returns the chunks deleted."""
+        from esrag.ingest import documents_for_path
+
         self.require_index()
-        ids = sorted(set(refs) | {Path(r).expanduser().resolve().as_posix() for r in refs})
-        return self.store.delete_documents(ids)
+        ids = sorted({doc_id for r in refs for doc_id in documents_for_path(self.store, r)})
+        deleted = self.store.delete_documents(ids) if ids else 0
+        self.store.refresh()
+        return deleted
 
     def drop(self) -> bool:
         """Delete the whole index; whether it existed."""

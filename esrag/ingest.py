@@ -1,19 +1,32 @@
-"""Ingestion: discover -> load -> chunk -> (skip unchanged) -> embed -> write -> delete stale.
+"""Ingestion: discover -> load -> (skip unchanged) -> chunk -> embed -> write + delete stale -> prune.
 
 Three stages overlap so the embedder, the expensive part, is never idle waiting on I/O:
 
-- a producer thread loads and chunks files and asks the store what it already holds for them;
+- a producer thread loads files, compares each document's content hash with the store, chunks only the
+  documents that changed, and looks up which of their chunks the index already holds;
 - the calling thread embeds, in batches sorted by length within a window;
 - a writer thread writes to the store.
 
 Incremental rules (exact, because chunk ids are content-addressed from the document version):
 
-- A document is *unchanged* when the store holds exactly the chunk ids its current version produces. Nothing
-  is embedded or written for it.
-- Otherwise the missing chunks are written; a chunk whose text (``chunk_sha``) is already stored for that
-  document reuses the stored vector instead of being embedded again. Only after all of a document's new
-  chunks are written are its stale chunks deleted, and not at all if any of its writes failed. A crash at any
-  point leaves old and/or new chunks, never neither, and the next run completes the job.
+- A document is *unchanged* when the store holds exactly one complete version with its current hash
+  (``doc_sha``: text, title, metadata, chunking parameters and model). It is neither chunked nor embedded:
+  an unchanged re-run never touches the embedder, so a lazily loaded model is never loaded.
+- Otherwise the missing chunks are written; a chunk whose text (``chunk_sha``) the index already holds, in
+  this document or any other (a moved or renamed file), reuses the stored vector instead of being embedded
+  again. A document's stale chunks are deleted in the same store request (``Store.write(...,
+  delete_ids=...)``) as the last of its new chunks, and not at all if an earlier batch of its chunks
+  failed. A crash at any point leaves old and/or new chunks, never neither, and the next run completes
+  the job.
+- ``prune``: documents under the given paths that the store holds but this run did not produce (deleted,
+  moved, now empty, skipped or unreadable files) are deleted. Without it they are only counted
+  (``documents_gone``). Only documents under the given paths are considered, never another root's.
+- The store is refreshed once, at the end (``Store.refresh``).
+
+Failures: a file that cannot be loaded or chunked is a ``Skipped`` entry and the run goes on; a chunk the
+store rejects is a ``WriteError`` (``ok`` False, exit 1). A failure of the store itself (or any other
+exception) stops every stage promptly and raises ``IngestAborted``, whose ``report`` says what was written
+and what was not.
 """
 
 from __future__ import annotations
@@ -33,25 +46,37 @@ from esrag import __version__
 from esrag.chunking import Chunker, chunk_document
 from esrag.config import Settings
 from esrag.embedders.base import Embedder
-from esrag.errors import EsragError
-from esrag.loaders import Skipped, discover, load_file
+from esrag.errors import EsragError, IndexNotFoundError, ModelMismatchError
+from esrag.loaders import MAX_FILE_BYTES, Notice, Skipped, SourceFile, discover_sources, doc_id_candidates, iter_file
 from esrag.stores.base import Store
-from esrag.types import Chunk, Document, EmbeddedChunk, IndexMeta, MetadataValue, WriteError
+from esrag.types import Chunk, ChunkRef, Document, EmbeddedChunk, IndexMeta, MetadataValue, WriteError
 
 log = logging.getLogger(__name__)
 
 _DONE = object()
+#: documents per store lookup in the producer
+_LOOKUP_BATCH = 64
+#: chunks per store write
+_WRITE_BATCH = 500
 
 
 @dataclass
 class IngestReport:
-    """What an ingest did. ``ok`` is False when any chunk failed to write or embed."""
+    """What an ingest did. ``ok`` is False when any chunk failed to write or the run was aborted.
+
+    ``documents_gone`` counts stored documents under the given paths that this run did not produce (gone,
+    moved, now empty, skipped or unreadable); ``documents_removed`` those of them deleted by ``prune``.
+    ``aborted`` is the reason a run stopped early ("" if it did not); ``documents_not_written`` are then the
+    documents whose new chunks were planned but not (all) written.
+    """
 
     files: int = 0
     documents: int = 0
     documents_new: int = 0
     documents_changed: int = 0
     documents_unchanged: int = 0
+    documents_gone: int = 0
+    documents_removed: int = 0
     chunks_written: int = 0
     chunks_embedded: int = 0
     chunks_reused: int = 0
@@ -59,12 +84,28 @@ class IngestReport:
     chunks_deleted: int = 0
     decode_errors: int = 0
     skipped: list[Skipped] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     errors: list[WriteError] = field(default_factory=list)
+    aborted: str = ""
+    documents_not_written: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     @property
     def ok(self) -> bool:
-        return not self.errors
+        return not self.errors and not self.aborted
+
+    @property
+    def nothing_found(self) -> bool:
+        """True when the paths held no file to load at all (nothing was read, written or deleted)."""
+        return self.files == 0 and self.documents_removed == 0
+
+    @property
+    def exit_code(self) -> int:
+        """0 when done (skipped files are listed, not failures), 1 when a write failed or the run was
+        aborted, 2 when there was nothing to ingest."""
+        if not self.ok:
+            return 1
+        return 2 if self.nothing_found else 0
 
     @property
     def chunks_per_s(self) -> float:
@@ -72,11 +113,15 @@ class IngestReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "ok": self.ok,
+            "aborted": self.aborted,
             "files": self.files,
             "documents": self.documents,
             "documents_new": self.documents_new,
             "documents_changed": self.documents_changed,
             "documents_unchanged": self.documents_unchanged,
+            "documents_gone": self.documents_gone,
+            "documents_removed": self.documents_removed,
             "chunks_written": self.chunks_written,
             "chunks_embedded": self.chunks_embedded,
             "chunks_reused": self.chunks_reused,
@@ -84,11 +129,22 @@ class IngestReport:
             "chunks_deleted": self.chunks_deleted,
             "decode_errors": self.decode_errors,
             "skipped": [{"path": s.path, "reason": s.reason} for s in self.skipped],
+            "warnings": list(self.warnings),
             "errors": [{"chunk_id": e.chunk_id, "source": e.source, "reason": e.reason, "status": e.status}
                        for e in self.errors],
+            "documents_not_written": list(self.documents_not_written),
             "seconds": round(self.seconds, 3),
             "chunks_per_s": round(self.chunks_per_s, 2),
         }
+
+
+class IngestAborted(EsragError):
+    """An ingest stopped early (the store failed, or another unexpected error); ``report`` is the partial
+    report: what was written, and what was not."""
+
+    def __init__(self, message: str, report: IngestReport) -> None:
+        super().__init__(message)
+        self.report = report
 
 
 @dataclass
@@ -106,7 +162,9 @@ class _DocPlan:
 class Ingestor:
     """Ingest files or Documents into one store with one embedder.
 
-    ``on_progress(files_done, files_total, report)`` is called from the embedding thread after each window.
+    The embedder is used only for documents that changed: its ``count_tokens``, ``max_tokens``, ``dims``
+    and ``embed_*`` are not touched by a run in which nothing changed. ``on_progress(files_done,
+    files_total, report)`` is called from the embedding thread after each window.
     """
 
     def __init__(
@@ -124,12 +182,27 @@ class Ingestor:
         self.progress = progress
         self.window = window or max(settings.batch_size * 4, 64)
         self.on_progress = on_progress
-        self.chunker = Chunker(
-            count_tokens=embedder.count_tokens,
-            chunk_size=settings.chunk_size,
-            chunk_overlap=settings.chunk_overlap,
-            max_tokens=embedder.max_tokens,
-        )
+        self._chunker: Chunker | None = None
+        self._index_ready = False
+
+    @property
+    def chunker(self) -> Chunker:
+        """The chunker, built on first use (it needs the embedder's tokenizer)."""
+        if self._chunker is None:
+            self._chunker = Chunker(
+                count_tokens=self.embedder.count_tokens,
+                chunk_size=self.settings.chunk_size,
+                chunk_overlap=self.settings.chunk_overlap,
+                max_tokens=self.embedder.max_tokens,
+            )
+        return self._chunker
+
+    @property
+    def signature(self) -> str:
+        """What, besides a document's own content, determines its chunks and vectors: part of ``doc_sha``.
+        Known without loading the model (the model name fixes its token limit)."""
+        return (f"recursive:v2:model={self.embedder.model_name}:size={self.settings.chunk_size}:"
+                f"overlap={self.settings.chunk_overlap}")
 
     def index_meta(self) -> IndexMeta:
         return IndexMeta(
@@ -150,227 +223,331 @@ class Ingestor:
         glob: Sequence[str] = (),
         exclude: Sequence[str] = (),
         metadata: Mapping[str, MetadataValue] | None = None,
+        prune: bool = False,
+        follow_symlinks: bool = False,
+        max_file_size: int | None = MAX_FILE_BYTES,
+        doc_prefix: str = "",
     ) -> IngestReport:
-        """Discover files under ``paths`` and ingest them. Missing paths raise LoaderError before any
-        write; unreadable or unsupported files are skipped and listed in the report."""
-        files, skipped = discover(paths, glob=glob, exclude=exclude)
+        """Discover files under ``paths`` and ingest them (doc ids: see ``esrag.loaders``). Missing paths
+        raise LoaderError before any write; files that cannot be loaded are skipped and listed. When no
+        file at all is found, nothing is created and the report says so (``nothing_found``)."""
+        files, skipped = discover_sources(paths, glob=glob, exclude=exclude, follow_symlinks=follow_symlinks,
+                                          prefix=doc_prefix)
         report = IngestReport(files=len(files), skipped=list(skipped))
+        scopes = _scopes(paths, doc_prefix)
+        if not files:
+            where = ", ".join(str(p) for p in paths)
+            selection = f" matching --glob {' '.join(glob)}" if glob else ""
+            report.warnings.append(f"nothing to ingest: no supported file{selection} under {where}")
+        if not files and not (prune and self._store_exists()):
+            return report
+        produced: set[str] = set()
 
         def documents() -> Iterator[tuple[int, Document]]:
-            for i, path in enumerate(files):
-                docs, skips = load_file(path, metadata or {})
-                report.skipped.extend(skips)
-                for doc in docs:
-                    yield i + 1, doc
-                if not docs:
+            for i, source in enumerate(files):
+                noticed = False
+                for item in iter_file(source.path, metadata or {}, source.doc_id, max_file_size):
+                    if isinstance(item, Skipped):
+                        report.skipped.append(item)
+                    elif isinstance(item, Notice):
+                        report.warnings.append(f"{item.path}: {item.message}")
+                    else:
+                        noticed = True
+                        yield i + 1, item
+                if not noticed:
                     yield i + 1, _NO_DOC
 
-        return self._run(documents(), len(files), report)
+        report = self._run(documents(), len(files), report, produced)
+        self._prune(scopes, produced, prune, report)
+        return report
 
     def ingest_documents(self, docs: Iterable[Document], total: int | None = None) -> IngestReport:
-        """Ingest Documents that are already loaded (BEIR corpora, API callers)."""
+        """Ingest Documents that are already loaded (BEIR corpora, API callers). Nothing is pruned."""
         report = IngestReport()
-        return self._run(((i + 1, d) for i, d in enumerate(docs)), total or 0, report)
+        return self._run(((i + 1, d) for i, d in enumerate(docs)), total or 0, report, set())
 
     # -- pipeline -------------------------------------------------------------------------------------
 
-    def _run(self, docs: Iterator[tuple[int, Document]], total: int, report: IngestReport) -> IngestReport:
+    def _store_exists(self) -> bool:
+        meta = self.store.read_meta()
+        if meta is not None and meta.model != self.embedder.model_name:
+            raise ModelMismatchError(
+                f"index {self.store.describe().get('index')!r} was built with model {meta.model!r}, but the "
+                f"configured model is {self.embedder.model_name!r}; use --model {meta.model!r} or ingest into "
+                f"a new index (--index)")
+        self._index_ready = meta is not None
+        return meta is not None
+
+    def _ensure_index(self) -> None:
+        """Create the index on the first write (so a run that writes nothing creates nothing)."""
+        if not self._index_ready:
+            self.store.ensure_index(self.index_meta())
+            self._index_ready = True
+
+    def _run(self, docs: Iterator[tuple[int, Document]], total: int, report: IngestReport,
+             produced: set[str]) -> IngestReport:
         start = time.perf_counter()
-        self.store.ensure_index(self.index_meta())
+        exists = self._store_exists()
         plans: queue.Queue[Any] = queue.Queue(maxsize=4)
         writes: queue.Queue[Any] = queue.Queue(maxsize=4)
         stop = threading.Event()
         failures: list[BaseException] = []
-        producer = threading.Thread(target=self._produce, args=(docs, report, plans, stop, failures),
-                                    name="esrag-load", daemon=True)
-        writer = threading.Thread(target=self._write, args=(writes, report, failures),
+        pending: dict[str, int] = {}  # doc_id -> chunks handed to the writer and not yet written
+        producer = threading.Thread(target=self._produce, args=(docs, exists, report, produced, plans, stop,
+                                                                 failures), name="esrag-load", daemon=True)
+        writer = threading.Thread(target=self._write, args=(writes, report, pending, stop, failures),
                                   name="esrag-write", daemon=True)
         bar = _progress_bar(total, self.progress and total > 0)
         producer.start()
         writer.start()
         try:
-            while True:
+            while not stop.is_set():
                 item = plans.get()
                 if item is _DONE:
                     break
                 position, batch = item
-                self._embed_window(batch, report, writes)
+                self._embed_window(batch, report, writes, pending, stop)
                 if bar is not None:
                     bar.update(position - bar.n)
                     bar.set_postfix(chunks=report.chunks_written, embedded=report.chunks_embedded,
                                     refresh=False)
                 if self.on_progress:
                     self.on_progress(position, total, report)
+        except BaseException as e:
+            failures.append(e)
         finally:
-            stop.set()
-            _drain(plans)
+            if failures:
+                stop.set()
             writes.put(_DONE)
             writer.join()
+            stop.set()
+            _drain(plans)
             producer.join(timeout=5)
             if bar is not None:
                 bar.close()
+        report.seconds = time.perf_counter() - start
         if failures:
             err = failures[0]
-            if isinstance(err, EsragError):
-                raise err
-            raise EsragError(f"ingest failed: {type(err).__name__}: {err}") from err
-        report.seconds = time.perf_counter() - start
+            report.aborted = f"{type(err).__name__}: {err}"
+            report.documents_not_written = sorted(d for d, n in pending.items() if n)
+            message = str(err) if isinstance(err, EsragError) else f"ingest failed: {type(err).__name__}: {err}"
+            raise IngestAborted(message, report) from err
+        if self._index_ready:
+            self.store.refresh()
         return report
 
-    def _produce(
-        self,
-        docs: Iterator[tuple[int, Document]],
-        report: IngestReport,
-        out: queue.Queue[Any],
-        stop: threading.Event,
-        failures: list[BaseException],
-    ) -> None:
-        """Load + chunk documents, compare with the store, emit windows of plans for changed docs."""
+    def _produce(self, docs: Iterator[tuple[int, Document]], exists: bool, report: IngestReport,
+                 produced: set[str], out: queue.Queue[Any], stop: threading.Event,
+                 failures: list[BaseException]) -> None:
+        """Load documents, skip the unchanged ones, chunk and plan the rest; emit windows of plans."""
         try:
-            pending: list[tuple[Document, list[Chunk]]] = []
-            pending_chunks = 0
+            batch: list[Document] = []
             window: list[_DocPlan] = []
             window_chunks = 0
             position = 0
+            # about a window of chunks' worth of text (4 characters a token), so that embedding starts early
+            window_chars = self.window * self.settings.chunk_size * 4
+
+            def flush(at: int) -> None:
+                nonlocal window, window_chunks
+                for plan in self._plan(batch, exists, report, produced):
+                    window.append(plan)
+                    window_chunks += len(plan.chunks)
+                batch.clear()
+                if window_chunks >= self.window or not window:
+                    out.put((at, window))
+                    window, window_chunks = [], 0
+
             for position, doc in docs:
                 if stop.is_set():
                     return
-                if doc is _NO_DOC:
-                    continue
-                report.documents += 1
-                report.decode_errors += doc.decode_errors
-                chunks = chunk_document(doc, self.chunker)
-                if not chunks:
-                    report.skipped.append(Skipped(doc.source, "empty document"))
-                    continue
-                pending.append((doc, chunks))
-                pending_chunks += len(chunks)
-                if len(pending) >= 64 or pending_chunks >= self.window:
-                    for plan in self._plan(pending, report):
-                        window.append(plan)
-                        window_chunks += len(plan.to_embed) + len(plan.reused)
-                    pending, pending_chunks = [], 0
-                    if window_chunks >= self.window:
-                        out.put((position, window))
-                        window, window_chunks = [], 0
-            window.extend(self._plan(pending, report))
+                if doc is not _NO_DOC:
+                    report.documents += 1
+                    report.decode_errors += doc.decode_errors
+                    batch.append(doc)
+                if len(batch) >= _LOOKUP_BATCH or sum(len(d.text) for d in batch) >= window_chars:
+                    flush(position)
+            flush(position)
             if window:
                 out.put((position, window))
-            elif position:
-                out.put((position, []))
         except BaseException as e:  # surfaced by _run in the calling thread
             failures.append(e)
+            stop.set()
         finally:
             out.put(_DONE)
 
-    def _plan(self, batch: list[tuple[Document, list[Chunk]]], report: IngestReport) -> list[_DocPlan]:
-        """Decide, for a batch of chunked documents, what to embed, reuse, write and delete."""
+    def _plan(self, batch: list[Document], exists: bool, report: IngestReport, produced: set[str]
+              ) -> list[_DocPlan]:
+        """Decide, for a batch of documents, what to skip, chunk, embed, reuse, write and delete."""
         if not batch:
             return []
-        stored = self.store.list_chunks([doc.doc_id for doc, _ in batch])
-        plans: list[_DocPlan] = []
-        reuse_wanted: dict[str, str] = {}  # stored chunk id -> chunk_sha, to fetch vectors for
-        for doc, chunks in batch:
+        stored: dict[str, list[ChunkRef]] = self.store.list_chunks([d.doc_id for d in batch]) if exists else {}
+        changed: list[tuple[Document, list[Chunk], list[ChunkRef]]] = []
+        for doc in batch:
             refs = stored.get(doc.doc_id, [])
-            expected = {c.id for c in chunks}
-            have = {r.id for r in refs}
-            if expected == have:
+            sha = doc.sha(self.signature)
+            if refs and all(r.doc_sha == sha for r in refs) and len(refs) == refs[0].chunk_count:
                 report.documents_unchanged += 1
-                report.chunks_unchanged += len(chunks)
+                report.chunks_unchanged += len(refs)
+                produced.add(doc.doc_id)
                 continue
+            try:
+                chunks = chunk_document(doc, self.chunker, doc_sha=sha)
+            except Exception as e:  # a tokenizer error on odd input: skip this document, go on
+                report.skipped.append(Skipped(doc.source, f"cannot chunk: {type(e).__name__}: {e}"))
+                continue
+            if not chunks:
+                report.skipped.append(Skipped(doc.source, "empty document"))
+                continue
+            produced.add(doc.doc_id)
+            changed.append((doc, chunks, refs))
+        # vectors to reuse: by text, from this document's stored chunks or any other document's
+        have_ids = {r.id for _, _, refs in changed for r in refs}
+        wanted = {c.chunk_sha for _, chunks, _ in changed for c in chunks if c.id not in have_ids}
+        vectors = self.store.get_embeddings_by_sha(sorted(wanted)) if exists and wanted else {}
+        plans: list[_DocPlan] = []
+        for doc, chunks, refs in changed:
+            have = {r.id for r in refs}
             missing = [c for c in chunks if c.id not in have]
-            by_sha = {r.chunk_sha: r.id for r in refs}
-            to_embed = [c for c in missing if c.chunk_sha not in by_sha]
-            for c in missing:
-                if c.chunk_sha in by_sha:
-                    reuse_wanted[by_sha[c.chunk_sha]] = c.chunk_sha
-            plans.append(_DocPlan(doc, missing, to_embed, [], sorted(have - expected), is_new=not refs))
-        vectors = self.store.get_embeddings(list(reuse_wanted)) if reuse_wanted else {}
-        by_sha_vec = {reuse_wanted[i]: v for i, v in vectors.items()}
-        for plan in plans:
-            embed_ids = {c.id for c in plan.to_embed}
-            for c in plan.chunks:
-                if c.id in embed_ids:
-                    continue
-                vec = by_sha_vec.get(c.chunk_sha)
-                if vec is None:  # vanished between the two reads: embed it after all
-                    plan.to_embed.append(c)
-                else:
-                    plan.reused.append(EmbeddedChunk(c, vec))
+            stale = sorted(have - {c.id for c in chunks})
+            reused = [EmbeddedChunk(c, vectors[c.chunk_sha]) for c in missing if c.chunk_sha in vectors]
+            to_embed = [c for c in missing if c.chunk_sha not in vectors]
+            plans.append(_DocPlan(doc, missing, to_embed, reused, stale, is_new=not refs))
         return plans
 
-    def _embed_window(self, plans: list[_DocPlan], report: IngestReport, writes: queue.Queue[Any]) -> None:
-        """Embed the window's chunks (longest first, so batches pad little) and hand them to the writer,
-        then each document's stale-chunk deletion."""
+    def _embed_window(self, plans: list[_DocPlan], report: IngestReport, writes: queue.Queue[Any],
+                      pending: dict[str, int], stop: threading.Event) -> None:
+        """Embed the window's chunks (longest first, so batches pad little) and hand each document, with its
+        stale chunk ids, to the writer. Stops between batches once another stage failed."""
+        if not plans:
+            return
+        self._ensure_index()
         todo = [c for p in plans for c in p.to_embed]
         order = sorted(range(len(todo)), key=lambda i: len(todo[i].text), reverse=True)
         vectors: list[np.ndarray | None] = [None] * len(todo)
         step = self.embedder_batch()
         for lo in range(0, len(order), step):
+            if stop.is_set():
+                return
             idx = order[lo:lo + step]
             embedded = self.embedder.embed_documents([todo[i].text for i in idx])
             for i, vec in zip(idx, embedded, strict=True):
                 vectors[i] = vec
-        report.chunks_embedded += len(todo)
+            report.chunks_embedded += len(idx)
         vec_by_id = {c.id: v for c, v in zip(todo, vectors, strict=True) if v is not None}
         for plan in plans:
+            if stop.is_set():
+                return
             if plan.is_new:
                 report.documents_new += 1
             else:
                 report.documents_changed += 1
             report.chunks_reused += len(plan.reused)
             items = [*plan.reused, *(EmbeddedChunk(c, vec_by_id[c.id]) for c in plan.to_embed)]
-            writes.put(("write", items))
-            if plan.stale_ids:
-                writes.put(("delete", plan.doc.doc_id, plan.stale_ids))
+            pending[plan.doc.doc_id] = pending.get(plan.doc.doc_id, 0) + len(items)
+            writes.put(("doc", plan.doc.doc_id, items, plan.stale_ids))
         writes.put(("flush",))  # one write per window at least: progress is durable as it is made
 
     def embedder_batch(self) -> int:
         return max(1, self.settings.batch_size)
 
-    def _write(self, inbox: queue.Queue[Any], report: IngestReport, failures: list[BaseException]) -> None:
-        """Writer thread: write batches in order; delete stale chunks only for fully written documents."""
+    def _write(self, inbox: queue.Queue[Any], report: IngestReport, pending: dict[str, int],
+               stop: threading.Event, failures: list[BaseException]) -> None:
+        """Writer thread: write batches in order, each with the stale ids of the documents it completes
+        (unless an earlier batch of that document failed). On a failure it stops the other stages and
+        drains its inbox without writing."""
         failed_docs: set[str] = set()
         batch: list[EmbeddedChunk] = []
+        deletes: list[str] = []
 
         def flush() -> None:
-            if not batch:
+            if not batch and not deletes:
                 return
-            result = self.store.write(batch)
+            result = self.store.write(batch, delete_ids=deletes)
             report.chunks_written += result.written
-            if result.errors:
-                report.errors.extend(result.errors)
-                bad = {e.chunk_id for e in result.errors}
-                failed_docs.update(ec.chunk.doc_id for ec in batch if ec.chunk.id in bad)
+            report.chunks_deleted += result.deleted
+            bad = {e.chunk_id for e in result.errors}
+            report.errors.extend(result.errors)
+            for ec in batch:
+                pending[ec.chunk.doc_id] -= 1
+                if ec.chunk.id in bad:
+                    failed_docs.add(ec.chunk.doc_id)
             batch.clear()
+            deletes.clear()
 
         while True:
             item = inbox.get()
             if item is _DONE:
                 break
             if failures:
-                continue  # drain without writing once something failed elsewhere
+                continue  # drain without writing once something failed
             try:
-                if item[0] == "write":
-                    batch.extend(item[1])
-                    if len(batch) >= 500:
+                if item[0] == "doc":
+                    _, doc_id, items, stale = item
+                    batch.extend(items)
+                    if stale and doc_id in failed_docs:
+                        log.warning("keeping the old chunks of %s: some of its new chunks failed", doc_id)
+                    else:
+                        deletes.extend(stale)
+                    if len(batch) >= _WRITE_BATCH:
                         flush()
-                elif item[0] == "flush":
-                    flush()
                 else:
                     flush()
-                    _, doc_id, stale = item
-                    if doc_id in failed_docs:
-                        log.warning("keeping the old chunks of %s: some of its new chunks failed", doc_id)
-                        continue
-                    report.chunks_deleted += self.store.delete_chunks(stale)
             except BaseException as e:
                 failures.append(e)
+                stop.set()
         if not failures:
             try:
                 flush()
             except BaseException as e:
                 failures.append(e)
+                stop.set()
+
+    def _prune(self, scopes: list[tuple[str, bool]], produced: set[str], prune: bool,
+               report: IngestReport) -> None:
+        """Count (and with ``prune`` delete) the stored documents under ``scopes`` not produced by this run."""
+        if not self._index_ready and not self._store_exists():
+            return
+        gone: list[str] = []
+        for prefix, is_dir in scopes:
+            for doc_id in self.store.list_documents(prefix):
+                if doc_id not in produced and (is_dir or doc_id == prefix or doc_id.startswith(prefix + "#")):
+                    gone.append(doc_id)
+        gone = sorted(set(gone))
+        report.documents_gone = len(gone)
+        if not prune or not gone:
+            return
+        ids = [r.id for refs in self.store.list_chunks(gone).values() for r in refs]
+        for lo in range(0, len(ids), _WRITE_BATCH * 10):
+            report.chunks_deleted += self.store.write([], delete_ids=ids[lo:lo + _WRITE_BATCH * 10]).deleted
+        report.documents_removed = len(gone)
+        self.store.refresh()
+
+
+def _scopes(paths: Sequence[str | Path], prefix: str) -> list[tuple[str, bool]]:
+    """(doc id prefix, is a directory) of each given path: what ``prune`` may consider."""
+    out = []
+    for given in paths:
+        path = Path(given).expanduser().resolve()
+        if path.is_dir():
+            out.append((prefix + (path.name + "/" if path.name else ""), True))
+        else:
+            out.append((prefix + path.name, False))
+    return out
+
+
+def documents_for_path(store: Store, path: str | Path, prefix: str = "") -> list[str]:
+    """The doc ids the index holds for a file (all records of a JSON/JSONL file), for ``delete --doc``: the
+    most specific of ``loaders.doc_id_candidates`` (with ``prefix``) that the index has, as an exact id
+    or as ``<id>#<record>``. [] when none matches. Raises IndexNotFoundError when there is no index."""
+    if not store.exists():
+        raise IndexNotFoundError(f"index not found ({store.describe().get('location')})")
+    for candidate in doc_id_candidates(path):
+        for doc_id in dict.fromkeys([prefix + candidate, candidate]):
+            found = [d for d in store.list_documents(doc_id) if d == doc_id or d.startswith(doc_id + "#")]
+            if found:
+                return sorted(found)
+    return []
 
 
 _NO_DOC = Document(doc_id="", source="", text="")
@@ -390,3 +567,6 @@ def _progress_bar(total: int, enabled: bool) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(total=total, unit="file", desc="ingest", dynamic_ncols=True, leave=False)
+
+
+__all__ = ["IngestAborted", "IngestReport", "Ingestor", "SourceFile", "documents_for_path"]

@@ -1,8 +1,15 @@
 """Paths -> Documents: file discovery and loaders for txt, md, rst, html, pdf, json and jsonl.
 
 Loading never raises for a bad file: whatever cannot be turned into a document (binary, unreadable,
-encrypted or broken PDF, bad JSON line, empty text) comes back as a ``Skipped`` with the reason, so that an
-ingest can report it and go on. Only a path that does not exist at all is an error (``LoaderError``).
+vanished, too large, encrypted or broken PDF, bad or too deeply nested JSON, a name, id or metadata key
+that is not valid Unicode, empty text) comes back as a ``Skipped`` with a one-line reason, so that an ingest
+can report it and go on. Only a path that does not exist at all is an error (``LoaderError``).
+
+Document ids (``doc_id``) are relative to the path given to ``discover_sources``, so the same corpus under
+another checkout directory gets the same ids: a file named directly is ``<name>``; a file found under a
+directory ``<dir>`` is ``<dir's name>/<path below it>``; both after an optional prefix. A JSON/JSONL
+record is ``<file's id>#<record id>``, with the record's ``id`` (or ``_id``), else ``sha-`` and 16 hex
+digits of the record's content, so inserting a record changes no other record's id.
 
 Text is decoded as UTF-8 (a BOM is dropped; a UTF-16 BOM switches to UTF-16); undecodable bytes become
 U+FFFD and are counted in ``Document.decode_errors``. Line endings are normalised to ``\\n`` in text,
@@ -17,12 +24,12 @@ import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
 from esrag.errors import LoaderError
-from esrag.types import Document, MetadataValue
+from esrag.text_formats import html_to_text, markdown_title, rst_title
+from esrag.types import Document, MetadataValue, canonical_json, sha256_hex
 
 TEXT_EXTENSIONS = frozenset({".txt", ".md", ".rst", ".html", ".htm", ".json", ".jsonl"})
 SUPPORTED_EXTENSIONS = TEXT_EXTENSIONS | {".pdf"}
@@ -30,6 +37,11 @@ SUPPORTED_EXTENSIONS = TEXT_EXTENSIONS | {".pdf"}
 BINARY_SNIFF_BYTES = 8192
 #: Record fields that are not copied into the metadata of JSON/JSONL documents.
 RECORD_FIELDS = frozenset({"text", "id", "_id", "title", "metadata"})
+#: Default largest file loaded (bytes); a JSONL file is limited per line instead.
+MAX_FILE_BYTES = 100 * 1024 * 1024
+__all__ = ["MAX_FILE_BYTES", "SUPPORTED_EXTENSIONS", "Notice", "Skipped", "SourceFile", "discover", "discover_sources",
+           "display", "doc_id_candidates", "html_to_text", "iter_file", "load_file", "markdown_title", "rst_title"]
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -41,6 +53,45 @@ class Skipped:
     reason: str
 
 
+@dataclass(frozen=True)
+class Notice:
+    """Something a user should know about a file that was loaded anyway (a record field overridden by
+    ``--metadata``)."""
+
+    path: str
+    message: str
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """A discovered file: its resolved ``path`` and its ``doc_id`` (see the module docstring)."""
+
+    path: Path
+    doc_id: str
+
+
+def display(name: str) -> str:
+    """A string printable as UTF-8: the bytes of a file name that are not valid UTF-8 (lone surrogates in
+    a str from the file system) shown as ``\\xNN``, any other lone surrogate as ``\\udNNN``."""
+    if not _SURROGATE.search(name):
+        return name
+    try:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def doc_id_candidates(path: str | Path) -> list[str]:
+    """The doc ids a file may have been ingested under, most specific first: the path as typed, its
+    resolved absolute path (ids of older versions), then every tail of it (``proj/docs/a.md``,
+    ``docs/a.md``, ``a.md``). ``esrag delete --doc FILE`` takes the first that the index holds."""
+    given = str(path)
+    resolved = Path(path).expanduser().resolve()
+    parts = resolved.parts[1:]
+    tails = ["/".join(parts[i:]) for i in range(len(parts))]
+    return list(dict.fromkeys([given, resolved.as_posix(), *tails]))
+
+
 # ---------------------------------------------------------------------------------------------- discovery
 
 
@@ -49,14 +100,31 @@ def discover(
     glob: Sequence[str] = (),
     exclude: Sequence[str] = (),
     include_hidden: bool = False,
+    follow_symlinks: bool = False,
 ) -> tuple[list[Path], list[Skipped]]:
-    """Resolved paths of the supported files under ``paths``, in a deterministic order, and what was
-    skipped (explicitly named files of unsupported types, unreadable directories).
+    """The resolved paths of ``discover_sources`` (same arguments, same Skipped)."""
+    found, skipped = discover_sources(paths, glob, exclude, include_hidden, follow_symlinks)
+    return [f.path for f in found], skipped
 
-    Directories are walked recursively in sorted order, without following directory symlinks and, unless
-    ``include_hidden``, without entering hidden directories (``.git``, ``.venv``, ``.esrag``) or taking
-    hidden files. Files with unsupported extensions found in a walk are ignored; an explicitly named one is
-    reported as Skipped. Files found twice are kept once. Raises LoaderError for a path that does not exist.
+
+def discover_sources(
+    paths: Sequence[str | Path],
+    glob: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    include_hidden: bool = False,
+    follow_symlinks: bool = False,
+    prefix: str = "",
+) -> tuple[list[SourceFile], list[Skipped]]:
+    """The supported files under ``paths`` with their doc ids, in a deterministic order, and what was
+    skipped (explicitly named files of unsupported types, unreadable directories, names that are not
+    valid UTF-8, symlinks leading outside the given paths, doc ids taken by an earlier file).
+
+    Directories are walked recursively in sorted order and, unless ``include_hidden``, without entering
+    hidden directories (``.git``, ``.venv``, ``.esrag``) or taking hidden files. A symlink (to a file or a
+    directory) found in a walk is followed only if its target lies under one of the given paths, or with
+    ``follow_symlinks``; a directory already walked is never walked again, so symlink loops end. Files with
+    unsupported extensions found in a walk are ignored; an explicitly named one is reported as Skipped.
+    Files found twice are kept once. Raises LoaderError for a path that does not exist.
 
     Patterns apply to paths relative to the walked directory (to the path as given, for a named file):
     ``*`` and ``?`` stay within one path component and ``**`` spans any number. A pattern without ``/``
@@ -66,45 +134,80 @@ def discover(
     """
     globs = [_Pattern(p) for p in glob]
     excludes = [_Pattern(p) for p in exclude]
-    found: list[Path] = []
+    found: list[SourceFile] = []
     skipped: list[Skipped] = []
     seen: set[Path] = set()
+    owners: dict[str, Path] = {}
+    for given in paths:
+        if not Path(given).expanduser().exists() and not Path(given).expanduser().is_symlink():
+            raise LoaderError(f"no such file or directory: {display(str(given))}")
+    roots = [Path(given).expanduser().resolve() for given in paths]
 
-    def add(path: Path) -> None:
+    def add(path: Path, doc_id: str) -> None:
         resolved = path.resolve()
-        if resolved not in seen:
-            seen.add(resolved)
-            found.append(resolved)
+        if resolved in seen:
+            return
+        seen.add(resolved)
+        if _SURROGATE.search(doc_id):
+            skipped.append(Skipped(display(path.as_posix()), "file name is not valid UTF-8"))
+        elif doc_id in owners:
+            skipped.append(Skipped(resolved.as_posix(), f"doc id {doc_id!r} is already taken by "
+                                                        f"{owners[doc_id].as_posix()}"))
+        else:
+            owners[doc_id] = resolved
+            found.append(SourceFile(resolved, doc_id))
 
     for given in paths:
         path = Path(given).expanduser()
-        if not path.exists():
-            raise LoaderError(f"no such file or directory: {given}")
         if path.is_dir():
-            for file in _walk(path, globs, excludes, include_hidden, skipped):
-                add(file)
+            base = prefix + (path.resolve().name + "/" if path.resolve().name else "")
+            for file, rel in _walk(path, globs, excludes, include_hidden, follow_symlinks, roots, skipped):
+                add(file, base + rel)
         elif not path.is_file():
-            skipped.append(Skipped(path.resolve().as_posix(), "not a regular file"))
+            skipped.append(Skipped(display(path.absolute().as_posix()), "not a regular file"))
         elif _matches_any(path.as_posix().lstrip("/"), excludes, ancestors=True):
             continue
         elif path.suffix.lower() not in SUPPORTED_EXTENSIONS:
-            skipped.append(Skipped(path.resolve().as_posix(), _unsupported(path)))
+            skipped.append(Skipped(display(path.resolve().as_posix()), _unsupported(path)))
         else:
-            add(path)
+            add(path, prefix + path.name)
     return found, skipped
 
 
-def _walk(root: Path, globs: list[_Pattern], excludes: list[_Pattern], include_hidden: bool,
-          skipped: list[Skipped]) -> Iterator[Path]:
-    def on_error(e: OSError) -> None:
-        where = Path(e.filename).resolve().as_posix() if e.filename else root.resolve().as_posix()
-        skipped.append(Skipped(where, f"cannot read directory: {e.strerror or e}"))
+def _inside(path: Path, roots: Sequence[Path]) -> bool:
+    return any(path == root or path.is_relative_to(root) for root in roots)
 
-    for dirpath, dirnames, filenames in os.walk(root, onerror=on_error):
-        rel_dir = Path(dirpath).relative_to(root).as_posix()
+
+def _walk(root: Path, globs: list[_Pattern], excludes: list[_Pattern], include_hidden: bool,
+          follow_symlinks: bool, roots: Sequence[Path], skipped: list[Skipped]) -> Iterator[tuple[Path, str]]:
+    """(file, path relative to ``root``) of the selected files under ``root``."""
+    def on_error(e: OSError) -> None:
+        where = Path(e.filename).absolute().as_posix() if e.filename else root.resolve().as_posix()
+        skipped.append(Skipped(display(where), f"cannot read directory: {e.strerror or e}"))
+
+    walked: set[tuple[int, int]] = set()
+    for dirpath, dirnames, filenames in os.walk(root, onerror=on_error, followlinks=True):
+        here = Path(dirpath)
+        try:
+            st = here.stat()
+        except OSError as e:
+            on_error(e)
+            dirnames[:] = []
+            continue
+        if (st.st_dev, st.st_ino) in walked:  # a symlink loop, or a directory reached twice
+            dirnames[:] = []
+            continue
+        walked.add((st.st_dev, st.st_ino))
+        rel_dir = here.relative_to(root).as_posix()
         prefix = "" if rel_dir == "." else rel_dir + "/"
-        dirnames[:] = sorted(d for d in dirnames if (include_hidden or not d.startswith("."))
-                             and not _matches_any(prefix + d, excludes, ancestors=True))
+        keep = []
+        for d in sorted(dirnames):
+            if (not include_hidden and d.startswith(".")) or _matches_any(prefix + d, excludes, ancestors=True):
+                continue
+            if (here / d).is_symlink() and not _follow(here / d, follow_symlinks, roots, skipped):
+                continue
+            keep.append(d)
+        dirnames[:] = keep
         for name in sorted(filenames):
             rel = prefix + name
             if name.startswith(".") and not include_hidden:
@@ -113,8 +216,25 @@ def _walk(root: Path, globs: list[_Pattern], excludes: list[_Pattern], include_h
                 continue
             if (globs and not _matches_any(rel, globs)) or _matches_any(rel, excludes, ancestors=True):
                 continue
-            if (Path(dirpath) / name).is_file():  # not a FIFO, socket or broken symlink
-                yield Path(dirpath) / name
+            file = here / name
+            if file.is_symlink() and not _follow(file, follow_symlinks, roots, skipped):
+                continue
+            if file.is_file():  # not a FIFO, socket or broken symlink
+                yield file, rel
+
+
+def _follow(link: Path, follow_symlinks: bool, roots: Sequence[Path], skipped: list[Skipped]) -> bool:
+    """Whether to follow a symlink met in a walk; one that leads outside the roots is reported."""
+    try:
+        target = link.resolve(strict=True)
+    except (OSError, RuntimeError):  # broken, or a loop
+        return False
+    if follow_symlinks or _inside(target, roots):
+        return True
+    skipped.append(Skipped(display(link.absolute().as_posix()),
+                           f"symlink to {display(target.as_posix())}, outside the given paths "
+                           "(--follow-symlinks follows it)"))
+    return False
 
 
 class _Pattern:
@@ -170,59 +290,88 @@ def _unsupported(path: Path) -> str:
 # ---------------------------------------------------------------------------------------------- loading
 
 
-def load_file(path: str | Path, base_metadata: Mapping[str, MetadataValue] | None = None,
-              ) -> tuple[list[Document], list[Skipped]]:
-    """All documents of one file, and what was skipped (see ``iter_file``)."""
+def load_file(path: str | Path, base_metadata: Mapping[str, MetadataValue] | None = None, doc_id: str | None = None,
+              max_bytes: int | None = MAX_FILE_BYTES) -> tuple[list[Document], list[Skipped]]:
+    """All documents of one file, and what was skipped (see ``iter_file``; notices are dropped)."""
     docs: list[Document] = []
     skipped: list[Skipped] = []
-    for item in iter_file(path, base_metadata):
+    for item in iter_file(path, base_metadata, doc_id, max_bytes):
         if isinstance(item, Skipped):
             skipped.append(item)
-        else:
+        elif isinstance(item, Document):
             docs.append(item)
     return docs, skipped
 
 
-def iter_file(path: str | Path, base_metadata: Mapping[str, MetadataValue] | None = None,
-              ) -> Iterator[Document | Skipped]:
-    """Documents of one file, streamed (a JSONL corpus is read line by line), interleaved with Skipped.
+def iter_file(path: str | Path, base_metadata: Mapping[str, MetadataValue] | None = None, doc_id: str | None = None,
+              max_bytes: int | None = MAX_FILE_BYTES) -> Iterator[Document | Skipped | Notice]:
+    """Documents of one file, streamed (a JSONL corpus is read line by line), interleaved with Skipped
+    and Notices.
 
-    ``doc_id`` and ``source`` are the resolved absolute POSIX path; a JSON/JSONL record's ``doc_id`` is
-    ``<path>#<id>`` with the record's ``id`` or ``_id`` (else its 1-based line number, or 0-based index in
-    a JSON list). Metadata is ``base_metadata`` plus ``ext`` plus, for records, their other scalar fields
-    and the scalar fields of a ``metadata`` object. Never raises for the file's content or permissions.
+    ``doc_id`` defaults to the resolved absolute POSIX path, which is always the ``source``; a JSON/JSONL
+    record's doc id is ``<doc_id>#<record id>`` (see the module docstring). Metadata is ``base_metadata``
+    plus ``ext`` plus, for records, their other scalar fields and the scalar fields of a ``metadata``
+    object; where a record has a key of ``base_metadata`` (or ``ext``), the given value wins and a Notice
+    says so, once per key and file. A file larger than ``max_bytes`` (a JSONL line, for JSONL) is skipped.
+    Never raises for the file's content, name or permissions, nor if it vanishes.
     """
     path = Path(path)
-    name = path.resolve().as_posix()
+    name = path.absolute().as_posix()
+    try:
+        name = path.resolve().as_posix()
+        yield from _iter_file(path, name, doc_id or name, base_metadata or {}, max_bytes)
+    except OSError as e:
+        yield Skipped(display(name), f"cannot read: {e.strerror or e}")
+    except Exception as e:  # a loader bug or a library's surprise must not end an ingest
+        yield Skipped(display(name), f"cannot load: {type(e).__name__}: {_one_line(e)}")
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text[:200] + "..." if len(text) > 200 else text
+
+
+def _too_large(size: int, max_bytes: int) -> str:
+    return f"larger than --max-file-size ({size:,} > {max_bytes:,} bytes)"
+
+
+def _iter_file(path: Path, name: str, doc_id: str, base_metadata: Mapping[str, MetadataValue],
+               max_bytes: int | None) -> Iterator[Document | Skipped | Notice]:
     ext = path.suffix.lower()
+    if _SURROGATE.search(name) or _SURROGATE.search(doc_id):
+        yield Skipped(display(name), "file name is not valid UTF-8")
+        return
     if ext not in SUPPORTED_EXTENSIONS:
         yield Skipped(name, _unsupported(path))
         return
-    base: dict[str, MetadataValue] = {**(base_metadata or {}), "ext": ext}
-    try:
-        if ext == ".pdf":
-            yield _load_pdf(path, name, base)
-        elif ext == ".jsonl":
-            yield from _iter_jsonl(path, name, base)
-        else:
-            data = path.read_bytes()
-            if _is_binary(data):
-                yield Skipped(name, "binary file")
-            elif ext == ".json":
-                yield from _iter_json(data, name, base)
-            else:
-                text, errors = _decode(data)
-                text = text.replace("\r\n", "\n").replace("\r", "\n")
-                title = ""
-                if ext in (".html", ".htm"):
-                    text, title = html_to_text(text)
-                elif ext == ".md":
-                    title = markdown_title(text)
-                elif ext == ".rst":
-                    title = rst_title(text)
-                yield _document(name, name, text, title or path.stem, base, errors)
-    except OSError as e:
-        yield Skipped(name, f"cannot read: {e.strerror or e}")
+    base: dict[str, MetadataValue] = {**base_metadata, "ext": ext}
+    if ext == ".jsonl":
+        yield from _iter_jsonl(path, name, doc_id, base, max_bytes)
+        return
+    size = path.stat().st_size
+    if max_bytes is not None and size > max_bytes:
+        yield Skipped(name, _too_large(size, max_bytes))
+        return
+    if ext == ".pdf":
+        yield _load_pdf(path, name, doc_id, base)
+        return
+    data = path.read_bytes()
+    if _is_binary(data):
+        yield Skipped(name, "binary file")
+    elif ext == ".json":
+        yield from _iter_json(data, name, doc_id, base)
+    else:
+        text, errors = _decode(data)
+        del data
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+        title = ""
+        if ext in (".html", ".htm"):
+            text, title = html_to_text(text)
+        elif ext == ".md":
+            title = markdown_title(text)
+        elif ext == ".rst":
+            title = rst_title(text)
+        yield _document(doc_id, name, text, title or path.stem, base, errors)
 
 
 def _document(doc_id: str, source: str, text: str, title: str, metadata: dict[str, MetadataValue],
@@ -236,9 +385,6 @@ def _document(doc_id: str, source: str, text: str, title: str, metadata: dict[st
 def _is_binary(data: bytes) -> bool:
     return not data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) and (
         b"\x00" in data[:BINARY_SNIFF_BYTES])
-
-
-_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
 
 
 def _decode(data: bytes) -> tuple[str, int]:
@@ -265,101 +411,141 @@ def _decode_escaped(data: bytes) -> str:
 
 
 def _replace_escaped(text: str) -> tuple[str, int]:
-    """Replace the lone surrogates ``surrogateescape`` decoding leaves for bad bytes with U+FFFD."""
-    return _ESCAPED_BYTE.subn("\ufffd", text)
+    """Replace lone surrogates (left by ``surrogateescape`` decoding for bad bytes, or written as ``\\ud800``
+    escapes in JSON) with U+FFFD."""
+    return _SURROGATE.subn("\ufffd", text)
 
 
 # ---------------------------------------------------------------------------------------------- JSON
 
 
-def _iter_json(data: bytes, name: str, base: dict[str, MetadataValue]) -> Iterator[Document | Skipped]:
+def _iter_json(data: bytes, name: str, doc_id: str, base: dict[str, MetadataValue]
+               ) -> Iterator[Document | Skipped | Notice]:
     try:
         value = json.loads(_decode_escaped(data))
+    except RecursionError:
+        yield Skipped(name, "invalid JSON: nested too deeply")
+        return
     except ValueError as e:
         yield Skipped(name, f"invalid JSON: {e}")
         return
+    records = _Records(name, doc_id, base)
     if isinstance(value, list):
-        unique = _Unique(name)
         for index, record in enumerate(value):
-            yield unique(_record(record, name, str(index), f"item {index}: ", base), f"item {index}")
+            yield from records(record, f"item {index}", has_id_fallback=True)
     else:
-        yield _record(value, name, None, "", base)
+        yield from records(value, "", has_id_fallback=False)
 
 
-class _Unique:
-    """Turns a record whose doc_id was already seen in the file into a Skipped."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.first: dict[str, str] = {}
-
-    def __call__(self, item: Document | Skipped, where: str) -> Document | Skipped:
-        if isinstance(item, Skipped):
-            return item
-        if item.doc_id in self.first:
-            return Skipped(self.name, f"{where}: duplicate id (first at {self.first[item.doc_id]})")
-        self.first[item.doc_id] = where
-        return item
-
-
-def _iter_jsonl(path: Path, name: str, base: dict[str, MetadataValue]) -> Iterator[Document | Skipped]:
-    unique = _Unique(name)
+def _iter_jsonl(path: Path, name: str, doc_id: str, base: dict[str, MetadataValue], max_bytes: int | None,
+                ) -> Iterator[Document | Skipped | Notice]:
+    records = _Records(name, doc_id, base)
+    limit = max_bytes if max_bytes is not None else -1
     with path.open("rb") as f:
         if _is_binary(f.read(BINARY_SNIFF_BYTES)):
             yield Skipped(name, "binary file")
             return
         f.seek(0)
-        for lineno, raw in enumerate(f, start=1):
+        lineno = 0
+        while raw := f.readline(limit + 1 if limit >= 0 else -1):
+            lineno += 1
+            if 0 <= limit < len(raw) and not raw.endswith(b"\n"):
+                size = len(raw)
+                while (rest := f.readline(1 << 20)) and (size := size + len(rest)) and not rest.endswith(b"\n"):
+                    pass
+                yield Skipped(name, f"line {lineno}: {_too_large(size, limit)}")
+                continue
             line = raw.removeprefix(codecs.BOM_UTF8) if lineno == 1 else raw
             if not line.strip():
                 continue
-            where = f"line {lineno}: "
             try:
                 record = json.loads(line.decode("utf-8", errors="surrogateescape"))
-            except ValueError as e:
-                yield Skipped(name, f"{where}invalid JSON: {e}")
+            except RecursionError:
+                yield Skipped(name, f"line {lineno}: invalid JSON: nested too deeply")
                 continue
-            yield unique(_record(record, name, str(lineno), where, base), f"line {lineno}")
+            except ValueError as e:
+                yield Skipped(name, f"line {lineno}: invalid JSON: {e}")
+                continue
+            yield from records(record, f"line {lineno}", has_id_fallback=True)
 
 
-def _record(record: Any, name: str, fallback_id: str | None, where: str,
-            base: dict[str, MetadataValue]) -> Document | Skipped:
-    """One JSON object with a ``text`` string as a Document; undecodable bytes are counted here."""
-    if not isinstance(record, dict):
-        return Skipped(name, f"{where}not a JSON object")
-    text = record.get("text")
-    if not isinstance(text, str):
-        return Skipped(name, f"{where}no 'text' string field")
-    record_id = record.get("id", record.get("_id"))
-    if not isinstance(record_id, str | int) or isinstance(record_id, bool) or record_id == "":
-        record_id = fallback_id
-    errors = 0
-    text, n = _replace_escaped(text)
-    errors += n
-    title = record.get("title")
-    title, n = _replace_escaped(title) if isinstance(title, str) else ("", 0)
-    errors += n
-    metadata = dict(base)
-    nested = record.get("metadata")
-    fields = list(nested.items()) if isinstance(nested, dict) else []
-    fields += [(key, value) for key, value in record.items() if key not in RECORD_FIELDS]
-    for key, value in fields:
-        if isinstance(value, str):
-            value, n = _replace_escaped(value)
-            errors += n
-        if isinstance(value, str | int | float | bool):
-            metadata[str(key)] = value
-    doc_id = name if record_id is None else f"{name}#{record_id}"
-    if not text.strip():
-        return Skipped(name, f"{where}empty document")
-    return Document(doc_id=doc_id, source=name, text=text, title=title.strip(), metadata=metadata,
-                    decode_errors=errors)
+class _Records:
+    """Turns the JSON records of one file into Documents: ids (given or from the content) unique within the
+    file, metadata merged with the given metadata (which wins, with one Notice per key)."""
+
+    def __init__(self, name: str, doc_id: str, base: dict[str, MetadataValue]) -> None:
+        self.name, self.doc_id, self.base = name, doc_id, base
+        self.first: dict[str, str] = {}
+        self.noticed: set[str] = set()
+
+    def __call__(self, record: Any, where: str, has_id_fallback: bool) -> Iterator[Document | Skipped | Notice]:
+        prefix = f"{where}: " if where else ""
+        try:
+            item = self._record(record, prefix, has_id_fallback)
+        except (RecursionError, ValueError, TypeError) as e:  # a value nested too deeply to hash, ...
+            item = Skipped(self.name, f"{prefix}cannot read the record: {type(e).__name__}: {_one_line(e)}")
+        if isinstance(item, tuple):
+            item, clashes = item
+            for key in sorted(clashes - self.noticed):
+                self.noticed.add(key)
+                yield Notice(self.name, f"records have a field {key!r} that the given metadata also sets; "
+                                        f"the given value {self.base[key]!r} is used")
+        if isinstance(item, Document):
+            if item.doc_id in self.first:
+                item = Skipped(self.name, f"{prefix}duplicate id (first at {self.first[item.doc_id]})")
+            else:
+                self.first[item.doc_id] = where or "the top level"
+        yield item
+
+    def _record(self, record: Any, prefix: str, has_id_fallback: bool
+                ) -> Document | Skipped | tuple[Document, set[str]]:
+        """One JSON object with a ``text`` string as a Document; undecodable bytes are counted here."""
+        if not isinstance(record, dict):
+            return Skipped(self.name, f"{prefix}not a JSON object")
+        text = record.get("text")
+        if not isinstance(text, str):
+            return Skipped(self.name, f"{prefix}no 'text' string field")
+        record_id = record.get("id", record.get("_id"))
+        if not isinstance(record_id, str | int) or isinstance(record_id, bool) or record_id == "":
+            record_id = ("sha-" + sha256_hex(canonical_json(record))[:16]) if has_id_fallback else None
+        elif _SURROGATE.search(str(record_id)):
+            return Skipped(self.name, f"{prefix}id is not valid Unicode (a lone surrogate)")
+        errors = 0
+        text, n = _replace_escaped(text)
+        errors += n
+        title = record.get("title")
+        title, n = _replace_escaped(title) if isinstance(title, str) else ("", 0)
+        errors += n
+        metadata = dict(self.base)
+        clashes: set[str] = set()
+        nested = record.get("metadata")
+        fields = list(nested.items()) if isinstance(nested, dict) else []
+        fields += [(key, value) for key, value in record.items() if key not in RECORD_FIELDS]
+        for key, value in fields:
+            key = str(key)
+            if _SURROGATE.search(key):
+                return Skipped(self.name, f"{prefix}metadata key '{display(key)}' is not valid Unicode")
+            if isinstance(value, str):
+                value, n = _replace_escaped(value)
+                errors += n
+            if isinstance(value, str | int | float | bool):
+                if key in self.base:
+                    if value != self.base[key]:
+                        clashes.add(key)
+                    continue
+                metadata[key] = value
+        doc_id = self.doc_id if record_id is None else f"{self.doc_id}#{record_id}"
+        if not text.strip():
+            return Skipped(self.name, f"{prefix}empty document")
+        doc = Document(doc_id=doc_id, source=self.name, text=text, title=title.strip(), metadata=metadata,
+                       decode_errors=errors)
+        return (doc, clashes) if clashes else doc
 
 
 # ---------------------------------------------------------------------------------------------- PDF
 
 
-def _load_pdf(path: Path, name: str, base: dict[str, MetadataValue]) -> Document | Skipped:
+def _load_pdf(path: Path, name: str, doc_id: str, base: dict[str, MetadataValue]) -> Document | Skipped:
     from pypdf import PdfReader
 
     with path.open("rb") as f:
@@ -380,155 +566,4 @@ def _load_pdf(path: Path, name: str, base: dict[str, MetadataValue]) -> Document
         except Exception as e:  # pypdf raises many error types for broken files
             return Skipped(name, f"cannot parse PDF: {type(e).__name__}: {e}")
     text = "\n\n".join(p for p in pages if p)
-    return _document(name, name, text, title or path.stem, base, 0)
-
-
-# ---------------------------------------------------------------------------------------------- titles
-
-
-_ATX_H1 = re.compile(r"^ {0,3}#[ \t]+(.+?)(?:[ \t]+#+)?[ \t]*$")
-_SETEXT_H1 = re.compile(r"^ {0,3}=+[ \t]*$")
-_FENCE = re.compile(r"^ {0,3}(```|~~~)")
-_FRONT_TITLE = re.compile(r"^title:[ \t]*(.+?)[ \t]*$")
-
-
-def markdown_title(text: str) -> str:
-    """The first level-1 heading (``# Title`` or a line underlined with ``===``) outside code fences, or a
-    ``title:`` in YAML front matter; "" if none."""
-    lines = text.split("\n")
-    start = 0
-    if lines and lines[0].strip() == "---":
-        for i in range(1, len(lines)):
-            if lines[i].strip() in ("---", "..."):
-                start = i + 1
-                for line in lines[1:i]:
-                    if m := _FRONT_TITLE.match(line):
-                        return m.group(1).strip("\"'")
-                break
-    in_fence = False
-    for i in range(start, len(lines)):
-        line = lines[i]
-        if _FENCE.match(line):
-            in_fence = not in_fence
-        elif in_fence:
-            continue
-        elif m := _ATX_H1.match(line):
-            return m.group(1).strip()
-        elif (line.strip() and i + 1 < len(lines) and _SETEXT_H1.match(lines[i + 1])
-              and not line.startswith("    ")):
-            return line.strip()
-    return ""
-
-
-_RST_ADORNMENT = re.compile(r"""^([=\-~^"'`*+#:.!_<>])\1*$""")
-
-
-def rst_title(text: str) -> str:
-    """The first section title: a line followed by an adornment line (``====``, ``----``...) at least as
-    long as it; "" if none."""
-    lines = text.split("\n")
-    for i in range(len(lines) - 1):
-        title, underline = lines[i].strip(), lines[i + 1].rstrip()
-        if (title and not _RST_ADORNMENT.match(title) and _RST_ADORNMENT.match(underline)
-                and len(underline) >= len(title)):
-            return title
-    return ""
-
-
-# ---------------------------------------------------------------------------------------------- HTML
-
-
-_SKIP_TAGS = frozenset({"script", "style", "noscript", "template", "svg"})
-_BLOCK_TAGS = frozenset({
-    "p", "div", "section", "article", "header", "footer", "main", "nav", "aside", "h1", "h2", "h3", "h4",
-    "h5", "h6", "ul", "ol", "dl", "table", "blockquote", "pre", "figure", "figcaption", "form",
-    "fieldset", "address", "details", "summary", "hr", "body",
-})
-_LINE_TAGS = frozenset({"br", "li", "tr", "dt", "dd", "caption", "option"})
-_CELL_TAGS = frozenset({"td", "th"})
-_SPACES = re.compile(r"\s+")
-_STRENGTH = {"": 0, " ": 1, "\n": 2, "\n\n": 3}
-
-
-class _TextExtractor(HTMLParser):
-    """Visible text of an HTML page: blocks separated by blank lines, list items and rows by newlines."""
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.parts: list[str] = []
-        self.title = ""
-        self.h1 = ""
-        self._skip = 0
-        self._pre = 0
-        self._in_title = False
-        self._h1_depth = 0
-        self._break = ""  # pending separator: "", " ", "\n" or "\n\n"
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag in _SKIP_TAGS:
-            self._skip += 1
-        elif tag == "title" and not self._skip and not self.title:
-            self._in_title = True
-        elif tag == "h1" and not self.h1:
-            self._h1_depth += 1
-        if tag == "pre":
-            self._pre += 1
-        self._separate(tag)
-
-    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self._separate(tag)
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in _SKIP_TAGS:
-            self._skip = max(0, self._skip - 1)
-        elif tag == "title":
-            self._in_title = False
-        elif tag == "h1" and self._h1_depth:
-            self._h1_depth -= 1
-        if tag == "pre":
-            self._pre = max(0, self._pre - 1)
-        self._separate(tag)
-
-    def _separate(self, tag: str) -> None:
-        self._want("\n\n" if tag in _BLOCK_TAGS else "\n" if tag in _LINE_TAGS else " " if tag in _CELL_TAGS
-                   else "")
-
-    def _want(self, separator: str) -> None:
-        """Ask for a separator before the next text; the strongest asked for wins."""
-        if _STRENGTH[separator] > _STRENGTH[self._break]:
-            self._break = separator
-
-    def _append(self, text: str) -> None:
-        if self._break and self.parts:
-            self.parts.append(self._break)
-        self._break = ""
-        self.parts.append(text)
-
-    def handle_data(self, data: str) -> None:
-        if self._in_title:
-            self.title = _SPACES.sub(" ", self.title + data)
-            return
-        if self._skip:
-            return
-        if self._h1_depth:
-            self.h1 = _SPACES.sub(" ", self.h1 + data)
-        if self._pre:
-            self._append(data)
-            return
-        text = _SPACES.sub(" ", data)
-        if text.startswith(" "):
-            self._want(" ")
-        if text.strip(" "):
-            self._append(text.strip(" "))
-        if text.endswith(" "):
-            self._want(" ")
-
-
-def html_to_text(html: str) -> tuple[str, str]:
-    """(visible text, title) of an HTML page; the title is ``<title>``, else the first ``<h1>``, else ""."""
-    parser = _TextExtractor()
-    parser.feed(html)
-    parser.close()
-    text = re.sub(r"[ \t]+\n", "\n", "".join(parser.parts))
-    text = re.sub(r"\n{3,}", "\n\n", text).strip()
-    return text, (parser.title.strip() or parser.h1.strip())
+    return _document(doc_id, name, text, title or path.stem, base, 0)

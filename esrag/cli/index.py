@@ -35,6 +35,27 @@ def init(**opts: Any) -> None:
                    f"{engine.embedder.model_name}, {engine.embedder.dims} dims")
 
 
+class _Size(click.ParamType):
+    """A byte size: 1000, 512KB, 100MB, 2GB (powers of 1024)."""
+
+    name = "size"
+    _UNITS = {"": 1, "B": 1, "K": 1024, "KB": 1024, "M": 1024**2, "MB": 1024**2, "G": 1024**3, "GB": 1024**3}
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().upper().replace(" ", "")
+        number = text.rstrip("KMGB")
+        unit = text[len(number):]
+        try:
+            size = float(number) * self._UNITS[unit]
+        except (KeyError, ValueError):
+            self.fail(f"{value!r} is not a size such as 100MB, 512KB or 1000", param, ctx)
+        if size < 1:
+            self.fail(f"{value!r} must be at least 1 byte", param, ctx)
+        return int(size)
+
+
 @click.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=str))
 @click.option("--glob", "globs", multiple=True, metavar="PATTERN",
@@ -42,46 +63,84 @@ def init(**opts: Any) -> None:
 @click.option("--exclude", "excludes", multiple=True, metavar="PATTERN", help="Skip files matching. Repeatable.")
 @click.option("--metadata", "metadata", multiple=True, metavar="KEY=VALUE",
               help="Metadata added to every chunk, usable with search --filter. Repeatable.")
+@click.option("--prune", is_flag=True,
+              help="Also delete from the index the documents under PATHS that this run did not produce: files "
+                   "deleted, moved or renamed, now empty, skipped or unreadable. Never touches other paths.")
+@click.option("--follow-symlinks", is_flag=True,
+              help="Follow symlinks that lead outside PATHS (by default they are skipped and listed).")
+@click.option("--max-file-size", type=_Size(), default="100MB", show_default=True, metavar="SIZE",
+              help="Skip larger files, with a reason (a JSONL file: larger lines). Units: B, KB, MB, GB.")
+@click.option("--doc-prefix", default="", metavar="PREFIX",
+              help="Put PREFIX before every doc id (ids are relative: 'docs/a.md' for docs/ given as PATH).")
 @chunk_options
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON (also for an aborted run).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar. [default: on when stderr is a terminal]")
 @store_options
 @model_options
 @index_settings_options
-def ingest(paths: tuple[str, ...], globs: tuple[str, ...], excludes: tuple[str, ...],
-           metadata: tuple[str, ...], as_json: bool, progress: bool | None, **opts: Any) -> None:
+def ingest(paths: tuple[str, ...], globs: tuple[str, ...], excludes: tuple[str, ...], metadata: tuple[str, ...],
+           prune: bool, follow_symlinks: bool, max_file_size: int, doc_prefix: str, as_json: bool,
+           progress: bool | None, **opts: Any) -> None:
     """Load, chunk, embed and index files or directories.
 
     \b
     Supported: .txt .md .rst .html .htm .pdf .json .jsonl
-    (JSONL: one document per line with "text" and optional "id", "title", other fields -> metadata.)
+    (JSONL: one document per line with "text" and optional "id", "title", other fields -> metadata;
+    a record without an id gets one from its content. --metadata wins over a record's field of the
+    same name, with a warning.)
 
-    Incremental: unchanged documents are skipped, changed ones have only their new chunks embedded,
-    and stale chunks are deleted after the new ones are written. Exits 1 if any chunk failed.
+    Doc ids are relative to the path given: `esrag ingest ~/src/proj/docs` stores docs/guide.md, so
+    another checkout of the same corpus is the same index. Incremental: documents whose content is
+    unchanged are skipped without loading the model; changed ones embed only their new text, and text
+    already in the index (a moved or renamed file) reuses its vectors. Files that cannot be loaded are
+    listed as skipped and the run goes on.
+
+    Exit codes: 0 done (skipped files are listed), 1 a chunk failed to write or the run was aborted
+    (--json still prints what was written), 2 nothing to ingest (no supported file under PATHS).
 
     \b
     Examples:
-      esrag ingest docs/
+      esrag ingest docs/ --prune
       esrag ingest notes/ --glob '**/*.md' --exclude 'drafts/**' --metadata team=search
       ESRAG_ES_URL=http://localhost:9200 esrag ingest handbook.pdf --index handbook
     """
+    from esrag.ingest import IngestAborted
+
     meta = dict(parse_pairs(metadata, "--metadata"))
     with engine_from(**opts) as engine:
-        report = engine.ingest_paths(list(paths), glob=globs, exclude=excludes, metadata=meta,
-                                     progress=progress_flag(progress))
         where = engine.store.describe()
+        try:
+            report = engine.ingest_paths(list(paths), glob=globs, exclude=excludes, metadata=meta,
+                                         progress=progress_flag(progress), prune=prune,
+                                         follow_symlinks=follow_symlinks, max_file_size=max_file_size,
+                                         doc_prefix=doc_prefix)
+        except IngestAborted as e:
+            _show(e.report, where, as_json, prune)
+            raise
+    _show(report, where, as_json, prune)
+    if report.exit_code:
+        raise SystemExit(report.exit_code)
+
+
+def _show(report: Any, where: dict[str, Any], as_json: bool, prune: bool) -> None:
     if as_json:
         click.echo(json.dumps({"store": where, **report.to_dict()}, indent=2))
     else:
-        _print_report(report, where)
-    if not report.ok:
-        raise SystemExit(1)
+        _print_report(report, where, prune)
+    for warning in report.warnings:
+        click.secho(f"Warning: {warning}", fg="yellow", err=True)
 
 
-def _print_report(report: Any, where: dict[str, Any]) -> None:
-    click.echo(f"Ingested into {where['index']} ({where['store']}: {where['location']})")
+def _print_report(report: Any, where: dict[str, Any], prune: bool) -> None:
+    verb = "Aborted ingest into" if report.aborted else "Ingested into"
+    click.echo(f"{verb} {where['index']} ({where['store']}: {where['location']})")
     click.echo(f"  files        {report.files}  ({report.documents} documents: {report.documents_new} new, "
                f"{report.documents_changed} changed, {report.documents_unchanged} unchanged)")
+    if prune:
+        click.echo(f"  removed      {report.documents_removed} document(s) no longer under the given paths")
+    elif report.documents_gone:
+        click.echo(f"  gone         {report.documents_gone} indexed document(s) under the given paths are no longer "
+                   "there (deleted, moved, empty or skipped); --prune removes them")
     click.echo(f"  chunks       {report.chunks_written} written ({report.chunks_embedded} embedded, "
                f"{report.chunks_reused} reused), {report.chunks_unchanged} unchanged, "
                f"{report.chunks_deleted} deleted")
@@ -94,6 +153,9 @@ def _print_report(report: Any, where: dict[str, Any]) -> None:
             click.echo(f"    {s.path}: {s.reason}")
         if len(report.skipped) > 50:
             click.echo(f"    ... and {len(report.skipped) - 50} more (use --json for all)")
+    if report.aborted:
+        click.secho(f"  not written  {len(report.documents_not_written)} document(s) in progress: "
+                    f"{', '.join(report.documents_not_written[:10])}", fg="red", err=True)
     if report.errors:
         click.secho(f"  errors       {len(report.errors)} chunk(s) failed to write", fg="red", err=True)
         for e in report.errors[:50]:
@@ -120,7 +182,8 @@ def status(as_json: bool, **opts: Any) -> None:
 
 @click.command()
 @click.option("--doc", "docs", multiple=True, metavar="PATH_OR_ID",
-              help="A document to remove: the file path given at ingest, or a doc_id. Repeatable.")
+              help="A document to remove: a file as ingested (all records of a JSON/JSONL file), or a doc_id. "
+                   "Repeatable.")
 @click.option("--all", "drop_all", is_flag=True, help="Delete the whole index.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation with --all.")
 @store_options
@@ -140,5 +203,6 @@ def delete(docs: tuple[str, ...], drop_all: bool, yes: bool, **opts: Any) -> Non
         deleted = engine.delete_documents(list(docs))
     click.echo(f"Deleted {deleted} chunk(s) of {len(docs)} document(s).")
     if deleted == 0:
-        click.echo("No chunks matched: doc ids are absolute paths (see `esrag search --json`).", err=True)
+        click.echo("No chunks matched: give a file path as ingested or a doc id such as docs/guide.md "
+                   "(see `esrag search --json`).", err=True)
         raise SystemExit(1)

@@ -12,9 +12,9 @@ store:
   follow Elasticsearch's cosine convention ``(1 + cos) / 2``, in [0, 1]. BM25 scores are the store's own.
 - Every method other than ``ensure_index``/``exists``/``describe``/``drop`` raises ``IndexNotFoundError``
   when the index does not exist.
-- ``list_chunks``, ``get_embeddings`` and ``list_documents`` see every completed write at once (ES reads them
-  with realtime gets or a refresh of its own). ``search`` and ``count`` may lag until ``refresh()``: an
-  ingest refreshes once at its end, not after every batch.
+- ``list_chunks``, ``get_embeddings``, ``get_embeddings_by_sha`` and ``list_documents`` see every completed
+  write at once (ES reads them with realtime gets or a refresh of its own). ``search`` and ``count`` may lag
+  until ``refresh()``: an ingest refreshes once at its end, not after every batch.
 - Constructing a store performs no I/O; the first operation connects.
 """
 
@@ -65,7 +65,11 @@ class Store(Protocol):
 
     def list_documents(self, prefix: str = "") -> dict[str, DocRef]:
         """Every stored document whose doc_id starts with ``prefix`` ("" = all): doc_id -> DocRef. Used by
-        ``ingest --prune`` to find documents that are gone from the corpus."""
+        ``ingest --prune`` to find documents that are gone from the corpus, and by ingest to skip unchanged
+        documents without chunking them.
+
+        ``DocRef.chunks`` counts the document's stored chunks (any version). ``DocRef.doc_sha`` is their
+        version hash, or "" when they carry more than one (an interrupted re-write)."""
         ...
 
     def list_chunks(self, doc_ids: Sequence[str]) -> dict[str, list[ChunkRef]]:
@@ -74,6 +78,14 @@ class Store(Protocol):
 
     def get_embeddings(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
         """Stored vectors by chunk id (float32, shape (dims,)); ids not found are absent."""
+        ...
+
+    def get_embeddings_by_sha(self, chunk_shas: Sequence[str]) -> dict[str, np.ndarray]:
+        """A stored vector (float32, shape (dims,)) for each given ``chunk_sha`` that any chunk of the index
+        has, whatever its document: ingest reuses it for the same text in a moved, renamed or edited
+        document instead of embedding it again. Shas not found are absent. (ES: a ``terms`` query on
+        ``chunk_sha`` returning ``embedding``, collapsed on ``chunk_sha``; any one chunk per sha will do,
+        since equal text under one model has one vector.)"""
         ...
 
     def delete_chunks(self, ids: Sequence[str]) -> int:

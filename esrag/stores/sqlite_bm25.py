@@ -30,6 +30,7 @@ from __future__ import annotations
 import functools
 import math
 import sqlite3
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -61,6 +62,12 @@ def _fold_table() -> dict[int, str]:
 def fold(term: str) -> str:
     """A query term as ``unicode61`` stores it (see _fold_table)."""
     return term.lower() if term.isascii() else term.translate(_fold_table())
+
+
+def attach_vocab(conn: sqlite3.Connection, table: str = "chunks_fts") -> None:
+    """Create, on ``conn``, the temporary fts5vocab table through which postings are read (a temp table
+    belongs to one connection, so every connection that searches needs its own)."""
+    conn.execute(f"CREATE VIRTUAL TABLE IF NOT EXISTS {_VOCAB} USING fts5vocab(main, '{table}', 'instance')")
 
 
 def positions_of(rowids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
@@ -101,7 +108,8 @@ class Bm25Index:
         #: folded term -> (positions into rowids, bm25 part per position); None: FTS5 disagrees on the term
         self._terms: OrderedDict[str, tuple[np.ndarray, np.ndarray] | None] = OrderedDict()
         self._size = 0
-        conn.execute(f"CREATE VIRTUAL TABLE IF NOT EXISTS {_VOCAB} USING fts5vocab(main, '{table}', 'instance')")
+        self._lock = threading.Lock()  # the term cache is shared by the threads that search
+        attach_vocab(conn, table)
 
     def _load(self, conn: sqlite3.Connection, term: str) -> tuple[np.ndarray, np.ndarray] | None:
         folded = fold(term)
@@ -129,15 +137,18 @@ class Bm25Index:
     def postings(self, conn: sqlite3.Connection, term: str) -> tuple[np.ndarray, np.ndarray] | None:
         """The term's (positions, parts), cached; None when FTS5 would read the term differently."""
         key = fold(term)
-        if key in self._terms:
-            self._terms.move_to_end(key)
-            return self._terms[key]
+        with self._lock:
+            if key in self._terms:
+                self._terms.move_to_end(key)
+                return self._terms[key]
         entry = self._load(conn, term)
-        self._terms[key] = entry
-        self._size += len(entry[0]) if entry else 0
-        while self._size > MAX_POSTINGS and len(self._terms) > 1:
-            _, old = self._terms.popitem(last=False)
-            self._size -= len(old[0]) if old else 0
+        with self._lock:
+            if key not in self._terms:
+                self._terms[key] = entry
+                self._size += len(entry[0]) if entry else 0
+            while self._size > MAX_POSTINGS and len(self._terms) > 1:
+                _, old = self._terms.popitem(last=False)
+                self._size -= len(old[0]) if old else 0
         return entry
 
     def top(self, conn: sqlite3.Connection, terms: Sequence[str], limit: int,

@@ -51,7 +51,7 @@ def _refs(settings: Settings, root: Path) -> dict[str, list[ChunkRef]]:
     try:
         if not store.exists():
             return {}
-        return store.list_chunks([(root / f"doc{i:02}.md").resolve().as_posix() for i in range(N_DOCS)])
+        return store.list_chunks([f"{root.name}/doc{i:02}.md" for i in range(N_DOCS)])
     finally:
         store.close()
 

@@ -377,6 +377,64 @@ def test_writer_thread_and_reader_threads_share_the_store(store: SQLiteStore) ->
     assert store.count().chunks == 500
 
 
+def test_searches_in_many_threads_run_while_another_thread_writes(store: SQLiteStore) -> None:
+    """Readers do not queue behind each other or behind the writer, never see "database is locked", and
+    every search sees whole transactions: each write is one 50-chunk document."""
+    failures: list[BaseException] = []
+    seen: list[int] = []
+    writing = threading.Event()
+    done = threading.Event()
+
+    def writer() -> None:
+        try:
+            for b in range(20):
+                store.write([chunk(f"w{b}-{i}", f"batch {b} item {i}", doc_id=f"d{b}") for i in range(50)])
+                writing.set()
+        except BaseException as e:  # noqa: BLE001 - reported below
+            failures.append(e)
+        finally:
+            writing.set()
+            done.set()
+
+    def reader() -> None:
+        try:
+            writing.wait()
+            while not done.is_set():
+                hits = store.search(SearchRequest(text="batch", vector=vec(0), candidates=5000))
+                assert len(hits.dense) % 50 == 0 and len(hits.sparse) % 50 == 0
+                seen.append(len(hits.dense))
+        except BaseException as e:  # noqa: BLE001 - reported below
+            failures.append(e)
+
+    threads = [threading.Thread(target=reader) for _ in range(4)] + [threading.Thread(target=writer)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures
+    assert store.count().chunks == 1000
+    assert len(set(seen)) > 1  # the readers saw the index grow while it was written
+
+
+def test_each_thread_reads_through_its_own_connection_and_shares_the_matrix(store: SQLiteStore) -> None:
+    store.write([chunk(f"c{i}", f"text {i}", seed=i) for i in range(10)])
+    conns: list[object] = []
+    matrices: list[object] = []
+
+    def search() -> None:
+        store.search(SearchRequest(text=None, vector=vec(1), candidates=3))
+        conns.append(store._reader())
+        assert store._dense is not None
+        matrices.append(store._dense[1])
+
+    for _ in range(3):
+        t = threading.Thread(target=search)
+        t.start()
+        t.join()
+    assert len({id(c) for c in conns}) == 3
+    assert len({id(m) for m in matrices}) == 1  # loaded once, by the first search
+
+
 # --- other processes ------------------------------------------------------------------------------------
 
 

@@ -20,6 +20,7 @@ from esrag.types import (
     Chunk,
     ChunkRef,
     Counts,
+    DocRef,
     EmbeddedChunk,
     IndexMeta,
     MetadataValue,
@@ -384,6 +385,77 @@ def test_filters_match_numbers_and_booleans_by_their_json_text(fifty: tuple[Stor
     assert sparse == dense == odd
 
 
+# -- write with deletes, refresh, list_documents, get_embeddings_by_sha -------------------------------------
+
+
+def test_write_with_delete_ids_writes_then_deletes_and_counts_what_existed(make_store: MakeStore) -> None:
+    store = ready(make_store)
+    v = unit_vectors(4)
+    old = [make_chunk("d", i, f"old wording {i}", v[i], chunk_count=2, doc_sha="sha-old") for i in range(2)]
+    written(store, old)
+    new = make_chunk("d", 0, "new wording", v[2], doc_sha="sha-new")
+    result = store.write([new], delete_ids=[old[0].chunk.id, old[1].chunk.id, "no-such-id"])
+    assert result == WriteResult(written=1, deleted=2)
+    store.refresh()
+    assert store.count() == Counts(documents=1, chunks=1)
+    assert {r.id for r in store.list_chunks(["d"])["d"]} == {new.chunk.id}
+    hits = store.search(SearchRequest(text="wording", vector=None, candidates=10)).sparse
+    assert ids(hits) == [new.chunk.id]
+
+
+def test_write_only_deletes(make_store: MakeStore) -> None:
+    store = ready(make_store)
+    chunk = make_chunk("d", 0, "doomed", unit_vectors(1)[0])
+    written(store, [chunk])
+    assert store.write([], delete_ids=[chunk.chunk.id]) == WriteResult(written=0, deleted=1)
+    store.refresh()
+    assert store.count() == Counts(documents=0, chunks=0)
+
+
+def test_list_documents_reports_sha_and_chunk_count_under_a_prefix(make_store: MakeStore) -> None:
+    store = ready(make_store)
+    v = unit_vectors(6)
+    chunks = [make_chunk("docs/a.md", i, f"a {i}", v[i], chunk_count=2, doc_sha="sha-a") for i in range(2)]
+    chunks += [make_chunk("docs/sub/b.md", 0, "b", v[2], doc_sha="sha-b"),
+               make_chunk("docsother/c.md", 0, "c", v[3], doc_sha="sha-c"),
+               make_chunk("notes/\u00e9t\u00e9.md", 0, "d", v[4], doc_sha="sha-d")]
+    written(store, chunks)
+    assert store.list_documents("docs/") == {
+        "docs/a.md": DocRef("docs/a.md", "sha-a", 2),
+        "docs/sub/b.md": DocRef("docs/sub/b.md", "sha-b", 1),
+    }
+    everything = store.list_documents()
+    assert set(everything) == {"docs/a.md", "docs/sub/b.md", "docsother/c.md", "notes/\u00e9t\u00e9.md"}
+    accented = "notes/\u00e9t\u00e9.md"
+    assert store.list_documents("notes/\u00e9") == {accented: DocRef(accented, "sha-d", 1)}
+    assert store.list_documents("absent/") == {}
+
+
+def test_list_documents_hides_the_sha_of_a_document_with_two_versions(make_store: MakeStore) -> None:
+    store = ready(make_store)
+    v = unit_vectors(3)
+    # two versions side by side: an interrupted update
+    written(store, [make_chunk("mixed", 0, "old", v[0], doc_sha="sha-old"),
+                    make_chunk("mixed", 0, "new", v[1], doc_sha="sha-new"),
+                    make_chunk("single", 0, "one", v[2], doc_sha="sha-one")])
+    docs = store.list_documents()
+    assert docs == {"mixed": DocRef("mixed", "", 2), "single": DocRef("single", "sha-one", 1)}
+
+
+def test_get_embeddings_by_sha_finds_vectors_across_documents(make_store: MakeStore) -> None:
+    store = ready(make_store)
+    v = unit_vectors(3, seed=5)
+    a = make_chunk("a", 0, "shared paragraph", v[0])
+    b = make_chunk("b", 0, "only in b", v[1])
+    written(store, [a, b])
+    got = store.get_embeddings_by_sha([a.chunk.chunk_sha, b.chunk.chunk_sha, sha256_hex("never stored")])
+    assert set(got) == {a.chunk.chunk_sha, b.chunk.chunk_sha}
+    assert got[a.chunk.chunk_sha].dtype == np.float32 and got[a.chunk.chunk_sha].shape == (DIMS,)
+    np.testing.assert_allclose(got[a.chunk.chunk_sha], v[0], atol=1e-6)
+    np.testing.assert_allclose(got[b.chunk.chunk_sha], v[1], atol=1e-6)
+    assert store.get_embeddings_by_sha([]) == {}
+
+
 # -- missing index, explain --------------------------------------------------------------------------------
 
 OPERATIONS: dict[str, Callable[[Store], object]] = {
@@ -395,6 +467,10 @@ OPERATIONS: dict[str, Callable[[Store], object]] = {
     "search_text": lambda s: s.search(SearchRequest(text="x", vector=None, candidates=3)),
     "search_vector": lambda s: s.search(SearchRequest(text=None, vector=unit_vectors(1)[0], candidates=3)),
     "count": lambda s: s.count(),
+    "refresh": lambda s: s.refresh(),
+    "list_documents": lambda s: s.list_documents(),
+    "get_embeddings_by_sha": lambda s: s.get_embeddings_by_sha(["x"]),
+    "write_with_deletes": lambda s: s.write([], delete_ids=["x"]),
 }
 
 

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from esrag.chunking import _MAX_CHARS_PER_TOKEN as MAX_CHARS_PER_TOKEN
 from esrag.chunking import Chunker, ChunkSpan, chunk_document
 from esrag.errors import ConfigError
 from esrag.types import Chunk, Document, sha256_hex
@@ -57,6 +59,7 @@ def assert_invariants(text: str, chunker: Chunker, count: Counter) -> list[Chunk
         assert span.text == text[span.start:span.end]
         assert span.text and span.text == span.text.strip()
         assert count([span.text])[0] <= chunker.size or len(span.text) == 1
+        assert len("".join(span.text.split())) <= chunker.size * MAX_CHARS_PER_TOKEN
         covered[span.start:span.end] = [True] * (span.end - span.start)
     lost = [c for c, inside in zip(text, covered, strict=True) if not inside and not c.isspace()]
     assert lost == [], "text lost"
@@ -64,7 +67,7 @@ def assert_invariants(text: str, chunker: Chunker, count: Counter) -> list[Chunk
         assert prev.start < nxt.start and prev.end < nxt.end
         shared = text[nxt.start:prev.end] if nxt.start < prev.end else ""
         assert count([shared])[0] <= chunker.overlap
-    if count([text.strip()])[0] <= chunker.size:
+    if count([text.strip()])[0] <= chunker.size and len(text.strip()) <= chunker.size * MAX_CHARS_PER_TOKEN:
         assert len(spans) == 1
     return spans
 
@@ -204,17 +207,18 @@ def test_long_document_is_counted_in_a_few_batches() -> None:
     text = "\n\n".join(" ".join(["word"] * 20) + "." for _ in range(50))
     spans = Chunker(counter, chunk_size=64, chunk_overlap=8).split(text)
     assert len(spans) == 17  # three 21-word paragraphs per chunk
-    # whole text, one batch of paragraphs, one batch verifying the merged chunks
-    assert [len(b) for b in counter.batches] == [1, 50, 17]
+    # one batch of paragraphs, one batch verifying the merged chunks (the whole text, longer than
+    # 64 * 32 characters, is never counted at once)
+    assert [len(b) for b in counter.batches] == [50, 17]
 
 
 def test_effective_size_is_capped_by_the_model_limit() -> None:
     chunker = Chunker(words, chunk_size=256, chunk_overlap=32, max_tokens=128)
     assert (chunker.size, chunker.overlap) == (128, 32)
-    assert chunker.signature == "recursive:v1:size=128:overlap=32"
+    assert chunker.signature == "recursive:v2:size=128:overlap=32"
     chunker = Chunker(words, chunk_size=256, chunk_overlap=32, max_tokens=16)
     assert (chunker.size, chunker.overlap) == (16, 15)
-    assert Chunker(words).signature == "recursive:v1:size=256:overlap=32"
+    assert Chunker(words).signature == "recursive:v2:size=256:overlap=32"
 
 
 @pytest.mark.parametrize(("size", "overlap", "max_tokens"), [(0, 0, None), (8, -1, None), (8, 8, None),
@@ -257,3 +261,73 @@ def test_chunk_ids_are_stable_and_change_with_the_text_or_parameters(text: str, 
     assert len(set(ids)) == len(ids)
     assert not set(ids) & set(_ids(text + extra))
     assert not set(ids) & set(_ids(text, size=6))
+
+
+# -- bounded time on hostile text ----------------------------------------------------------------------------
+
+_HOSTILE_PIECES = st.sampled_from([
+    " " * 5000, "\t \t" * 2000, "\n" * 3000, " \n" * 2000, "x" * 20_000, "ab" * 6000, ".", "!?", "word", "\u3002",
+])
+hostile_texts = st.lists(_HOSTILE_PIECES | _PIECES, min_size=1, max_size=12).map("".join)
+
+
+def unk_words(texts: Sequence[str]) -> list[int]:
+    """WordPiece-like for long words: a whitespace-free run of any length counts as one [UNK] token."""
+    return [len(t.split()) for t in texts]
+
+
+class CharBudget:
+    """A counter that fails the test once it has been asked to count more than ``factor`` times the text:
+    a sign of quadratic work."""
+
+    def __init__(self, counter: Counter, text_len: int, factor: int = 400) -> None:
+        self.counter, self.budget = counter, factor * max(text_len, 1000)
+
+    def __call__(self, texts: Sequence[str]) -> list[int]:
+        self.budget -= sum(len(t) for t in texts)
+        assert self.budget >= 0, "the tokenizer was asked to count far more than the text"
+        return self.counter(texts)
+
+
+@pytest.mark.parametrize("count", [words, unk_words, quarters, newline_heavy], ids=lambda f: f.__name__)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(text=hostile_texts, params=size_and_overlap(low=4, high=64))
+def test_invariants_and_bounded_counting_on_long_runs_long_words_and_no_separators(
+        count: Counter, text: str, params: tuple[int, int]) -> None:
+    size, overlap = params
+    budget = CharBudget(count, len(text))
+    assert_invariants(text, Chunker(budget, chunk_size=size, chunk_overlap=overlap), count)
+
+
+def _alarm(seconds: int) -> Any:
+    import signal
+
+    def fail(*_: object) -> None:
+        raise AssertionError(f"chunking took more than {seconds} s: not linear")
+
+    signal.signal(signal.SIGALRM, fail)
+    signal.alarm(seconds)
+    return signal
+
+
+@pytest.mark.parametrize("text", [
+    "a" + " " * 1_000_000 + "b",  # once ~12 minutes: \s*\n\s* rescanned the run from every space
+    ("word" + " \t" * 3000) * 100,
+    "x" * 1_000_000,
+    "\n".join([" " * 20_000] * 30) + "end",
+], ids=["1M-spaces", "runs-between-words", "1M-char-word", "whitespace-lines"])
+def test_megabyte_inputs_chunk_in_linear_time(text: str) -> None:
+    signal = _alarm(30)  # a guard against a hang, not a timing claim: the linear code takes well under 1 s
+    try:
+        spans = Chunker(words, chunk_size=256, chunk_overlap=32).split(text)
+    finally:
+        signal.alarm(0)
+    assert spans and all(len("".join(s.text.split())) <= 256 * MAX_CHARS_PER_TOKEN for s in spans)
+
+
+def test_a_megabyte_word_that_counts_as_one_unknown_token_is_cut_into_bounded_chunks() -> None:
+    text = "start " + "z" * 1_000_000 + " end"
+    spans = Chunker(unk_words, chunk_size=256, chunk_overlap=32).split(text)
+    assert max(len(s.text) for s in spans) <= 256 * MAX_CHARS_PER_TOKEN
+    assert len(spans) >= 1_000_000 // (256 * MAX_CHARS_PER_TOKEN)
+    assert "".join(s.text for s in spans if "z" in s.text).count("z") >= 1_000_000  # nothing lost

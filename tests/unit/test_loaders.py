@@ -12,13 +12,16 @@ from esrag.loaders import (
     Skipped,
     _Pattern,
     discover,
+    discover_sources,
+    display,
+    doc_id_candidates,
     html_to_text,
     iter_file,
     load_file,
     markdown_title,
     rst_title,
 )
-from esrag.types import Document
+from esrag.types import Document, canonical_json, sha256_hex
 
 
 def write(path: Path, content: str | bytes) -> Path:
@@ -359,7 +362,9 @@ def test_json_list_gives_one_document_per_object(tmp_path: Path) -> None:
     ]))
     docs, skipped = load_file(path)
     name = posix(path)
-    assert [(d.doc_id, d.text, d.title) for d in docs] == [(name + "#a", "First", ""), (name + "#1", "Second", "")]
+    content_id = "sha-" + sha256_hex(canonical_json({"text": "Second"}))[:16]
+    assert [(d.doc_id, d.text, d.title) for d in docs] == [(name + "#a", "First", ""),
+                                                           (name + "#" + content_id, "Second", "")]
     assert skipped == [
         Skipped(name, "item 2: not a JSON object"),
         Skipped(name, "item 3: no 'text' string field"),
@@ -396,7 +401,8 @@ def test_jsonl_beir_corpus_with_a_bad_line_loads_the_rest(tmp_path: Path) -> Non
                  metadata={"collection": "scifact", "ext": ".jsonl", "year": 2020, "url": "u1"}),
         Document(doc_id=f"{name}#d2", source=name, text="Second text.", title="",
                  metadata={"collection": "scifact", "ext": ".jsonl", "source_name": "wiki"}),
-        Document(doc_id=f"{name}#5", source=name, text="No id here.", title="",
+        Document(doc_id=f"{name}#sha-{sha256_hex(canonical_json({'text': 'No id here.'}))[:16]}", source=name,
+                 text="No id here.", title="",
                  metadata={"collection": "scifact", "ext": ".jsonl"}),
     ]
     assert [s.path for s in skipped] == [name] * 5
@@ -424,3 +430,88 @@ def test_iter_file_streams_jsonl_records(tmp_path: Path) -> None:
     first = next(items)
     assert isinstance(first, Document) and first.text == "t0"
     assert [d.text for d in items if isinstance(d, Document)] == ["t1", "t2"]
+
+
+# ------------------------------------------------------------------------------------- doc ids, hostile input
+
+
+def test_doc_ids_are_relative_to_the_given_path_with_an_optional_prefix(tmp_path: Path) -> None:
+    write(tmp_path / "docs" / "a.md", "A")
+    write(tmp_path / "docs" / "sub" / "b.md", "B")
+    write(tmp_path / "single.txt", "S")
+    found, skipped = discover_sources([tmp_path / "docs", tmp_path / "single.txt"], prefix="kb:")
+    assert [(f.doc_id, f.path.as_posix()) for f in found] == [
+        ("kb:docs/a.md", posix(tmp_path / "docs" / "a.md")),
+        ("kb:docs/sub/b.md", posix(tmp_path / "docs" / "sub" / "b.md")),
+        ("kb:single.txt", posix(tmp_path / "single.txt")),
+    ]
+    assert skipped == []
+
+
+def test_a_doc_id_taken_by_an_earlier_file_is_skipped_naming_both(tmp_path: Path) -> None:
+    write(tmp_path / "one" / "docs" / "a.md", "A")
+    write(tmp_path / "two" / "docs" / "a.md", "other A")
+    found, skipped = discover_sources([tmp_path / "one" / "docs", tmp_path / "two" / "docs"])
+    assert [f.doc_id for f in found] == ["docs/a.md"]
+    assert skipped == [Skipped(posix(tmp_path / "two" / "docs" / "a.md"),
+                               f"doc id 'docs/a.md' is already taken by {posix(tmp_path / 'one' / 'docs' / 'a.md')}")]
+
+
+def test_doc_id_candidates_go_from_most_to_least_specific(tmp_path: Path) -> None:
+    path = tmp_path / "proj" / "docs" / "a.md"
+    candidates = doc_id_candidates(path)
+    assert candidates[0] == str(path) and posix(path) in candidates
+    assert candidates[-3:] == ["proj/docs/a.md", "docs/a.md", "a.md"]
+
+
+def test_a_file_that_vanishes_after_discovery_is_skipped(tmp_path: Path) -> None:
+    path = write(tmp_path / "gone.md", "here for now")
+    found, _ = discover([tmp_path])
+    path.unlink()
+    assert load_file(found[0]) == ([], [Skipped(posix(path), "cannot read: No such file or directory")])
+
+
+def test_an_unexpected_loader_error_is_a_one_line_skip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import esrag.loaders as loaders
+
+    path = write(tmp_path / "page.html", "<p>x</p>")
+
+    def explode(html: str) -> tuple[str, str]:
+        raise RuntimeError("parser\nexploded")
+
+    monkeypatch.setattr(loaders, "html_to_text", explode)
+    assert load_file(path) == ([], [Skipped(posix(path), "cannot load: RuntimeError: parser exploded")])
+
+
+def test_deeply_nested_json_and_surrogates_are_skipped_per_record(tmp_path: Path) -> None:
+    path = write(tmp_path / "c.jsonl", "\n".join([
+        '{"id": "1", "text": "fine"}',
+        "[" * 3000,
+        '{"id": "\\udfff", "text": "bad id"}',
+        '{"text": "bad key", "\\ud800": "v"}',
+        '{"id": "2", "text": "value \\udc80 replaced", "k": "\\ud801"}',
+    ]))
+    docs, skipped = load_file(path)
+    assert [(d.doc_id.rsplit("#")[1], d.text, d.metadata.get("k"), d.decode_errors) for d in docs] == [
+        ("1", "fine", None, 0), ("2", "value \ufffd replaced", "\ufffd", 2)]
+    assert [s.reason for s in skipped] == [
+        "line 2: invalid JSON: nested too deeply",
+        "line 3: id is not valid Unicode (a lone surrogate)",
+        "line 4: metadata key '\\ud800' is not valid Unicode",
+    ]
+
+
+def test_size_limit_skips_large_files_and_jsonl_lines(tmp_path: Path) -> None:
+    big = write(tmp_path / "big.md", "x" * 2000)
+    assert load_file(big, max_bytes=1000) == ([], [Skipped(posix(big), "larger than --max-file-size "
+                                                                         "(2,000 > 1,000 bytes)")])
+    lines = write(tmp_path / "c.jsonl", '{"id": "a", "text": "' + "y" * 3000 + '"}\n{"id": "b", "text": "ok"}\n')
+    docs, skipped = load_file(lines, max_bytes=1000)
+    assert [d.text for d in docs] == ["ok"]
+    assert skipped == [Skipped(posix(lines), "line 1: larger than --max-file-size (3,024 > 1,000 bytes)")]
+
+
+def test_display_shows_undecodable_bytes_of_a_name() -> None:
+    assert display("plain.md") == "plain.md"
+    assert display(b"bad\xffname.md".decode("utf-8", "surrogateescape")) == "bad\\xffname.md"
+    assert display("lone\ud800") == "lone\\ud800"

@@ -1,0 +1,167 @@
+"""Pure parts of the SQLite store: schema, tokenisation of query text the way FTS5's ``unicode61`` does it,
+and the SQL that ``SQLiteStore`` runs (also what ``explain_request`` shows). No I/O."""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import unicodedata
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from esrag.errors import ConfigError
+from esrag.types import TOP_LEVEL_FILTER_FIELDS, Filters, ScoredChunk
+
+#: chunks per write transaction
+WRITE_BATCH = 500
+#: values per ``IN (...)`` list
+IN_BATCH = 500
+#: title, text (Bm25Index weighs both 1.0, as here)
+BM25_WEIGHTS = (1.0, 1.0)
+BUSY_TIMEOUT_S = 30.0
+
+_FTS_ADD = "INSERT INTO chunks_fts(rowid, title, text) VALUES (new.rowid, new.title, new.text);"
+_FTS_DEL = ("INSERT INTO chunks_fts(chunks_fts, rowid, title, text) "
+            "VALUES ('delete', old.rowid, old.title, old.text);")
+SCHEMA = (
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    # Small columns first and text last: filters and vector loads then never touch the overflow pages of
+    # a long text.
+    """CREATE TABLE chunks (
+        rowid INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, doc_id TEXT NOT NULL, source TEXT NOT NULL,
+        title TEXT NOT NULL, chunk_index INTEGER NOT NULL, chunk_count INTEGER NOT NULL,
+        start INTEGER NOT NULL, "end" INTEGER NOT NULL, doc_sha TEXT NOT NULL, chunk_sha TEXT NOT NULL,
+        ingested_at TEXT NOT NULL, metadata TEXT NOT NULL, embedding BLOB NOT NULL, text TEXT NOT NULL)""",
+    # doc_id lookups, and a covering index for filters: a filter scan reads this, not the chunk rows
+    "CREATE INDEX chunks_filter ON chunks(doc_id, source, title, metadata)",
+    "CREATE VIRTUAL TABLE chunks_fts USING fts5(title, text, content='chunks', content_rowid='rowid', "
+    "tokenize='unicode61 remove_diacritics 0')",
+    f"CREATE TRIGGER chunks_ai AFTER INSERT ON chunks BEGIN {_FTS_ADD} END",
+    f"CREATE TRIGGER chunks_ad AFTER DELETE ON chunks BEGIN {_FTS_DEL} END",
+    "CREATE TRIGGER chunks_au AFTER UPDATE OF title, text ON chunks "
+    f"WHEN old.title IS NOT new.title OR old.text IS NOT new.text BEGIN {_FTS_DEL} {_FTS_ADD} END",
+)
+COLUMNS = ("id", "doc_id", "source", "title", "chunk_index", "chunk_count", "start", "end", "doc_sha",
+            "chunk_sha", "ingested_at", "metadata", "embedding", "text")
+_QUOTED = [f'"{c}"' for c in COLUMNS]
+UPSERT = (f"INSERT INTO chunks({', '.join(_QUOTED)}) VALUES ({', '.join('?' * len(COLUMNS))}) "
+           f"ON CONFLICT(id) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in _QUOTED[1:])}")
+_HIT_COLUMNS = "c.rowid, c.id, c.doc_id, c.source, c.title, c.text, c.chunk_index, c.metadata"
+LOAD_SQL = "SELECT rowid, embedding FROM chunks ORDER BY rowid"
+#: a metadata value as the string ES's ``flattened`` type would index: booleans as true/false
+_META_VALUE = ("(CASE json_type(c.metadata, ?) WHEN 'true' THEN 'true' WHEN 'false' THEN 'false' "
+               "ELSE CAST(json_extract(c.metadata, ?) AS TEXT) END)")
+
+
+
+# --- pure SQL building (also what explain_request shows) ------------------------------------------------
+
+@functools.cache
+def _token_re() -> re.Pattern[str]:
+    """Tokens as ``unicode61`` sees them: runs of letters, digits, marks (M*) and private-use characters
+    (Co); everything else separates. Marks and Co are listed from the BMP, built once (~20 ms)."""
+    extra, start, prev = [], -2, -2
+    for cp in [*(cp for cp in range(0x10000) if (c := unicodedata.category(chr(cp)))[0] == "M" or c == "Co"), -9]:
+        if cp != prev + 1:
+            if start >= 0:
+                extra.append(re.escape(chr(start)) + ("-" + re.escape(chr(prev)) if prev > start else ""))
+            start = cp
+        prev = cp
+    return re.compile(rf"(?:[^\W_]|[{''.join(extra)}])+")
+
+
+def query_terms(text: str) -> list[str]:
+    """Split query text into terms the way ``unicode61`` splits indexed text. Case is left to FTS5, which
+    folds it exactly as it did when indexing."""
+    return _token_re().findall(text)
+
+
+def match_expression(terms: str | Sequence[str]) -> str | None:
+    """A safe FTS5 MATCH expression for free text (or its terms): each term quoted, ORed. None when there
+    is no term (an empty or all-punctuation query matches nothing)."""
+    terms = query_terms(terms) if isinstance(terms, str) else terms
+    return " OR ".join(f'"{t}"' for t in terms) if terms else None
+
+
+def filter_sql(filters: Filters) -> tuple[str, list[Any]]:
+    """WHERE condition over ``chunks AS c`` for ``filters`` (keys ANDed, values ORed) and its parameters.
+
+    ``doc_id``/``source``/``title`` compare the column; any other key compares ``metadata.<key>`` as a
+    string, like ES ``flattened`` (so 3 matches "3" and True matches "true"). An empty value tuple matches
+    nothing. Empty filters give ``("", [])``.
+    """
+    clauses: list[str] = []
+    params: list[Any] = []
+    for key in sorted(filters):
+        values = [str(v) for v in filters[key]]
+        marks = ", ".join("?" * len(values))
+        if key in TOP_LEVEL_FILTER_FIELDS:
+            clauses.append(f"c.{key} IN ({marks})")
+        else:
+            if '"' in key or not key:
+                raise ConfigError(f"invalid metadata filter key {key!r}")
+            # instr(): a cheap necessary condition (the value's JSON text occurs) before parsing the JSON
+            needles = [json.dumps(v, ensure_ascii=False)[1:-1] for v in values]
+            clauses.append(f"({' OR '.join(['instr(c.metadata, ?)'] * len(values)) or '0'}) "
+                           f"AND {_META_VALUE} IN ({marks})")
+            params += [*needles, f'$."{key}"', f'$."{key}"']
+        params += values
+    return " AND ".join(clauses), params
+
+
+def sparse_sql(text: str | Sequence[str], filters: Filters, limit: int) -> tuple[str, list[Any]] | None:
+    """The BM25 query for free text (or its terms): top ``limit`` rowids by bm25 (filters applied before the
+    cut), then their rows. None when there is no term."""
+    match = match_expression(text)
+    if match is None:
+        return None
+    where, fparams = filter_sql(filters)
+    # The filter set is computed once; "+" keeps FTS5 from being re-run once per filtered rowid.
+    restrict = f" AND +chunks_fts.rowid IN (SELECT c.rowid FROM chunks AS c WHERE {where})" if where else ""
+    weights = ", ".join(str(w) for w in BM25_WEIGHTS)
+    inner = (f"SELECT chunks_fts.rowid AS rid, bm25(chunks_fts, {weights}) AS score FROM chunks_fts "
+             f"WHERE chunks_fts MATCH ?{restrict} ORDER BY score, rid LIMIT ?")
+    sql = (f"SELECT {_HIT_COLUMNS}, -t.score FROM ({inner}) AS t JOIN chunks AS c ON c.rowid = t.rid "
+           "ORDER BY t.score, t.rid")
+    return sql, [match, *fparams, limit]
+
+
+def dense_filter_sql(filters: Filters) -> tuple[str, list[Any]] | None:
+    """The rowids the kNN side may return under ``filters``; None when unfiltered."""
+    where, params = filter_sql(filters)
+    if not where:
+        return None
+    return f"SELECT c.rowid FROM chunks AS c WHERE {where}", params
+
+
+def fetch_sql(n: int) -> str:
+    """Rows of ``n`` hits by rowid."""
+    return f"SELECT {_HIT_COLUMNS} FROM chunks AS c WHERE c.rowid IN ({', '.join('?' * n)})"
+
+
+def batches(values: Sequence[Any], size: int = IN_BATCH) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(values), size):
+        yield values[i:i + size]
+
+
+def scored(row: Sequence[Any], score: float) -> ScoredChunk:
+    return ScoredChunk(id=row[1], score=score, doc_id=row[2], source=row[3], title=row[4], text=row[5],
+                       chunk_index=int(row[6]), metadata=json.loads(row[7]))
+
+
+def vector(embedding: Any, dims: int) -> np.ndarray:
+    """Validate one embedding and return it as float32 (dims,). Raises ValueError with the reason."""
+    v = np.asarray(embedding)
+    if v.dtype.kind not in "fiu":
+        raise ValueError(f"embedding has dtype {v.dtype}, expected float32")
+    v = v.astype(np.float32, copy=False)
+    if v.ndim != 1 or v.shape[0] != dims:
+        raise ValueError(f"embedding has shape {v.shape}, the index expects ({dims},)")
+    if not np.isfinite(v).all():
+        raise ValueError("embedding contains NaN or infinity")
+    if not v.any():
+        raise ValueError("embedding is all zeros (cosine similarity is undefined)")
+    return v

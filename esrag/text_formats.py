@@ -1,0 +1,156 @@
+"""Pure text extraction for loaders: titles of Markdown and reStructuredText, visible text of HTML. No I/O."""
+
+from __future__ import annotations
+
+import re
+from html.parser import HTMLParser
+
+# ---------------------------------------------------------------------------------------------- titles
+
+
+_ATX_H1 = re.compile(r"^ {0,3}#[ \t]+(.+?)(?:[ \t]+#+)?[ \t]*$")
+_SETEXT_H1 = re.compile(r"^ {0,3}=+[ \t]*$")
+_FENCE = re.compile(r"^ {0,3}(```|~~~)")
+_FRONT_TITLE = re.compile(r"^title:[ \t]*(.+?)[ \t]*$")
+
+
+def markdown_title(text: str) -> str:
+    """The first level-1 heading (``# Title`` or a line underlined with ``===``) outside code fences, or a
+    ``title:`` in YAML front matter; "" if none."""
+    lines = text.split("\n")
+    start = 0
+    if lines and lines[0].strip() == "---":
+        for i in range(1, len(lines)):
+            if lines[i].strip() in ("---", "..."):
+                start = i + 1
+                for line in lines[1:i]:
+                    if m := _FRONT_TITLE.match(line):
+                        return m.group(1).strip("\"'")
+                break
+    in_fence = False
+    for i in range(start, len(lines)):
+        line = lines[i]
+        if _FENCE.match(line):
+            in_fence = not in_fence
+        elif in_fence:
+            continue
+        elif m := _ATX_H1.match(line):
+            return m.group(1).strip()
+        elif (line.strip() and i + 1 < len(lines) and _SETEXT_H1.match(lines[i + 1])
+              and not line.startswith("    ")):
+            return line.strip()
+    return ""
+
+
+_RST_ADORNMENT = re.compile(r"""^([=\-~^"'`*+#:.!_<>])\1*$""")
+
+
+def rst_title(text: str) -> str:
+    """The first section title: a line followed by an adornment line (``====``, ``----``...) at least as
+    long as it; "" if none."""
+    lines = text.split("\n")
+    for i in range(len(lines) - 1):
+        title, underline = lines[i].strip(), lines[i + 1].rstrip()
+        if (title and not _RST_ADORNMENT.match(title) and _RST_ADORNMENT.match(underline)
+                and len(underline) >= len(title)):
+            return title
+    return ""
+
+
+# ---------------------------------------------------------------------------------------------- HTML
+
+
+_SKIP_TAGS = frozenset({"script", "style", "noscript", "template", "svg"})
+_BLOCK_TAGS = frozenset({
+    "p", "div", "section", "article", "header", "footer", "main", "nav", "aside", "h1", "h2", "h3", "h4",
+    "h5", "h6", "ul", "ol", "dl", "table", "blockquote", "pre", "figure", "figcaption", "form",
+    "fieldset", "address", "details", "summary", "hr", "body",
+})
+_LINE_TAGS = frozenset({"br", "li", "tr", "dt", "dd", "caption", "option"})
+_CELL_TAGS = frozenset({"td", "th"})
+_SPACES = re.compile(r"\s+")
+_STRENGTH = {"": 0, " ": 1, "\n": 2, "\n\n": 3}
+
+
+class _TextExtractor(HTMLParser):
+    """Visible text of an HTML page: blocks separated by blank lines, list items and rows by newlines."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self.title = ""
+        self.h1 = ""
+        self._skip = 0
+        self._pre = 0
+        self._in_title = False
+        self._h1_depth = 0
+        self._break = ""  # pending separator: "", " ", "\n" or "\n\n"
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in _SKIP_TAGS:
+            self._skip += 1
+        elif tag == "title" and not self._skip and not self.title:
+            self._in_title = True
+        elif tag == "h1" and not self.h1:
+            self._h1_depth += 1
+        if tag == "pre":
+            self._pre += 1
+        self._separate(tag)
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self._separate(tag)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in _SKIP_TAGS:
+            self._skip = max(0, self._skip - 1)
+        elif tag == "title":
+            self._in_title = False
+        elif tag == "h1" and self._h1_depth:
+            self._h1_depth -= 1
+        if tag == "pre":
+            self._pre = max(0, self._pre - 1)
+        self._separate(tag)
+
+    def _separate(self, tag: str) -> None:
+        self._want("\n\n" if tag in _BLOCK_TAGS else "\n" if tag in _LINE_TAGS else " " if tag in _CELL_TAGS
+                   else "")
+
+    def _want(self, separator: str) -> None:
+        """Ask for a separator before the next text; the strongest asked for wins."""
+        if _STRENGTH[separator] > _STRENGTH[self._break]:
+            self._break = separator
+
+    def _append(self, text: str) -> None:
+        if self._break and self.parts:
+            self.parts.append(self._break)
+        self._break = ""
+        self.parts.append(text)
+
+    def handle_data(self, data: str) -> None:
+        if self._in_title:
+            self.title = _SPACES.sub(" ", self.title + data)
+            return
+        if self._skip:
+            return
+        if self._h1_depth:
+            self.h1 = _SPACES.sub(" ", self.h1 + data)
+        if self._pre:
+            self._append(data)
+            return
+        text = _SPACES.sub(" ", data)
+        if text.startswith(" "):
+            self._want(" ")
+        if text.strip(" "):
+            self._append(text.strip(" "))
+        if text.endswith(" "):
+            self._want(" ")
+
+
+def html_to_text(html: str) -> tuple[str, str]:
+    """(visible text, title) of an HTML page; the title is ``<title>``, else the first ``<h1>``, else ""."""
+    parser = _TextExtractor()
+    parser.feed(html)
+    parser.close()
+    text = re.sub(r"[ \t]+\n", "\n", "".join(parser.parts))
+    text = re.sub(r"\n{3,}", "\n\n", text).strip()
+    return text, (parser.title.strip() or parser.h1.strip())
