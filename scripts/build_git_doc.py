@@ -30,6 +30,7 @@ Needs `apt-get download` (run `apt-get update` once first) unless --deb is given
 from __future__ import annotations
 
 import argparse
+import posixpath
 import re
 import sys
 import tempfile
@@ -78,7 +79,7 @@ def _heading_at(lines: list[str], i: int) -> tuple[str, int] | None:
     m = _ONE_LINE.match(line)
     if m:
         return m.group(2).strip(), 1
-    if i + 1 < len(lines) and _UNDERLINE.match(lines[i + 1]):
+    if i + 1 < len(lines) and _UNDERLINE.match(lines[i + 1]) and lines[i + 1].rstrip() != "--":  # "--" opens a block
         if abs(len(lines[i + 1].rstrip()) - len(line.rstrip())) <= 2:
             return line.strip(), 2
     return None
@@ -145,7 +146,7 @@ def fragments(pages: dict[str, str]) -> set[str]:
     for page, source in pages.items():
         base = Path(page).parent
         for target in _INCLUDE.findall(source):
-            out.add((base / target.strip()).as_posix().removesuffix(".txt"))
+            out.add(posixpath.normpath((base / target.strip()).as_posix()).removesuffix(".txt"))
     return out
 
 
