@@ -71,7 +71,10 @@ def unpack_deb(deb: Path, root: Path) -> Path:
     """Unpack `deb` under `root` with dpkg-deb and return `root`."""
     if not deb.is_file():
         raise BuildError(f"no such .deb: {deb}")
-    done = subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], capture_output=True, text=True, check=False)
+    try:
+        done = subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], capture_output=True, text=True, check=False)
+    except FileNotFoundError as e:
+        raise BuildError("dpkg-deb is not installed: the builders need Debian's dpkg-deb to unpack a .deb") from e
     if done.returncode != 0:
         raise BuildError(f"`dpkg-deb -x {deb}` failed (exit {done.returncode}): {done.stderr.strip()[-500:]}")
     return root
@@ -104,6 +107,8 @@ def check_set(docs: Sequence[Doc], queries: Sequence[Query]) -> None:
 def write_beir(out_dir: Path, docs: Sequence[Doc], queries: Sequence[Query]) -> None:
     """Write the set to `out_dir` in BEIR's layout, all or nothing: files are written next to it, then moved in."""
     check_set(docs, queries)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise BuildError(f"{out_dir} exists and is not a directory: give a directory to write the set into")
     out_dir.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=".build-", dir=out_dir))
     try:

@@ -218,7 +218,7 @@ def build(root: Path) -> tuple[list[Doc], list[Query]]:
     faq = root / FAQ_DIR
     index = faq / INDEX
     if not index.is_file():
-        raise BuildError(f"no {index}: is this the {PACKAGE} package?")
+        raise BuildError(f"the package holds no {FAQ_DIR}: is it {PACKAGE}?")
     pages = chapter_pages(index.read_text(encoding="utf-8"))
     if not pages:
         raise BuildError(f"{index} links no chapters")

@@ -179,7 +179,7 @@ def build(root: Path) -> tuple[list[Doc], list[Query], dict[str, int]]:
     """The corpus, the queries and counts of left-out queries (by reason) from an unpacked git-doc tree."""
     base = root / DOC_DIR
     if not base.is_dir():
-        raise BuildError(f"no {base}: is this the {PACKAGE} package?")
+        raise BuildError(f"the package holds no {DOC_DIR}: is it {PACKAGE}?")
     pages: dict[str, str] = {}
     for sub in SUBDIRS:
         for path in sorted((base / sub).glob("*.txt")):

@@ -123,7 +123,7 @@ def build(root: Path) -> tuple[list[Doc], list[Query]]:
     src = root / SOURCES
     pages = sorted(src.rglob(f"*{SUFFIX}"))
     if not pages:
-        raise BuildError(f"no {SUFFIX} files under {src}: is this the {PACKAGE} package?")
+        raise BuildError(f"the package holds no {SOURCES}/**/*{SUFFIX}: is it {PACKAGE}?")
     docs: list[Doc] = []
     queries: list[Query] = []
     for path in pages:
