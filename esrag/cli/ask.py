@@ -53,7 +53,7 @@ def ask(question: str, filters: tuple[str, ...], stream: bool, as_json: bool, **
         answer_stream = engine.ask_stream(question, filters=parsed_filters)
         if answer_stream.generator is None:
             answer = _consume(answer_stream)
-            click.echo(json.dumps(answer.to_dict(), indent=2) if as_json else _passages_text(answer))
+            click.echo(_json(answer) if as_json else _passages_text(answer))
             return
         printed = False
         try:
@@ -69,12 +69,18 @@ def ask(question: str, filters: tuple[str, ...], stream: bool, as_json: bool, **
             answer_stream.close()
         answer = answer_stream.answer
         if as_json:
-            click.echo(json.dumps(answer.to_dict(), indent=2))
+            click.echo(_json(answer))
             return
         if not printed:
             click.echo(answer.text, nl=False)
         click.echo()
         _print_footer(answer)
+
+
+def _json(answer: Any) -> str:
+    from esrag.schemas import AskResponse
+
+    return json.dumps(AskResponse.of(answer).model_dump(mode="json"), indent=2)
 
 
 def _consume(answer_stream: Any) -> Any:

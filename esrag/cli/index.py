@@ -172,7 +172,9 @@ def status(as_json: bool, **opts: Any) -> None:
     with engine_from(**opts) as engine:
         info = engine.status()
     if as_json:
-        click.echo(json.dumps(info, indent=2))
+        from esrag.schemas import StatusResponse
+
+        click.echo(json.dumps(StatusResponse.of(info).to_json(), indent=2))
         return
     for key, value in info.items():
         click.echo(f"{key:14} {value}")

@@ -18,7 +18,9 @@ from esrag.cli.common import engine_from, model_options, parse_filters, retrieva
 @click.option("--explain", is_flag=True,
               help="Show the per-hit fusion arithmetic and the exact store request (for ES: paste into Kibana "
                    "Dev Tools).")
-@click.option("--json", "as_json", is_flag=True, help="Print hits as a JSON list.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object: query, hits, parameters, timings_ms (and explain with --explain); "
+                   "the document POST /v1/search returns (docs/api.md).")
 @store_options
 @model_options
 def search(query: str, filters: tuple[str, ...], explain: bool, as_json: bool, **opts: Any) -> None:
@@ -39,10 +41,10 @@ def search(query: str, filters: tuple[str, ...], explain: bool, as_json: bool, *
         result = engine.search(query, filters=parsed_filters)
         info = engine.explain(result) if explain else None
     if as_json:
-        out: Any = [h.to_dict() for h in result.hits]
-        if explain:
-            out = {"hits": out, "explain": info, "timings_ms": result.timings_ms}
-        click.echo(json.dumps(out, indent=2, default=str))
+        from esrag.schemas import SearchResponse
+
+        doc = SearchResponse.of(query, result, k=engine.settings.k, rrf_k=engine.settings.rrf_k, explain=info)
+        click.echo(json.dumps(doc.model_dump(mode="json"), indent=2))
         return
     if not result.hits:
         click.echo("No results.")

@@ -63,7 +63,10 @@ def test_ingest_search_reingest_edit_delete(corpus: Path, store_settings: Callab
     assert first["documents_new"] == 3 and first["chunks_written"] == 3 and first["chunks_embedded"] == 3
     assert [s["reason"] for s in first["skipped"]] == ["binary file"]
 
-    hits = _json(_run(["search", "which consumer reads a partition", "--json", "-k", "3", *args]))
+    doc = _json(_run(["search", "which consumer reads a partition", "--json", "-k", "3", *args]))
+    assert doc["query"] == "which consumer reads a partition" and doc["explain"] is None
+    assert doc["parameters"]["k"] == 3 and len(doc["hits"]) == 3
+    hits = doc["hits"]
     assert hits[0]["source"].endswith("kafka.md")
     assert {"id", "doc_id", "source", "score", "bm25_score", "dense_score", "text"} <= set(hits[0])
 
@@ -76,7 +79,7 @@ def test_ingest_search_reingest_edit_delete(corpus: Path, store_settings: Callab
     assert edited["documents_changed"] == 1 and edited["documents_unchanged"] == 2
     assert edited["chunks_embedded"] == 1 and edited["chunks_deleted"] == 1
 
-    hits = _json(_run(["search", "HOT updates", "--mode", "bm25", "--json", *args]))
+    hits = _json(_run(["search", "HOT updates", "--mode", "bm25", "--json", *args]))["hits"]
     assert hits[0]["source"].endswith("postgres.md") and "HOT updates" in hits[0]["text"]
 
     status = _json(_run(["status", "--json", *args]))
@@ -87,7 +90,7 @@ def test_ingest_search_reingest_edit_delete(corpus: Path, store_settings: Callab
     assert deleted.exit_code == 0, deleted.output
     status = _json(_run(["status", "--json", *args]))
     assert (status["documents"], status["chunks"]) == (2, 2)
-    hits = _json(_run(["search", "consumer group partitions", "--json", *args]))
+    hits = _json(_run(["search", "consumer group partitions", "--json", *args]))["hits"]
     assert all(not h["source"].endswith("kafka.md") for h in hits)
 
 
@@ -97,7 +100,7 @@ def test_alpha_extremes_equal_single_mode_orders(corpus: Path, store_settings: C
     q = "storage of dead rows in a database"
 
     def ids(*extra: str) -> list[str]:
-        return [h["id"] for h in _json(_run(["search", q, "--json", *extra, *args]))]
+        return [h["id"] for h in _json(_run(["search", q, "--json", *extra, *args]))["hits"]]
 
     assert ids("--alpha", "0") [: len(ids("--mode", "bm25"))] == ids("--mode", "bm25")
     assert ids("--alpha", "1") == ids("--mode", "dense")
@@ -107,8 +110,13 @@ def test_filters_and_explain(corpus: Path, store_settings: Callable[..., Setting
     args = _store_args(store_settings())
     assert _run(["ingest", str(corpus / "kafka.md"), "--metadata", "team=streams", *args]).exit_code == 0
     assert _run(["ingest", str(corpus / "postgres.md"), "--metadata", "team=db", *args]).exit_code == 0
-    hits = _json(_run(["search", "consumer partitions", "--filter", "team=db", "--json", *args]))
+    plain = _json(_run(["search", "consumer partitions", "--filter", "team=db", "--json", *args]))
+    hits = plain["hits"]
     assert hits and all(h["metadata"]["team"] == "db" for h in hits)
+    assert plain["parameters"]["filters"] == {"team": ["db"]}
+    explained = _json(_run(["search", "consumer partitions", "--filter", "team=db", "--json", "--explain", *args]))
+    assert set(explained) == set(plain) and explained["explain"]["request"]  # the same document, explain filled
+    assert [h["id"] for h in explained["hits"]] == [h["id"] for h in hits]
     out = _run(["search", "consumer partitions", "--explain", *args])
     assert out.exit_code == 0
     assert "hybrid = 0.50 *" in out.output

@@ -66,7 +66,7 @@ def test_ingest_search_ask_status_through_third_party_plugins(
 
         code, out = run("search", "when was the eiffel tower completed", "--mode", "dense", "--json", *args)
         assert code == 0, out
-        assert json.loads(out)[0]["source"].endswith("tower.md")
+        assert json.loads(out)["hits"][0]["source"].endswith("tower.md")
 
         code, out = run("ask", "When was the Eiffel Tower completed?", "--generator", "echo", "--json", *args)
         assert code == 0, out
