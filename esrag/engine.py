@@ -56,6 +56,20 @@ class Engine:
         self._generation_locks: dict[str, threading.Lock] = {}
         #: seconds each generator took to load, by name
         self.generator_load_seconds: dict[str, float] = {}
+        self._shares_parts = False
+
+    def with_store_settings(self, **changes: Any) -> Engine:
+        """An engine whose store is built from these changed settings (the API uses it for a caller's own
+        Elasticsearch API key) and that shares this engine's embedder, generators and generation locks, so
+        nothing is loaded twice and in-process answers still queue. Closing it closes only its store."""
+        other = Engine(self.settings.replace(**changes))
+        other._lock = self._lock
+        other._embedder = self.embedder
+        other._generators = self._generators
+        other._generation_locks = self._generation_locks
+        other.generator_load_seconds = self.generator_load_seconds
+        other._shares_parts = True
+        return other
 
     def __enter__(self) -> Engine:
         return self
@@ -229,9 +243,10 @@ class Engine:
 
     def close(self) -> None:
         with self._lock:
-            for g in self._generators.values():
-                g.close()
-            self._generators.clear()
+            if not self._shares_parts:
+                for g in self._generators.values():
+                    g.close()
+                self._generators.clear()
             if self._store is not None:
                 self._store.close()
                 self._store = None

@@ -22,6 +22,7 @@ COMMANDS = {
     "delete": "esrag.cli.index:delete",
     "search": "esrag.cli.search:search",
     "ask": "esrag.cli.ask:ask",
+    "serve": "esrag.cli.serve:serve",
     "eval": "esrag.cli.evaluate:eval_cmd",
     "tune": "esrag.cli.evaluate:tune",
     "plugins": "esrag.cli.info:plugins",
@@ -35,6 +36,7 @@ HELP = """Hybrid BM25 + dense search and RAG over Elasticsearch, or an embedded 
   esrag search "how do I ..."        hybrid search (BM25 + kNN, fused in the client)
   esrag ask "how do I ..."           answer from the retrieved passages, with citations
   esrag status                       which store, index, model, and how many chunks
+  esrag serve                        the HTTP API (search, ask, OpenAI-compatible chat)
 
 \b
 Where the index lives: with --es-url (or ESRAG_ES_URL) set, in Elasticsearch;

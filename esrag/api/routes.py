@@ -1,0 +1,222 @@
+"""The routes: each parses its body, calls one engine method and presents the result.
+
+Blocking routes are sync (``def``), so FastAPI runs them in the thread pool. Responses are serialised once
+by pydantic-core (``model_dump_json``); the response models still define the OpenAPI schema.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Request, Response
+from fastapi.responses import StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel
+
+from esrag.api import sse
+from esrag.api.app import ES_KEY_HEADER, Service, request_id_var
+from esrag.api.auth import Scope
+from esrag.api.models import (
+    AskBody,
+    DeleteResponse,
+    DocumentBatch,
+    DocumentBody,
+    Health,
+    IngestResponse,
+    Readiness,
+    SearchBody,
+)
+from esrag.api.problems import ApiProblem, problem_body, problem_responses, status_for
+from esrag.engine import Engine
+from esrag.errors import EsragError
+from esrag.schemas import AskResponse, SearchResponse, StatusResponse
+from esrag.types import Document
+
+router = APIRouter()
+bearer = HTTPBearer(auto_error=False, description="An esrag API key (ESRAG_API_KEYS or --api-key-file).")
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+
+READ_ERRORS = problem_responses(400, 401, 403, 404, 409, 413, 422, 502, 504)
+WRITE_ERRORS = problem_responses(400, 401, 403, 404, 409, 413, 422, 502, 504)
+
+
+def _authorize(request: Request, credentials: HTTPAuthorizationCredentials | None, needed: Scope) -> Service:
+    svc: Service = request.app.state.service
+    if not svc.keys.enabled:
+        return svc
+    challenge = {"WWW-Authenticate": 'Bearer realm="esrag"'}
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise ApiProblem(401, "missing API key: send the header `Authorization: Bearer KEY`", "unauthorized",
+                         headers=challenge)
+    scope = svc.keys.scope_of(credentials.credentials)
+    if scope is None:
+        raise ApiProblem(401, "the API key is not valid", "unauthorized", headers=challenge)
+    if needed is Scope.WRITE and scope is not Scope.WRITE:
+        raise ApiProblem(403, "this API key is read-only; writing documents needs a read-write (rw:) key",
+                         "forbidden")
+    return svc
+
+
+def reader(request: Request, credentials: Credentials = None) -> Service:
+    return _authorize(request, credentials, Scope.READ)
+
+
+def writer(request: Request, credentials: Credentials = None) -> Service:
+    return _authorize(request, credentials, Scope.WRITE)
+
+
+Reader = Annotated[Service, Depends(reader)]
+Writer = Annotated[Service, Depends(writer)]
+
+
+def engine_of(svc: Service, request: Request) -> Engine:
+    """The shared engine, or with X-ES-API-Key (and pass-through on) one that queries ES as the caller."""
+    key = request.headers.get(ES_KEY_HEADER)
+    if key is None:
+        return svc.engine
+    if not svc.options.es_key_passthrough:
+        raise ApiProblem(400, f"{ES_KEY_HEADER} was sent, but this server does not pass Elasticsearch keys "
+                              "through (esrag serve --es-key-passthrough)", "passthrough-disabled")
+    if svc.engine.settings.store_name != "elasticsearch":
+        raise ApiProblem(400, f"{ES_KEY_HEADER} needs the elasticsearch store; this server uses "
+                              f"{svc.engine.settings.store_name!r}", "passthrough-disabled")
+    key = key.strip()
+    if not key or not key.isascii() or any(c.isspace() for c in key):
+        raise ApiProblem(400, f"{ES_KEY_HEADER} must be an Elasticsearch API key (base64 id:key)",
+                         "invalid-request")
+    return svc.engine_for(key)
+
+
+def _json(model: BaseModel, status: int = 200) -> Response:
+    return Response(model.model_dump_json(), status_code=status, media_type="application/json")
+
+
+@router.post("/v1/search", response_model=SearchResponse, responses=READ_ERRORS, tags=["search"])
+def search(body: SearchBody, request: Request, svc: Reader) -> Response:
+    """Hybrid search: BM25 and kNN in one store round trip, fused in the client. The document is the one
+    `esrag search --json` prints; with `explain`, `explain.request` is the exact native request."""
+    engine = engine_of(svc, request)
+    overrides: dict[str, Any] = body.overrides()
+    if body.k is not None:
+        overrides["k"] = body.k
+    result = engine.search(body.query, filters=body.filter_dict(), **overrides)
+    info = engine.explain(result) if body.explain else None
+    s = engine.settings
+    return _json(SearchResponse.of(body.query, result, k=body.k or s.k, rrf_k=body.rrf_k or s.rrf_k, explain=info))
+
+
+ASK_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "The answer (AskResponse), or with `stream: true` Server-Sent Events: `sources`, "
+                         "`delta`..., then `done` (an AskResponse) or `error` (a problem).",
+          "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+    **READ_ERRORS,
+}
+
+
+@router.post("/v1/ask", response_model=AskResponse, responses=ASK_RESPONSES, tags=["ask"])
+def ask(body: AskBody, request: Request, svc: Reader) -> Response:
+    """Answer a question from the retrieved passages, citing them as [n]; the document is the one
+    `esrag ask --json` prints. With an in-process model, concurrent questions queue."""
+    engine = engine_of(svc, request)
+    engine.check_plugins(generator=body.generator, need_generator=True)
+    overrides: dict[str, Any] = body.overrides()
+    if body.k is not None:
+        overrides["k"] = body.k
+    stream = engine.ask_stream(body.question, generator=body.generator, filters=body.filter_dict(), **overrides)
+    if not body.stream:
+        try:
+            for _ in stream:
+                pass
+        finally:
+            stream.close()
+        return _json(AskResponse.of(stream.answer))
+    path = request.url.path
+
+    def failed(e: EsragError) -> dict[str, Any]:
+        status, kind = status_for(e)
+        return problem_body(status, kind, svc.redact(str(e)), path, request_id_var.get())
+
+    events = sse.answer_events(stream, lambda a: AskResponse.of(a).model_dump(mode="json"), failed)
+    return StreamingResponse(events, media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+DocId = Annotated[str, Path(min_length=1, max_length=512, description="The document id.")]
+
+
+def _ingest(engine: Engine, docs: list[Document]) -> IngestResponse:
+    report = engine.ingest_documents(docs, total=len(docs))
+    out = IngestResponse.model_validate(report.to_dict())
+    if report.errors:
+        raise ApiProblem(502, f"{len(report.errors)} chunk(s) failed to write: {report.errors[0].reason}",
+                         "write-failed")
+    return out
+
+
+@router.put("/v1/documents/{doc_id}", response_model=IngestResponse, responses=WRITE_ERRORS, tags=["documents"])
+def put_document(doc_id: DocId, body: DocumentBody, request: Request, svc: Writer) -> Response:
+    """Create or replace one document. Incremental: an unchanged document embeds and writes nothing, a
+    changed one embeds only its new chunks."""
+    engine = engine_of(svc, request)
+    doc = Document(doc_id=doc_id, source=body.source or doc_id, text=body.text, title=body.title,
+                   metadata=body.metadata)
+    return _json(_ingest(engine, [doc]))
+
+
+@router.post("/v1/documents", response_model=IngestResponse, responses=WRITE_ERRORS, tags=["documents"])
+def post_documents(body: DocumentBatch, request: Request, svc: Writer) -> Response:
+    """Create or replace a batch of documents, through the same incremental path."""
+    engine = engine_of(svc, request)
+    ids = [d.id for d in body.documents]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise ApiProblem(422, f"documents: the id {dup!r} appears more than once", "invalid-request")
+    docs = [Document(doc_id=d.id, source=d.source or d.id, text=d.text, title=d.title, metadata=d.metadata)
+            for d in body.documents]
+    return _json(_ingest(engine, docs))
+
+
+@router.delete("/v1/documents/{doc_id}", response_model=DeleteResponse, responses=WRITE_ERRORS,
+               tags=["documents"])
+def delete_document(doc_id: DocId, request: Request, svc: Writer) -> Response:
+    """Delete every chunk of one document; 404 when the index holds none."""
+    engine = engine_of(svc, request)
+    engine.require_index()
+    deleted = engine.store.delete_documents([doc_id])
+    if deleted == 0:
+        raise ApiProblem(404, f"no document {doc_id!r} in the index", "document-not-found")
+    return _json(DeleteResponse(doc_id=doc_id, chunks_deleted=deleted))
+
+
+@router.get("/v1/status", response_model=StatusResponse, responses=problem_responses(401, 403, 502, 504),
+            tags=["status"])
+def status(request: Request, svc: Reader) -> Response:
+    """What `esrag status --json` shows: store, location, index, model, dims, counts. No secret."""
+    info = engine_of(svc, request).status()
+    return Response(StatusResponse.of(info).model_dump_json(exclude_unset=True), media_type="application/json")
+
+
+@router.get("/healthz", response_model=Health, tags=["status"])
+async def healthz() -> Health:
+    """The process is alive (no I/O)."""
+    return Health(status="ok")
+
+
+@router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}}, tags=["status"])
+def readyz(request: Request) -> Response:
+    """Ready to serve: the embedding model is loaded and the store answers. 503 with the reason when not."""
+    svc: Service = request.app.state.service
+    store = svc.engine.settings.store_name
+    loaded = svc.engine.embedder.loaded
+    reason = None
+    if svc.load_error is not None:
+        reason = svc.load_error
+    elif not loaded:
+        reason = "the embedding model is still loading"
+    else:
+        try:
+            svc.engine.store.exists()
+        except EsragError as e:
+            reason = svc.redact(f"the store does not answer: {e}")
+    ready = Readiness(ready=reason is None, store=store, model_loaded=loaded, reason=reason)
+    return _json(ready, 200 if ready.ready else 503)
