@@ -14,6 +14,7 @@ hashed = tests.plugins.fake_plugins:HashedBagOfWords
 [esrag.generators]
 echo = tests.plugins.fake_plugins:EchoCiter
 echo_serial = tests.plugins.fake_plugins:SerialEchoCiter
+slow = tests.plugins.fake_plugins:SlowCounter
 """
 
 

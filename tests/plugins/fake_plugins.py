@@ -101,3 +101,42 @@ class SerialEchoCiter(EchoCiter):
                 yield piece
         finally:
             type(self).active -= 1
+
+
+class SlowSettings(BaseModel):
+    log: str = ""  # a file that counts the pieces produced, then says "closed"
+    pieces: int = 5000
+    delay: float = 0.02
+
+
+class SlowCounter(Generator):
+    """An endless-looking answer (``pieces`` words, ``delay`` seconds apart) that records how far it got in
+    the ``log`` file, and ``closed`` when its stream was closed early: a test can see generation stop when
+    a streaming client disconnects. In-process-like: one answer at a time."""
+
+    name = "slow"
+    model = "slow-counter"
+    concurrent = False
+
+    def __init__(self, settings: Any) -> None:
+        self.own = plugins.plugin_settings(settings, plugins.GENERATORS, "slow", SlowSettings)
+        self.max_new_tokens = settings.max_new_tokens
+
+    def _note(self, text: str) -> None:
+        if self.own.log:
+            with open(self.own.log, "w", encoding="utf-8") as f:
+                f.write(text)
+
+    def stream(self, messages: Sequence[Message]) -> Iterator[str]:
+        import time
+
+        produced = 0
+        try:
+            for _ in range(self.own.pieces):
+                time.sleep(self.own.delay)
+                produced += 1
+                self._note(str(produced))
+                yield "tick "
+        except GeneratorExit:
+            self._note(f"{produced} closed")
+            raise
