@@ -64,7 +64,7 @@ class ChatOptions(RetrievalOptions):
 class ChatCompletionRequest(BaseModel):
     """OpenAI's Chat Completions request; fields esrag does not use are accepted and ignored."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
     model: str = Field(max_length=256, description="Echoed back; the server's index answers.")
     messages: list[ChatMessage] = Field(min_length=1)
     stream: bool | None = False
@@ -119,7 +119,10 @@ class ChatCompletion(BaseModel):
 CHAT_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "A chat.completion, or with `stream: true` Server-Sent Events of chat.completion.chunk "
                          "objects ending with `data: [DONE]`.",
-          "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+          "content": {"text/event-stream": {"schema": {
+              "type": "object", "required": ["data"],
+              "properties": {"data": {"type": "string",
+                                      "description": "a chat.completion.chunk as JSON, or [DONE]"}}}}}},
     **READ_ERRORS,
 }
 

@@ -7,9 +7,9 @@ MAX_QUERY_CHARS, a known mode, fusion and normalisation.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from esrag.config import Fusion, Mode, Normalization
 from esrag.schemas import MetadataValue
@@ -19,7 +19,9 @@ MAX_CANDIDATES = 10_000
 MAX_QUERY_CHARS = 4096
 MAX_BATCH = 1000
 
-_STRICT = ConfigDict(extra="forbid")
+_STRICT = ConfigDict(extra="forbid", strict=True)
+#: metadata keys (in documents and filters): letters, digits, and _ - . (a key is a field name in both stores)
+Key = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")]
 
 
 def _not_blank(value: str) -> str:
@@ -39,7 +41,7 @@ class RetrievalOptions(BaseModel):
     normalization: Normalization | None = None
     candidates: int | None = Field(None, ge=1, le=MAX_CANDIDATES, description="Candidates fetched per side.")
     rrf_k: int | None = Field(None, ge=1, le=100_000)
-    filters: dict[str, str | list[str]] = Field(
+    filters: dict[Key, str | list[str]] = Field(
         default_factory=dict,
         description="Metadata equality filters (also doc_id, source, title): different keys must all match, "
                     "a list matches any of its values.")
@@ -80,7 +82,7 @@ class DocumentBody(BaseModel):
     text: str = Field(min_length=1)
     title: str = ""
     source: str | None = Field(None, description="Where it came from (shown in hits). Default: the doc id.")
-    metadata: dict[str, MetadataValue] = Field(default_factory=dict)
+    metadata: dict[Key, MetadataValue] = Field(default_factory=dict)
 
     _text = field_validator("text")(_not_blank)
 

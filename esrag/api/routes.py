@@ -108,7 +108,10 @@ def search(body: SearchBody, request: Request, svc: Reader) -> Response:
 ASK_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "The answer (AskResponse), or with `stream: true` Server-Sent Events: `sources`, "
                          "`delta`..., then `done` (an AskResponse) or `error` (a problem).",
-          "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+          "content": {"text/event-stream": {"schema": {
+              "type": "object", "required": ["event", "data"],
+              "properties": {"event": {"type": "string", "enum": ["sources", "delta", "done", "error"]},
+                             "data": {"type": "string", "description": "JSON"}}}}}},
     **READ_ERRORS,
 }
 
