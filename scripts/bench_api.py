@@ -1,0 +1,209 @@
+"""What the HTTP API costs over calling the engine in-process, on python-faq in the embedded store.
+
+1. Ingests the corpus (``--docs`` sections; 0 = all 4,213) with the packaged all-MiniLM-L6-v2 into a
+   temporary SQLite store, in this process.
+2. Starts ``esrag serve`` on that store (a separate process, generator ``none``) and waits for /readyz.
+3. For each concurrency (``--concurrency``, default 1 4 16): ``--requests`` hybrid searches (query embedding
+   included, k=10) through the in-process ``Engine.search`` from that many threads, then the same through
+   ``POST /v1/search`` from that many client threads (one keep-alive httpx client each). Latency is per
+   request, wall-clock, measured by the caller; q/s is requests over the wall time of the level.
+4. ``POST /v1/ask`` with ``"stream": true`` (generator none: the sources then done): how long after
+   retrieval finished the client has the sources event: the client's time to that event minus the
+   ``retrieval_ms`` the event reports (an upper bound: it includes the HTTP round trip and parsing).
+
+Both sides share the machine's cores; the API side also runs its client threads. Targets (issue #11):
+API p50 at most +2 ms over in-process at concurrency 1; at 16 clients API q/s >= 0.7x in-process and API
+p99 <= 4x its own p50; the sources event within 10 ms of retrieval; no errors.
+
+    HF_HUB_OFFLINE=1 python scripts/bench_api.py                 # 1,000 sections, 1/4/16 clients
+    python scripts/bench_api.py --docs 0 --requests 400           # the whole corpus
+
+Prints a table and one JSON object (also written to --json-out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import httpx  # noqa: E402
+from _bench_common import DEFAULT_DATA, percentile, read_jsonl  # noqa: E402
+
+from esrag.config import Settings  # noqa: E402
+from esrag.engine import Engine  # noqa: E402
+from esrag.types import Document  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def summary(latencies_ms: list[float], wall_s: float, errors: int) -> dict[str, float]:
+    return {"p50_ms": round(percentile(latencies_ms, 50), 2), "p99_ms": round(percentile(latencies_ms, 99), 2),
+            "qps": round(len(latencies_ms) / wall_s, 1) if wall_s > 0 else 0.0, "errors": errors,
+            "requests": len(latencies_ms)}
+
+
+def run_level(concurrency: int, requests: int, queries: list[str], call: Any, setup: Any = None) -> dict[str, float]:
+    """``requests`` calls of ``call(state, query)`` spread over ``concurrency`` threads."""
+    latencies: list[float] = []
+    errors = [0]
+    lock = threading.Lock()
+    per_thread = [requests // concurrency + (i < requests % concurrency) for i in range(concurrency)]
+    barrier = threading.Barrier(concurrency + 1)
+
+    def worker(i: int) -> None:
+        state = setup() if setup else None
+        mine: list[float] = []
+        barrier.wait()
+        for j in range(per_thread[i]):
+            q = queries[(i * 7919 + j) % len(queries)]
+            t0 = time.perf_counter()
+            try:
+                ok = call(state, q)
+            except Exception:  # noqa: BLE001 - counted
+                ok = False
+            mine.append((time.perf_counter() - t0) * 1e3)
+            if not ok:
+                with lock:
+                    errors[0] += 1
+        with lock:
+            latencies.extend(mine)
+        if state is not None and hasattr(state, "close"):
+            state.close()
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        futures = [pool.submit(worker, i) for i in range(concurrency)]
+        barrier.wait()
+        t0 = time.perf_counter()
+        for f in futures:
+            f.result()
+        wall = time.perf_counter() - t0
+    return summary(latencies, wall, errors[0])
+
+
+def sse_sources_latency(url: str, queries: list[str], n: int) -> dict[str, float]:
+    """ms from the client sending /v1/ask (stream) to it holding the sources event, minus retrieval_ms."""
+    after: list[float] = []
+    with httpx.Client(base_url=url, timeout=60) as client:
+        for i in range(n):
+            t0 = time.perf_counter()
+            with client.stream("POST", "/v1/ask", json={"question": queries[i % len(queries)], "stream": True}) as r:
+                lines = r.iter_lines()
+                assert next(lines) == "event: sources"
+                data = json.loads(next(lines)[len("data: "):])
+                t_sources = (time.perf_counter() - t0) * 1e3
+                for _ in lines:
+                    pass
+            after.append(t_sources - float(data["retrieval_ms"]))
+    return {"p50_ms": round(percentile(after, 50), 2), "p99_ms": round(percentile(after, 99), 2), "n": n}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="BEIR dataset dir (corpus.jsonl, queries.jsonl)")
+    ap.add_argument("--docs", type=int, default=1000, help="corpus sections to ingest (0: all)")
+    ap.add_argument("--requests", type=int, default=200, help="searches per side and concurrency level")
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
+    ap.add_argument("--sse", type=int, default=30, help="streamed asks for the sources-event latency")
+    ap.add_argument("--json-out", type=Path)
+    args = ap.parse_args()
+
+    rows = read_jsonl(args.data / "corpus.jsonl", limit=args.docs or None)
+    queries = [q["text"] for q in read_jsonl(args.data / "queries.jsonl")]
+    tmp = Path(tempfile.mkdtemp(prefix="esrag-bench-api-"))
+    cfg = tmp / "esrag.toml"
+    cfg.write_text("")
+    os.environ["ESRAG_CONFIG"] = str(cfg)
+    settings = Settings(sqlite_dir=str(tmp / "db"), index="faq", generator="none", device="cpu")
+    engine = Engine(settings)
+    t0 = time.perf_counter()
+    report = engine.ingest_documents(
+        (Document(doc_id=r["_id"], source=r["_id"], title=r.get("title", ""), text=r["text"]) for r in rows),
+        total=len(rows))
+    ingest_s = time.perf_counter() - t0
+    print(f"ingested {len(rows)} sections, {report.chunks_written} chunks in {ingest_s:.1f} s", file=sys.stderr)
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = (tmp / "server.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "esrag.cli", "serve", "--port", str(port), "--sqlite-dir",
+                             str(tmp / "db"), "--index", "faq", "--generator", "none", "--device", "cpu",
+                             "--log-level", "warning"], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None:
+                sys.exit(f"esrag serve exited:\n{(tmp / 'server.log').read_text()}")
+            time.sleep(0.2)
+
+        def in_process(_: Any, q: str) -> bool:
+            return bool(engine.search(q, k=10).hits)
+
+        def over_http(client: httpx.Client, q: str) -> bool:
+            r = client.post("/v1/search", json={"query": q, "k": 10})
+            return r.status_code == 200 and bool(r.json()["hits"])
+
+        def client() -> httpx.Client:
+            return httpx.Client(base_url=url, timeout=60)
+
+        # warm both sides (model, caches, connections)
+        run_level(1, 20, queries, in_process)
+        run_level(1, 20, queries, over_http, client)
+        results: dict[str, Any] = {"docs": len(rows), "chunks": report.chunks_written, "ingest_s": round(ingest_s, 1),
+                                   "levels": {}}
+        for c in args.concurrency:
+            results["levels"][c] = {"in_process": run_level(c, args.requests, queries, in_process),
+                                    "api": run_level(c, args.requests, queries, over_http, client)}
+        results["sse_sources_after_retrieval"] = sse_sources_latency(url, queries, args.sse)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
+        log.close()
+        engine.close()
+
+    print(f"{'clients':>7} {'side':>10} {'p50 ms':>8} {'p99 ms':>8} {'q/s':>7} {'errors':>6}")
+    for c, sides in results["levels"].items():
+        for side, s in sides.items():
+            print(f"{c:>7} {side:>10} {s['p50_ms']:>8.2f} {s['p99_ms']:>8.2f} {s['qps']:>7.1f} {s['errors']:>6}")
+    lv = results["levels"]
+    checks = {}
+    if 1 in lv:
+        checks["p50_added_ms_at_1"] = round(lv[1]["api"]["p50_ms"] - lv[1]["in_process"]["p50_ms"], 2)
+    if 16 in lv:
+        checks["qps_ratio_at_16"] = round(lv[16]["api"]["qps"] / lv[16]["in_process"]["qps"], 2)
+        checks["api_p99_over_p50_at_16"] = round(lv[16]["api"]["p99_ms"] / lv[16]["api"]["p50_ms"], 2)
+    results["checks"] = checks
+    sse = results["sse_sources_after_retrieval"]
+    print(f"sources event after retrieval: p50 {sse['p50_ms']:.2f} ms, p99 {sse['p99_ms']:.2f} ms")
+    print(json.dumps(checks))
+    out = json.dumps(results, indent=2)
+    print(out)
+    if args.json_out:
+        args.json_out.write_text(out)
+
+
+if __name__ == "__main__":
+    main()
