@@ -63,3 +63,20 @@ def test_vllm_is_an_alternative_profile_and_esrag_is_wired_to_the_llm(compose: d
     env = services["esrag"]["environment"]
     assert "ESRAG_ES_URL=http://elasticsearch:9200" in env
     assert any(e.startswith("ESRAG_LLM_URL=") for e in env)
+
+
+def test_esrag_api_service_serves_with_keys_over_elasticsearch_and_tgi(compose: dict[str, Any]) -> None:
+    api = compose["services"]["esrag"]
+    assert api["command"][:3] == ["serve", "--host", "0.0.0.0"]  # noqa: S104 - inside the container
+    env = api["environment"]
+    assert "ESRAG_ES_URL=http://elasticsearch:9200" in env and "ESRAG_LLM_URL=${ESRAG_LLM_URL:-http://tgi:80/v1}" in env
+    assert any(e.startswith("ESRAG_API_KEYS=") for e in env)  # a non-loopback bind refuses to run without keys
+    assert api["ports"] == ["127.0.0.1:${ESRAG_PORT:-8000}:8000"]
+    assert api["depends_on"]["elasticsearch"]["condition"] == "service_healthy"
+    assert "/readyz" in " ".join(api["healthcheck"]["test"])
+
+
+def test_compose_config_with_the_api_profile_is_valid() -> None:
+    result = subprocess.run([*_compose_cmd(), "-f", str(COMPOSE), "--profile", "api", "config", "-q"],
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
