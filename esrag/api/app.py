@@ -25,7 +25,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -239,8 +239,8 @@ class RequestContext:
                 message = await receive()
                 if message["type"] == "http.request":
                     received += len(message.get("body", b""))
-                    if received > limit:
-                        raise ApiProblem(413, _too_large(limit), "body-too-large")
+                    if received > limit:  # an HTTPException passes through FastAPI's body parsing as is
+                        raise HTTPException(413, _too_large(limit))
                 return message
 
             try:

@@ -155,6 +155,15 @@ def test_every_bad_input_is_a_problem_naming_the_field(api: ApiServer) -> None:
     _problem(httpx.get(f"{api.url}/v1/nowhere"), 404)
     _problem(httpx.get(f"{api.url}/v1/search"), 405)
     _problem(httpx.put(f"{api.url}/v1/documents/big", json={"text": "word " * 3_000_000}), 413, "limit")
+
+    def chunked() -> Iterator[bytes]:  # no Content-Length: the limit applies while reading
+        yield b'{"text": "'
+        for _ in range(1200):
+            yield b"word " * 2000
+        yield b'"}'
+
+    _problem(httpx.put(f"{api.url}/v1/documents/big", content=chunked(), headers={"content-type": "application/json"},
+                       timeout=60), 413, "limit")
     _problem(post(api, "/v1/documents", {"documents": [{"id": "a", "text": "x"}, {"id": "a", "text": "y"}]}), 422,
              "more than once")
     _problem(post(api, "/v1/search", {"query": "x"}, headers={"X-ES-API-Key": "abc"}), 400, "pass")

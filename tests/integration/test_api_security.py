@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -157,3 +159,21 @@ def test_serve_refuses_an_open_non_loopback_bind_and_bad_keys(tmp_path: Path,
     monkeypatch.delenv("ESRAG_API_KEYS")
     result = CliRunner().invoke(main, ["serve", "--api-key-file", str(empty), "--sqlite-dir", str(tmp_path)])
     assert result.exit_code == 2 and str(empty) in result.output
+
+
+def test_es_key_passthrough_sends_requests_with_the_callers_key(serve: Callable[..., ApiServer], es_url: str) -> None:
+    index = f"passthrough-{os.getpid()}-{time.monotonic_ns()}"
+    server = serve("--es-url", es_url, "--index", index, "--embedder", "hashed", "--generator", "echo",
+                   "--es-key-passthrough")
+    assert httpx.put(f"{server.url}/v1/documents/tower", json={"text": TOWER}, timeout=30).status_code == 200
+    caller_key = "Y2FsbGVyOmtleS1mb3ItdGhlLXRlc3Q="  # noida-db does not enforce security: see docs/api.md
+    r = httpx.post(f"{server.url}/v1/search", json={"query": "tower"}, headers={"X-ES-API-Key": caller_key},
+                   timeout=30)
+    assert r.status_code == 200 and r.json()["hits"][0]["doc_id"] == "tower"
+    bad = httpx.post(f"{server.url}/v1/search", json={"query": "tower"}, headers={"X-ES-API-Key": "a b"}, timeout=30)
+    assert bad.status_code == 400 and "X-ES-API-Key" in bad.json()["detail"]
+    status = httpx.get(f"{server.url}/v1/status", headers={"X-ES-API-Key": caller_key}, timeout=30)
+    assert status.status_code == 200 and caller_key not in status.text
+    assert caller_key not in server.log()
+    result = CliRunner().invoke(main, ["serve", "--es-key-passthrough", "--store", "sqlite"])
+    assert result.exit_code == 2 and "elasticsearch" in result.output
