@@ -123,12 +123,16 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=200, help="searches per side and concurrency level")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     ap.add_argument("--sse", type=int, default=30, help="streamed asks for the sources-event latency")
+    ap.add_argument("--workdir", type=Path,
+                    help="keep the store here (default: a new temp dir); a rerun on the same dir re-ingests "
+                         "nothing (the ingest is incremental)")
     ap.add_argument("--json-out", type=Path)
     args = ap.parse_args()
 
     rows = read_jsonl(args.data / "corpus.jsonl", limit=args.docs or None)
     queries = [q["text"] for q in read_jsonl(args.data / "queries.jsonl")]
-    tmp = Path(tempfile.mkdtemp(prefix="esrag-bench-api-"))
+    tmp = args.workdir or Path(tempfile.mkdtemp(prefix="esrag-bench-api-"))
+    tmp.mkdir(parents=True, exist_ok=True)
     cfg = tmp / "esrag.toml"
     cfg.write_text("")
     os.environ["ESRAG_CONFIG"] = str(cfg)
@@ -139,7 +143,8 @@ def main() -> None:
         (Document(doc_id=r["_id"], source=r["_id"], title=r.get("title", ""), text=r["text"]) for r in rows),
         total=len(rows))
     ingest_s = time.perf_counter() - t0
-    print(f"ingested {len(rows)} sections, {report.chunks_written} chunks in {ingest_s:.1f} s", file=sys.stderr)
+    print(f"ingested {len(rows)} sections ({report.documents_unchanged} unchanged), {report.chunks_written} chunks "
+          f"written in {ingest_s:.1f} s", file=sys.stderr)
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -172,7 +177,8 @@ def main() -> None:
         # warm both sides (model, caches, connections)
         run_level(1, 20, queries, in_process)
         run_level(1, 20, queries, over_http, client)
-        results: dict[str, Any] = {"docs": len(rows), "chunks": report.chunks_written, "ingest_s": round(ingest_s, 1),
+        results: dict[str, Any] = {"docs": len(rows), "chunks": engine.store.count().chunks,
+                                   "ingest_s": round(ingest_s, 1), "load_avg_before": os.getloadavg()[0],
                                    "levels": {}}
         for c in args.concurrency:
             results["levels"][c] = {"in_process": run_level(c, args.requests, queries, in_process),
@@ -196,6 +202,7 @@ def main() -> None:
         checks["qps_ratio_at_16"] = round(lv[16]["api"]["qps"] / lv[16]["in_process"]["qps"], 2)
         checks["api_p99_over_p50_at_16"] = round(lv[16]["api"]["p99_ms"] / lv[16]["api"]["p50_ms"], 2)
     results["checks"] = checks
+    results["load_avg_after"] = os.getloadavg()[0]
     sse = results["sse_sources_after_retrieval"]
     print(f"sources event after retrieval: p50 {sse['p50_ms']:.2f} ms, p99 {sse['p99_ms']:.2f} ms")
     print(json.dumps(checks))
