@@ -27,7 +27,9 @@ from esrag.cli.common import (
 @retrieval_options
 @click.option("--stream/--no-stream", default=True, help="Print the answer as it is generated. [default: stream]")
 @click.option("--json", "as_json", is_flag=True,
-              help="Print one JSON object: answer, citations (doc_id, source, chunk_id), passages, timings.")
+              help="Print one JSON object: answer, citations (doc_id, source, chunk_id), sentences (cited "
+                   "source, support score, supported), cut, notes, passages, timings (model load, retrieval, "
+                   "first token, generation).")
 @store_options
 @model_options
 def ask(question: str, filters: tuple[str, ...], stream: bool, as_json: bool, **opts: Any) -> None:
@@ -72,7 +74,7 @@ def ask(question: str, filters: tuple[str, ...], stream: bool, as_json: bool, **
             click.echo(json.dumps(answer.to_dict(), indent=2))
             return
         if not printed:
-            click.echo(answer.text, nl=False)
+            click.echo(answer.display_text, nl=False)
         click.echo()
         _print_footer(answer)
 
@@ -101,6 +103,9 @@ def _print_footer(answer: Any) -> None:
 
     if answer.no_context:
         return
+    for note in answer.notes:
+        click.echo()
+        click.secho(f"Note: {note}", fg="yellow")
     sources = format_sources(answer.citations)
     if sources:
         click.echo()
@@ -115,11 +120,20 @@ def _print_footer(answer: Any) -> None:
         click.secho(f"note: the answer cites {numbers}, which match none of the {len(answer.passages)} "
                     "sources given", err=True, fg="yellow")
     t = answer.timings
-    parts = [f"retrieval {t.retrieval_ms:.0f} ms"]
+    parts = []
+    if t.model_load_ms:
+        converted = " (first use: converted the model once)" if t.model_converted else ""
+        parts.append(f"model load {t.model_load_ms / 1e3:.1f} s{converted}")
+    if t.embedder_load_ms:
+        parts.append(f"embedder load {t.embedder_load_ms / 1e3:.1f} s")
+    parts.append(f"retrieval {t.retrieval_ms:.0f} ms")
     if t.ttft_ms is not None:
         parts.append(f"first token {t.ttft_ms:.0f} ms")
+    if t.generation_ms:
+        parts.append(f"generation {t.generation_ms / 1e3:.1f} s")
     if t.tokens:
         rate = f" at {t.tokens_per_s:.1f} tokens/s" if t.tokens_per_s else ""
         parts.append(f"{t.tokens} tokens{rate}")
-    parts.append(f"total {t.total_ms / 1e3:.1f} s")
+    loads = t.model_load_ms + t.embedder_load_ms
+    parts.append(f"total {(t.total_ms + loads) / 1e3:.1f} s")
     click.secho(" · ".join(parts), err=True, dim=True)
