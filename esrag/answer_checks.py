@@ -45,6 +45,8 @@ DEFAULT_SUPPORT_THRESHOLD = 0.5
 LOOP_REPEATS = 3
 #: ``find_loop``: the fewest words a back-to-back repetition must cover ("very very" is not a loop)
 LOOP_MIN_WORDS = 6
+#: ``find_loop``: 1-8 characters repeated 25 times or more with nothing between ("000000...")
+_CHAR_LOOP_RE = re.compile(r"(\S{1,8}?)\1{24,}")
 #: ``find_loop``: the longest repeated span (in words) looked for
 LOOP_MAX_SPAN_WORDS = 24
 
@@ -120,7 +122,8 @@ def find_loop(text: str, repeats: int = LOOP_REPEATS, max_span: int = LOOP_MAX_S
 
     Two signs of a loop: a complete sentence that normalises to an earlier one is cut at its start; and a
     span of 1..``max_span`` words repeated ``repeats`` times back to back (and over at least
-    ``LOOP_MIN_WORDS`` words in all), anywhere, is cut after its first copy. Sentences of fewer than 2 words
+    ``LOOP_MIN_WORDS`` words in all), anywhere, is cut after its first copy; so is a run of 1-8 characters
+    repeated 25 times or more inside one word (``000000...``). Sentences of fewer than 2 words
     (``Yes.``) are never counted as repeats.
     """
     seen: set[str] = set()
@@ -131,6 +134,10 @@ def find_loop(text: str, repeats: int = LOOP_REPEATS, max_span: int = LOOP_MAX_S
         if len(key.split()) >= 2 and complete and key in seen:
             return s.start
         seen.add(key)
+    if (m := _CHAR_LOOP_RE.search(text)) is not None:
+        best_chars: int | None = m.start() + len(m.group(1))
+    else:
+        best_chars = None
     words = [(m.start(), t) for m in re.finditer(r"\S+", text)
              if (t := strip_citations(m.group(0)).lower().strip(".,;:!?\"'`()"))]
     tokens = [t for _, t in words]
@@ -144,7 +151,8 @@ def find_loop(text: str, repeats: int = LOOP_REPEATS, max_span: int = LOOP_MAX_S
             if all(tokens[i + c * span:i + (c + 1) * span] == first for c in range(1, copies)):
                 best = i + span
                 break
-    return None if best is None else words[best][0]
+    at = None if best is None else words[best][0]
+    return min((x for x in (at, best_chars) if x is not None), default=None)
 
 
 def content_words(text: str) -> list[str]:

@@ -478,7 +478,11 @@ class AnswerStream:
         for s in sentences:
             check = self._check(s)
             checks.append(check)
-            out.append((s.end, buf[emitted:s.end] + ("" if check.supported else UNSUPPORTED_MARK)))
+            segment = buf[emitted:s.end]
+            if not check.supported:  # the mark goes after the sentence, before the line break ending it
+                body = segment.rstrip()
+                segment = body + UNSUPPORTED_MARK + segment[len(body):]
+            out.append((s.end, segment))
             emitted = s.end
         if final and emitted < len(buf):
             out.append((len(buf), buf[emitted:]))

@@ -3,8 +3,9 @@ answer's own tokens only.
 
 ``transformers`` has both (``no_repeat_ngram_size``, ``repetition_penalty``), but they count the prompt too,
 so they would stop an answer from quoting its sources, which is what a grounded answer does. Here only the
-generated tokens count, and citation tokens (``[``, ``]``, digits) are exempt, so ``.[1] ... .[1]`` stays
-possible. ``banned_next`` is the pure rule; ``RepetitionLogitsProcessor`` applies it in ``generate``.
+generated tokens count, and citation brackets are exempt (every n-gram spanning a citation holds one), so
+``.[1] ... .[1]`` stays possible; digits are spared the penalty, not the n-gram ban. ``banned_next`` is the
+pure rule; ``RepetitionLogitsProcessor`` applies it in ``generate``.
 """
 
 from __future__ import annotations
@@ -39,13 +40,16 @@ def penalize(score: float, penalty: float) -> float:
 class RepetitionLogitsProcessor:
     """A ``transformers`` LogitsProcessor: penalise tokens the answer already used (``penalty`` > 1) and ban
     tokens completing a repeated n-gram (``ngram`` >= 2), counting only tokens after ``prompt_len`` and
-    leaving ``exempt`` tokens alone."""
+    leaving ``exempt`` tokens alone; ``unpenalized`` tokens are only spared the penalty (digits: a source
+    number cited twice is not a repeat, but "000000" is)."""
 
-    def __init__(self, prompt_len: int, ngram: int, penalty: float, exempt: Collection[int] = ()) -> None:
+    def __init__(self, prompt_len: int, ngram: int, penalty: float, exempt: Collection[int] = (),
+                 unpenalized: Collection[int] = ()) -> None:
         self.prompt_len = prompt_len
         self.ngram = ngram
         self.penalty = penalty
         self.exempt = frozenset(exempt)
+        self.unpenalized = self.exempt | frozenset(unpenalized)
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
         import torch
@@ -54,7 +58,7 @@ class RepetitionLogitsProcessor:
         for row in range(input_ids.shape[0]):
             ids = input_ids[row, self.prompt_len:].tolist()
             if self.penalty != 1.0:
-                used = sorted(set(ids) - self.exempt)
+                used = sorted(set(ids) - self.unpenalized)
                 if used:
                     picked = scores[row, used]
                     scores[row, used] = torch.where(picked > 0, picked / self.penalty, picked * self.penalty)

@@ -295,9 +295,9 @@ class TransformersLocalGenerator(Generator):
         processors: list[Any] = []
         if self.no_repeat_ngram_size >= 2 or self.repetition_penalty != 1.0:
             rules = self.citation_rules()
-            exempt = {rules.open_bare, rules.open_spaced, rules.close, *rules.digit_ids, *rules.eos_ids}
+            exempt = {rules.open_bare, rules.open_spaced, rules.close, *rules.eos_ids}
             processors.append(RepetitionLogitsProcessor(prompt_len, self.no_repeat_ngram_size,
-                                                        self.repetition_penalty, exempt))
+                                                        self.repetition_penalty, exempt, rules.digit_ids))
         if sources > 0:
             def decode(ids: list[int]) -> str:
                 return str(self.tokenizer.decode(ids, skip_special_tokens=True))

@@ -43,6 +43,8 @@ def test_split_sentences_does_not_cut_file_names_or_versions() -> None:
     ("very very good", None),  # under LOOP_MIN_WORDS
     ("a b a b a b", 4),
     ("Yes. Yes. No", None),  # one-word sentences never count
+    ("id sql_2023 -1" + "0" * 40, 15),  # one character, over and over, inside a word
+    ("a rule: " + "-" * 20, None),
 ])
 def test_find_loop(text: str, cut: int | None) -> None:
     assert find_loop(text) == cut

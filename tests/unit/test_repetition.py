@@ -33,6 +33,8 @@ def test_the_processor_counts_only_tokens_after_the_prompt() -> None:
     ids = torch.tensor([[4, 5, 6, 1, 2, 1]])  # prompt 4 5 6; answer 1 2 1 -> "1 2" seen: 2 banned
     scores = torch.tensor([[1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]])
     out = proc(ids, scores.clone())[0]
+    spared = RepetitionLogitsProcessor(prompt_len=3, ngram=0, penalty=2.0, unpenalized={1})(ids, scores.clone())[0]
+    assert spared[1] == 1.0 and spared[2] == 0.5
     assert out[2] == torch.finfo(out.dtype).min
     assert out[1] == 0.5  # used in the answer: penalised
     assert out[4] == out[5] == out[6] == 1.0  # only in the prompt: free to quote
