@@ -24,6 +24,15 @@ from esrag.cli.common import (
 @generation_options
 @setting_option("rag_k", "-k", metavar="N",
                 help="Passages retrieved for the prompt (fewer if they do not fit). [default: 5]")
+@setting_option("no_repeat_ngram_size", "--no-repeat-ngram", metavar="N",
+                help="transformers_local: never repeat a run of N of the answer's own tokens; 0 is off. [default: 4]")
+@setting_option("repetition_penalty", "--repetition-penalty", metavar="P",
+                help="transformers_local: penalty on tokens the answer already used; 1.0 is off. [default: 1.1]")
+@setting_option("stop_on_loop", "--stop-on-loop/--no-stop-on-loop", default=None,
+                help="Cut the answer where it starts repeating itself, and say so. [default: on]")
+@setting_option("support_threshold", "--support-threshold", metavar="S",
+                help="A sentence is supported when the passage it cites scores at least S (0..1); unsupported "
+                     "ones are marked [unsupported]. [default: 0.5]")
 @retrieval_options
 @click.option("--stream/--no-stream", default=True, help="Print the answer as it is generated. [default: stream]")
 @click.option("--json", "as_json", is_flag=True,
@@ -36,8 +45,11 @@ def ask(question: str, filters: tuple[str, ...], stream: bool, as_json: bool, **
     """Answer QUESTION from the indexed documents, citing them as [n].
 
     Retrieves the top -k passages (hybrid search, same options as `esrag search`), fits as many as the
-    model's context allows (best first), and asks the LLM to answer only from them. Cited sources are listed
-    after the answer. When nothing relevant is found the LLM is not called.
+    model's context allows (best first), and asks the LLM to answer only from them. Each sentence is checked
+    against the passage it cites: one that passage does not support is marked [unsupported], and a note
+    after the answer says how many. An answer that starts repeating itself is cut there, and says so. Cited
+    sources are listed after the answer, then the timings (model load, retrieval, first token,
+    generation). When nothing relevant is found the LLM is not called.
 
     \b
     Examples:
@@ -45,6 +57,7 @@ def ask(question: str, filters: tuple[str, ...], stream: bool, as_json: bool, **
       esrag ask "what is BM25?" --llm-url http://localhost:8080          # TGI / vLLM / llama.cpp
       esrag ask "what is BM25?" --llm-model HuggingFaceH4/zephyr-7b-beta  # local, 4-bit on a GPU
       esrag ask "error 137" --generator none -k 8                         # just show the passages
+      esrag ask "which privileges?" --generator extractive                # no LLM: quote the passages
       esrag ask "..." --json | jq .citations
     """
     from esrag.errors import GeneratorError
