@@ -76,3 +76,15 @@ def test_the_generator_quotes_without_an_embedder() -> None:
     assert text.startswith("esrag needs, on its indices, the privileges")
     assert text.endswith("`delete`.[1]")
     assert "".join(g.stream(messages)) == ""
+
+
+def test_two_threads_answer_at_once_with_one_generator() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    g = ExtractiveGenerator(Settings())
+    sky = ["The sky is blue because air scatters blue light. Grass is green in spring."]
+    asks = [("Which privileges does esrag need?", [OPS]), ("Why is the sky blue?", sky)] * 20
+    alone = ["".join(g.stream([], sources=1, passage_texts=p, question=q)) for q, p in asks]
+    with ThreadPoolExecutor(2) as pool:
+        both = list(pool.map(lambda a: "".join(g.stream([], sources=1, passage_texts=a[1], question=a[0])), asks))
+    assert both == alone and alone[1].startswith("The sky is blue")

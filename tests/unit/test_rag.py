@@ -334,3 +334,22 @@ def test_generators_that_constrain_citations_get_the_number_of_sources() -> None
     plain = ScriptedGenerator(["Paris."])  # takes no ``sources`` argument: never given one
     assert not pipeline([hit(1)], plain).ask("q").constrained_citations and len(plain.calls) == 1
     assert not pipeline([], ConstrainingGenerator(["x"])).ask("q").constrained_citations  # no context
+
+
+def test_a_generators_load_time_is_reported_by_its_first_answer_only_even_from_two_threads() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    gen = ScriptedGenerator(["Paris is nice."])
+    gen.load_seconds = 2.5  # type: ignore[attr-defined]
+    gen.loaded_from_cache = False  # type: ignore[attr-defined]
+    p = pipeline([hit(1, "Paris is nice.")], gen)
+    with ThreadPoolExecutor(2) as pool:
+        loads = [s.answer.timings for s in pool.map(lambda _: _consumed(p.stream("q")), range(8))]
+    assert sorted(t.model_load_ms for t in loads) == [0.0] * 7 + [2500.0]
+    assert [t.model_converted for t in loads].count(True) == 1
+
+
+def _consumed(stream: Any) -> Any:
+    for _ in stream:
+        pass
+    return stream
