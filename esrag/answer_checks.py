@@ -104,12 +104,13 @@ def normalize(sentence: str) -> str:
 
 
 def repeated_sentences(text: str) -> int:
-    """How many sentences of ``text`` repeat an earlier one (after ``normalize``)."""
+    """How many sentences of ``text`` repeat an earlier one (after ``normalize``); as in ``find_loop``,
+    sentences of fewer than 2 words (``Yes.``, a code fence) do not count."""
     seen: set[str] = set()
     repeats = 0
     for s in split_sentences(text):
         key = normalize(s.text)
-        if not key:
+        if len(key.split()) < 2:
             continue
         if key in seen:
             repeats += 1

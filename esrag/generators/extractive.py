@@ -4,7 +4,7 @@ the question, each followed by the ``[n]`` of the passage it was taken from.
 How sentences are picked (``select_sentences``, pure):
 
 1. the passages are cut into sentences (``candidate_sentences``: prose and list items, wrapped lines
-   joined; headings, code, tables, and fragments that cannot stand alone (``quotable``) are left out);
+   joined, table rows as one each; headings, code, and fragments that cannot stand alone (``quotable``) are left out);
 2. each sentence's relevance is the mean of its cosine to the question (with the retrieval embedder, when
    the pipeline hands one over; see ``Generator.wants_embedder``) and the share of the question's content
    words it contains; without an embedder, the share alone. A small bonus for the passage's rank keeps ties
@@ -32,7 +32,7 @@ from esrag.answer_checks import content_words, split_sentences
 from esrag.config import Settings
 from esrag.generators.base import Generator, Message
 
-MAX_SENTENCES = 3
+MAX_SENTENCES = 4
 LAMBDA = 0.7
 MIN_WORDS = 4
 MIN_RELEVANCE = 0.25
@@ -83,8 +83,8 @@ def quotable(sentence: str) -> bool:
 
 
 def paragraphs(text: str) -> list[str]:
-    """The prose of a markdown text as one string per paragraph or list item, hard-wrapped lines joined;
-    headings, code blocks and tables left out."""
+    """The prose of a markdown text as one string per paragraph, list item or table row, hard-wrapped
+    lines joined; headings, code blocks and table rules left out."""
     out: list[str] = []
     current: list[str] = []
     in_code = False
@@ -100,8 +100,12 @@ def paragraphs(text: str) -> list[str]:
             in_code = not in_code
             flush()
             continue
-        if in_code or not stripped or _SKIP_RE.match(line) or stripped.startswith("|"):
+        if in_code or not stripped or _SKIP_RE.match(line):
             flush()
+            continue
+        if stripped.startswith("|"):  # a table row is one candidate: its cells, outer pipes dropped
+            flush()
+            out.append(stripped.strip("|").strip())
             continue
         if _LIST_RE.match(line):
             flush()
@@ -157,7 +161,7 @@ def format_answer(sentences: Sequence[Candidate]) -> str:
     """``sentence.[n] sentence.[m]``: each quoted sentence, ended if it was not, with its citation."""
     parts = []
     for c in sentences:
-        text = c.text if c.text[-1:] in ".!?" else c.text + "."
+        text = c.text if c.text[-1:] in ".!?" else c.text.rstrip(";,") + "."
         parts.append(f"{text}[{c.n}]")
     return " ".join(parts)
 

@@ -57,6 +57,7 @@ def test_a_sentence_still_being_written_is_not_a_repeat_yet() -> None:
 
 def test_repeated_sentences_counts_repeats_after_the_first() -> None:
     assert repeated_sentences("A b c.[1] A b c.[2] a B c! D e.") == 2
+    assert repeated_sentences("```bash\nx y\n```bash\nz w") == 0  # one-word lines do not count
     assert repeated_sentences("") == 0
 
 

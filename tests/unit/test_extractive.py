@@ -34,6 +34,7 @@ def test_paragraphs_join_wrapped_lines_and_skip_headings_code_and_tables() -> No
     assert paragraphs(OPS) == [
         "esrag needs, on its indices, the privileges `create_index`, `manage` (for aliases), `read`, `write` "
         "and `delete`. Use an API key.",
+        "flag | meaning",
         "Set `ESRAG_ES_URL` to the cluster URL so that esrag connects to it.",
         "The list below:",
     ]
@@ -66,7 +67,7 @@ def test_nothing_quotable_gives_nothing() -> None:
 
 
 def test_format_answer_ends_each_sentence_and_cites_it() -> None:
-    assert format_answer([Candidate(2, "A b c d."), Candidate(1, "E f g h")]) == "A b c d.[2] E f g h.[1]"
+    assert format_answer([Candidate(2, "A b c d."), Candidate(1, "E f g h;")]) == "A b c d.[2] E f g h.[1]"
 
 
 def test_the_generator_quotes_without_an_embedder() -> None:
