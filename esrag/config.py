@@ -143,6 +143,13 @@ class GenerationSettings(BaseModel):
     rag_k: int = Field(5, ge=1)
     # generators that decode in-process make every sentence cite a source (esrag/generators/citations.py)
     force_citations: bool = True
+    # in-process decoding: ban repeating an n-gram of the answer's own tokens (0: off), penalise reused tokens
+    no_repeat_ngram_size: int = Field(4, ge=0)
+    repetition_penalty: float = Field(1.1, ge=1.0, allow_inf_nan=False)
+    # cut an answer where it starts repeating itself (esrag/answer_checks.py find_loop)
+    stop_on_loop: bool = True
+    # a cited sentence is supported when its score against the cited passage reaches this (0..1)
+    support_threshold: float = Field(0.5, ge=0.0, le=1.0)
 
 
 class Settings(GenerationSettings, RetrievalSettings, ChunkingSettings, EmbeddingSettings, ElasticsearchSettings,

@@ -20,12 +20,15 @@ the answer says so and the LLM is not called.
 from __future__ import annotations
 
 import re
+import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from collections.abc import Generator as PyGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
+from esrag.answer_checks import SentenceCheck, check_sentence, find_loop, split_sentences
 from esrag.config import Settings
 from esrag.errors import ConfigError
 from esrag.generators.base import Generator, Message
@@ -50,6 +53,11 @@ EXACT_MARGIN_TOKENS = 16
 #: ...and the fraction of the window kept free when it only estimates.
 ESTIMATE_MARGIN = 0.10
 PASSAGE_SEPARATOR = "\n\n"
+#: printed (and streamed) after a sentence that no source it cites supports
+UNSUPPORTED_MARK = " [unsupported]"
+CUT_NOTE = "The answer was cut where it started repeating itself."
+NOT_SUPPORTED_NOTE = ("The model's text is not supported by the sources: none of its sentences is backed by the "
+                      "passage it cites. Read the sources below instead.")
 TRUNCATION_MARK = " …"
 
 _CITATION_RE = re.compile(r"\[(\s*\d+\s*(?:[,;–-]\s*\d+\s*)*)\]")
@@ -94,11 +102,15 @@ class Citation:
 class Timings:
     """Milliseconds, measured with ``time.perf_counter``.
 
-    ``retrieval_ms``: embed + store + fuse. ``ttft_ms``: from handing the prompt to the generator to its
-    first non-empty piece of text (None when nothing was generated). ``generation_ms``: the whole generator
-    call. ``total_ms``: the whole ask, retrieval included. ``tokens``: answer tokens as the backend counted
-    them (else the generator's tokenizer or estimate). ``tokens_per_s``: ``tokens`` over ``generation_ms``
-    (prompt processing included), None when nothing was generated.
+    ``model_load_ms``: loading the generator's model (reported by the first answer of that generator object
+    only; 0 after, and for generators without a model); ``model_converted``: that load converted the model
+    first (a GGUF file on first use). ``embedder_load_ms``: loading the retrieval embedder, when this answer
+    loaded it. ``retrieval_ms``: embed + store + fuse (the embedder's load excluded). ``ttft_ms``: from
+    handing the prompt to the generator to its first non-empty piece of text (None when nothing was
+    generated). ``generation_ms``: the whole generator call. ``total_ms``: the whole ask, retrieval included,
+    model loads excluded. ``tokens``: answer tokens as the backend counted them (else the generator's
+    tokenizer or estimate). ``tokens_per_s``: ``tokens`` over ``generation_ms`` (prompt processing included),
+    None when nothing was generated.
     """
 
     retrieval_ms: float = 0.0
@@ -108,9 +120,14 @@ class Timings:
     tokens: int = 0
     tokens_per_s: float | None = None
     prompt_tokens: int = 0
+    model_load_ms: float = 0.0
+    model_converted: bool = False
+    embedder_load_ms: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"retrieval_ms": self.retrieval_ms, "ttft_ms": self.ttft_ms, "generation_ms": self.generation_ms,
+        return {"model_load_ms": self.model_load_ms, "model_converted": self.model_converted,
+                "embedder_load_ms": self.embedder_load_ms, "retrieval_ms": self.retrieval_ms,
+                "ttft_ms": self.ttft_ms, "generation_ms": self.generation_ms,
                 "total_ms": self.total_ms, "tokens": self.tokens, "tokens_per_s": self.tokens_per_s,
                 "prompt_tokens": self.prompt_tokens}
 
@@ -124,6 +141,12 @@ class Answer:
     fitted into the prompt. ``no_context`` is True when nothing relevant was retrieved and the LLM was not
     called. ``generator`` is None for retrieval only (``--generator none``). ``constrained_citations`` is True
     when the generator's decoding made every sentence cite a source (the model chose which).
+
+    ``sentences``: every sentence of ``text`` checked against the sources (``esrag.answer_checks``): cited
+    source, support score, supported. ``cut``: why the text was cut short (``"loop"``: it started repeating
+    itself), else None. ``notes``: what the reader must know about the answer (cut, unsupported sentences),
+    as sentences to print after it. ``display_text``: ``text`` with ``UNSUPPORTED_MARK`` after each
+    unsupported sentence, as streamed.
     """
 
     question: str
@@ -137,10 +160,20 @@ class Answer:
     generator: str | None = None
     model: str | None = None
     constrained_citations: bool = False
+    sentences: list[SentenceCheck] = field(default_factory=list)
+    cut: str | None = None
+    notes: list[str] = field(default_factory=list)
+    display_text: str = ""
+
+    @property
+    def unsupported(self) -> list[SentenceCheck]:
+        return [s for s in self.sentences if not s.supported]
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "question": self.question, "answer": self.text, "no_context": self.no_context,
+            "question": self.question, "answer": self.text, "no_context": self.no_context, "cut": self.cut,
+            "notes": self.notes, "sentences": [s.to_dict() for s in self.sentences],
+            "unsupported_sentences": len(self.unsupported),
             "generator": self.generator, "model": self.model,
             "constrained_citations": self.constrained_citations,
             "citations": [c.to_dict() for c in self.citations], "invalid_citations": self.invalid_citations,
@@ -303,6 +336,10 @@ class AnswerStream:
         started: float,
         retrieval_ms: float,
         force_citations: bool = False,
+        embedder: Any = None,
+        support_threshold: float = 0.5,
+        stop_on_loop: bool = True,
+        loads: dict[str, Any] | None = None,
     ) -> None:
         self.question = question
         self.generator = generator
@@ -314,6 +351,11 @@ class AnswerStream:
         self.constrained = bool(force_citations and generator is not None
                                 and getattr(generator, "constrains_citations", False) and prepared.passages)
         self._answer: Answer | None = None
+        self._embedder = embedder
+        self._passage_vectors: Any = None
+        self._threshold = support_threshold
+        self._stop_on_loop = stop_on_loop
+        self._loads = loads or {}
         self._pieces = self._run()
 
     @property
@@ -337,14 +379,38 @@ class AnswerStream:
         self._pieces.close()
 
     def _finish(self, text: str, timings: Timings, citations: list[Citation] | None = None,
-                invalid: list[int] | None = None) -> None:
+                invalid: list[int] | None = None, checks: list[SentenceCheck] | None = None,
+                cut: str | None = None, display: str | None = None) -> None:
         g = self.generator
+        checks = checks or []
+        notes = []
+        if cut == "loop":
+            notes.append(CUT_NOTE)
+        bad = [c for c in checks if not c.supported]
+        if checks and len(bad) == len(checks):
+            notes.append(NOT_SUPPORTED_NOTE)
+        elif bad:
+            notes.append(f"{len(bad)} of {len(checks)} sentences are not supported by the sources they cite "
+                         f"(marked{UNSUPPORTED_MARK}).")
         self._answer = Answer(
             question=self.question, text=text, citations=citations or [], invalid_citations=invalid or [],
             passages=self.prepared.passages, retrieved=self.retrieved, timings=timings,
             no_context=not self.relevant, generator=g.name if g is not None else None,
             model=g.model if g is not None else None, constrained_citations=self.constrained,
+            sentences=checks, cut=cut, notes=notes, display_text=text if display is None else display,
         )
+
+    def _check(self, sentence: Any) -> SentenceCheck:
+        texts = [p.text for p in self.prepared.passages]
+        check = check_sentence(sentence, texts, self._threshold)
+        if check.supported or self._embedder is None:  # a cosine can only raise the score: not needed
+            return check
+        cosines = None
+        if self._embedder is not None:
+            if self._passage_vectors is None:
+                self._passage_vectors = self._embedder.embed_documents(texts)
+            cosines = [float(x) for x in self._passage_vectors @ self._embedder.embed_query(sentence.text)]
+        return check_sentence(sentence, texts, self._threshold, cosines)
 
     def _run(self) -> PyGenerator[str, None, None]:
         g = self.generator
@@ -353,20 +419,41 @@ class AnswerStream:
             if text:
                 yield text
             total_ms = (time.perf_counter() - self._started) * 1e3
-            self._finish(text, Timings(retrieval_ms=self._retrieval_ms, total_ms=total_ms))
+            self._finish(text, Timings(retrieval_ms=self._retrieval_ms, total_ms=total_ms, **self._loads))
             return
-        parts: list[str] = []
+        buf, emitted, cut = "", 0, None
+        checks: list[SentenceCheck] = []
+        shown: list[str] = []
         ttft_ms: float | None = None
         t_gen = time.perf_counter()
-        pieces = (g.stream(self.prepared.messages, sources=len(self.prepared.passages))  # type: ignore[call-arg]
-                  if self.constrained else g.stream(self.prepared.messages))
-        for piece in pieces:
-            if ttft_ms is None and piece:
-                ttft_ms = (time.perf_counter() - t_gen) * 1e3
-            parts.append(piece)
-            yield piece
+        if self.constrained:
+            pieces = g.stream(self.prepared.messages, sources=len(self.prepared.passages),  # type: ignore[call-arg]
+                              passage_texts=[p.text for p in self.prepared.passages], question=self.question)
+        else:
+            pieces = g.stream(self.prepared.messages)
+        try:
+            for piece in pieces:
+                if ttft_ms is None and piece:
+                    ttft_ms = (time.perf_counter() - t_gen) * 1e3
+                buf += piece
+                if self._stop_on_loop and (at := find_loop(buf)) is not None:
+                    buf, cut = buf[:at].rstrip(), "loop"
+                    break
+                # sentences before the last one are complete: check them and let them out
+                for out in self._release(buf, emitted, checks, final=False):
+                    emitted, text = out
+                    shown.append(text)
+                    yield text
+        finally:
+            close = getattr(pieces, "close", None)
+            if close is not None:
+                close()
+        for out in self._release(buf, emitted, checks, final=True):
+            emitted, text = out
+            shown.append(text)
+            yield text
         t_end = time.perf_counter()
-        text = "".join(parts)
+        text = buf
         tokens = g.last_completion_tokens if g.last_completion_tokens is not None else g.count_tokens(text)
         generation_ms = (t_end - t_gen) * 1e3
         valid, invalid = parse_citations(text, len(self.prepared.passages))
@@ -374,9 +461,32 @@ class AnswerStream:
             retrieval_ms=self._retrieval_ms, ttft_ms=ttft_ms, generation_ms=generation_ms,
             total_ms=(time.perf_counter() - self._started) * 1e3, tokens=tokens,
             tokens_per_s=tokens / (generation_ms / 1e3) if tokens and generation_ms > 0 else None,
-            prompt_tokens=self.prepared.prompt_tokens,
+            prompt_tokens=self.prepared.prompt_tokens, **self._loads,
         )
-        self._finish(text, timings, resolve_citations(valid, self.prepared.passages), invalid)
+        self._finish(text, timings, resolve_citations(valid, self.prepared.passages), invalid, checks, cut,
+                     "".join(shown))
+
+    def _release(self, buf: str, emitted: int, checks: list[SentenceCheck], final: bool
+                 ) -> list[tuple[int, str]]:
+        """The text after ``emitted`` that can be shown now, sentence by sentence, each followed by
+        ``UNSUPPORTED_MARK`` when the check fails (and appended to ``checks``): complete sentences only,
+        unless ``final``. Returns (new emitted offset, text) pairs."""
+        sentences = [s for s in split_sentences(buf) if s.end > emitted]
+        if not final:
+            sentences = sentences[:-1]
+        out = []
+        for s in sentences:
+            check = self._check(s)
+            checks.append(check)
+            segment = buf[emitted:s.end]
+            if not check.supported:  # the mark goes after the sentence, before the line break ending it
+                body = segment.rstrip()
+                segment = body + UNSUPPORTED_MARK + segment[len(body):]
+            out.append((s.end, segment))
+            emitted = s.end
+        if final and emitted < len(buf):
+            out.append((len(buf), buf[emitted:]))
+        return out
 
 
 class RagPipeline:
@@ -422,14 +532,29 @@ class RagPipeline:
         return Prepared(messages, passages, budget, g.count_prompt_tokens(messages))
 
     def stream(self, question: str, **search_kwargs: Any) -> AnswerStream:
-        """Retrieve and build the prompt now (errors surface here); generate as the stream is iterated."""
+        """Retrieve and build the prompt now (errors surface here); generate as the stream is iterated.
+
+        Sentences are checked against the passages they cite (with the retrieval embedder's cosine when
+        retrieval has one) and streamed once complete; with ``settings.stop_on_loop`` the answer is cut where
+        it starts repeating itself."""
+        loads: dict[str, Any] = {}
+        embedder = getattr(self.searcher, "embedder", None)
+        if embedder is not None and not getattr(embedder, "loaded", True) and search_kwargs.get(
+                "mode", self.settings.mode) != "bm25":
+            t0 = time.perf_counter()
+            embedder.get()  # type: ignore[attr-defined]  # a LazyEmbedder: load it outside retrieval's time
+            loads["embedder_load_ms"] = (time.perf_counter() - t0) * 1e3
+        loads.update(_model_load(self.generator))
         started = time.perf_counter()
         hits = self.retrieve(question, **search_kwargs)
         retrieval_ms = (time.perf_counter() - started) * 1e3
         relevant = is_relevant(hits, self.settings.min_score)
         prepared = self.prepare(question, hits if relevant else [])
+        checker = embedder if embedder is not None and getattr(embedder, "loaded", True) else None
         return AnswerStream(question, self.generator, prepared, list(hits), relevant, started, retrieval_ms,
-                            force_citations=self.settings.force_citations)
+                            force_citations=self.settings.force_citations, embedder=checker,
+                            support_threshold=self.settings.support_threshold,
+                            stop_on_loop=self.settings.stop_on_loop, loads=loads)
 
     def ask(self, question: str, **search_kwargs: Any) -> Answer:
         """The whole Answer (streamed internally, so ``ttft_ms`` is measured too)."""
@@ -437,3 +562,24 @@ class RagPipeline:
         for _ in stream:
             pass
         return stream.answer
+
+
+_load_reported: weakref.WeakSet[Any] = weakref.WeakSet()
+_load_lock = threading.Lock()
+
+
+def _model_load(generator: Generator | None) -> dict[str, Any]:
+    """The generator's load time and whether it converted its model, for the first answer it gives only."""
+    if generator is None:
+        return {}
+    with _load_lock:
+        if generator in _load_reported:
+            return {}
+        try:
+            _load_reported.add(generator)
+        except TypeError:  # not weakly referenceable: report nothing rather than a stale figure forever
+            return {}
+    seconds = getattr(generator, "load_seconds", None)
+    converted = getattr(generator, "loaded_from_cache", None) is False
+    return {"model_load_ms": seconds * 1e3 if isinstance(seconds, (int, float)) else 0.0,
+            "model_converted": converted}

@@ -24,18 +24,32 @@ from esrag.cli.common import (
 @generation_options
 @setting_option("rag_k", "-k", metavar="N",
                 help="Passages retrieved for the prompt (fewer if they do not fit). [default: 5]")
+@setting_option("no_repeat_ngram_size", "--no-repeat-ngram", metavar="N",
+                help="transformers_local: never repeat a run of N of the answer's own tokens; 0 is off. [default: 4]")
+@setting_option("repetition_penalty", "--repetition-penalty", metavar="P",
+                help="transformers_local: penalty on tokens the answer already used; 1.0 is off. [default: 1.1]")
+@setting_option("stop_on_loop", "--stop-on-loop/--no-stop-on-loop", default=None,
+                help="Cut the answer where it starts repeating itself, and say so. [default: on]")
+@setting_option("support_threshold", "--support-threshold", metavar="S",
+                help="A sentence is supported when the passage it cites scores at least S (0..1); unsupported "
+                     "ones are marked [unsupported]. [default: 0.5]")
 @retrieval_options
 @click.option("--stream/--no-stream", default=True, help="Print the answer as it is generated. [default: stream]")
 @click.option("--json", "as_json", is_flag=True,
-              help="Print one JSON object: answer, citations (doc_id, source, chunk_id), passages, timings.")
+              help="Print one JSON object: answer, citations (doc_id, source, chunk_id), sentences (cited "
+                   "source, support score, supported), cut, notes, passages, timings (model load, retrieval, "
+                   "first token, generation).")
 @store_options
 @model_options
 def ask(question: str, filters: tuple[str, ...], stream: bool, as_json: bool, **opts: Any) -> None:
     """Answer QUESTION from the indexed documents, citing them as [n].
 
     Retrieves the top -k passages (hybrid search, same options as `esrag search`), fits as many as the
-    model's context allows (best first), and asks the LLM to answer only from them. Cited sources are listed
-    after the answer. When nothing relevant is found the LLM is not called.
+    model's context allows (best first), and asks the LLM to answer only from them. Each sentence is checked
+    against the passage it cites: one that passage does not support is marked [unsupported], and a note
+    after the answer says how many. An answer that starts repeating itself is cut there, and says so. Cited
+    sources are listed after the answer, then the timings (model load, retrieval, first token,
+    generation). When nothing relevant is found the LLM is not called.
 
     \b
     Examples:
@@ -43,6 +57,7 @@ def ask(question: str, filters: tuple[str, ...], stream: bool, as_json: bool, **
       esrag ask "what is BM25?" --llm-url http://localhost:8080          # TGI / vLLM / llama.cpp
       esrag ask "what is BM25?" --llm-model HuggingFaceH4/zephyr-7b-beta  # local, 4-bit on a GPU
       esrag ask "error 137" --generator none -k 8                         # just show the passages
+      esrag ask "which privileges?" --generator extractive                # no LLM: quote the passages
       esrag ask "..." --json | jq .citations
     """
     from esrag.errors import GeneratorError
@@ -72,7 +87,7 @@ def ask(question: str, filters: tuple[str, ...], stream: bool, as_json: bool, **
             click.echo(_json(answer))
             return
         if not printed:
-            click.echo(answer.text, nl=False)
+            click.echo(answer.display_text, nl=False)
         click.echo()
         _print_footer(answer)
 
@@ -107,6 +122,9 @@ def _print_footer(answer: Any) -> None:
 
     if answer.no_context:
         return
+    for note in answer.notes:
+        click.echo()
+        click.secho(f"Note: {note}", fg="yellow")
     sources = format_sources(answer.citations)
     if sources:
         click.echo()
@@ -121,11 +139,20 @@ def _print_footer(answer: Any) -> None:
         click.secho(f"note: the answer cites {numbers}, which match none of the {len(answer.passages)} "
                     "sources given", err=True, fg="yellow")
     t = answer.timings
-    parts = [f"retrieval {t.retrieval_ms:.0f} ms"]
+    parts = []
+    if t.model_load_ms:
+        converted = " (first use: converted the model once)" if t.model_converted else ""
+        parts.append(f"model load {t.model_load_ms / 1e3:.1f} s{converted}")
+    if t.embedder_load_ms:
+        parts.append(f"embedder load {t.embedder_load_ms / 1e3:.1f} s")
+    parts.append(f"retrieval {t.retrieval_ms:.0f} ms")
     if t.ttft_ms is not None:
         parts.append(f"first token {t.ttft_ms:.0f} ms")
+    if t.generation_ms:
+        parts.append(f"generation {t.generation_ms / 1e3:.1f} s")
     if t.tokens:
         rate = f" at {t.tokens_per_s:.1f} tokens/s" if t.tokens_per_s else ""
         parts.append(f"{t.tokens} tokens{rate}")
-    parts.append(f"total {t.total_ms / 1e3:.1f} s")
+    loads = t.model_load_ms + t.embedder_load_ms
+    parts.append(f"total {(t.total_ms + loads) / 1e3:.1f} s")
     click.secho(" · ".join(parts), err=True, dim=True)

@@ -1,8 +1,8 @@
 """The Generator interface: chat messages in, answer text out (streamed or whole).
 
 Implementations are found through the ``esrag.generators`` entry points (``openai_compat``,
-``transformers_local``); each is a callable ``(settings) -> Generator``. Loading a generator may be slow (a
-local model) but constructing one never talks to a server: the first request does.
+``transformers_local``, ``extractive``); each is a callable ``(settings) -> Generator``. Loading a generator
+may be slow (a local model) but constructing one never talks to a server: the first request does.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 #: Context window assumed when a backend cannot tell (a conservative size every current chat model has).
 DEFAULT_CONTEXT_TOKENS = 2048
@@ -59,9 +60,18 @@ class Generator(ABC):
     max_new_tokens: int = 512
     exact_token_counts: bool = False
     last_completion_tokens: int | None = None
-    #: whether ``stream``/``generate`` accept ``sources=n`` and then make every sentence cite one of the n
-    #: numbered sources (by constraining decoding; see esrag/generators/citations.py)
+    #: whether ``stream``/``generate`` accept ``sources=n, passage_texts=[...], question=...`` (the number of
+    #: numbered sources, their texts in order, the question) and then make the sentences they can ground
+    #: cite the sources that support them (by constraining decoding, see esrag/generators/citations.py, or
+    #: by quoting them, see esrag/generators/extractive.py)
     constrains_citations: bool = False
+    #: whether the generator wants the retrieval embedder: the pipeline's owner (esrag.engine) then sets
+    #: ``embedder`` to it (an esrag.embedders.base.Embedder) after construction, before the first answer;
+    #: the generator must work, less well, with ``embedder`` None
+    wants_embedder: bool = False
+    embedder: Any = None
+    #: whether two threads may call ``stream``/``generate`` at once (False: the engine queues answers)
+    concurrent: bool = False
 
     @abstractmethod
     def stream(self, messages: Sequence[Message]) -> Iterator[str]:

@@ -12,7 +12,10 @@ generator that decodes in-process, esrag can make citing part of the decoding in
 * the end of text after an uncited sentence without final punctuation opens `` [`` instead;
 * inside a citation opened this way, only digits that spell a source number 1..n are allowed, then ``]``.
   *Which* source is the model's own choice, by its probabilities over those numbers;
-* a sentence still uncited when the token budget is nearly spent is cited before the budget runs out.
+* a sentence still uncited when the token budget is nearly spent is cited before the budget runs out;
+* given the passages' texts, a citation is forced only onto a sentence that one of them supports
+  (``esrag.answer_checks.support``), and only the numbers of the passages that support it are allowed: the
+  constraint never makes an invented claim look sourced. A sentence no passage supports is left uncited.
 
 Everything else is left to the model, and a citation the model writes by itself counts as the sentence's
 citation. This is what grammar-constrained decoding (llama.cpp grammars, vLLM guided decoding) does, reduced
@@ -23,8 +26,10 @@ and is tested without a model; ``CitationLogitsProcessor`` applies it in ``trans
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
+
+from esrag.answer_checks import DEFAULT_SUPPORT_THRESHOLD, supporters
 
 _CITATION = r"\[\s*\d+(?:\s*[,;–-]\s*\d+)*\s*\]"
 #: a sentence boundary: . ! or ? (optionally followed by citations) then whitespace; or a line break
@@ -62,6 +67,11 @@ class CitationRules:
                 self.end_and_space.setdefault(ids[m.group(1)], []).append(i)
 
     @staticmethod
+    def current_sentence(text: str) -> str:
+        """The text's last sentence (the one being written or just ended)."""
+        return _SENTENCE_SPLIT_RE.split(text)[-1]
+
+    @staticmethod
     def sentence_needs_citation(text: str) -> bool:
         """Whether the text's last sentence holds words but no citation yet."""
         current = _SENTENCE_SPLIT_RE.split(text)[-1]
@@ -78,19 +88,24 @@ class CitationRules:
         return self.open_bare if not text or text[-1].isspace() or text[-1] in ".!?)\"'”’" else self.open_spaced
 
     @staticmethod
-    def number_prefixes(n_sources: int) -> set[str]:
-        return {str(m)[:j] for m in range(1, n_sources + 1) for j in range(1, len(str(m)) + 1)}
+    def number_prefixes(n_sources: int, numbers: Collection[int] | None = None) -> set[str]:
+        """Every prefix of the source numbers 1..n (or of ``numbers``), as digit strings."""
+        pool = range(1, n_sources + 1) if numbers is None else numbers
+        return {str(m)[:j] for m in pool for j in range(1, len(str(m)) + 1)}
 
-    def inside(self, text: str, n_sources: int) -> tuple[list[int], bool] | None:
+    def inside(self, text: str, n_sources: int, numbers: Collection[int] | None = None
+               ) -> tuple[list[int], bool] | None:
         """Inside an opened citation (``text`` ends with ``[`` and digits): the digit tokens that keep a valid
-        source-number prefix, and whether closing is allowed now. None when ``text`` is not in one."""
+        source-number prefix (of 1..n, or of ``numbers`` when given), and whether closing is allowed now. None
+        when ``text`` is not in one."""
         m = _OPEN_DIGITS_RE.search(text)
         if m is None:
             return None
         digits = m.group(1)
-        prefixes = self.number_prefixes(n_sources)
+        prefixes = self.number_prefixes(n_sources, numbers)
         allowed = [i for i, t in self.digit_ids.items() if digits + t in prefixes]
-        can_close = bool(digits) and 1 <= int(digits) <= n_sources
+        valid = range(1, n_sources + 1) if numbers is None else numbers
+        can_close = bool(digits) and int(digits) in valid
         return allowed, can_close
 
     def must_cite_now(self, text: str, tokens_left: int, n_sources: int) -> bool:
@@ -103,15 +118,20 @@ class CitationLogitsProcessor:
     """A ``transformers`` LogitsProcessor applying CitationRules to one ``generate`` call.
 
     ``decode`` turns the generated ids (after ``prompt_len``) into text; ``max_new_tokens`` bounds the
-    answer. State lives in the token sequence itself, except for which ``[`` were opened by the constraint
-    (those are the only ones whose contents are restricted): a bracket the model opens itself, say in code,
-    is left alone.
+    answer. With ``passages`` (the numbered sources' texts, source n at index n-1), a citation is forced
+    only where a passage supports the sentence (score >= ``threshold``), and only to such passages. State
+    lives in the token sequence itself, except for which ``[`` were opened by the constraint (those are the
+    only ones whose contents are restricted): a bracket the model opens itself, say in code, is left alone.
     """
 
     def __init__(self, rules: CitationRules, n_sources: int, prompt_len: int, max_new_tokens: int,
-                 decode: Any) -> None:
+                 decode: Any, passages: Sequence[str] | None = None,
+                 threshold: float = DEFAULT_SUPPORT_THRESHOLD) -> None:
         self.rules = rules
         self.n_sources = n_sources
+        self.passages = list(passages) if passages is not None else None
+        self.threshold = threshold
+        self._allowed: dict[tuple[int, int], list[int] | None] = {}  # (row, position of "[") -> numbers
         self.prompt_len = prompt_len
         self.max_new_tokens = max_new_tokens
         self.decode = decode
@@ -127,7 +147,9 @@ class CitationLogitsProcessor:
             ids = input_ids[row, self.prompt_len:].tolist()
             text = self.decode(ids)
             pos = len(ids)
-            inside = self.rules.inside(text, self.n_sources) if self._open_forced(row, ids) else None
+            opened = self._open_forced(row, ids)
+            inside = None if opened is None else self.rules.inside(text, self.n_sources,
+                                                                   self._allowed.get((row, opened)))
             if inside is not None:
                 digits, can_close = inside
                 keep = digits + ([self.rules.close] if can_close else [])
@@ -138,6 +160,12 @@ class CitationLogitsProcessor:
                 continue
             tokens_left = self.max_new_tokens - pos
             open_id = self.rules.open_id(text)
+            if not self.rules.sentence_needs_citation(text):
+                continue
+            numbers = self._supporting(text)
+            if numbers == []:  # no passage supports this sentence: do not make it look sourced
+                continue
+            self._allowed[(row, pos)] = numbers
             if self.rules.must_cite_now(text, tokens_left, self.n_sources):
                 scores[row] = torch.full_like(scores[row], neg)
                 scores[row, open_id] = 0.0
@@ -162,11 +190,18 @@ class CitationLogitsProcessor:
         scores[row, moved] = torch.finfo(scores.dtype).min
         scores[row, target] = total
 
-    def _open_forced(self, row: int, ids: list[int]) -> bool:
-        """Whether the last ``[`` in the generated ids is one this processor offered (and the model took)."""
+    def _supporting(self, text: str) -> list[int] | None:
+        """The passages supporting the current sentence (None: any source may be cited, no texts given)."""
+        if self.passages is None:
+            return None
+        return supporters(self.rules.current_sentence(text), self.passages, self.threshold)
+
+    def _open_forced(self, row: int, ids: list[int]) -> int | None:
+        """The position of the last ``[`` in the generated ids when this processor offered it (and the model
+        took it); None otherwise."""
         for pos in range(len(ids) - 1, -1, -1):
             if ids[pos] in (self.rules.open_spaced, self.rules.open_bare):
-                return self._opened.get((row, pos)) == ids[pos]
+                return pos if self._opened.get((row, pos)) == ids[pos] else None
             if ids[pos] not in self.rules.digit_ids:
-                return False
-        return False
+                return None
+        return None

@@ -15,6 +15,10 @@ exists, else ``$XDG_CACHE_HOME/esrag``, else ``~/.cache/esrag``. The cache is ke
 and modification time, and written to a temporary directory that is renamed into place, so an interrupted
 first load never leaves a half-written cache.
 
+Repetition (``settings.no_repeat_ngram_size``, ``settings.repetition_penalty``): decoding never repeats an
+n-gram of the answer's own tokens and penalises reusing them (esrag/generators/repetition.py); the prompt's
+tokens do not count, so quoting the sources stays free.
+
 Precision (``settings.quantize``): ``auto`` is 4-bit NF4 (bitsandbytes, double quantisation, bf16 compute, or
 fp16 where bf16 is unsupported) on CUDA and float32 on CPU; ``4bit`` forces NF4 (also on CPU, computing in
 float32); ``none`` is bf16/fp16 on CUDA and float32 on CPU. 4-bit needs ``pip install 'esrag[quant]'``.
@@ -40,6 +44,7 @@ from esrag.devices import pick_device
 from esrag.errors import ConfigError, GeneratorError, MissingDependencyError
 from esrag.generators.base import DEFAULT_CONTEXT_TOKENS, Generator, Message, messages_to_dicts
 from esrag.generators.citations import CitationLogitsProcessor, CitationRules
+from esrag.generators.repetition import RepetitionLogitsProcessor
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +138,9 @@ class TransformersLocalGenerator(Generator):
             require_quantization_deps()
         self.max_new_tokens = settings.max_new_tokens
         self.temperature = settings.temperature
+        self.no_repeat_ngram_size = settings.no_repeat_ngram_size
+        self.repetition_penalty = settings.repetition_penalty
+        self.support_threshold = settings.support_threshold
         self.source = resolve_source(settings.llm_model)
         self.model = self.source.name
         self.cache_root = Path(cache_dir) if cache_dir else default_cache_dir(settings)
@@ -277,18 +285,28 @@ class TransformersLocalGenerator(Generator):
                                      "run with --no-force-citations") from e
         return self._citation_rules
 
-    def _generation_kwargs(self, prompt_len: int = 0, sources: int = 0) -> dict[str, Any]:
+    def _generation_kwargs(self, prompt_len: int = 0, sources: int = 0,
+                           passage_texts: Sequence[str] | None = None) -> dict[str, Any]:
+        from transformers import LogitsProcessorList
+
         sample = self.temperature > 0
         kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "do_sample": sample,
                                   "pad_token_id": self.tokenizer.pad_token_id}
+        processors: list[Any] = []
+        if self.no_repeat_ngram_size >= 2 or self.repetition_penalty != 1.0:
+            rules = self.citation_rules()
+            exempt = {rules.open_bare, rules.open_spaced, rules.close, *rules.eos_ids}
+            processors.append(RepetitionLogitsProcessor(prompt_len, self.no_repeat_ngram_size,
+                                                        self.repetition_penalty, exempt, rules.digit_ids))
         if sources > 0:
-            from transformers import LogitsProcessorList
-
             def decode(ids: list[int]) -> str:
                 return str(self.tokenizer.decode(ids, skip_special_tokens=True))
 
-            kwargs["logits_processor"] = LogitsProcessorList([CitationLogitsProcessor(
-                self.citation_rules(), sources, prompt_len, self.max_new_tokens, decode)])
+            processors.append(CitationLogitsProcessor(
+                self.citation_rules(), sources, prompt_len, self.max_new_tokens, decode,
+                passages=passage_texts, threshold=self.support_threshold))
+        if processors:
+            kwargs["logits_processor"] = LogitsProcessorList(processors)
         if sample:
             kwargs["temperature"] = self.temperature
         else:  # silence "temperature is set but do_sample=False" from models whose config sets them
@@ -297,9 +315,11 @@ class TransformersLocalGenerator(Generator):
 
     # -- generation ------------------------------------------------------------------------------------
 
-    def generate(self, messages: Sequence[Message], sources: int = 0) -> str:
+    def generate(self, messages: Sequence[Message], sources: int = 0, passage_texts: Sequence[str] | None = None,
+                 question: str = "") -> str:
         """The whole answer from one ``model.generate`` call (no streamer thread). ``sources > 0``: every
-        sentence cites one of that many numbered sources (see esrag/generators/citations.py)."""
+        sentence cites one of that many numbered sources (see esrag/generators/citations.py); with
+        ``passage_texts`` (their texts), only a sentence a passage supports, and only such a passage."""
         import torch
 
         self.last_completion_tokens = None
@@ -307,16 +327,17 @@ class TransformersLocalGenerator(Generator):
         prompt_len = int(inputs["input_ids"].shape[1])
         try:
             with torch.inference_mode():
-                out = self._model.generate(**inputs, **self._generation_kwargs(prompt_len, sources))
+                out = self._model.generate(**inputs, **self._generation_kwargs(prompt_len, sources, passage_texts))
         except Exception as e:
             raise GeneratorError(f"local LLM {self.model!r} failed: {type(e).__name__}: {e}") from e
         new = out[0][prompt_len:]
         self.last_completion_tokens = int(new.shape[0])
         return str(self.tokenizer.decode(new, skip_special_tokens=True))
 
-    def stream(self, messages: Sequence[Message], sources: int = 0) -> Iterator[str]:
+    def stream(self, messages: Sequence[Message], sources: int = 0, passage_texts: Sequence[str] | None = None,
+               question: str = "") -> Iterator[str]:
         """Stream word-sized pieces via ``TextIteratorStreamer``, generating in a background thread.
-        ``sources > 0``: every sentence cites one of that many numbered sources.
+        ``sources``/``passage_texts``: as for ``generate``; ``question`` is unused (the prompt holds it).
 
         Closing the iterator early stops the generation at the next token. A failure in the model raises
         GeneratorError with the text produced so far in ``partial``.
@@ -327,7 +348,8 @@ class TransformersLocalGenerator(Generator):
         self.last_completion_tokens = None
         inputs = self._encode(messages)
         prompt_len = int(inputs["input_ids"].shape[1])
-        generation_kwargs = self._generation_kwargs(prompt_len, sources)  # errors surface before the thread
+        # errors surface before the thread
+        generation_kwargs = self._generation_kwargs(prompt_len, sources, passage_texts)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         cancel = threading.Event()
         outcome: dict[str, Any] = {}

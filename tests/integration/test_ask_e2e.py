@@ -158,3 +158,21 @@ def test_ask_with_the_in_process_model(
     free = ask_json(indexed, "--generator", "transformers_local", "--device", "cpu", "--no-force-citations")
     assert not free["constrained_citations"]
     assert all(c["n"] in {p["n"] for p in free["passages"]} for c in free["citations"])
+
+
+def test_extractive_answers_by_quoting_the_passages_with_citations(indexed: list[str]) -> None:
+    out = ask_json(indexed, "--generator", "extractive")
+    assert out["generator"] == "extractive" and not out["no_context"]
+    assert "completed in 1889" in out["answer"]
+    by_n = {p["n"]: p for p in out["passages"]}
+    assert out["citations"] and by_n[out["citations"][0]["n"]]["source"].endswith("paris.md")
+    assert out["sentences"] and all(s["supported"] and s["cites"] for s in out["sentences"])
+    assert out["unsupported_sentences"] == 0 and out["notes"] == [] and out["cut"] is None
+    for s in out["sentences"]:  # each quoted sentence is in the passage it cites
+        assert s["text"].rstrip(".") in " ".join(by_n[s["cites"][0]]["text"].split())
+    t = out["timings"]
+    assert t["model_load_ms"] == 0.0 and not t["model_converted"] and t["ttft_ms"] is not None
+    result = run(["ask", QUESTION, "--generator", "extractive", *indexed])
+    assert result.exit_code == 0, result.output
+    assert "1889" in result.stdout and "\nSources:\n" in result.stdout and "[unsupported]" not in result.stdout
+    assert "paris.md" in result.stdout.partition("\nSources:\n")[2]

@@ -84,9 +84,11 @@ def toy_logits(preferences: list[str]) -> torch.Tensor:
     return scores
 
 
-def run(script: list[list[str]], n_sources: int, max_new_tokens: int = 40) -> str:
+def run(script: list[list[str]], n_sources: int, max_new_tokens: int = 40,
+        passages: list[str] | None = None) -> str:
     """Greedy decoding where step i's logits prefer ``script[i]`` (the last entry repeats)."""
-    proc = CitationLogitsProcessor(rules(), n_sources, prompt_len=2, max_new_tokens=max_new_tokens, decode=decode)
+    proc = CitationLogitsProcessor(rules(), n_sources, prompt_len=2, max_new_tokens=max_new_tokens, decode=decode,
+                                   passages=passages)
     ids = [ID[" The"], ID[" The"]]  # the "prompt"
     for step in range(max_new_tokens):
         scores = toy_logits(script[min(step, len(script) - 1)]).unsqueeze(0)
@@ -171,3 +173,25 @@ def test_no_sources_means_no_constraint() -> None:
 def test_a_vocabulary_without_brackets_is_refused() -> None:
     with pytest.raises(ValueError, match=r"\["):
         CitationRules(["a", "b", "1", "]"], [0])
+
+
+def test_with_passages_only_a_supporting_passage_can_be_cited() -> None:
+    # the model prefers source 1, but only passage 2 says the sky is blue
+    passages = ["Grass is green in spring.", "The sky is blue by day."]
+    text = run([[" sky"], [" is"], [" blue"], ["."], [" grass", "1", "2"], ["1", "2"], ["]"], ["<eos>"]], 2,
+               passages=passages)
+    assert text == " sky is blue.[2]"
+
+
+def test_with_passages_a_sentence_no_passage_supports_is_left_uncited() -> None:
+    passages = ["Grass is green in spring.", "Rust has no garbage collector."]
+    text = run([[" sky"], [" is"], [" blue"], ["."], ["<eos>", "1"], ["<eos>"]], 2, passages=passages)
+    assert text == " sky is blue."
+    assert parse_citations(text, 2) == ([], [])
+
+
+def test_inside_with_numbers_allows_only_those() -> None:
+    r = rules()
+    assert r.inside(" The sky [", 3, [2]) == ([ID["2"]], False)
+    assert r.inside(" The sky [2", 3, [2]) == ([], True)
+    assert r.inside(" The sky [1", 3, [2]) == ([], False)

@@ -12,9 +12,12 @@ from esrag.config import Settings
 from esrag.errors import ConfigError, GeneratorError
 from esrag.generators.base import Generator, Message, estimate_tokens
 from esrag.rag import (
+    CUT_NOTE,
     EXACT_MARGIN_TOKENS,
     NO_CONTEXT_ANSWER,
+    NOT_SUPPORTED_NOTE,
     SYSTEM_PROMPT,
+    UNSUPPORTED_MARK,
     Passage,
     RagPipeline,
     build_messages,
@@ -217,14 +220,36 @@ def test_retrieval_uses_rag_k_by_default_and_passes_search_options_through() -> 
     assert p.searcher.calls[0] == {"query": "q", "k": 3, "alpha": 0.2, "filters": {"lang": ("en",)}}  # type: ignore[attr-defined]
 
 
-def test_stream_yields_pieces_then_exposes_the_answer() -> None:
-    gen = ScriptedGenerator(["a", "b [1]"])
-    stream = pipeline([hit(1)], gen).stream("q")
+def test_stream_yields_checked_sentences_then_exposes_the_answer() -> None:
+    gen = ScriptedGenerator(["Paris is", " nice [1].", " Rome is far.[1] Lyon", " too"])
+    stream = pipeline([hit(1, "Paris is nice, and so is Lyon too.")], gen).stream("q")
     assert [p.n for p in stream.passages] == [1]
     with pytest.raises(RuntimeError):
         _ = stream.answer
-    assert list(stream) == ["a", "b [1]"]
-    assert stream.answer.text == "ab [1]"
+    # a sentence is let out once the next one starts; one its source does not back is marked
+    assert list(stream) == ["Paris is nice [1].", " Rome is far.[1]" + UNSUPPORTED_MARK, " Lyon too"]
+    answer = stream.answer
+    assert answer.text == "Paris is nice [1]. Rome is far.[1] Lyon too"
+    assert answer.display_text == "".join(["Paris is nice [1].", " Rome is far.[1] [unsupported]", " Lyon too"])
+    assert [(s.text, s.cites, s.source, s.supported) for s in answer.sentences] == [
+        ("Paris is nice .", (1,), 1, True), ("Rome is far.", (1,), 1, False), ("Lyon too", (), 1, True)]
+    assert answer.notes == ["1 of 3 sentences are not supported by the sources they cite (marked [unsupported])."]
+    assert answer.to_dict()["unsupported_sentences"] == 1
+
+
+def test_an_answer_that_loops_is_cut_and_says_so() -> None:
+    gen = ScriptedGenerator(["Paris is nice.[1]"] + [" The answer is:"] * 30)
+    answer = pipeline([hit(1, "Paris is nice.")], gen).ask("q")
+    assert answer.text == "Paris is nice.[1] The answer is:"
+    assert answer.cut == "loop" and answer.notes[0] == CUT_NOTE
+    assert answer.to_dict()["cut"] == "loop"
+    kept = pipeline([hit(1, "Paris is nice.")], ScriptedGenerator(["a b c."] * 3), stop_on_loop=False).ask("q")
+    assert kept.text == "a b c.a b c.a b c." and kept.cut is None
+
+
+def test_an_answer_no_source_supports_says_so() -> None:
+    answer = pipeline([hit(1, "Paris is nice.")], ScriptedGenerator(["Rome is far.[1]"])).ask("q")
+    assert answer.notes == [NOT_SUPPORTED_NOTE]
 
 
 def test_no_hits_answers_without_calling_the_llm() -> None:
@@ -278,7 +303,7 @@ def test_generator_failure_propagates_with_the_partial_answer() -> None:
     with pytest.raises(GeneratorError) as info:
         for piece in stream:
             got.append(piece)
-    assert got == ["one ", "two "]
+    assert got == []  # nothing let out: the first sentence had not ended
     assert info.value.partial == "one two "
 
 
@@ -291,8 +316,10 @@ class ConstrainingGenerator(ScriptedGenerator):
         super().__init__(pieces)
         self.sources: list[int] = []
 
-    def stream(self, messages: Sequence[Message], sources: int = 0) -> Iterator[str]:  # type: ignore[override]
+    def stream(self, messages: Sequence[Message], sources: int = 0,  # type: ignore[override]
+               passage_texts: Sequence[str] | None = None, question: str = "") -> Iterator[str]:
         self.sources.append(sources)
+        self.texts = list(passage_texts or [])
         return super().stream(messages)
 
 
@@ -300,9 +327,29 @@ def test_generators_that_constrain_citations_get_the_number_of_sources() -> None
     gen = ConstrainingGenerator(["Paris.[1]"])
     answer = pipeline([hit(1), hit(2)], gen).ask("q")
     assert gen.sources == [2] and answer.constrained_citations and answer.to_dict()["constrained_citations"]
+    assert gen.texts == ["text 1", "text 2"]
     off = ConstrainingGenerator(["Paris."])
     answer = pipeline([hit(1), hit(2)], off, force_citations=False).ask("q")
     assert off.sources == [0] and not answer.constrained_citations
     plain = ScriptedGenerator(["Paris."])  # takes no ``sources`` argument: never given one
     assert not pipeline([hit(1)], plain).ask("q").constrained_citations and len(plain.calls) == 1
     assert not pipeline([], ConstrainingGenerator(["x"])).ask("q").constrained_citations  # no context
+
+
+def test_a_generators_load_time_is_reported_by_its_first_answer_only_even_from_two_threads() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    gen = ScriptedGenerator(["Paris is nice."])
+    gen.load_seconds = 2.5  # type: ignore[attr-defined]
+    gen.loaded_from_cache = False  # type: ignore[attr-defined]
+    p = pipeline([hit(1, "Paris is nice.")], gen)
+    with ThreadPoolExecutor(2) as pool:
+        loads = [s.answer.timings for s in pool.map(lambda _: _consumed(p.stream("q")), range(8))]
+    assert sorted(t.model_load_ms for t in loads) == [0.0] * 7 + [2500.0]
+    assert [t.model_converted for t in loads].count(True) == 1
+
+
+def _consumed(stream: Any) -> Any:
+    for _ in stream:
+        pass
+    return stream
