@@ -11,5 +11,5 @@ echo "==> esrag status"
 .venv/bin/esrag status
 echo '==> esrag search "how does hybrid fusion weight BM25 against kNN?"'
 .venv/bin/esrag search "how does hybrid fusion weight BM25 against kNN?" -k 3
-echo '==> esrag ask "How do I connect esrag to my Elasticsearch cluster?"'
-.venv/bin/esrag ask "How do I connect esrag to my Elasticsearch cluster?" --max-new-tokens 200
+echo '==> esrag ask "Which Elasticsearch privileges does esrag need?"'
+.venv/bin/esrag ask "Which Elasticsearch privileges does esrag need?"

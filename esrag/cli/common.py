@@ -181,7 +181,7 @@ generation_options = stack(
                    help="Generator plugin (see `esrag plugins`): openai_compat (a TGI/vLLM/SGLang/llama.cpp "
                         "server), transformers_local (in-process), extractive (no LLM: the best sentences of "
                         "the passages), none (the passages only). [default: openai_compat when an LLM URL is "
-                        "set, else transformers_local]"),
+                        "set, else extractive]"),
     setting_option("llm_url", "--llm-url", metavar="URL",
                    help="OpenAI-compatible server, e.g. http://localhost:8080 (implies --generator openai_compat). "
                         "API key from ESRAG_LLM_API_KEY."),
