@@ -87,6 +87,8 @@ class ElasticsearchSettings(BaseModel):
     es_verify_certs: bool = True
     es_timeout: float = Field(30.0, gt=0)
     es_connect_timeout: float = Field(5.0, gt=0)
+    # how long writes keep retrying 429/502/503/504 and connection errors without progress, in seconds
+    es_retry_seconds: float = Field(60.0, ge=0)
     index_options: IndexOptions = "int8_hnsw"
     similarity: Similarity = "cosine"
     analyzer: str = "standard"

@@ -12,154 +12,89 @@ checks the server with a short timeout (``es_connect_timeout``) so a wrong URL f
 
 from __future__ import annotations
 
-import inspect
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
-from elastic_transport import ConnectionError as TransportConnectionError
-from elastic_transport import ConnectionTimeout, SerializationError, TlsError, TransportError
-from elasticsearch import (
-    ApiError,
-    AuthenticationException,
-    AuthorizationException,
-    Elasticsearch,
-    UnsupportedProductError,
-    helpers,
-)
+from elastic_transport import TransportError
+from elasticsearch import ApiError, Elasticsearch
 
 from esrag.config import Settings
 from esrag.errors import (
-    ConfigError,
+    BulkWriteError,
     CorruptStoreError,
     EsragError,
     IndexNotFoundError,
     ModelMismatchError,
-    StoreConnectionError,
     StoreError,
 )
+from esrag.redact import redact_url
 from esrag.stores import es_queries as q
+from esrag.stores.es_bulk import BulkStats, BulkWriter
+from esrag.stores.es_client import (
+    DEFAULT_RETRY_SECONDS,
+    ErrorTranslator,
+    RetryPolicy,
+    check_server,
+    error_reason,
+    error_type,
+    make_client,
+    resolve_connection,
+)
 from esrag.types import (
     ChunkRef,
     Counts,
+    DocRef,
     EmbeddedChunk,
     IndexMeta,
     ScoredChunk,
     SearchRequest,
     SearchResponse,
-    WriteError,
     WriteResult,
 )
 
+__all__ = ["ElasticsearchStore", "redact_url"]
+
 #: Suffix of the concrete index created behind the alias.
 CONCRETE_SUFFIX = "-v1"
-#: Bulk: documents per request, attempts for items rejected with these statuses, backoff in seconds.
-BULK_CHUNK_SIZE = 500
-BULK_MAX_RETRIES = 3
-BULK_RETRY_STATUSES = (429, 500, 502, 503, 504)
-BULK_INITIAL_BACKOFF_S = 1.0
-BULK_MAX_BACKOFF_S = 30.0
-#: ``streaming_bulk`` retries statuses other than 429 only from elasticsearch-py 8.16; older clients retry
-#: 429 alone.
-_BULK_RETRY_KW: dict[str, Any] = (
-    {"retry_on_status": BULK_RETRY_STATUSES}
-    if "retry_on_status" in inspect.signature(helpers.streaming_bulk).parameters
-    else {}
-)
-#: Ids / doc ids per mget, delete or list request, and hits per ``list_chunks`` page.
+#: Ids / doc ids per mget, delete or list request, and hits per ``list_chunks``/``list_documents`` page.
 ID_BATCH = 1000
 DOC_ID_BATCH = 500
 REFS_PAGE = 5000
-#: Client-level retries of a failed request (connection errors, timeouts) after the first check.
-CLIENT_MAX_RETRIES = 2
-
-
-def fast_serializers() -> dict[str, Any]:
-    """The client's JSON serializers, with orjson doing the work: parsing a 200-hit ``_msearch`` response
-    with the stdlib ``json`` module is most of the client-side cost of a hybrid query."""
-    import orjson
-    from elasticsearch import serializer as es_ser
-
-    class _Orjson:
-        default: Any
-
-        def json_loads(self, data: bytes) -> Any:
-            return orjson.loads(data)
-
-        def json_dumps(self, data: Any) -> bytes:
-            return orjson.dumps(data, default=self.default, option=orjson.OPT_SERIALIZE_NUMPY)
-
-    classes = (es_ser.JsonSerializer, es_ser.NdjsonSerializer, es_ser.CompatibilityModeJsonSerializer,
-               es_ser.CompatibilityModeNdjsonSerializer)
-    return {cls.mimetype: type(f"Orjson{cls.__name__}", (_Orjson, cls), {})() for cls in classes}
-
-
-def redact_url(url: str) -> str:
-    """``url`` without any ``user:password@`` part, for messages."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
-
-
-def error_reason(body: Any, fallback: str = "") -> str:
-    """The useful part of an ES error body: ``type: reason`` of the root cause plus the innermost
-    ``caused_by`` reason when it says something else."""
-    err = body.get("error") if isinstance(body, dict) else None
-    if isinstance(err, str):
-        return err
-    if not isinstance(err, dict):
-        if body in (None, "", b""):
-            return fallback or "empty response"
-        return fallback or str(body)[:300]
-    root = (err.get("root_cause") or [err])[0]
-    text = f"{root.get('type', err.get('type', 'error'))}: {root.get('reason', err.get('reason', ''))}"
-    inner = err
-    while isinstance(inner.get("caused_by"), dict):
-        inner = inner["caused_by"]
-    reason = inner.get("reason")
-    if inner is not err and reason and reason not in text:
-        text += f" ({reason})"
-    return text
-
-
-def api_reason(e: ApiError) -> str:
-    """The reason of an ApiError, from its body, else its message."""
-    message = str(e.message) if e.message not in (None, "None", "") else ""
-    return error_reason(e.body, message)
-
-
-def error_type(body: Any) -> str:
-    err = body.get("error") if isinstance(body, dict) else None
-    return str(err.get("type", "")) if isinstance(err, dict) else ""
 
 
 class ElasticsearchStore:
     """Chunks in one Elasticsearch index (see the module docstring for the alias scheme).
 
-    Thread-safe: the underlying client is, and the lazy connection is made under a lock.
+    Thread-safe: the underlying client is, the lazy connection is made under a lock, and the bookkeeping
+    of writes not yet refreshed is guarded by the same lock.
     """
 
     name = "elasticsearch"
 
     def __init__(self, settings: Settings) -> None:
-        """Remember the settings; no I/O. Raises ConfigError when ``settings.es_url`` is not set."""
-        if not settings.es_url:
-            raise ConfigError("the elasticsearch store needs es_url (ESRAG_ES_URL or --es-url)")
+        """Remember the settings; no I/O. Raises ConfigError when ``settings.es_url`` is not set or is not
+        an http(s) URL. Credentials in the URL are taken out of it here (see ``es_client``)."""
         self.settings = settings
-        self.url = settings.es_url.rstrip("/")
-        self.location = redact_url(self.url)
+        self._conn = resolve_connection(settings)
+        self.url = self._conn.url
+        self.location = self._conn.location
         self.alias = settings.index
         self.concrete_name = f"{settings.index}{CONCRETE_SUFFIX}"
+        self._errors = ErrorTranslator(settings, self.location, self.alias)
+        self.retry = RetryPolicy(budget_s=float(getattr(settings, "es_retry_seconds", DEFAULT_RETRY_SECONDS)))
+        self.bulk_stats = BulkStats()
         self._client: Elasticsearch | None = None
         self._lock = threading.Lock()
         self._concrete: list[str] | None = None
+        self._write_target: tuple[str, bool] | None = None  # (name to write to, is an alias)
+        self._unrefreshed_docs: set[str] = set()  # doc ids written since the last refresh
+        self._unrefreshed_deletes: set[str] = set()  # chunk ids deleted since the last refresh
+
+    def __repr__(self) -> str:
+        return f"ElasticsearchStore({self.location!r}, index={self.alias!r})"
 
     # -- connection -------------------------------------------------------------------------------------
 
@@ -169,63 +104,10 @@ class ElasticsearchStore:
         if self._client is None:
             with self._lock:
                 if self._client is None:
-                    self._client = self._connect()
+                    client = make_client(self.settings, self._conn)
+                    check_server(client, self.settings, self._errors)
+                    self._client = client
         return self._client
-
-    def _connect(self) -> Elasticsearch:
-        s = self.settings
-        kwargs: dict[str, Any] = {
-            "request_timeout": s.es_timeout,
-            "retry_on_timeout": True,
-            "max_retries": CLIENT_MAX_RETRIES,
-            "verify_certs": s.es_verify_certs,
-        }
-        if s.es_api_key:
-            kwargs["api_key"] = s.es_api_key
-        elif s.es_username:
-            kwargs["basic_auth"] = (s.es_username, s.es_password or "")
-        if s.es_ca_certs:
-            kwargs["ca_certs"] = s.es_ca_certs
-        if not s.es_verify_certs:
-            kwargs["ssl_show_warn"] = False
-        kwargs["serializers"] = fast_serializers()
-        try:
-            client = Elasticsearch(self.url, **kwargs)
-        except (ValueError, TypeError) as e:
-            raise ConfigError(f"invalid Elasticsearch settings for {self.location}: {e}") from e
-        try:
-            info = client.options(request_timeout=s.es_connect_timeout, max_retries=0).info()
-        except AuthorizationException:
-            # Authenticated, but without the cluster privilege GET / needs; index operations will say if
-            # the index privileges are missing too.
-            return client
-        except ApiError as e:
-            client.close()
-            if isinstance(e, UnsupportedProductError | AuthenticationException):
-                raise self._translate(e, "connecting") from e
-            if e.meta.status >= 500:
-                raise StoreConnectionError(
-                    f"Elasticsearch at {self.location} is not ready: GET / answered HTTP {e.meta.status} "
-                    f"({api_reason(e)})"
-                ) from e
-            raise StoreConnectionError(
-                f"the server at {self.location} does not look like Elasticsearch: GET / answered HTTP "
-                f"{e.meta.status} ({api_reason(e)})"
-            ) from e
-        except TransportError as e:
-            client.close()
-            raise self._translate(e, "connecting", timeout=s.es_connect_timeout) from e
-        version = str(info.get("version", {}).get("number", "")) if isinstance(info.body, dict) else ""
-        if not version or not version.split(".")[0].isdigit():
-            client.close()
-            raise StoreConnectionError(f"the server at {self.location} does not look like Elasticsearch")
-        if int(version.split(".")[0]) < 8:
-            client.close()
-            raise StoreConnectionError(
-                f"Elasticsearch at {self.location} is version {version}; esrag needs 8.x or later "
-                f"(kNN search)"
-            )
-        return client
 
     def close(self) -> None:
         """Close the HTTP connections; a later call reconnects."""
@@ -236,51 +118,11 @@ class ElasticsearchStore:
 
     # -- error translation ------------------------------------------------------------------------------
 
-    def _item_error(self, item: dict[str, Any], action: str) -> StoreError:
-        """The error for one failed item of a multi-response (``mget`` doc, ``_msearch`` response)."""
-        if error_type(item) == "index_not_found_exception":
-            return self._missing()
-        return StoreError(f"Elasticsearch at {self.location} failed {action}: {error_reason(item)}")
-
     def _missing(self) -> IndexNotFoundError:
-        return IndexNotFoundError(
-            f"index '{self.alias}' not found at {self.location}; run `esrag ingest` (or `esrag init`) first"
-        )
+        return self._errors.missing()
 
     def _translate(self, e: Exception, action: str, timeout: float | None = None) -> EsragError:
-        """The esrag error for a client/transport exception raised while ``action``."""
-        where = f"Elasticsearch at {self.location}"
-        if isinstance(e, UnsupportedProductError):
-            return StoreConnectionError(f"the server at {self.location} is not Elasticsearch: {e.message}")
-        if isinstance(e, AuthenticationException):
-            return StoreConnectionError(
-                f"authentication failed at {self.location} (HTTP 401) while {action}: check es_api_key or "
-                f"es_username/es_password"
-            )
-        if isinstance(e, AuthorizationException):
-            return StoreConnectionError(
-                f"not authorized at {self.location} (HTTP 403) while {action} on index '{self.alias}': "
-                f"{api_reason(e)}"
-            )
-        if isinstance(e, ApiError):
-            if e.meta.status == 404 and error_type(e.body) == "index_not_found_exception":
-                return self._missing()
-            return StoreError(
-                f"{where} failed {action} on index '{self.alias}' (HTTP {e.meta.status}): "
-                f"{api_reason(e)}"
-            )
-        if isinstance(e, TlsError):
-            return StoreConnectionError(
-                f"TLS error connecting to {self.location}: {e.message}; check es_ca_certs / es_verify_certs"
-            )
-        if isinstance(e, ConnectionTimeout):
-            secs = timeout if timeout is not None else self.settings.es_timeout
-            return StoreConnectionError(f"{where} did not answer within {secs:g} s while {action}")
-        if isinstance(e, TransportConnectionError):
-            return StoreConnectionError(f"cannot connect to {where} while {action}: {e.message}")
-        if isinstance(e, SerializationError):
-            return StoreError(f"unexpected response from {self.location} while {action}: {e}")
-        return StoreError(f"{where} failed {action} on index '{self.alias}': {e}")
+        return self._errors.translate(e, action, timeout)
 
     @contextmanager
     def _api(self, action: str) -> Iterator[None]:
@@ -393,149 +235,199 @@ class ElasticsearchStore:
         with self._api("deleting the index"):
             self.client.options(ignore_status=404).indices.delete(index=",".join(sorted(found)))
         self._concrete = None
+        self._write_target = None
         return True
 
     # -- writes -----------------------------------------------------------------------------------------
 
-    def _refresh(self) -> None:
+    def _resolve_write_target(self) -> tuple[str, bool]:
+        """``(name, is_alias)`` to write to and read vectors from, resolved once per store (and again after
+        ``drop``). An alias that points at several indices is an error naming the alias and every index:
+        ES would refuse the writes item by item, and ``mget`` would silently read from one of them."""
+        target = self._write_target
+        if target is not None:
+            return target
+        with self._api("resolving the index alias"):
+            resp = self.client.options(ignore_status=404).indices.get_alias(name=self.alias)
+        if resp.meta.status == 200 and isinstance(resp.body, dict) and resp.body:
+            indices = sorted(resp.body)
+            if len(indices) > 1:
+                raise StoreError(
+                    f"alias '{self.alias}' at {self.location} points at {len(indices)} indices "
+                    f"({', '.join(indices)}); esrag writes to and reads vectors from exactly one: remove the "
+                    f"alias from all but one of them"
+                )
+            target = (self.alias, True)
+        else:
+            self._require_index()
+            target = (self.alias, False)
+        self._write_target = target
+        return target
+
+    def write(self, chunks: Iterable[EmbeddedChunk], delete_ids: Sequence[str] = ()) -> WriteResult:
+        """Upsert ``chunks``, then delete the chunks ``delete_ids``, in one ``_bulk`` stream (see
+        ``es_bulk``): streamed, retried with backoff on back-pressure and connection errors within
+        ``es_retry_seconds``, never refreshed (``refresh()`` does that once).
+
+        Every chunk not written comes back as a WriteError with its source file and reason. Writes go
+        through the alias with ``require_alias``, so a vanished index is never auto-created with a wrong
+        mapping. Raises StoreError only when the store is unusable: index missing, credentials refused, an
+        alias over several indices.
+        """
+        target, is_alias = self._resolve_write_target()
+        doc_ids: set[str] = set()
+
+        def noted() -> Iterator[EmbeddedChunk]:
+            for ec in chunks:
+                doc_ids.add(ec.chunk.doc_id)
+                yield ec
+
+        writer = BulkWriter(self.client, self._errors, self.retry, self.bulk_stats, self.settings.es_timeout)
+        try:
+            return writer.run(target, noted(), delete_ids, require_alias=is_alias)
+        finally:
+            with self._lock:
+                self._unrefreshed_docs |= doc_ids
+                self._unrefreshed_deletes.update(delete_ids)
+
+    def refresh(self) -> None:
+        """One refresh of the index: every completed write becomes visible to ``search`` and ``count``."""
         with self._api("refreshing the index"):
             self.client.indices.refresh(index=self.alias)
+        with self._lock:
+            self._unrefreshed_docs.clear()
+            self._unrefreshed_deletes.clear()
 
-    def write(self, chunks: Iterable[EmbeddedChunk]) -> WriteResult:
-        """Upsert chunks with ``streaming_bulk`` (streamed: memory holds one bulk request), then refresh.
-
-        Items rejected with 429 or 5xx are retried up to ``BULK_MAX_RETRIES`` times with exponential
-        backoff; every item that still fails becomes a WriteError with its source file. Writes go through
-        the alias with ``require_alias``, so a vanished index is never auto-created with a wrong mapping.
-        Raises StoreError only when the cluster itself fails (unreachable, index missing up front).
-        """
-        with self._api("checking the index"):
-            is_alias = bool(self.client.indices.exists_alias(name=self.alias))
-        if not is_alias:
-            self._require_index()
-        pending: dict[str, list[str]] = {}  # chunk id -> source files of the actions in flight
-
-        def tracked() -> Iterator[dict[str, Any]]:
-            for action in q.bulk_actions(self.alias, chunks, require_alias=is_alias):
-                pending.setdefault(action["_id"], []).append(action["_source"]["source"])
-                yield action
-
-        written, errors = 0, []
-        with self._api("writing chunks"):
-            for ok, item in helpers.streaming_bulk(
-                self.client,
-                tracked(),
-                chunk_size=BULK_CHUNK_SIZE,
-                raise_on_error=False,
-                raise_on_exception=False,
-                max_retries=BULK_MAX_RETRIES,
-                initial_backoff=BULK_INITIAL_BACKOFF_S,
-                max_backoff=BULK_MAX_BACKOFF_S,
-                **_BULK_RETRY_KW,
-            ):
-                info = next(iter(item.values()))
-                chunk_id = str(info.get("_id", ""))
-                sources = pending.get(chunk_id, [])
-                source = sources.pop() if sources else ""
-                if not sources:
-                    pending.pop(chunk_id, None)
-                if ok:
-                    written += 1
-                    continue
-                status = info.get("status")
-                reason = info.get("error")
-                reason = error_reason({"error": reason}) if isinstance(reason, dict) else str(reason)
-                code = status if isinstance(status, int) else None
-                errors.append(WriteError(chunk_id, source, reason, code))
-        if written or errors:
-            self._refresh()
-        return WriteResult(written=written, errors=tuple(errors))
+    def _refresh_if(self, doc_ids: Iterable[str] | None) -> None:
+        """Refresh when a search is about to read documents written since the last refresh (``None``: any
+        document), so that ``list_chunks`` and ``list_documents`` see this store's own writes."""
+        with self._lock:
+            stale = bool(self._unrefreshed_docs or self._unrefreshed_deletes) if doc_ids is None else (
+                not self._unrefreshed_docs.isdisjoint(doc_ids))
+        if stale:
+            self.refresh()
 
     def delete_chunks(self, ids: Sequence[str]) -> int:
-        """Delete chunks by id (``delete_by_query`` on ``ids``, refreshed); returns how many existed."""
-        return self._delete_by(lambda batch: {"ids": {"values": batch}}, ids, ID_BATCH, "deleting chunks")
+        """Delete chunks by id (bulk ``delete`` actions, retried like writes, then one refresh so that a
+        search right after no longer finds them); returns how many existed. Raises BulkWriteError when some
+        deletes failed. (An ingest deletes stale chunks through ``write(delete_ids=...)``, unrefreshed.)"""
+        unique = list(dict.fromkeys(ids))
+        result = self.write((), delete_ids=unique)
+        if result.errors:
+            raise BulkWriteError(
+                f"Elasticsearch at {self.location} failed to delete {len(result.errors)} of {len(unique)} "
+                f"chunks in '{self.alias}': {result.errors[0].reason}", result.errors
+            )
+        if result.deleted:
+            self.refresh()
+        return result.deleted
 
     def delete_documents(self, doc_ids: Sequence[str]) -> int:
-        """Delete every chunk of the documents (``delete_by_query`` on doc_id, refreshed); returns the
-        number of chunks deleted."""
-        return self._delete_by(
-            lambda batch: {"terms": {"doc_id": batch}}, doc_ids, DOC_ID_BATCH, "deleting documents"
-        )
-
-    def _delete_by(self, query: Any, values: Sequence[str], batch_size: int, action: str) -> int:
-        unique = list(dict.fromkeys(values))
+        """Delete every chunk of the documents (``delete_by_query`` on doc_id, refreshed, so a search right
+        after it no longer finds them); returns the number of chunks deleted."""
+        unique = list(dict.fromkeys(doc_ids))
         if not unique:
             self._require_index()
             return 0
+        self._refresh_if(unique)
+        action = "deleting documents"
         deleted = 0
         with self._api(action):
-            for start in range(0, len(unique), batch_size):
+            for start in range(0, len(unique), DOC_ID_BATCH):
                 resp = self.client.delete_by_query(
-                    index=self.alias, query=query(unique[start : start + batch_size]), conflicts="proceed",
-                    refresh=True,
+                    index=self.alias, query={"terms": {"doc_id": unique[start : start + DOC_ID_BATCH]}},
+                    conflicts="proceed", refresh=True,
                 )
                 if resp.get("failures"):
                     raise StoreError(
                         f"Elasticsearch at {self.location} failed {action} in '{self.alias}': "
-                        f"{resp['failures'][0]}"
+                        f"{self._errors.clean(str(resp['failures'][0]))}"
                     )
                 deleted += int(resp.get("deleted", 0))
         return deleted
 
     # -- reads ------------------------------------------------------------------------------------------
 
+    def _pit_pages(self, query: dict[str, Any], fields: Sequence[str], action: str) -> Iterator[dict[str, Any]]:
+        """Every hit of ``query`` (its ``_id`` and ``_source`` ``fields``), read in a point in time with
+        ``search_after`` pages of ``REFS_PAGE``: complete however many chunks match."""
+        with self._api(action):
+            pit_id = str(self.client.open_point_in_time(index=self.alias, keep_alive=q.PIT_KEEP_ALIVE)["id"])
+            try:
+                after: list[Any] | None = None
+                while True:
+                    resp = self.client.search(**q.build_pit_page(pit_id, query, fields, REFS_PAGE, after))
+                    pit_id = str(resp.get("pit_id", pit_id))
+                    hits = resp["hits"]["hits"]
+                    yield from hits
+                    if len(hits) < REFS_PAGE:
+                        return
+                    after = hits[-1]["sort"]
+            finally:
+                self.client.options(ignore_status=(400, 404)).close_point_in_time(id=pit_id)
+
     def list_chunks(self, doc_ids: Sequence[str]) -> dict[str, list[ChunkRef]]:
-        """Refs of all stored chunks of ``doc_ids`` (sorted by chunk_index), read in a point in time with
-        ``search_after`` pages, so documents with any number of chunks come back whole."""
+        """Refs of all stored chunks of ``doc_ids`` (sorted by chunk_index), complete for documents with any
+        number of chunks. Sees this store's own writes: refreshes first only when one of ``doc_ids`` was
+        written since the last refresh, and leaves out chunks it deleted since then."""
         unique = list(dict.fromkeys(doc_ids))
         if not unique:
             self._require_index()
             return {}
+        self._refresh_if(unique)
+        with self._lock:
+            gone = set(self._unrefreshed_deletes)
         refs: dict[str, list[tuple[int, ChunkRef]]] = {}
-        with self._api("listing chunks"):
-            pit_id = str(self.client.open_point_in_time(index=self.alias, keep_alive=q.PIT_KEEP_ALIVE)["id"])
-            try:
-                for start in range(0, len(unique), DOC_ID_BATCH):
-                    pit_id = self._collect_refs(pit_id, unique[start : start + DOC_ID_BATCH], refs)
-            finally:
-                self.client.options(ignore_status=(400, 404)).close_point_in_time(id=pit_id)
-        return {d: [r for _, r in sorted(items, key=lambda t: (t[0], t[1].id))] for d, items in refs.items()}
-
-    def _collect_refs(
-        self, pit_id: str, doc_ids: list[str], refs: dict[str, list[tuple[int, ChunkRef]]]
-    ) -> str:
-        """Page through one batch of doc ids; returns the (possibly renewed) PIT id."""
-        after: list[Any] | None = None
-        while True:
-            resp = self.client.search(**q.build_refs_page(pit_id, doc_ids, REFS_PAGE, after))
-            pit_id = str(resp.get("pit_id", pit_id))
-            hits = resp["hits"]["hits"]
-            for h in hits:
+        for start in range(0, len(unique), DOC_ID_BATCH):
+            query = q.build_refs_query(unique[start : start + DOC_ID_BATCH])
+            for h in self._pit_pages(query, q.REF_FIELDS, "listing chunks"):
+                if h["_id"] in gone:
+                    continue
                 src = h.get("_source", {})
                 ref = ChunkRef(
                     id=h["_id"], doc_id=str(src.get("doc_id", "")), doc_sha=str(src.get("doc_sha", "")),
                     chunk_sha=str(src.get("chunk_sha", "")), chunk_count=int(src.get("chunk_count", 0)),
                 )
                 refs.setdefault(ref.doc_id, []).append((int(src.get("chunk_index", 0) or 0), ref))
-            if len(hits) < REFS_PAGE:
-                return pit_id
-            after = hits[-1]["sort"]
+        return {d: [r for _, r in sorted(items, key=lambda t: (t[0], t[1].id))] for d, items in refs.items()}
+
+    def list_documents(self, prefix: str = "") -> dict[str, DocRef]:
+        """Every stored document whose doc_id starts with ``prefix``: doc_id -> DocRef (its doc_sha and
+        number of stored chunks). A document whose chunks carry more than one doc_sha (an interrupted
+        re-write) reports doc_sha "", which matches no version, so an ingest writes it again.
+
+        Reads every matching chunk's doc_id and doc_sha in PIT pages (no aggregation: its bucket limit would
+        cap the answer); refreshes first if this store wrote anything since the last refresh."""
+        self._require_index()
+        self._refresh_if(None)
+        shas: dict[str, set[str]] = {}
+        counts: dict[str, int] = {}
+        for h in self._pit_pages(q.build_prefix_query(prefix), ("doc_id", "doc_sha"), "listing documents"):
+            src = h.get("_source", {})
+            doc_id = str(src.get("doc_id", ""))
+            shas.setdefault(doc_id, set()).add(str(src.get("doc_sha", "")))
+            counts[doc_id] = counts.get(doc_id, 0) + 1
+        return {
+            d: DocRef(doc_id=d, doc_sha=next(iter(s)) if len(s) == 1 else "", chunks=counts[d])
+            for d, s in shas.items()
+        }
 
     def get_embeddings(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
-        """Stored vectors by chunk id (float32, shape (dims,)) via ``mget``; ids not found are absent."""
+        """Stored vectors by chunk id (float32, shape (dims,)) via realtime ``mget``; ids not found are
+        absent. An alias over several indices is an error (``mget`` would read one of them silently)."""
         unique = list(dict.fromkeys(ids))
+        target, _ = self._resolve_write_target()
         if not unique:
-            self._require_index()
             return {}
         out: dict[str, np.ndarray] = {}
         with self._api("reading embeddings"):
             for start in range(0, len(unique), ID_BATCH):
                 resp = self.client.mget(
-                    index=self.alias, ids=unique[start : start + ID_BATCH], source=[q.VECTOR_FIELD]
+                    index=target, ids=unique[start : start + ID_BATCH], source=[q.VECTOR_FIELD]
                 )
                 for doc in resp["docs"]:
                     if "error" in doc:
-                        raise self._item_error(doc, f"reading chunk {doc.get('_id')} of '{self.alias}'")
+                        raise self._errors.item(doc, f"reading chunk {doc.get('_id')} of '{self.alias}'")
                     vector = (doc.get("_source") or {}).get(q.VECTOR_FIELD) if doc.get("found") else None
                     if vector is not None:
                         out[doc["_id"]] = np.asarray(vector, dtype=np.float32)
@@ -561,19 +453,28 @@ class ElasticsearchStore:
         return {"method": "GET", "path": path, "body": body, "kibana": q.kibana_request("GET", path, body)}
 
     def search(self, request: SearchRequest) -> SearchResponse:
-        """Both sides in one ``_msearch`` round trip. ``took_ms`` is the server's ``took``. A side that
-        fails raises StoreError with ES's reason (IndexNotFoundError when the index is missing)."""
+        """Both sides in one ``_msearch`` round trip. ``took_ms`` is the server's ``took``.
+
+        Failures raise StoreError naming the URL and the side: a side answered with an error names that side
+        (``the BM25 side`` / ``the kNN side``) with ES's reason (IndexNotFoundError when the index is
+        missing); a request that fails whole (HTTP 429/5xx, a reset, no answer within ``es_timeout``) names
+        both. Searches are not retried: a user waiting on a query gets an answer or an error promptly."""
         body = q.build_msearch(self.alias, request)
         if not body:
             self._require_index()
             return SearchResponse(sparse=[], dense=[])
-        with self._api("searching"):
+        sides = [s for s, on in (("BM25", request.text is not None), ("kNN", request.vector is not None)) if on]
+        with self._api(f"searching (the {' and '.join(sides)} side{'s' if len(sides) > 1 else ''})"):
             resp = self.client.msearch(index=self.alias, searches=body, filter_path=q.MSEARCH_FILTER_PATH)
         results: list[list[ScoredChunk]] = []
-        for r in resp["responses"]:
+        for side, r in zip(sides, resp["responses"], strict=False):
             if "error" in r:
-                raise self._item_error(r, f"searching '{self.alias}' (HTTP {r.get('status', '?')})")
+                raise self._errors.item(
+                    r, f"searching '{self.alias}': the {side} side failed (HTTP {r.get('status', '?')})"
+                )
             results.append([_scored(h) for h in r.get("hits", {}).get("hits", [])])
+        if len(results) != len(sides):
+            raise StoreError(f"Elasticsearch at {self.location} answered {len(results)} of {len(sides)} searches")
         sparse = results.pop(0) if request.text is not None else []
         dense = results.pop(0) if request.vector is not None else []
         return SearchResponse(sparse=sparse, dense=dense, took_ms=float(resp.get("took", 0.0)))

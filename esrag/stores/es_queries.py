@@ -217,25 +217,40 @@ def build_refs_query(doc_ids: Sequence[str]) -> dict[str, Any]:
     return {"bool": {"filter": [{"terms": {"doc_id": list(doc_ids)}}]}}
 
 
-def build_refs_page(
-    pit_id: str, doc_ids: Sequence[str], size: int, search_after: list[Any] | None = None
+def build_prefix_query(prefix: str) -> dict[str, Any]:
+    """Every chunk whose doc_id starts with ``prefix`` (all chunks for ""), used by ``list_documents``."""
+    if not prefix:
+        return {"match_all": {}}
+    return {"bool": {"filter": [{"prefix": {"doc_id": prefix}}]}}
+
+
+def build_pit_page(
+    pit_id: str, query: dict[str, Any], fields: Sequence[str], size: int, search_after: list[Any] | None = None
 ) -> dict[str, Any]:
-    """One page of ``list_chunks``: the chunks of ``doc_ids`` in a point in time, sorted by ``_shard_doc``
-    (the cheapest total order; ES cannot sort on ``_id``), continuing after ``search_after``.
+    """One page of a point-in-time scan (``list_chunks``, ``list_documents``): the hits of ``query`` with
+    ``_source`` ``fields``, sorted by ``_shard_doc`` (the cheapest total order; ES cannot sort on ``_id``),
+    continuing after ``search_after``.
 
     Keyword arguments for ``Elasticsearch.search`` (no index: a PIT search names none).
     """
     body: dict[str, Any] = {
         "pit": {"id": pit_id, "keep_alive": PIT_KEEP_ALIVE},
-        "query": build_refs_query(doc_ids),
+        "query": query,
         "sort": [{"_shard_doc": "asc"}],
         "size": size,
-        "_source": list(REF_FIELDS),
+        "_source": list(fields),
         "track_total_hits": False,
     }
     if search_after is not None:
         body["search_after"] = search_after
     return body
+
+
+def build_refs_page(
+    pit_id: str, doc_ids: Sequence[str], size: int, search_after: list[Any] | None = None
+) -> dict[str, Any]:
+    """One page of ``list_chunks``: the chunks of ``doc_ids`` with the fields a ChunkRef needs."""
+    return build_pit_page(pit_id, build_refs_query(doc_ids), REF_FIELDS, size, search_after)
 
 
 def build_count_body() -> dict[str, Any]:

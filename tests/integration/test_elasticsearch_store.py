@@ -180,6 +180,7 @@ def test_a_plain_esrag_index_under_the_name_is_used_as_is(es_store: MakeES) -> N
     assert store.ensure_index(META) is False
     result = store.write([make_chunk("d", 0, "plain index text", unit_vectors(1)[0])])
     assert result.written == 1 and result.errors == ()
+    store.refresh()
     assert store.count().chunks == 1
     assert store.search(SearchRequest(text="plain", vector=None, candidates=3)).sparse[0].doc_id == "d"
     assert store.drop() is True and store.exists() is False
@@ -219,6 +220,7 @@ def test_bulk_item_failures_are_reported_with_their_source(es_store: MakeES) -> 
     err = result.errors[0]
     assert (err.chunk_id, err.source, err.status) == (bad.chunk.id, "src/broken.md", 400)
     assert "dimensions" in err.reason
+    store.refresh()
     assert store.count().chunks == 3
 
 
@@ -233,6 +235,7 @@ def test_write_streams_a_generator_across_bulk_requests(es_store: MakeES) -> Non
 
     result = store.write(gen())
     assert (result.written, result.errors) == (1100, ())
+    store.refresh()
     assert store.count().chunks == 1100
 
 
@@ -284,6 +287,7 @@ def test_hybrid_search_is_exactly_one_http_request(es_store: MakeES) -> None:
     store.ensure_index(META)
     vecs = unit_vectors(10)
     store.write([make_chunk(f"d{i}", 0, f"words {i}", vecs[i], metadata={"lang": "en"}) for i in range(10)])
+    store.refresh()
     sent = _count_http_requests(store)
     resp = store.search(SearchRequest(text="words", vector=vecs[2], candidates=5, filters={"lang": ("en",)}))
     assert len(resp.sparse) == 5 and len(resp.dense) == 5
@@ -320,5 +324,6 @@ def test_count_uses_distinct_doc_ids(es_store: MakeES) -> None:
     store.ensure_index(IndexMeta(model="m", dims=DIMS))
     vecs = unit_vectors(30)
     store.write([make_chunk(f"d{i % 7}", i, f"t {i}", vecs[i]) for i in range(30)])
+    store.refresh()
     counts = store.count()
     assert (counts.documents, counts.chunks) == (7, 30)

@@ -70,9 +70,11 @@ def ready(make_store: MakeStore, **overrides: Any) -> Store:
 
 
 def written(store: Store, chunks: list[EmbeddedChunk]) -> WriteResult:
+    """Write ``chunks``, check all were written, and refresh (search and count may lag until then)."""
     result = store.write(chunks)
     assert result.errors == ()
     assert result.written == len(chunks)
+    store.refresh()
     return result
 
 
