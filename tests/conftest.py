@@ -10,7 +10,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-pytest_plugins = ["tests.fixtures.es", "tests.fixtures.llm", "tests.plugins.dist", "tests.fixtures.api"]
+pytest_plugins = [
+    "tests.fixtures.es", "tests.fixtures.llm", "tests.fixtures.fault_proxy", "tests.plugins.dist", "tests.fixtures.api",
+]
 
 from esrag import plugins  # noqa: E402
 from esrag.config import Settings  # noqa: E402

@@ -1,0 +1,241 @@
+"""The Elasticsearch store under injected faults: the ES test server behind a real fault-injecting proxy
+(tests/fixtures/fault_proxy.py). Writes: every chunk is written or reported failed with its source file and
+reason, a re-run after the faults writes the rest with nothing duplicated. Searches: a clear error naming
+the URL and the side, within the timeout."""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from esrag.errors import StoreConnectionError, StoreError
+from esrag.stores.elasticsearch import ElasticsearchStore
+from esrag.types import EmbeddedChunk, SearchRequest
+from tests.fixtures.fault_proxy import FaultProxy
+from tests.integration.test_store_contract import META, make_chunk, unit_vectors
+
+pytestmark = pytest.mark.integration
+MakeES = Callable[..., ElasticsearchStore]
+N = 60
+
+
+@pytest.fixture
+def store_name() -> str:  # ES only
+    return "elasticsearch"
+
+
+@pytest.fixture
+def behind(fault_proxy: FaultProxy, make_store: Callable[..., Any]) -> MakeES:
+    """Factory of stores that talk to the test server through the proxy (index created, record cleared),
+    with a short retry budget and timeout unless overridden."""
+
+    def make(**overrides: Any) -> ElasticsearchStore:
+        opts: dict[str, Any] = {"es_url": fault_proxy.url, "es_retry_seconds": 20.0, "es_timeout": 2.0}
+        opts.update(overrides)
+        store: ElasticsearchStore = make_store(**opts)
+        store.ensure_index(META)
+        store.retry.initial_s, store.retry.max_s = 0.05, 0.5  # fast backoff: the tests wait less
+        fault_proxy.forget()
+        return store
+
+    return make
+
+
+def corpus(n: int = N) -> list[EmbeddedChunk]:
+    vecs = unit_vectors(n, seed=5)
+    return [make_chunk(f"doc{i // 3}", i % 3, f"text number {i}", vecs[i], chunk_count=3) for i in range(n)]
+
+
+def stored_ids(store: ElasticsearchStore) -> list[str]:
+    """Every chunk id in the index (each once per stored copy), after a refresh."""
+    store.refresh()
+    resp = store.client.search(index=store.alias, size=1000, query={"match_all": {}}, source=False)
+    return sorted(h["_id"] for h in resp["hits"]["hits"])
+
+
+def test_per_item_429s_are_retried_until_every_chunk_is_written(fault_proxy: FaultProxy, behind: MakeES) -> None:
+    store = behind()
+    fault_proxy.bulk_items(429, every=2, times=3)
+    chunks = corpus()
+    result = store.write(chunks)
+    assert (result.written, result.errors) == (N, ())
+    assert fault_proxy.items_rejected > N // 2 and store.bulk_stats.retried_items == fault_proxy.items_rejected
+    assert stored_ids(store) == sorted(c.chunk.id for c in chunks)
+
+
+@pytest.mark.parametrize("code", [429, 502, 503])
+def test_whole_request_failures_are_retried(fault_proxy: FaultProxy, behind: MakeES, code: int) -> None:
+    store = behind()
+    fault_proxy.status(code, path="/_bulk", times=3)
+    result = store.write(corpus())
+    assert (result.written, result.errors) == (N, ())
+    assert fault_proxy.paths().count("/_bulk") == 4 and store.bulk_stats.retried_requests == 3
+
+
+def test_retry_after_is_honoured(fault_proxy: FaultProxy, behind: MakeES) -> None:
+    store = behind()
+    fault_proxy.status(429, path="/_bulk", times=1, retry_after=1.0)
+    start = time.monotonic()
+    assert store.write(corpus()).written == N
+    assert time.monotonic() - start >= 1.0
+
+
+def test_a_connection_reset_mid_response_is_retried_without_duplicates(
+    fault_proxy: FaultProxy, behind: MakeES
+) -> None:
+    store = behind()
+    fault_proxy.reset(path="/_bulk", times=2)
+    chunks = corpus()
+    result = store.write(chunks)
+    assert (result.written, result.errors) == (N, ())
+    assert stored_ids(store) == sorted(c.chunk.id for c in chunks)  # the reset request was applied: no dups
+
+
+def test_a_response_slower_than_the_timeout_is_retried(fault_proxy: FaultProxy, behind: MakeES) -> None:
+    store = behind(es_timeout=1.0)
+    fault_proxy.delay(2.5, path="/_bulk", times=1)
+    chunks = corpus()
+    result = store.write(chunks)
+    assert (result.written, result.errors) == (N, ())
+    assert stored_ids(store) == sorted(c.chunk.id for c in chunks)
+
+
+def test_a_429_storm_slows_the_write_down_instead_of_failing_it(fault_proxy: FaultProxy, behind: MakeES) -> None:
+    store = behind(es_retry_seconds=30.0)
+    fault_proxy.bulk_items(429, every=1, times=6)  # every item of six requests in a row rejected
+    result = store.write(corpus())
+    assert (result.written, result.errors) == (N, ())
+    assert store.bulk_stats.retried_requests == 6 and store.bulk_stats.wait_s > 0
+
+
+def test_items_still_rejected_when_the_budget_runs_out_are_reported_then_a_rerun_completes(
+    fault_proxy: FaultProxy, behind: MakeES
+) -> None:
+    store = behind(es_retry_seconds=1.0)
+    fault_proxy.bulk_items(503, every=3, times=None)  # the first item of every request, retries included
+    chunks = corpus()
+    start = time.monotonic()
+    result = store.write(chunks)
+    assert time.monotonic() - start < 10
+    failed = {e.chunk_id for e in result.errors}
+    assert result.written + len(failed) == N and 1 <= len(failed) < N // 3
+    by_id = {c.chunk.id: c.chunk for c in chunks}
+    for err in result.errors:
+        assert err.source == by_id[err.chunk_id].source and err.status == 503
+        assert "503" in err.reason and "es_retry_seconds" in err.reason
+    assert set(stored_ids(store)) == set(by_id) - failed  # what is reported failed is not in the index
+    fault_proxy.clear()
+    again = store.write(chunks)
+    assert (again.written, again.errors) == (N, ())
+    assert stored_ids(store) == sorted(by_id)  # nothing duplicated
+
+
+def test_a_cluster_that_stays_down_fails_every_chunk_once_the_budget_is_spent(
+    fault_proxy: FaultProxy, behind: MakeES
+) -> None:
+    store = behind(es_retry_seconds=1.0)
+    fault_proxy.status(503, path="/_bulk", times=None)
+    first = store.write(corpus(30))
+    assert first.written == 0 and len(first.errors) == 30
+    assert all("HTTP 503" in e.reason and e.source.startswith("src/doc") for e in first.errors)
+    start = time.monotonic()
+    second = store.write(corpus(30))  # budget already spent: one try, no waiting
+    assert len(second.errors) == 30 and time.monotonic() - start < 1.0
+
+
+def test_index_and_delete_actions_share_one_bulk_request_and_no_refresh_is_sent(
+    fault_proxy: FaultProxy, behind: MakeES
+) -> None:
+    store = behind()
+    chunks = corpus(9)
+    store.write(chunks[:6])
+    fault_proxy.forget()
+    result = store.write(chunks[6:], delete_ids=[c.chunk.id for c in chunks[:3]] + ["never-existed"])
+    assert (result.written, result.deleted, result.errors) == (3, 3, ())
+    assert fault_proxy.paths() == ["/_bulk"]
+    assert stored_ids(store) == sorted(c.chunk.id for c in chunks[3:])
+
+
+def test_reads_of_own_writes_need_no_refresh_unless_they_touch_written_documents(
+    fault_proxy: FaultProxy, behind: MakeES
+) -> None:
+    store = behind()
+    chunks = corpus(9)  # doc0..doc2
+    store.write(chunks[:3])
+    store.refresh()
+    store.write(chunks[3:6], delete_ids=[chunks[0].chunk.id])
+    fault_proxy.forget()
+    refs = store.list_chunks(["doc0"])  # doc0 was not written since the refresh: no refresh needed
+    assert [r.id for r in refs["doc0"]] == [c.chunk.id for c in chunks[1:3]]  # the deleted one left out
+    assert "/_refresh" not in " ".join(fault_proxy.paths())
+    refs = store.list_chunks(["doc1"])  # written since: refreshed first, then seen
+    assert [r.id for r in refs["doc1"]] == [c.chunk.id for c in chunks[3:6]]
+    assert fault_proxy.paths().count(f"/{store.alias}/_refresh") == 1
+    assert set(store.get_embeddings([c.chunk.id for c in chunks[3:6]])) == {c.chunk.id for c in chunks[3:6]}
+
+
+# -- searches ------------------------------------------------------------------------------------------------
+
+
+def ready_for_search(behind: MakeES, **overrides: Any) -> ElasticsearchStore:
+    store = behind(**overrides)
+    store.write(corpus(6))
+    store.refresh()
+    return store
+
+
+def test_a_search_answered_503_names_the_url_and_both_sides(fault_proxy: FaultProxy, behind: MakeES) -> None:
+    store = ready_for_search(behind)
+    fault_proxy.status(503, path="/_msearch", times=None)
+    with pytest.raises(StoreError) as exc:
+        store.search(SearchRequest(text="text", vector=unit_vectors(1)[0], candidates=3))
+    msg = str(exc.value)
+    assert fault_proxy.url in msg and "HTTP 503" in msg and "BM25 and kNN sides" in msg
+
+
+def test_a_search_slower_than_the_timeout_fails_within_it(fault_proxy: FaultProxy, behind: MakeES) -> None:
+    store = ready_for_search(behind, es_timeout=1.0)
+    fault_proxy.delay(5, path="/_msearch", times=None)
+    start = time.monotonic()
+    with pytest.raises(StoreConnectionError, match="did not answer within 1 s") as exc:
+        store.search(SearchRequest(text=None, vector=unit_vectors(1)[0], candidates=3))
+    assert time.monotonic() - start < 2.5
+    assert fault_proxy.url in str(exc.value) and "kNN side" in str(exc.value)
+
+
+def test_a_search_whose_connection_is_reset_fails_clearly(fault_proxy: FaultProxy, behind: MakeES) -> None:
+    store = ready_for_search(behind)
+    fault_proxy.reset(path="/_msearch", times=None)
+    with pytest.raises(StoreConnectionError) as exc:
+        store.search(SearchRequest(text="text", vector=None, candidates=3))
+    assert fault_proxy.url in str(exc.value) and "BM25 side" in str(exc.value)
+
+
+def test_one_failing_side_is_named(behind: MakeES) -> None:
+    store = ready_for_search(behind)
+    with pytest.raises(StoreError, match="the kNN side failed") as exc:
+        store.search(SearchRequest(text="text", vector=unit_vectors(1, dims=3)[0], candidates=3))
+    assert "dimensions" in str(exc.value) or "dims" in str(exc.value)
+
+
+# -- credentials on the wire ----------------------------------------------------------------------------------
+
+
+def test_url_credentials_with_delimiters_are_sent_as_basic_auth_and_never_shown(
+    fault_proxy: FaultProxy, behind: MakeES
+) -> None:
+    password = "pa#s/s?w@r:d"  # noqa: S105 - a test secret
+    url = fault_proxy.url.replace("http://", f"http://elastic:{password}@")
+    store = behind(es_url=url)
+    assert store.location == fault_proxy.url and password not in repr(store)
+    store.write(corpus(3))
+    sent = {r.header("authorization") for r in fault_proxy.requests}
+    assert sent == {"Basic " + base64.b64encode(f"elastic:{password}".encode()).decode()}
+    fault_proxy.status(503, path="/_msearch", times=None)
+    with pytest.raises(StoreError) as exc:
+        store.search(SearchRequest(text="text", vector=None, candidates=3))
+    assert password not in str(exc.value) and "pa#s" not in str(exc.value)
