@@ -380,19 +380,11 @@ def config_path(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
 
 
 def save_settings(updates: Mapping[str, Any], path: Path | None = None) -> Path:
-    """Merge ``updates`` into the TOML config file (created if missing) and return its path.
+    """Merge ``updates`` into the TOML config file (created if missing) and return its path, keeping the
+    file's permissions, other tables and comments (see ``esrag.config_file``)."""
+    from esrag import config_file
 
-    Written to a temporary file and renamed, so an interrupted save never leaves a half-written config.
-    """
-    import tomli_w
-
-    path = path or config_path()
-    current = read_toml(path) if path.is_file() else {}
-    current.update(updates)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(tomli_w.dumps(current), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return config_file.save_settings(updates, path or config_path())
 
 
 def read_toml(path: Path) -> dict[str, Any]:
