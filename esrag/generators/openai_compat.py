@@ -23,11 +23,12 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import urlparse, urlsplit
 
 from esrag.config import Settings
 from esrag.errors import ConfigError, GeneratorError
 from esrag.generators.base import DEFAULT_CONTEXT_TOKENS, Generator, Message, messages_to_dicts
+from esrag.redact import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +37,40 @@ NO_KEY = "EMPTY"
 #: Seconds allowed for each best-effort metadata request (/v1/models, /props, /info).
 PROBE_TIMEOUT_S = 5.0
 _HUB_DOMAINS = ("huggingface.co", "hf.co")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 _offline_patch_lock = threading.Lock()
 _offline_patched = False
+
+
+def keeps_authorization(old_url: str, new_url: str) -> bool:
+    """Whether a redirect from ``old_url`` to ``new_url`` may carry the ``Authorization`` header: only to
+    the same host and port, and never from https to http (the key would travel in clear text)."""
+    old, new = urlsplit(old_url), urlsplit(new_url)
+    if (old.hostname or "").lower() != (new.hostname or "").lower():
+        return False
+    if old.scheme == "https" and new.scheme != "https":
+        return False
+    old_port = old.port or _DEFAULT_PORTS.get(old.scheme)
+    new_port = new.port or _DEFAULT_PORTS.get(new.scheme)
+    return old_port == new_port or (old.scheme, new.scheme) == ("http", "https")
+
+
+class _AuthSafeRedirects(urllib.request.HTTPRedirectHandler):
+    """urllib follows redirects with every header of the original request, ``Authorization`` included,
+    to any host; this drops it where ``keeps_authorization`` says so."""
+
+    def redirect_request(self, req: urllib.request.Request, fp: Any, code: int, msg: str, headers: Any,
+                         newurl: str) -> urllib.request.Request | None:
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and not keeps_authorization(req.full_url, newurl):
+            new.remove_header("Authorization")
+            log.debug("redirect from %s to %s: the Authorization header is not sent on", redact_url(
+                req.full_url), redact_url(newurl))
+        return new
+
+
+#: The opener of the metadata probes: redirects never hand the API key to another host or to plain http.
+_PROBE_OPENER = urllib.request.build_opener(_AuthSafeRedirects)
 
 
 class OpenAICompatGenerator(Generator):
@@ -133,7 +166,7 @@ class OpenAICompatGenerator(Generator):
                 else:
                     context = total
         self._context = context
-        log.debug("LLM server %s: model %r, context %s tokens", self.url, self._model, context)
+        log.debug("LLM server %s: model %r, context %s tokens", redact_url(self.url), self._model, context)
 
     def _get_json(self, path: str) -> Any:
         request = urllib.request.Request(  # noqa: S310 - the URL is the configured LLM server, http(s) only
@@ -142,15 +175,15 @@ class OpenAICompatGenerator(Generator):
         if self._unreachable:
             return None
         try:
-            with urllib.request.urlopen(request, timeout=min(PROBE_TIMEOUT_S, self.timeout)) as r:  # noqa: S310
+            with _PROBE_OPENER.open(request, timeout=min(PROBE_TIMEOUT_S, self.timeout)) as r:
                 return json.loads(r.read(1_000_000))
         except urllib.error.HTTPError as e:  # the server is there, it just lacks this route
-            log.debug("LLM server %s%s: HTTP %s", self._root, path, e.code)
+            log.debug("LLM server %s%s: HTTP %s", redact_url(self._root), path, e.code)
         except OSError as e:  # refused, unresolvable, timed out: the real request will report it
-            log.debug("LLM server %s%s: %s", self._root, path, e)
+            log.debug("LLM server %s%s: %s", redact_url(self._root), path, e)
             self._unreachable = True
         except ValueError as e:
-            log.debug("LLM server %s%s: not JSON: %s", self._root, path, e)
+            log.debug("LLM server %s%s: not JSON: %s", redact_url(self._root), path, e)
         return None
 
     # -- generation ------------------------------------------------------------------------------------
