@@ -30,6 +30,7 @@ from typing import Annotated, Any, Literal, get_args
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from esrag.errors import ConfigError
+from esrag.redact import redact_url
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 CONFIG_ENV = "ESRAG_CONFIG"
@@ -50,6 +51,8 @@ INDEX_OPTIONS: tuple[str, ...] = get_args(IndexOptions)
 QUANTIZE: tuple[str, ...] = get_args(Quantize)
 SIMILARITIES: tuple[str, ...] = get_args(Similarity)
 SECRETS = frozenset({"es_password", "es_api_key", "llm_api_key"})
+#: URL settings that may carry ``user:password@``: shown without it (``esrag.redact``)
+URL_SETTINGS = frozenset({"es_url", "llm_url"})
 #: the plugin kinds whose settings tables are passed through to plugins
 PLUGIN_KINDS = ("store", "embedder", "generator")
 
@@ -204,13 +207,21 @@ class Settings(GenerationSettings, RetrievalSettings, ChunkingSettings, Embeddin
         data.update(changes)
         return Settings(**data, sources={**self.sources, **dict.fromkeys(changes, "argument")})
 
+    def __repr_args__(self) -> Any:
+        """What ``repr`` shows: secrets are left out by their fields, URLs lose their credentials here."""
+        for name, value in super().__repr_args__():
+            yield name, redact_url(value) if name in URL_SETTINGS and isinstance(value, str) else value
+
     def resolved(self, masked: bool = True) -> dict[str, dict[str, Any]]:
-        """Every setting with its value and where it came from, secrets masked: for ``esrag config show``."""
+        """Every setting with its value and where it came from, secrets masked (URL credentials removed):
+        for ``esrag config show``."""
         out: dict[str, dict[str, Any]] = {}
         for name in _field_names():
             value = getattr(self, name)
             if masked and name in SECRETS and value:
                 value = "****"
+            elif masked and name in URL_SETTINGS and isinstance(value, str):
+                value = redact_url(value)
             out[name] = {"value": value, "source": self.sources.get(name, "default")}
         return out
 
