@@ -327,3 +327,57 @@ def test_count_uses_distinct_doc_ids(es_store: MakeES) -> None:
     store.refresh()
     counts = store.count()
     assert (counts.documents, counts.chunks) == (7, 30)
+
+
+# -- write path, documents, aliases ---------------------------------------------------------------------------
+
+
+def test_list_documents_by_prefix_sees_writes_at_once(es_store: MakeES) -> None:
+    store = es_store()
+    store.ensure_index(META)
+    vecs = unit_vectors(7)
+    chunks = [make_chunk("a/x", i, f"x {i}", vecs[i], chunk_count=3) for i in range(3)]
+    chunks += [make_chunk("a/y", 0, "y", vecs[3]), make_chunk("b/z", 0, "z", vecs[4])]
+    store.write(chunks)  # no refresh in between: list_documents refreshes for its own writes
+    docs = store.list_documents("a/")
+    assert sorted(docs) == ["a/x", "a/y"]
+    assert (docs["a/x"].chunks, docs["a/x"].doc_sha) == (3, chunks[0].chunk.doc_sha)
+    assert sorted(store.list_documents()) == ["a/x", "a/y", "b/z"]
+    assert store.list_documents("c/") == {}
+
+
+def test_list_documents_reports_mixed_versions_with_no_sha(es_store: MakeES) -> None:
+    store = es_store()
+    store.ensure_index(META)
+    vecs = unit_vectors(2)
+    store.write([make_chunk("d", 0, "old", vecs[0], doc_sha="v1"), make_chunk("d", 1, "new", vecs[1], doc_sha="v2")])
+    assert store.list_documents()["d"].doc_sha == "" and store.list_documents()["d"].chunks == 2
+
+
+def test_list_documents_pages_through_more_than_one_page(es_store: MakeES, monkeypatch: pytest.MonkeyPatch) -> None:
+    import esrag.stores.elasticsearch as mod
+
+    monkeypatch.setattr(mod, "REFS_PAGE", 7)
+    store = es_store()
+    store.ensure_index(META)
+    vecs = unit_vectors(50)
+    store.write([make_chunk(f"doc{i % 20:02d}", i, f"t {i}", vecs[i]) for i in range(50)])
+    docs = store.list_documents()
+    assert len(docs) == 20 and sum(d.chunks for d in docs.values()) == 50
+
+
+def test_an_alias_over_two_indices_is_one_clear_error_for_writes_and_vector_reads(es_store: MakeES) -> None:
+    store = es_store()
+    store.ensure_index(META)
+    chunk = make_chunk("d", 0, "text", unit_vectors(1)[0])
+    store.write([chunk])
+    other = f"{store.alias}-v2"
+    store.client.indices.create(index=other, **q.build_index_body(store.settings, META))
+    store.client.indices.put_alias(index=other, name=store.alias)
+    fresh = es_store(index=store.alias)  # a new process: nothing resolved yet
+    for call in (lambda: fresh.write([chunk]), lambda: fresh.get_embeddings([chunk.chunk.id])):
+        with pytest.raises(StoreError) as exc:
+            call()
+        msg = str(exc.value)
+        assert f"alias '{store.alias}'" in msg and f"{store.alias}-v1" in msg and other in msg
+    store.client.indices.delete(index=other)
