@@ -12,6 +12,7 @@ checks the server with a short timeout (``es_connect_timeout``) so a wrong URL f
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -56,6 +57,7 @@ from esrag.types import (
 )
 
 __all__ = ["ElasticsearchStore", "redact_url"]
+log = logging.getLogger(__name__)
 
 #: Suffix of the concrete index created behind the alias.
 CONCRETE_SUFFIX = "-v1"
@@ -110,7 +112,16 @@ class ElasticsearchStore:
         return self._client
 
     def close(self) -> None:
-        """Close the HTTP connections; a later call reconnects."""
+        """Refresh once if this store wrote anything not yet refreshed (so that what it wrote is searchable
+        when it is done, whoever forgot to call ``refresh``), then close the HTTP connections; a later call
+        reconnects. A failing refresh is logged, not raised: closing must not fail."""
+        with self._lock:
+            dirty = self._client is not None and bool(self._unrefreshed_docs or self._unrefreshed_deletes)
+        if dirty:
+            try:
+                self.refresh()
+            except EsragError as e:
+                log.warning("%s", e)
         with self._lock:
             if self._client is not None:
                 self._client.close()
