@@ -182,14 +182,17 @@ def _commands(corpus: Path, dataset: Path) -> list[list[str]]:
     ]
 
 
-def _hunt(env: dict[str, str], commands: list[list[str]], workdir: Path) -> list[str]:
-    """Run each command at -vv; returns every output that contains a secret (empty: no leak)."""
+def _hunt(env: dict[str, str], commands: list[list[str]], workdir: Path) -> tuple[list[str], dict[str, int]]:
+    """Run each command at -vv; returns every output that contains a secret (empty: no leak) and each
+    command's exit code."""
     leaks: list[str] = []
+    codes: dict[str, int] = {}
     for args in commands:
         proc = subprocess.run(  # noqa: S603 - our own CLI
             [sys.executable, "-m", "esrag.cli", "-vv", *args], env=env, cwd=workdir, capture_output=True,
             text=True, timeout=300, check=False,
         )
+        codes[" ".join(a for a in args if not a.startswith("/"))] = proc.returncode  # paths left out
         for name, text in (("stdout", proc.stdout), ("stderr", proc.stderr)):
             hits = [s for s in SECRETS if s in text]
             if hits:
@@ -200,7 +203,7 @@ def _hunt(env: dict[str, str], commands: list[list[str]], workdir: Path) -> list
             for s in SECRETS:
                 if s.encode() in data and path.name != "esrag.toml":
                     leaks.append(f"{path} contains {s!r}")
-    return leaks
+    return leaks, codes
 
 
 def _env(tmp: Path, es_url: str, llm_url: str) -> dict[str, str]:
@@ -227,6 +230,7 @@ def workspace(tmp_path: Path) -> tuple[Path, Path, Path]:
     work = tmp_path / "work"
     corpus = work / "corpus"
     corpus.mkdir(parents=True)
+    (work / "esrag.toml").write_text("# the leak hunt's config\n")
     (corpus / "zebra.md").write_text("# Zebras\n\nZebras have black and white stripes that confuse flies.\n")
     (corpus / "rust.md").write_text("# Rust\n\nThe borrow checker enforces a single owner for each value.\n")
     dataset = write_dataset(tmp_path / "dataset")
@@ -239,8 +243,11 @@ def test_no_command_leaks_a_secret_with_a_reachable_server(
 ) -> None:
     work, corpus, dataset = workspace
     env = _env(work, fault_proxy.url, f"http://127.0.0.1:{free_port()}")
-    leaks = _hunt(env, _commands(corpus, dataset), work)
+    leaks, codes = _hunt(env, _commands(corpus, dataset), work)
     assert leaks == []
+    ran = {c: codes[c] for c in ("init", "ingest --json", "status", "search zebras stripes", "eval",
+                                 "config show")}
+    assert set(ran.values()) == {0}, codes
     # the secrets were in use: the API key (which wins over the URL password) reached the server
     sent = {r.header("authorization") for r in fault_proxy.requests}
     assert sent == {f"ApiKey {ES_API_KEY}"}
@@ -251,7 +258,9 @@ def test_no_command_leaks_a_secret_with_unreachable_servers(workspace: tuple[Pat
     work, corpus, dataset = workspace
     env = _env(work, f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}")
     env["ESRAG_ES_API_KEY"] = ""  # basic auth from the URL this time
-    assert _hunt(env, _commands(corpus, dataset), work) == []
+    leaks, codes = _hunt(env, _commands(corpus, dataset), work)
+    assert leaks == []
+    assert codes["status"] == 1 and codes["search zebras stripes"] == 1, codes  # they did try to connect
 
 
 def test_basic_auth_from_a_url_password_is_what_is_sent(fault_proxy: FaultProxy) -> None:
