@@ -6,12 +6,18 @@ the URL and the side, within the timeout."""
 from __future__ import annotations
 
 import base64
+import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from esrag.config import Settings
 from esrag.errors import StoreConnectionError, StoreError
 from esrag.stores.elasticsearch import ElasticsearchStore
 from esrag.types import EmbeddedChunk, SearchRequest
@@ -239,3 +245,104 @@ def test_url_credentials_with_delimiters_are_sent_as_basic_auth_and_never_shown(
     with pytest.raises(StoreError) as exc:
         store.search(SearchRequest(text="text", vector=None, candidates=3))
     assert password not in str(exc.value) and "pa#s" not in str(exc.value)
+
+
+# -- the real CLI under faults, and two CLI writers at once ------------------------------------------------------
+
+TOPICS = ["kafka partitions consumer groups", "postgres vacuum dead tuples", "tomatoes sunlight watering",
+          "rust borrow checker ownership", "glaciers carve valleys", "espresso pressure grounds"]
+
+
+def write_corpus(root: Path, n: int = 24) -> Path:
+    """``n`` small markdown files, a few chunks each at chunk_size 32."""
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        topic = TOPICS[i % len(TOPICS)]
+        paras = [f"Paragraph {j} of note {i} about {topic}. " * 3 for j in range(3)]
+        (root / f"note{i:03d}.md").write_text(f"# Note {i}: {topic}\n\n" + "\n\n".join(paras) + "\n")
+    return root
+
+
+def cli_env(es_url: str, index: str, tmp: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ESRAG_") or k.startswith("ESRAG_TEST_")}
+    cfg = tmp / "esrag.toml"
+    cfg.write_text("")
+    env.update({"ESRAG_ES_URL": es_url, "ESRAG_INDEX": index, "ESRAG_CONFIG": str(cfg), "ESRAG_CHUNK_SIZE": "32",
+                "ESRAG_CHUNK_OVERLAP": "4", "ESRAG_ES_TIMEOUT": "3", "HF_HUB_OFFLINE": "1",
+                "TRANSFORMERS_OFFLINE": "1", **extra})
+    return env
+
+
+def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(  # noqa: S603 - our own CLI
+        [sys.executable, "-m", "esrag.cli", *args], env=env, capture_output=True, text=True, timeout=600,
+        check=False,
+    )
+
+
+def index_state(es_url: str, index: str) -> list[tuple[str, str, str]]:
+    """Every stored chunk as (chunk id, doc_sha, source), sorted: duplicates would show twice."""
+    store = ElasticsearchStore(Settings(es_url=es_url, index=index))
+    try:
+        store.refresh()
+        resp = store.client.search(index=index, size=10_000, query={"match_all": {}},
+                                   source=["doc_sha", "source"])
+        return sorted((h["_id"], h["_source"]["doc_sha"], h["_source"]["source"]) for h in resp["hits"]["hits"])
+    finally:
+        store.close()
+
+
+@pytest.fixture(scope="module")
+def clean_run(es_url: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[tuple[str, str, str]]]:
+    """One clean ingest of the corpus (no proxy): the state every other run must end in."""
+    tmp = tmp_path_factory.mktemp("clean")
+    corpus = write_corpus(tmp / "corpus")
+    index = f"clean{os.getpid()}"
+    done = cli(cli_env(es_url, index, tmp), "ingest", str(corpus), "--json")
+    assert done.returncode == 0, done.stderr
+    state = index_state(es_url, index)
+    cli(cli_env(es_url, index, tmp), "delete", "--all", "--yes")
+    return corpus, [(i, sha, Path(src).name) for i, sha, src in state]
+
+
+def names(state: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
+    return [(i, sha, Path(src).name) for i, sha, src in state]
+
+
+@pytest.mark.slow
+def test_cli_ingest_under_persistent_item_failures_exits_1_listing_files_then_a_rerun_completes(
+    fault_proxy: FaultProxy, es_url: str, clean_run: tuple[Path, list[tuple[str, str, str]]], tmp_path: Path
+) -> None:
+    corpus, expected = clean_run
+    index = f"itemfail{os.getpid()}"
+    env = cli_env(fault_proxy.url, index, tmp_path, ESRAG_ES_RETRY_SECONDS="1")
+    fault_proxy.bulk_items(503, every=4, times=None)
+    first = cli(env, "ingest", str(corpus), "--json")
+    assert first.returncode == 1, first.stderr
+    report = json.loads(first.stdout)
+    failed = report["errors"]
+    assert failed and all(Path(e["source"]).parent == corpus and "503" in e["reason"] for e in failed)
+    stored = index_state(es_url, index)
+    assert len(stored) + len(failed) == len(expected)  # every chunk written or reported failed
+    assert {e["chunk_id"] for e in failed}.isdisjoint(i for i, _, _ in stored)
+    fault_proxy.clear()
+    second = cli(env, "ingest", str(corpus), "--json")
+    assert second.returncode == 0, second.stderr
+    assert names(index_state(es_url, index)) == expected  # complete, nothing duplicated
+    cli(env, "delete", "--all", "--yes")
+
+
+@pytest.mark.slow
+def test_two_cli_ingests_at_once_end_like_one_clean_run(
+    es_url: str, clean_run: tuple[Path, list[tuple[str, str, str]]], tmp_path: Path
+) -> None:
+    corpus, expected = clean_run
+    index = f"twowriters{os.getpid()}"
+    env = cli_env(es_url, index, tmp_path)
+    procs = [subprocess.Popen(  # noqa: S603 - our own CLI
+        [sys.executable, "-m", "esrag.cli", "ingest", str(corpus)], env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert names(index_state(es_url, index)) == expected
+    cli(env, "delete", "--all", "--yes")
