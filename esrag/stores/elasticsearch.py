@@ -12,9 +12,10 @@ checks the server with a short timeout (``es_connect_timeout``) so a wrong URL f
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -41,8 +42,10 @@ from esrag.stores.es_client import (
     check_server,
     error_reason,
     error_type,
+    is_retryable,
     make_client,
     resolve_connection,
+    retry_after_s,
 )
 from esrag.types import (
     ChunkRef,
@@ -86,7 +89,9 @@ class ElasticsearchStore:
         self.alias = settings.index
         self.concrete_name = f"{settings.index}{CONCRETE_SUFFIX}"
         self._errors = ErrorTranslator(settings, self.location, self.alias)
-        self.retry = RetryPolicy(budget_s=float(getattr(settings, "es_retry_seconds", DEFAULT_RETRY_SECONDS)))
+        budget = float(getattr(settings, "es_retry_seconds", DEFAULT_RETRY_SECONDS))
+        self.retry = RetryPolicy(budget_s=budget)  # bulk writes
+        self._read_retry = RetryPolicy(budget_s=budget)  # the reads of the ingest path
         self.bulk_stats = BulkStats()
         self._client: Elasticsearch | None = None
         self._lock = threading.Lock()
@@ -144,6 +149,27 @@ class ElasticsearchStore:
             raise
         except (ApiError, TransportError) as e:
             raise self._translate(e, action) from e
+
+    def _retried(self, action: str, call: Callable[[], Any]) -> Any:
+        """``call()`` for the reads and refreshes of the ingest path, retried like bulk writes (429/5xx
+        gateway errors, connection errors, timeouts; backoff within ``es_retry_seconds``), so that
+        back-pressure slows an ingest down instead of failing it. User-facing searches are not retried."""
+        attempt = 0
+        while True:
+            try:
+                result = call()
+            except (ApiError, TransportError) as e:
+                if not is_retryable(e):
+                    raise self._translate(e, action) from e
+                waited = self._read_retry.wait(attempt, retry_after_s(e) if isinstance(e, ApiError) else None)
+                if waited is None:
+                    raise self._translate(e, action) from e
+                log.warning("Elasticsearch at %s: %s while %s; retrying in %.1f s", self.location,
+                            self._errors.reason(e), action, waited)
+                attempt += 1
+                continue
+            self._read_retry.progress()
+            return result
 
     # -- index lifecycle --------------------------------------------------------------------------------
 
@@ -303,8 +329,7 @@ class ElasticsearchStore:
 
     def refresh(self) -> None:
         """One refresh of the index: every completed write becomes visible to ``search`` and ``count``."""
-        with self._api("refreshing the index"):
-            self.client.indices.refresh(index=self.alias)
+        self._retried("refreshing the index", lambda: self.client.indices.refresh(index=self.alias))
         with self._lock:
             self._unrefreshed_docs.clear()
             self._unrefreshed_deletes.clear()
@@ -363,11 +388,13 @@ class ElasticsearchStore:
         """Every hit of ``query`` (its ``_id`` and ``_source`` ``fields``), read in a point in time with
         ``search_after`` pages of ``REFS_PAGE``: complete however many chunks match."""
         with self._api(action):
-            pit_id = str(self.client.open_point_in_time(index=self.alias, keep_alive=q.PIT_KEEP_ALIVE)["id"])
+            pit_id = str(self._retried(action, lambda: self.client.open_point_in_time(
+                index=self.alias, keep_alive=q.PIT_KEEP_ALIVE))["id"])
             try:
                 after: list[Any] | None = None
                 while True:
-                    resp = self.client.search(**q.build_pit_page(pit_id, query, fields, REFS_PAGE, after))
+                    page = q.build_pit_page(pit_id, query, fields, REFS_PAGE, after)
+                    resp = self._retried(action, functools.partial(self.client.search, **page))
                     pit_id = str(resp.get("pit_id", pit_id))
                     hits = resp["hits"]["hits"]
                     yield from hits
@@ -433,9 +460,9 @@ class ElasticsearchStore:
         out: dict[str, np.ndarray] = {}
         with self._api("reading embeddings"):
             for start in range(0, len(unique), ID_BATCH):
-                resp = self.client.mget(
-                    index=target, ids=unique[start : start + ID_BATCH], source=[q.VECTOR_FIELD]
-                )
+                batch = unique[start : start + ID_BATCH]
+                resp = self._retried("reading embeddings", functools.partial(
+                    self.client.mget, index=target, ids=batch, source=[q.VECTOR_FIELD]))
                 for doc in resp["docs"]:
                     if "error" in doc:
                         raise self._errors.item(doc, f"reading chunk {doc.get('_id')} of '{self.alias}'")

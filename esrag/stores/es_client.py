@@ -238,6 +238,7 @@ def make_client(settings: Settings, conn: Connection) -> Elasticsearch:
     kwargs: dict[str, Any] = {
         "request_timeout": settings.es_timeout,
         "retry_on_timeout": False,
+        "retry_on_status": (),  # statuses are retried by esrag, with backoff, where it is safe and useful
         "max_retries": CLIENT_MAX_RETRIES,
         "verify_certs": settings.es_verify_certs,
         "serializers": fast_serializers(),

@@ -184,6 +184,32 @@ def test_reads_of_own_writes_need_no_refresh_unless_they_touch_written_documents
     assert set(store.get_embeddings([c.chunk.id for c in chunks[3:6]])) == {c.chunk.id for c in chunks[3:6]}
 
 
+def test_the_reads_of_an_ingest_are_retried_under_back_pressure(fault_proxy: FaultProxy, behind: MakeES) -> None:
+    store = behind()
+    chunks = corpus(9)
+    store.write(chunks)
+    store.refresh()
+    fault_proxy.status(429, path="/_search", times=2)
+    fault_proxy.status(503, path="/_mget", times=2)
+    fault_proxy.status(502, path="/_refresh", times=1)
+    assert len(store.list_chunks(["doc0", "doc1", "doc2"])) == 3
+    assert len(store.get_embeddings([c.chunk.id for c in chunks])) == 9
+    store.write(chunks[:1])
+    store.refresh()
+    assert sum(1 for r in fault_proxy.requests if r.fault) == 5  # every injected failure was met and survived
+
+
+def test_a_read_that_keeps_failing_gives_up_within_the_budget_naming_the_url(
+    fault_proxy: FaultProxy, behind: MakeES
+) -> None:
+    store = behind(es_retry_seconds=1.0)
+    fault_proxy.status(503, path="/_mget", times=None)
+    start = time.monotonic()
+    with pytest.raises(StoreError, match="HTTP 503") as exc:
+        store.get_embeddings(["x"])
+    assert time.monotonic() - start < 3 and fault_proxy.url in str(exc.value)
+
+
 # -- searches ------------------------------------------------------------------------------------------------
 
 
