@@ -228,6 +228,23 @@ def test_refs_page_uses_pit_and_search_after() -> None:
     assert "search_after" not in q.build_refs_page("PIT", ["a"], 10)
 
 
+def test_prefix_query_selects_doc_ids_by_prefix_or_everything() -> None:
+    assert q.build_prefix_query("docs/") == {"bool": {"filter": [{"prefix": {"doc_id": "docs/"}}]}}
+    assert q.build_prefix_query("") == {"match_all": {}}
+
+
+def test_pit_page_reads_only_the_given_fields() -> None:
+    assert q.build_pit_page("PIT", {"match_all": {}}, ("doc_id", "doc_sha"), 7, [5]) == {
+        "pit": {"id": "PIT", "keep_alive": q.PIT_KEEP_ALIVE},
+        "query": {"match_all": {}},
+        "sort": [{"_shard_doc": "asc"}],
+        "size": 7,
+        "_source": ["doc_id", "doc_sha"],
+        "track_total_hits": False,
+        "search_after": [5],
+    }
+
+
 def test_count_body() -> None:
     assert q.build_count_body() == {
         "size": 0,
