@@ -42,7 +42,7 @@ CLIENT_MAX_RETRIES = 1
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 #: Backoff: the first wait and the cap of one wait, in seconds (before jitter).
 INITIAL_BACKOFF_S = 0.5
-MAX_BACKOFF_S = 20.0
+MAX_BACKOFF_S = 10.0
 #: Default of ``es_retry_seconds`` when the Settings in use predate it.
 DEFAULT_RETRY_SECONDS = 60.0
 
