@@ -344,9 +344,9 @@ class ElasticsearchStore:
             self.refresh()
 
     def delete_chunks(self, ids: Sequence[str]) -> int:
-        """Delete chunks by id (bulk ``delete`` actions, retried like writes, then one refresh so that a
-        search right after no longer finds them); returns how many existed. Raises BulkWriteError when some
-        deletes failed. (An ingest deletes stale chunks through ``write(delete_ids=...)``, unrefreshed.)"""
+        """Delete chunks by id (bulk ``delete`` actions, retried like writes; like writes, not refreshed:
+        ``get_embeddings`` and ``list_chunks`` no longer see them at once, ``search`` and ``count`` after
+        ``refresh()``); returns how many existed. Raises BulkWriteError when some deletes failed."""
         unique = list(dict.fromkeys(ids))
         result = self.write((), delete_ids=unique)
         if result.errors:
@@ -354,8 +354,6 @@ class ElasticsearchStore:
                 f"Elasticsearch at {self.location} failed to delete {len(result.errors)} of {len(unique)} "
                 f"chunks in '{self.alias}': {result.errors[0].reason}", result.errors
             )
-        if result.deleted:
-            self.refresh()
         return result.deleted
 
     def delete_documents(self, doc_ids: Sequence[str]) -> int:
