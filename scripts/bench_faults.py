@@ -96,6 +96,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--docs", type=int, default=60)
     parser.add_argument("--changed", type=int, default=20)
+    parser.add_argument("--reingest-only", action="store_true", help="only the no-fault run and the re-ingest")
     args = parser.parse_args()
     scenarios: list[tuple[str, Callable[[FaultProxy], object], dict[str, str]]] = [
         ("no fault", lambda p: None, {}),
@@ -111,6 +112,8 @@ def main() -> None:
         ("cluster down for bulk (503 always, budget 2 s)", lambda p: p.status(503, path="/_bulk", times=None),
          {"ESRAG_ES_RETRY_SECONDS": "2"}),
     ]
+    if args.reingest_only:
+        scenarios = scenarios[:1]
     with tempfile.TemporaryDirectory() as tmp_s, es_server() as url:
         tmp = Path(tmp_s)
         corpus = tmp / "corpus"
