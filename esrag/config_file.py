@@ -31,11 +31,11 @@ NEW_FILE_MODE = 0o600
 
 def save_settings(updates: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
     """Set ``updates`` (setting name -> value; None removes the key) in the config file at ``path``,
-    creating it (with an ``[esrag]`` table, mode 0600) when missing, and return the path written.
+    creating it (mode 0600) when missing, and return the path written.
 
-    Where the settings go: the ``[esrag]`` table when the file has one (or is new), else the top level
-    when the file already keeps settings there. Everything else in the file is left as it was. Raises
-    ConfigError naming the file when it cannot be parsed or written.
+    Where the settings go: the ``[esrag]`` table when the file has one; a new ``[esrag]`` table when the
+    file has other tables; else (a new, empty or flat file) the top level. Everything else in the file is
+    left as it was. Raises ConfigError naming the file when it cannot be parsed or written.
     """
     target = Path(path)
     if target.is_symlink():
@@ -48,7 +48,7 @@ def save_settings(updates: Mapping[str, Any], path: str | os.PathLike[str]) -> P
         doc = tomlkit.parse(text) if text is not None else tomlkit.document()
     except TOMLKitError as e:
         raise ConfigError(f"cannot update config file {target}: it is not valid TOML ({e})") from e
-    section = _section(doc, new=text is None)
+    section = _section(doc)
     for key, value in updates.items():
         if value is None:
             section.pop(key, None)
@@ -59,17 +59,15 @@ def save_settings(updates: Mapping[str, Any], path: str | os.PathLike[str]) -> P
     return target
 
 
-def _section(doc: tomlkit.TOMLDocument, new: bool) -> Any:
+def _section(doc: tomlkit.TOMLDocument) -> Any:
     """The container esrag's settings are written to (see ``save_settings``)."""
     existing = doc.get(TABLE)
     if isinstance(existing, Table):
         return existing
     if existing is not None:
         raise ConfigError(f"'{TABLE}' in the config file is not a table")
-    has_top_level_settings = any(not isinstance(v, Table) for v in doc.values())
-    if new or not has_top_level_settings:
-        table = tomlkit.table()
-        doc[TABLE] = table
+    if any(isinstance(v, Table) for v in doc.values()):
+        doc[TABLE] = tomlkit.table()  # top-level keys after other tables would land inside the last one
         return doc[TABLE]
     return doc
 

@@ -51,11 +51,18 @@ def test_a_group_readable_file_keeps_its_mode(tmp_path: Path) -> None:
     assert mode(cfg) == 0o640
 
 
-def test_a_new_file_is_private_and_has_an_esrag_table(tmp_path: Path) -> None:
+def test_a_new_file_is_private(tmp_path: Path) -> None:
     cfg = tmp_path / "esrag.toml"
     save_settings({"alpha": 0.3}, cfg)
     assert mode(cfg) == 0o600
-    assert tomllib.loads(cfg.read_text()) == {"esrag": {"alpha": 0.3}}
+    assert tomllib.loads(cfg.read_text()) == {"alpha": 0.3}
+
+
+def test_a_file_with_only_other_tables_gets_an_esrag_table(tmp_path: Path) -> None:
+    cfg = tmp_path / "esrag.toml"
+    cfg.write_text("[tool.other]\nname = 'kept'\n")
+    save_settings({"alpha": 0.3}, cfg)
+    assert tomllib.loads(cfg.read_text()) == {"tool": {"other": {"name": "kept"}}, "esrag": {"alpha": 0.3}}
 
 
 def test_a_flat_file_is_edited_at_the_top_level(tmp_path: Path) -> None:
