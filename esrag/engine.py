@@ -219,23 +219,12 @@ class Engine:
     def ingest_paths(self, paths: Sequence[str | Path], glob: Sequence[str] = (), exclude: Sequence[str] = (),
                      metadata: Mapping[str, MetadataValue] | None = None, progress: bool = False,
                      **options: Any) -> IngestReport:
-        report = self.ingestor(progress).ingest_paths(list(paths), glob=glob, exclude=exclude,
-                                                       metadata=metadata, **options)
-        self._refresh()
-        return report
+        return self.ingestor(progress).ingest_paths(list(paths), glob=glob, exclude=exclude,
+                                                     metadata=metadata, **options)
 
     def ingest_documents(self, docs: Iterable[Document], total: int | None = None,
                          progress: bool = False) -> IngestReport:
-        report = self.ingestor(progress).ingest_documents(docs, total=total)
-        self._refresh()
-        return report
-
-    def _refresh(self) -> None:
-        """Make an ingest's writes searchable: one refresh at its end (stores that predate ``refresh``
-        show writes at once)."""
-        refresh = getattr(self.store, "refresh", None)
-        if refresh is not None:
-            refresh()
+        return self.ingestor(progress).ingest_documents(docs, total=total)
 
     def delete_documents(self, refs: Sequence[str]) -> int:
         """Delete documents by doc_id or by the file given at ingest (every record of a JSON/JSONL file;
