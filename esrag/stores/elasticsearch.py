@@ -68,6 +68,8 @@ CONCRETE_SUFFIX = "-v1"
 ID_BATCH = 1000
 DOC_ID_BATCH = 500
 REFS_PAGE = 5000
+#: Hits per page when the hits carry vectors (``get_embeddings_by_sha``).
+VECTOR_PAGE = 1000
 
 
 class ElasticsearchStore:
@@ -99,6 +101,7 @@ class ElasticsearchStore:
         self._write_target: tuple[str, bool] | None = None  # (name to write to, is an alias)
         self._unrefreshed_docs: set[str] = set()  # doc ids written since the last refresh
         self._unrefreshed_deletes: set[str] = set()  # chunk ids deleted since the last refresh
+        self._unrefreshed_shas: set[str] = set()  # chunk_shas written since the last refresh
 
     def __repr__(self) -> str:
         return f"ElasticsearchStore({self.location!r}, index={self.alias!r})"
@@ -313,10 +316,12 @@ class ElasticsearchStore:
         """
         target, is_alias = self._resolve_write_target()
         doc_ids: set[str] = set()
+        shas: set[str] = set()
 
         def noted() -> Iterator[EmbeddedChunk]:
             for ec in chunks:
                 doc_ids.add(ec.chunk.doc_id)
+                shas.add(ec.chunk.chunk_sha)
                 yield ec
 
         writer = BulkWriter(self.client, self._errors, self.retry, self.bulk_stats, self.settings.es_timeout)
@@ -325,6 +330,7 @@ class ElasticsearchStore:
         finally:
             with self._lock:
                 self._unrefreshed_docs |= doc_ids
+                self._unrefreshed_shas |= shas
                 self._unrefreshed_deletes.update(delete_ids)
 
     def refresh(self) -> None:
@@ -332,6 +338,7 @@ class ElasticsearchStore:
         self._retried("refreshing the index", lambda: self.client.indices.refresh(index=self.alias))
         with self._lock:
             self._unrefreshed_docs.clear()
+            self._unrefreshed_shas.clear()
             self._unrefreshed_deletes.clear()
 
     def _refresh_if(self, doc_ids: Iterable[str] | None) -> None:
@@ -382,21 +389,23 @@ class ElasticsearchStore:
 
     # -- reads ------------------------------------------------------------------------------------------
 
-    def _pit_pages(self, query: dict[str, Any], fields: Sequence[str], action: str) -> Iterator[dict[str, Any]]:
+    def _pit_pages(self, query: dict[str, Any], fields: Sequence[str], action: str,
+                   page_size: int | None = None) -> Iterator[dict[str, Any]]:
         """Every hit of ``query`` (its ``_id`` and ``_source`` ``fields``), read in a point in time with
-        ``search_after`` pages of ``REFS_PAGE``: complete however many chunks match."""
+        ``search_after`` pages of ``page_size`` (default ``REFS_PAGE``): complete however many chunks match."""
+        size = page_size or REFS_PAGE
         with self._api(action):
             pit_id = str(self._retried(action, lambda: self.client.open_point_in_time(
                 index=self.alias, keep_alive=q.PIT_KEEP_ALIVE))["id"])
             try:
                 after: list[Any] | None = None
                 while True:
-                    page = q.build_pit_page(pit_id, query, fields, REFS_PAGE, after)
+                    page = q.build_pit_page(pit_id, query, fields, size, after)
                     resp = self._retried(action, functools.partial(self.client.search, **page))
                     pit_id = str(resp.get("pit_id", pit_id))
                     hits = resp["hits"]["hits"]
                     yield from hits
-                    if len(hits) < REFS_PAGE:
+                    if len(hits) < size:
                         return
                     after = hits[-1]["sort"]
             finally:
@@ -447,6 +456,30 @@ class ElasticsearchStore:
             d: DocRef(doc_id=d, doc_sha=next(iter(s)) if len(s) == 1 else "", chunks=counts[d])
             for d, s in shas.items()
         }
+
+    def get_embeddings_by_sha(self, chunk_shas: Sequence[str]) -> dict[str, np.ndarray]:
+        """One stored vector (float32, shape (dims,)) per given ``chunk_sha`` found in any document; shas
+        not found are absent. A ``terms`` query on ``chunk_sha`` read in PIT pages (``VECTOR_PAGE`` hits,
+        vectors are large); the first chunk of each sha wins (equal text has one vector under one model).
+        Refreshes first only when one of the shas was written by this store since the last refresh."""
+        unique = list(dict.fromkeys(chunk_shas))
+        if not unique:
+            self._require_index()
+            return {}
+        with self._lock:
+            stale = not self._unrefreshed_shas.isdisjoint(unique)
+        if stale:
+            self.refresh()
+        out: dict[str, np.ndarray] = {}
+        for start in range(0, len(unique), DOC_ID_BATCH):
+            query = {"bool": {"filter": [{"terms": {"chunk_sha": unique[start : start + DOC_ID_BATCH]}}]}}
+            fields = ("chunk_sha", q.VECTOR_FIELD)
+            for h in self._pit_pages(query, fields, "reading embeddings by content", VECTOR_PAGE):
+                src = h.get("_source") or {}
+                sha, vector = src.get("chunk_sha"), src.get(q.VECTOR_FIELD)
+                if isinstance(sha, str) and vector is not None and sha not in out:
+                    out[sha] = np.asarray(vector, dtype=np.float32)
+        return out
 
     def get_embeddings(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
         """Stored vectors by chunk id (float32, shape (dims,)) via realtime ``mget``; ids not found are

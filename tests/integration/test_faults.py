@@ -372,3 +372,16 @@ def test_two_cli_ingests_at_once_end_like_one_clean_run(
     assert [p.returncode for p in procs] == [0, 0], outs
     assert names(index_state(es_url, index)) == expected
     cli(env, "delete", "--all", "--yes")
+
+
+def test_vectors_by_sha_see_own_writes_and_refresh_only_when_needed(fault_proxy: FaultProxy, behind: MakeES) -> None:
+    store = behind()
+    chunks = corpus(6)
+    store.write(chunks[:3])
+    store.refresh()
+    store.write(chunks[3:])
+    fault_proxy.forget()
+    assert set(store.get_embeddings_by_sha([chunks[0].chunk.chunk_sha])) == {chunks[0].chunk.chunk_sha}
+    assert "/_refresh" not in " ".join(fault_proxy.paths())  # nothing unrefreshed was asked for
+    assert set(store.get_embeddings_by_sha([chunks[4].chunk.chunk_sha])) == {chunks[4].chunk.chunk_sha}
+    assert fault_proxy.paths().count(f"/{store.alias}/_refresh") == 1
