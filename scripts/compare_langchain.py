@@ -2,7 +2,7 @@
 
 Usage::
 
-    HF_HUB_OFFLINE=1 python scripts/compare_langchain.py ../shared/data/python-faq \\
+    HF_HUB_OFFLINE=1 python scripts/compare_langchain.py /tmp/python-faq \\
         [--alphas 0.3,0.5,0.7] [--cache-dir ~/.cache/esrag-bench] [--es-url URL] [--json OUT.json]
 
 Needs ``pip install 'esrag[eval,compare]'``.
