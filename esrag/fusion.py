@@ -1,6 +1,6 @@
 """Score normalisation and fusion of a BM25 list and a kNN list. Pure functions, no I/O.
 
-Linear fusion: ``hybrid = (1 - alpha) * norm(sparse) + alpha * norm(dense)`` over the union of both lists;
+Linear fusion: ``hybrid = (1 - alpha) * norm(bm25) + alpha * norm(dense)`` over the union of both lists;
 a chunk one side did not return counts 0 on that side -- or that side's lowest normalised score, if that is
 below 0 (z-scores): a chunk a side did not return is never ranked above one it did. Normalisation is per
 list:
@@ -13,7 +13,7 @@ Reciprocal rank fusion: ``sum_i w_i / (k + rank_i)`` with 1-based ranks, ``w = (
 so that alpha=0.5 gives the textbook unweighted RRF; a side that did not return a chunk adds nothing.
 
 Ordering is total and reproducible: fused score descending, then the rank on the heavier side
-(sparse when alpha < 0.5, dense when alpha > 0.5, sparse at 0.5), then the other side's rank, then id.
+(bm25 when alpha < 0.5, dense when alpha > 0.5, bm25 at 0.5), then the other side's rank, then id.
 That tie-break is what makes alpha=0 reproduce the BM25 order exactly and alpha=1 the kNN order exactly,
 even where normalisation maps several hits to the same value (the minimum of each list maps to 0, like a
 hit that side did not return).
@@ -31,11 +31,11 @@ from esrag.config import NORMALIZATIONS, check_alpha
 class Fused(NamedTuple):
     id: str
     score: float
-    sparse_score: float | None
+    bm25_score: float | None
     dense_score: float | None
-    sparse_rank: int | None  # 1-based
+    bm25_rank: int | None  # 1-based
     dense_rank: int | None
-    sparse_norm: float
+    bm25_norm: float
     dense_norm: float
 
 
@@ -75,7 +75,7 @@ def _sort(fused: list[Fused], alpha: float) -> list[Fused]:
     dense_first = alpha > 0.5
 
     def key(f: Fused) -> tuple[float, float, float, str]:
-        sr = f.sparse_rank if f.sparse_rank is not None else inf
+        sr = f.bm25_rank if f.bm25_rank is not None else inf
         dr = f.dense_rank if f.dense_rank is not None else inf
         first, second = (dr, sr) if dense_first else (sr, dr)
         return (-f.score, first, second, f.id)
@@ -84,14 +84,14 @@ def _sort(fused: list[Fused], alpha: float) -> list[Fused]:
 
 
 def linear_fusion(
-    sparse: Sequence[tuple[str, float]],
+    bm25: Sequence[tuple[str, float]],
     dense: Sequence[tuple[str, float]],
     alpha: float,
     normalization: str = "minmax",
 ) -> list[Fused]:
-    """Fuse two ranked lists of (id, score), best first, with ``(1 - alpha) * sparse + alpha * dense``."""
+    """Fuse two ranked lists of (id, score), best first, with ``(1 - alpha) * bm25 + alpha * dense``."""
     check_alpha(alpha)
-    s_ranked, d_ranked = _ranked(sparse), _ranked(dense)
+    s_ranked, d_ranked = _ranked(bm25), _ranked(dense)
     s_ids, d_ids = list(s_ranked), list(d_ranked)
     s_norm = dict(zip(s_ids, normalize([s_ranked[i][1] for i in s_ids], normalization), strict=True))
     d_norm = dict(zip(d_ids, normalize([d_ranked[i][1] for i in d_ids], normalization), strict=True))
@@ -104,32 +104,32 @@ def linear_fusion(
         out.append(Fused(
             id=doc,
             score=(1.0 - alpha) * sn + alpha * dn,
-            sparse_score=s[1] if s else None,
+            bm25_score=s[1] if s else None,
             dense_score=d[1] if d else None,
-            sparse_rank=s[0] if s else None,
+            bm25_rank=s[0] if s else None,
             dense_rank=d[0] if d else None,
-            sparse_norm=sn,
+            bm25_norm=sn,
             dense_norm=dn,
         ))
     return _sort(out, alpha)
 
 
 def rrf_fusion(
-    sparse: Sequence[tuple[str, float]],
+    bm25: Sequence[tuple[str, float]],
     dense: Sequence[tuple[str, float]],
     k: int = 60,
     alpha: float = 0.5,
 ) -> list[Fused]:
     """Reciprocal rank fusion with side weights ``2 * (1 - alpha)`` and ``2 * alpha``.
 
-    ``sparse_norm``/``dense_norm`` of each result hold that side's RRF contribution.
+    ``bm25_norm``/``dense_norm`` of each result hold that side's RRF contribution.
     """
     check_alpha(alpha)
     if k < 1:
         msg = f"rrf k must be at least 1, got {k}"
         raise ValueError(msg)
     ws, wd = 2.0 * (1.0 - alpha), 2.0 * alpha
-    s_ranked, d_ranked = _ranked(sparse), _ranked(dense)
+    s_ranked, d_ranked = _ranked(bm25), _ranked(dense)
     out = []
     for doc in dict.fromkeys(list(s_ranked) + list(d_ranked)):
         s, d = s_ranked.get(doc), d_ranked.get(doc)
@@ -138,11 +138,11 @@ def rrf_fusion(
         out.append(Fused(
             id=doc,
             score=sc + dc,
-            sparse_score=s[1] if s else None,
+            bm25_score=s[1] if s else None,
             dense_score=d[1] if d else None,
-            sparse_rank=s[0] if s else None,
+            bm25_rank=s[0] if s else None,
             dense_rank=d[0] if d else None,
-            sparse_norm=sc,
+            bm25_norm=sc,
             dense_norm=dc,
         ))
     return _sort(out, alpha)

@@ -40,7 +40,7 @@ def check_model(store: Store, embedder: Embedder) -> None:
 
 
 def fuse(
-    sparse: list[ScoredChunk],
+    bm25: list[ScoredChunk],
     dense: list[ScoredChunk],
     mode: str,
     fusion: str,
@@ -53,22 +53,22 @@ def fuse(
     if mode == "bm25":
         alpha, dense = 0.0, []
     elif mode == "dense":
-        alpha, sparse = 1.0, []
+        alpha, bm25 = 1.0, []
     if fusion == "rrf":
-        fused = rrf_fusion([(c.id, c.score) for c in sparse], [(c.id, c.score) for c in dense], rrf_k, alpha)
+        fused = rrf_fusion([(c.id, c.score) for c in bm25], [(c.id, c.score) for c in dense], rrf_k, alpha)
     else:
-        fused = linear_fusion([(c.id, c.score) for c in sparse], [(c.id, c.score) for c in dense], alpha,
+        fused = linear_fusion([(c.id, c.score) for c in bm25], [(c.id, c.score) for c in dense], alpha,
                               normalization)
     by_id = {c.id: c for c in dense}
-    by_id.update({c.id: c for c in sparse})
+    by_id.update({c.id: c for c in bm25})
     return [_hit(f, by_id[f.id]) for f in fused[:k]]
 
 
 def _hit(f: Fused, c: ScoredChunk) -> Hit:
     return Hit(
         id=c.id, doc_id=c.doc_id, source=c.source, title=c.title, text=c.text, chunk_index=c.chunk_index,
-        score=f.score, bm25_score=f.sparse_score, dense_score=f.dense_score, bm25_rank=f.sparse_rank,
-        dense_rank=f.dense_rank, bm25_norm=f.sparse_norm, dense_norm=f.dense_norm, metadata=c.metadata,
+        score=f.score, bm25_score=f.bm25_score, dense_score=f.dense_score, bm25_rank=f.bm25_rank,
+        dense_rank=f.dense_rank, bm25_norm=f.bm25_norm, dense_norm=f.dense_norm, metadata=c.metadata,
     )
 
 
@@ -143,7 +143,7 @@ class HybridSearcher:
         t1 = time.perf_counter()
         response = self.store.search(request)
         t2 = time.perf_counter()
-        hits = fuse(response.sparse, response.dense, mode, fusion, alpha, normalization, rrf_k or s.rrf_k, k)
+        hits = fuse(response.bm25, response.dense, mode, fusion, alpha, normalization, rrf_k or s.rrf_k, k)
         t3 = time.perf_counter()
         timings = {"embed_ms": (t1 - t0) * 1e3, "store_ms": (t2 - t1) * 1e3, "fuse_ms": (t3 - t2) * 1e3}
         return SearchResult(hits, request, mode, fusion, alpha, normalization, timings)

@@ -150,7 +150,7 @@ class SearchRequest:
 
 @dataclass(frozen=True)
 class SearchResponse:
-    sparse: list[ScoredChunk]
+    bm25: list[ScoredChunk]
     dense: list[ScoredChunk]
     took_ms: float = 0.0
 

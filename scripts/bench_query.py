@@ -79,7 +79,7 @@ def main() -> None:
                 req = SearchRequest(text=text, vector=qv, candidates=args.candidates,
                                     num_candidates=2 * args.candidates)
                 resp = store.search(req)
-                hits = fuse(resp.sparse, resp.dense, "hybrid", "linear", 0.5, "minmax", 60, args.k)
+                hits = fuse(resp.bm25, resp.dense, "hybrid", "linear", 0.5, "minmax", 60, args.k)
                 total = time.perf_counter() - t0
                 assert hits
                 total_ms.append(total * 1e3)

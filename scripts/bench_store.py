@@ -101,7 +101,7 @@ def run_queries(store: SQLiteStore, queries: list[tuple[str, np.ndarray]], k: in
     for text, vector in queries:
         t0 = time.perf_counter()
         resp = store.search(SearchRequest(text=text, vector=vector, candidates=candidates))
-        linear_fusion([(c.id, c.score) for c in resp.sparse], [(c.id, c.score) for c in resp.dense], 0.5)[:k]
+        linear_fusion([(c.id, c.score) for c in resp.bm25], [(c.id, c.score) for c in resp.dense], 0.5)[:k]
         times.append((time.perf_counter() - t0) * 1e3)
     return times
 

@@ -308,8 +308,8 @@ def esrag_side(
         qvec = {q: query_vectors[i] for i, q in enumerate(qids)}
         num = max(2 * k, k + 10)
 
-        def request(qid: str, text: str, sparse: bool, dense: bool) -> SearchRequest:
-            return SearchRequest(text=text if sparse else None, vector=qvec[qid] if dense else None,
+        def request(qid: str, text: str, bm25: bool, dense: bool) -> SearchRequest:
+            return SearchRequest(text=text if bm25 else None, vector=qvec[qid] if dense else None,
                                  candidates=k, num_candidates=num)
 
         # Quality: one round trip per query gives every method (what `esrag eval` does).
@@ -323,21 +323,21 @@ def esrag_side(
             specs.append((f"rrf a={a:g}", "rrf", a, True, True))
         searcher = HybridSearcher(store, embedder, settings)
         methods = []
-        for name, fusion, alpha, sparse, dense in specs:
+        for name, fusion, alpha, bm25, dense in specs:
             m = Method(f"esrag-{settings.store_name}", name)
-            mode = "hybrid" if sparse and dense else ("bm25" if sparse else "dense")
+            mode = "hybrid" if bm25 and dense else ("bm25" if bm25 else "dense")
             for q, resp in responses.items():
                 if fusion == "rrf":
-                    hits = fuse(resp.sparse, resp.dense, "hybrid", "rrf", alpha, "minmax", RRF_C)
+                    hits = fuse(resp.bm25, resp.dense, "hybrid", "rrf", alpha, "minmax", RRF_C)
                     m.run[q] = [(h.doc_id, h.score) for h in hits][:k]
                 else:
                     m.run[q] = method_ranking(resp, {"bm25": "bm25", "dense": "dense"}.get(mode, "hybrid"),
                                               alpha, "minmax", RRF_C, k)
 
-            def excl(qid: str, text: str, fusion: str = fusion, alpha: float = alpha, sparse: bool = sparse,
+            def excl(qid: str, text: str, fusion: str = fusion, alpha: float = alpha, bm25: bool = bm25,
                      dense: bool = dense, mode: str = mode) -> None:
-                resp = store.search(request(qid, text, sparse, dense))
-                fuse(resp.sparse, resp.dense, mode, fusion, alpha, "minmax", RRF_C)[:10]
+                resp = store.search(request(qid, text, bm25, dense))
+                fuse(resp.bm25, resp.dense, mode, fusion, alpha, "minmax", RRF_C)[:10]
 
             def incl(_qid: str, text: str, fusion: str = fusion, alpha: float = alpha,
                      mode: str = mode) -> None:

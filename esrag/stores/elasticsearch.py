@@ -531,7 +531,7 @@ class ElasticsearchStore:
         body = q.build_msearch(self.alias, request)
         if not body:
             self._require_index()
-            return SearchResponse(sparse=[], dense=[])
+            return SearchResponse(bm25=[], dense=[])
         sides = [s for s, on in (("BM25", request.text is not None), ("kNN", request.vector is not None)) if on]
         with self._api(f"searching (the {' and '.join(sides)} side{'s' if len(sides) > 1 else ''})"):
             resp = self.client.msearch(index=self.alias, searches=body, filter_path=q.MSEARCH_FILTER_PATH)
@@ -544,9 +544,9 @@ class ElasticsearchStore:
             results.append([_scored(h) for h in r.get("hits", {}).get("hits", [])])
         if len(results) != len(sides):
             raise StoreError(f"Elasticsearch at {self.location} answered {len(results)} of {len(sides)} searches")
-        sparse = results.pop(0) if request.text is not None else []
+        bm25 = results.pop(0) if request.text is not None else []
         dense = results.pop(0) if request.vector is not None else []
-        return SearchResponse(sparse=sparse, dense=dense, took_ms=float(resp.get("took", 0.0)))
+        return SearchResponse(bm25=bm25, dense=dense, took_ms=float(resp.get("took", 0.0)))
 
 
 def _scored(hit: dict[str, Any]) -> ScoredChunk:

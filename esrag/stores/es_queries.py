@@ -110,7 +110,7 @@ def vector_to_list(vector: np.ndarray | Sequence[float]) -> list[float]:
     return values
 
 
-def build_sparse_body(text: str, size: int, filters: Filters) -> dict[str, Any]:
+def build_bm25_body(text: str, size: int, filters: Filters) -> dict[str, Any]:
     """The BM25 search: ``multi_match`` (best_fields) over title and text, filters in ``bool.filter`` (they
     restrict the candidates without scoring), top ``size`` hits.
 
@@ -165,7 +165,7 @@ def build_msearch(index: str, request: SearchRequest) -> list[dict[str, Any]]:
     kNN search (if ``request.vector`` is not None). Empty when both sides are skipped."""
     searches: list[dict[str, Any]] = []
     if request.text is not None:
-        searches += [{"index": index}, build_sparse_body(request.text, request.candidates, request.filters)]
+        searches += [{"index": index}, build_bm25_body(request.text, request.candidates, request.filters)]
     if request.vector is not None:
         searches += [
             {"index": index},

@@ -54,7 +54,7 @@ from esrag.config import Settings
 from esrag.errors import CorruptStoreError, IndexNotFoundError, ModelMismatchError, StoreError
 from esrag.stores import sqlite_sql as sql
 from esrag.stores.sqlite_bm25 import Bm25Index, attach_vocab, positions_of
-from esrag.stores.sqlite_sql import match_expression, query_terms, sparse_sql
+from esrag.stores.sqlite_sql import bm25_sql, match_expression, query_terms
 from esrag.types import (
     ChunkRef,
     Counts,
@@ -69,7 +69,7 @@ from esrag.types import (
     canonical_json,
 )
 
-__all__ = ["MARKER", "SCHEMA_VERSION", "SQLiteStore", "match_expression", "query_terms", "sparse_sql"]
+__all__ = ["MARKER", "SCHEMA_VERSION", "SQLiteStore", "match_expression", "query_terms", "bm25_sql"]
 
 SCHEMA_VERSION = 1
 MARKER = "esrag-sqlite-store"
@@ -419,7 +419,7 @@ class SQLiteStore:
         """Both sides in one read snapshot, each returning up to ``request.candidates`` hits, best first."""
         t0 = time.perf_counter()
         limit = max(0, int(request.candidates))
-        sparse: list[ScoredChunk] = []
+        bm25: list[ScoredChunk] = []
         dense: list[ScoredChunk] = []
         with self._guard("search"):
             conn = self._reader()
@@ -430,14 +430,14 @@ class SQLiteStore:
                 if limit and (filtered := sql.dense_filter_sql(request.filters)) is not None:
                     wanted = np.sort(np.fromiter((r for (r,) in conn.execute(*filtered)), dtype=np.int64))
                 if request.text is not None and limit:
-                    sparse = self._sparse(conn, generation, request.text, request.filters, wanted, limit)
+                    bm25 = self._bm25_side(conn, generation, request.text, request.filters, wanted, limit)
                 if request.vector is not None and limit:
                     dense = self._hits(conn, self._knn(conn, generation, request.vector, wanted, limit))
             finally:
                 conn.execute("COMMIT")
-        return SearchResponse(sparse=sparse, dense=dense, took_ms=(time.perf_counter() - t0) * 1e3)
+        return SearchResponse(bm25=bm25, dense=dense, took_ms=(time.perf_counter() - t0) * 1e3)
 
-    def _sparse(self, conn: sqlite3.Connection, generation: int, text: str, filters: Any,
+    def _bm25_side(self, conn: sqlite3.Connection, generation: int, text: str, filters: Any,
                 wanted: np.ndarray | None, limit: int) -> list[ScoredChunk]:
         """BM25 top ``limit`` (``wanted``: the filters' rowids, sorted), by Bm25Index, else by FTS5."""
         terms = query_terms(text)
@@ -453,7 +453,7 @@ class SQLiteStore:
         ranked = cached[1].top(conn, terms, limit, wanted)
         if ranked is not None:
             return self._hits(conn, ranked)
-        built = sparse_sql(terms, filters, limit)
+        built = bm25_sql(terms, filters, limit)
         assert built is not None
         return [sql.scored(r, float(r[8])) for r in conn.execute(*built)]
 
@@ -533,10 +533,10 @@ class SQLiteStore:
         """The SQL ``search`` runs, with parameters; the kNN side is numpy, described with its filter SQL.
         Pure: no I/O."""
         limit = max(0, int(request.candidates))
-        out: dict[str, Any] = {"store": self.name, "database": str(self.path), "sparse": None, "dense": None}
+        out: dict[str, Any] = {"store": self.name, "database": str(self.path), "bm25": None, "dense": None}
         if request.text is not None:
-            built = sparse_sql(request.text, request.filters, limit)
-            out["sparse"] = ({"sql": built[0], "params": built[1],
+            built = bm25_sql(request.text, request.filters, limit)
+            out["bm25"] = ({"sql": built[0], "params": built[1],
                               "note": "search computes the same hits and scores with numpy from FTS5's postings "
                                       "(esrag.stores.sqlite_bm25); this is the equivalent FTS5 query"}
                              if built else {"sql": None, "note": "no terms in the query text: no BM25 hits"})

@@ -112,7 +112,7 @@ def filter_sql(filters: Filters) -> tuple[str, list[Any]]:
     return " AND ".join(clauses), params
 
 
-def sparse_sql(text: str | Sequence[str], filters: Filters, limit: int) -> tuple[str, list[Any]] | None:
+def bm25_sql(text: str | Sequence[str], filters: Filters, limit: int) -> tuple[str, list[Any]] | None:
     """The BM25 query for free text (or its terms): top ``limit`` rowids by bm25 (filters applied before the
     cut), then their rows. None when there is no term."""
     match = match_expression(text)

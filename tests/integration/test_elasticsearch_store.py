@@ -182,7 +182,7 @@ def test_a_plain_esrag_index_under_the_name_is_used_as_is(es_store: MakeES) -> N
     assert result.written == 1 and result.errors == ()
     store.refresh()
     assert store.count().chunks == 1
-    assert store.search(SearchRequest(text="plain", vector=None, candidates=3)).sparse[0].doc_id == "d"
+    assert store.search(SearchRequest(text="plain", vector=None, candidates=3)).bm25[0].doc_id == "d"
     assert store.drop() is True and store.exists() is False
 
 
@@ -290,7 +290,7 @@ def test_hybrid_search_is_exactly_one_http_request(es_store: MakeES) -> None:
     store.refresh()
     sent = _count_http_requests(store)
     resp = store.search(SearchRequest(text="words", vector=vecs[2], candidates=5, filters={"lang": ("en",)}))
-    assert len(resp.sparse) == 5 and len(resp.dense) == 5
+    assert len(resp.bm25) == 5 and len(resp.dense) == 5
     assert [r.split("?")[0] for r in sent] == [f"POST /{store.alias}/_msearch"]
 
 

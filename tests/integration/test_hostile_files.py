@@ -80,7 +80,7 @@ def test_a_hostile_corpus_is_ingested_with_every_bad_file_listed(make_store: Mak
     docs = set(store.list_documents())
     assert docs == {"corpus/good.md", "corpus/latin1.txt", "corpus/deep.jsonl#sha-" + docs_sha(docs, "deep"),
                     "corpus/surrogates.jsonl#ok", "corpus/long-line.jsonl#a"}
-    hits = store.search(SearchRequest(text="lighthouse keeper", vector=None, candidates=3)).sparse
+    hits = store.search(SearchRequest(text="lighthouse keeper", vector=None, candidates=3)).bm25
     assert hits and hits[0].doc_id == "corpus/good.md"
 
 

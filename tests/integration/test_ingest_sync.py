@@ -138,7 +138,7 @@ def test_without_prune_gone_documents_are_counted_not_deleted(ingest: Any, tmp_p
     assert pruned.documents_gone == pruned.documents_removed == 2 and pruned.chunks_deleted > 0
     assert docs_of(ingest.store) == {f"corpus/doc{i}.md" for i in (0, 1, 2, 5)}
     ingest.store.refresh()
-    hits = ingest.store.search(SearchRequest(text="Document 4", vector=None, candidates=50)).sparse
+    hits = ingest.store.search(SearchRequest(text="Document 4", vector=None, candidates=50)).bm25
     assert all(h.doc_id != "corpus/doc4.md" for h in hits)
 
 
@@ -187,7 +187,7 @@ def test_given_metadata_wins_over_a_record_field_with_a_warning(ingest: Any, tmp
     assert len(report.warnings) == 1 and "'team'" in report.warnings[0] and "'search'" in report.warnings[0]
     ingest.store.refresh()
     hits = ingest.store.search(SearchRequest(text="record", vector=None, candidates=5,
-                                             filters={"team": ("search",)})).sparse
+                                             filters={"team": ("search",)})).bm25
     assert len(hits) == 2
 
 

@@ -25,7 +25,7 @@ from esrag.config import Settings
 from esrag.errors import CorruptStoreError, IndexNotFoundError, ModelMismatchError, StoreError
 from esrag.stores import sqlite_bm25
 from esrag.stores.sqlite import SQLiteStore, match_expression, query_terms
-from esrag.stores.sqlite import sparse_sql as sparse_store_sql
+from esrag.stores.sqlite import bm25_sql as bm25_store_sql
 from esrag.stores.sqlite_bm25 import Bm25Index
 from esrag.types import Chunk, EmbeddedChunk, IndexMeta, SearchRequest
 
@@ -75,8 +75,8 @@ def store(tmp_path: Path) -> Iterator[SQLiteStore]:
     s.close()
 
 
-def sparse_ids(store: SQLiteStore, text: str, **kw: Any) -> list[str]:
-    return [h.id for h in store.search(SearchRequest(text=text, vector=None, candidates=10, **kw)).sparse]
+def bm25_ids(store: SQLiteStore, text: str, **kw: Any) -> list[str]:
+    return [h.id for h in store.search(SearchRequest(text=text, vector=None, candidates=10, **kw)).bm25]
 
 
 def fts_consistent(path: Path) -> tuple[int, int]:
@@ -219,7 +219,7 @@ def test_unwritable_locations_raise_store_errors_naming_the_path(tmp_path: Path)
             "ro_parent": attempt(sys.argv[1] + "/sub", lambda s: s.ensure_index(IndexMeta(model="m", dims=8))),
             "ro_file_count": attempt(sys.argv[2], lambda s: s.count().chunks),
             "ro_file_search": attempt(sys.argv[2], lambda s: [h.id for h in s.search(__import__(
-                "esrag.types").types.SearchRequest(text="hello", vector=[1.0] * 8, candidates=3)).sparse]),
+                "esrag.types").types.SearchRequest(text="hello", vector=[1.0] * 8, candidates=3)).bm25]),
             "ro_file_write": attempt(sys.argv[2], lambda s: s.write([chunk("b", "x", [1.0] * 8)]).written),
         }))
     """, str(root / "ro"), str(root / "rw"), unprivileged=True)
@@ -277,7 +277,7 @@ def fts_store(store: SQLiteStore) -> SQLiteStore:
     ("  !!! ... ", set()),
 ])
 def test_user_text_is_never_parsed_as_fts5_syntax(fts_store: SQLiteStore, query: str, expected: set[str]) -> None:
-    assert set(sparse_ids(fts_store, query)) == expected
+    assert set(bm25_ids(fts_store, query)) == expected
 
 
 def test_query_terms_split_like_unicode61() -> None:
@@ -288,23 +288,23 @@ def test_query_terms_split_like_unicode61() -> None:
 
 
 def test_long_queries_work(fts_store: SQLiteStore) -> None:
-    assert "greet" in sparse_ids(fts_store, " ".join(["filler"] * 2000 + ["hello"]))
+    assert "greet" in bm25_ids(fts_store, " ".join(["filler"] * 2000 + ["hello"]))
 
 
 def test_bm25_tokenizes_like_the_standard_analyzer(fts_store: SQLiteStore) -> None:
-    hits = fts_store.search(SearchRequest(text="hello world", vector=None, candidates=10)).sparse
+    hits = fts_store.search(SearchRequest(text="hello world", vector=None, candidates=10)).bm25
     assert hits[0].id == "greet" and hits[0].score > 0
-    assert sparse_ids(fts_store, "WORLD.")[0] == "greet"
-    assert sparse_ids(fts_store, "hello-world")[0] == "greet"
-    assert sparse_ids(fts_store, "greeting")[0] == "greet"  # the title is searched too
-    assert "accents" not in sparse_ids(fts_store, "hello world")  # no diacritic folding
+    assert bm25_ids(fts_store, "WORLD.")[0] == "greet"
+    assert bm25_ids(fts_store, "hello-world")[0] == "greet"
+    assert bm25_ids(fts_store, "greeting")[0] == "greet"  # the title is searched too
+    assert "accents" not in bm25_ids(fts_store, "hello world")  # no diacritic folding
 
 
 def test_upsert_reindexes_changed_text_and_keeps_fts_in_sync(store: SQLiteStore) -> None:
     store.write([chunk("a", "old words"), chunk("b", "other")])
     store.write([chunk("a", "new words")])
-    assert sparse_ids(store, "old") == []
-    assert sparse_ids(store, "new") == ["a"]
+    assert bm25_ids(store, "old") == []
+    assert bm25_ids(store, "new") == ["a"]
     store.delete_chunks(["b"])
     store.close()
     assert fts_consistent(store.path) == (1, 1)
@@ -335,7 +335,7 @@ def test_metadata_filters_compare_as_strings_on_both_sides(store: SQLiteStore) -
                               ({"lang": ("de",)}, set()), ({"missing": ("x",)}, set()),
                               ({"doc_id": ("doc",), "n": ("5",)}, {"c5"})):
         resp = store.search(SearchRequest(text="words", vector=vec(0), candidates=10, filters=filters))
-        assert {h.id for h in resp.sparse} == expected, filters
+        assert {h.id for h in resp.bm25} == expected, filters
         assert {h.id for h in resp.dense} == expected, filters
 
 
@@ -350,8 +350,8 @@ def test_dense_scores_follow_es_cosine_and_ties_are_deterministic(store: SQLiteS
 def test_explain_request_is_pure_and_hides_the_vector(tmp_path: Path) -> None:
     s = SQLiteStore(settings(tmp_path / "none"))
     out = s.explain_request(SearchRequest(text='say "hi"', vector=vec(0), candidates=7, filters={"k": ("v",)}))
-    assert out["sparse"]["params"][0] == '"say" OR "hi"' and out["sparse"]["params"][-1] == 7
-    assert "MATCH ?" in out["sparse"]["sql"] and "json_extract" in out["sparse"]["sql"]
+    assert out["bm25"]["params"][0] == '"say" OR "hi"' and out["bm25"]["params"][-1] == 7
+    assert "MATCH ?" in out["bm25"]["sql"] and "json_extract" in out["bm25"]["sql"]
     assert out["dense"]["vector"] == f"<{DIMS} floats>" and out["dense"]["filter_params"][-1] == "v"
     assert not (tmp_path / "none").exists()
 
@@ -401,7 +401,7 @@ def test_searches_in_many_threads_run_while_another_thread_writes(store: SQLiteS
             writing.wait()
             while not done.is_set():
                 hits = store.search(SearchRequest(text="batch", vector=vec(0), candidates=5000))
-                assert len(hits.dense) % 50 == 0 and len(hits.sparse) % 50 == 0
+                assert len(hits.dense) % 50 == 0 and len(hits.bm25) % 50 == 0
                 seen.append(len(hits.dense))
         except BaseException as e:  # noqa: BLE001 - reported below
             failures.append(e)
@@ -442,8 +442,8 @@ def test_writes_by_another_process_are_visible_to_an_open_stores_searches(store:
     store.write([chunk(f"c{i}", f"text {i} common", seed=i) for i in range(20)])
     target = vec(999)
     before = store.search(SearchRequest(text="fresh common", vector=target, candidates=3))  # loads both caches
-    assert "new" not in [h.id for h in before.dense + before.sparse]
-    old_score = before.sparse[0].score
+    assert "new" not in [h.id for h in before.dense + before.bm25]
+    old_score = before.bm25[0].score
     run_python("""
         import json
         s = SQLiteStore(Settings(sqlite_dir=sys.argv[1], index="t"))
@@ -454,10 +454,10 @@ def test_writes_by_another_process_are_visible_to_an_open_stores_searches(store:
     """, str(store.path.parent), target.tobytes().hex())
     after = store.search(SearchRequest(text="fresh common", vector=target, candidates=3))
     assert after.dense[0].id == "new" and after.dense[0].score == pytest.approx(1.0, abs=1e-6)
-    assert after.sparse[0].id == "new"  # BM25 postings were reloaded: "fresh" is new
-    assert after.sparse[1].score != old_score  # and "common"'s idf and avgdl changed
+    assert after.bm25[0].id == "new"  # BM25 postings were reloaded: "fresh" is new
+    assert after.bm25[1].score != old_score  # and "common"'s idf and avgdl changed
     assert "c0" not in [h.id for h in store.search(SearchRequest(text=None, vector=vec(0), candidates=25)).dense]
-    assert "c0" not in [h.id for h in store.search(SearchRequest(text="common", vector=None, candidates=25)).sparse]
+    assert "c0" not in [h.id for h in store.search(SearchRequest(text="common", vector=None, candidates=25)).bm25]
     assert store.count().chunks == 20
 
 
@@ -496,9 +496,9 @@ def test_sigkill_during_writes_leaves_a_consistent_store(tmp_path: Path, kill_af
     assert chunks == fts and chunks > 0
     s = SQLiteStore(settings(tmp_path))
     assert s.count().chunks == chunks
-    assert sparse_ids(s, "batch")
+    assert bm25_ids(s, "batch")
     assert s.write([chunk("after", "after the crash")]).written == 1
-    assert s.search(SearchRequest(text="crash", vector=vec(0), candidates=5)).sparse[0].id == "after"
+    assert s.search(SearchRequest(text="crash", vector=vec(0), candidates=5)).bm25[0].id == "after"
     s.close()
     assert fts_consistent(path) == (chunks + 1, chunks + 1)
 
@@ -537,8 +537,8 @@ def test_numpy_bm25_equals_fts5_bm25(tmp_path: Path, monkeypatch: pytest.MonkeyP
                                                                      "STRASSE straße", "ǆemal Ǆemal", "nothing"]
     for query in queries:
         for filters, candidates in (({}, 20), ({"part": ("1",)}, 20), ({}, 2000), ({"part": ("2", "0")}, 7)):
-            got = s.search(SearchRequest(text=query, vector=None, candidates=candidates, filters=filters)).sparse
-            built = sparse_store_sql(query, filters, candidates)
+            got = s.search(SearchRequest(text=query, vector=None, candidates=candidates, filters=filters)).bm25
+            built = bm25_store_sql(query, filters, candidates)
             assert built is not None
             want = conn.execute(*built).fetchall()
             assert [h.id for h in got] == [r[1] for r in want], (query, filters)
@@ -554,6 +554,6 @@ def test_terms_fts5_reads_differently_go_to_fts5(fts_store: SQLiteStore, monkeyp
     answered = []
     real = Bm25Index.top
     monkeypatch.setattr(Bm25Index, "top", lambda self, *a: answered.append(out := real(self, *a)) or out)
-    assert sparse_ids(fts_store, "WORLD") == ["greet"]
+    assert bm25_ids(fts_store, "WORLD") == ["greet"]
     assert answered[-1] is None
-    assert sparse_ids(fts_store, "hello") == ["greet"] and answered[-1] is not None
+    assert bm25_ids(fts_store, "hello") == ["greet"] and answered[-1] is not None

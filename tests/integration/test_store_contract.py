@@ -145,7 +145,7 @@ def test_rewriting_an_id_replaces_its_content(make_store: MakeStore) -> None:
     replaced = EmbeddedChunk(dataclasses.replace(first.chunk, text="replacement wording"), embedding=v[1])
     written(store, [replaced])
     assert store.count().chunks == 1
-    hits = store.search(SearchRequest(text="replacement", vector=None, candidates=5)).sparse
+    hits = store.search(SearchRequest(text="replacement", vector=None, candidates=5)).bm25
     assert ids(hits) == [first.chunk.id] and hits[0].text == "replacement wording"
     np.testing.assert_allclose(store.get_embeddings([first.chunk.id])[first.chunk.id], v[1], atol=1e-6)
 
@@ -232,7 +232,7 @@ def test_delete_chunks_returns_how_many_existed(make_store: MakeStore) -> None:
     assert store.delete_chunks(gone) == 0
     assert store.delete_chunks([]) == 0
     hits = store.search(SearchRequest(text="removable", vector=vecs[0], candidates=10))
-    assert not set(gone) & set(ids(hits.sparse) + ids(hits.dense))
+    assert not set(gone) & set(ids(hits.bm25) + ids(hits.dense))
     assert set(store.get_embeddings(gone)) == set()
 
 
@@ -273,10 +273,10 @@ def test_bm25_ranks_the_chunk_with_the_query_terms_first(make_store: MakeStore) 
     chunks = corpus(store)
     resp = store.search(SearchRequest(text="dense vectors hybrid", vector=None, candidates=10))
     assert resp.dense == []
-    assert resp.sparse[0].id == chunks["hybrid"].chunk.id
-    scores = [h.score for h in resp.sparse]
+    assert resp.bm25[0].id == chunks["hybrid"].chunk.id
+    scores = [h.score for h in resp.bm25]
     assert scores == sorted(scores, reverse=True) and scores[0] > 0
-    top = resp.sparse[0]
+    top = resp.bm25[0]
     c = chunks["hybrid"].chunk
     assert (top.doc_id, top.source, top.title, top.text, top.chunk_index) == (
         c.doc_id, c.source, c.title, c.text, c.chunk_index
@@ -287,7 +287,7 @@ def test_bm25_searches_the_title(make_store: MakeStore) -> None:
     store = ready(make_store)
     chunks = corpus(store)
     resp = store.search(SearchRequest(text="photosynthesis", vector=None, candidates=10))
-    assert ids(resp.sparse) == [chunks["photo"].chunk.id]
+    assert ids(resp.bm25) == [chunks["photo"].chunk.id]
 
 
 def test_dense_returns_nearest_first_with_cosine_scores(make_store: MakeStore) -> None:
@@ -297,7 +297,7 @@ def test_dense_returns_nearest_first_with_cosine_scores(make_store: MakeStore) -
     query = vecs[7] + 0.05 * unit_vectors(1, seed=5)[0]
     query = (query / np.linalg.norm(query)).astype(np.float32)
     resp = store.search(SearchRequest(text=None, vector=query, candidates=10, num_candidates=60))
-    assert resp.sparse == []
+    assert resp.bm25 == []
     assert len(resp.dense) == 10
     assert resp.dense[0].doc_id == "d7"
     exact = sorted(((1 + float(vecs[i] @ query)) / 2, f"d{i}") for i in range(30))[::-1][:10]
@@ -312,14 +312,14 @@ def test_candidates_limits_each_side(make_store: MakeStore) -> None:
     vecs = unit_vectors(20, seed=6)
     written(store, [make_chunk(f"d{i}", 0, f"shared words number {i}", vecs[i]) for i in range(20)])
     resp = store.search(SearchRequest(text="shared words", vector=vecs[0], candidates=5))
-    assert len(resp.sparse) == 5 and len(resp.dense) == 5
+    assert len(resp.bm25) == 5 and len(resp.dense) == 5
 
 
 def test_neither_side_returns_nothing(make_store: MakeStore) -> None:
     store = ready(make_store)
     corpus(store)
     resp = store.search(SearchRequest(text=None, vector=None, candidates=5))
-    assert resp.sparse == [] and resp.dense == []
+    assert resp.bm25 == [] and resp.dense == []
 
 
 FILTERED = (3, 17, 41)
@@ -348,17 +348,17 @@ def both_sides(
         SearchRequest(text="common filler", vector=vecs[0], candidates=candidates, filters=dict(filters),
                       num_candidates=4 * candidates)
     )
-    return {h.doc_id for h in resp.sparse}, {h.doc_id for h in resp.dense}
+    return {h.doc_id for h in resp.bm25}, {h.doc_id for h in resp.dense}
 
 
 def test_filters_apply_before_the_top_k_cut_on_both_sides(fifty: tuple[Store, np.ndarray]) -> None:
     store, vecs = fifty
     expected = {f"doc-{i}" for i in FILTERED}
-    sparse, dense = both_sides(store, vecs, {"lang": ("de",)})
-    assert sparse == expected and dense == expected
+    bm25, dense = both_sides(store, vecs, {"lang": ("de",)})
+    assert bm25 == expected and dense == expected
     resp = store.search(SearchRequest(text="common filler", vector=vecs[0], candidates=5,
                                       filters={"lang": ("de",)}))
-    assert all(h.metadata["lang"] == "de" for h in resp.sparse + resp.dense)
+    assert all(h.metadata["lang"] == "de" for h in resp.bm25 + resp.dense)
 
 
 def test_filters_on_doc_id_source_and_title(fifty: tuple[Store, np.ndarray]) -> None:
@@ -382,10 +382,10 @@ def test_filter_values_are_ored_and_keys_anded(fifty: tuple[Store, np.ndarray]) 
 def test_filters_match_numbers_and_booleans_by_their_json_text(fifty: tuple[Store, np.ndarray]) -> None:
     store, vecs = fifty
     odd = {f"doc-{i}" for i in range(50) if i % 2}
-    sparse, dense = both_sides(store, vecs, {"year": ("2002",), "lang": ("de",)})
-    assert sparse == dense == {"doc-17", "doc-41"}
-    sparse, dense = both_sides(store, vecs, {"even": ("false",)}, candidates=50)
-    assert sparse == dense == odd
+    bm25, dense = both_sides(store, vecs, {"year": ("2002",), "lang": ("de",)})
+    assert bm25 == dense == {"doc-17", "doc-41"}
+    bm25, dense = both_sides(store, vecs, {"even": ("false",)}, candidates=50)
+    assert bm25 == dense == odd
 
 
 # -- write with deletes, refresh, list_documents, get_embeddings_by_sha -------------------------------------
@@ -402,7 +402,7 @@ def test_write_with_delete_ids_writes_then_deletes_and_counts_what_existed(make_
     store.refresh()
     assert store.count() == Counts(documents=1, chunks=1)
     assert {r.id for r in store.list_chunks(["d"])["d"]} == {new.chunk.id}
-    hits = store.search(SearchRequest(text="wording", vector=None, candidates=10)).sparse
+    hits = store.search(SearchRequest(text="wording", vector=None, candidates=10)).bm25
     assert ids(hits) == [new.chunk.id]
 
 

@@ -93,8 +93,8 @@ def test_filter_clauses_edge_cases() -> None:
     assert q.build_filter_clauses({"k": "abc"}) == [{"term": {"metadata.k": "abc"}}]  # type: ignore[dict-item]
 
 
-def test_sparse_body_multi_match_over_title_and_text_with_filters() -> None:
-    assert q.build_sparse_body("hello world", 20, {"lang": ("en", "de")}) == {
+def test_bm25_body_multi_match_over_title_and_text_with_filters() -> None:
+    assert q.build_bm25_body("hello world", 20, {"lang": ("en", "de")}) == {
         "size": 20,
         "query": {
             "bool": {
@@ -108,8 +108,8 @@ def test_sparse_body_multi_match_over_title_and_text_with_filters() -> None:
     }
 
 
-def test_sparse_body_without_filters_has_no_filter_key_and_clamps_size() -> None:
-    body = q.build_sparse_body("x", 50_000, {})
+def test_bm25_body_without_filters_has_no_filter_key_and_clamps_size() -> None:
+    body = q.build_bm25_body("x", 50_000, {})
     assert body["size"] == 10_000
     assert "filter" not in body["query"]["bool"]
 
@@ -156,7 +156,7 @@ def test_msearch_both_sides_in_order() -> None:
                         filters={"lang": ("en",)}, num_candidates=20)
     assert q.build_msearch("esrag", req) == [
         {"index": "esrag"},
-        q.build_sparse_body("q", 4, {"lang": ("en",)}),
+        q.build_bm25_body("q", 4, {"lang": ("en",)}),
         {"index": "esrag"},
         {
             "knn": {"field": "embedding", "query_vector": [1.0, 0.0], "k": 4, "num_candidates": 20,
@@ -173,7 +173,7 @@ def test_msearch_skips_missing_sides() -> None:
         {"index": "i"}, q.build_dense_body(vec, 2, None, {})
     ]
     assert q.build_msearch("i", SearchRequest(text="t", vector=None, candidates=2)) == [
-        {"index": "i"}, q.build_sparse_body("t", 2, {})
+        {"index": "i"}, q.build_bm25_body("t", 2, {})
     ]
     assert q.build_msearch("i", SearchRequest(text=None, vector=None, candidates=2)) == []
 

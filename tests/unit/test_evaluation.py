@@ -99,7 +99,7 @@ def test_doc_ranking_keeps_each_documents_best_chunk_and_depth() -> None:
 
 def test_method_rankings_from_one_response() -> None:
     resp = SearchResponse(
-        sparse=[sc("a1", "A", 10.0), sc("a2", "A", 8.0), sc("b1", "B", 5.0)],
+        bm25=[sc("a1", "A", 10.0), sc("a2", "A", 8.0), sc("b1", "B", 5.0)],
         dense=[sc("c1", "C", 0.9), sc("b1", "B", 0.8), sc("a2", "A", 0.1)],
     )
     assert [d for d, _ in method_ranking(resp, "bm25")] == ["A", "B"]
@@ -118,7 +118,7 @@ def test_build_runs_computes_every_asked_method() -> None:
     from esrag.evaluation import BeirDataset
 
     ds = BeirDataset("t", docs, {"q": "bananas"}, {"q": {"B": 1}})
-    resp = SearchResponse(sparse=[sc("b1", "B", 3.0)], dense=[sc("a1", "A", 0.9), sc("b1", "B", 0.7)])
+    resp = SearchResponse(bm25=[sc("b1", "B", 3.0)], dense=[sc("a1", "A", 0.9), sc("b1", "B", 0.7)])
     runs = build_runs(ds, {"q": resp}, ["tfidf", "bm25", "dense"], alpha=0.5)
     assert set(runs) == {"tfidf", "bm25", "dense"}
     assert runs["tfidf"]["q"][0][0] == "B" and len(runs["tfidf"]["q"]) == 1  # A has zero similarity
@@ -273,7 +273,7 @@ def test_select_best_breaks_ties_by_order() -> None:
 def test_tune_end_to_end_on_fixed_candidates() -> None:
     qrels = {f"q{i}": {"R": 1} for i in range(6)}
     # BM25 puts the relevant doc first, dense puts it third: low alpha wins.
-    resp = SearchResponse(sparse=[sc("r", "R", 9.0), sc("x", "X", 5.0), sc("y", "Y", 1.0)],
+    resp = SearchResponse(bm25=[sc("r", "R", 9.0), sc("x", "X", 5.0), sc("y", "Y", 1.0)],
                           dense=[sc("x", "X", 0.9), sc("y", "Y", 0.8), sc("r", "R", 0.2)])
     grid = sweep_settings(0.5, ["minmax"], [60])
     scores = score_settings(qrels, {q: resp for q in qrels}, grid)

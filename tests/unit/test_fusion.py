@@ -40,91 +40,91 @@ def test_unknown_normalization_is_an_error() -> None:
 
 
 def test_linear_fusion_hand_computed_minmax() -> None:
-    sparse = [("a", 12.0), ("b", 8.0), ("c", 4.0)]
+    bm25 = [("a", 12.0), ("b", 8.0), ("c", 4.0)]
     dense = [("b", 0.9), ("d", 0.8), ("a", 0.5)]
-    fused = linear_fusion(sparse, dense, alpha=0.4)
-    # sparse norm: a 1.0, b 0.5, c 0.0 ; dense norm: b 1.0, d 0.75, a 0.0
+    fused = linear_fusion(bm25, dense, alpha=0.4)
+    # bm25 norm: a 1.0, b 0.5, c 0.0 ; dense norm: b 1.0, d 0.75, a 0.0
     expected = {
         "a": 0.6 * 1.0 + 0.4 * 0.0,   # 0.6
         "b": 0.6 * 0.5 + 0.4 * 1.0,   # 0.7
-        "c": 0.6 * 0.0 + 0.4 * 0.0,   # 0.0 (only sparse, min)
+        "c": 0.6 * 0.0 + 0.4 * 0.0,   # 0.0 (only bm25, min)
         "d": 0.6 * 0.0 + 0.4 * 0.75,  # 0.3 (only dense)
     }
     assert [f.id for f in fused] == ["b", "a", "d", "c"]
     for f in fused:
         assert f.score == pytest.approx(expected[f.id])
     b = fused[0]
-    assert (b.sparse_score, b.dense_score, b.sparse_rank, b.dense_rank) == (8.0, 0.9, 2, 1)
+    assert (b.bm25_score, b.dense_score, b.bm25_rank, b.dense_rank) == (8.0, 0.9, 2, 1)
     d = next(f for f in fused if f.id == "d")
-    assert d.sparse_score is None and d.sparse_rank is None and d.sparse_norm == 0.0
+    assert d.bm25_score is None and d.bm25_rank is None and d.bm25_norm == 0.0
 
 
 def test_linear_fusion_hand_computed_zscore() -> None:
-    sparse = [("a", 3.0), ("b", 1.0)]      # z: +1, -1
+    bm25 = [("a", 3.0), ("b", 1.0)]      # z: +1, -1
     dense = [("b", 0.8), ("c", 0.4)]       # z: +1, -1
-    fused = {f.id: f.score for f in linear_fusion(sparse, dense, alpha=0.5, normalization="zscore")}
+    fused = {f.id: f.score for f in linear_fusion(bm25, dense, alpha=0.5, normalization="zscore")}
     # a side that did not return a hit counts as that side's lowest z-score (-1), not as average (0)
     assert fused == pytest.approx({"a": 0.5 * 1 + 0.5 * -1, "b": 0.5 * -1 + 0.5 * 1, "c": 0.5 * -1 + 0.5 * -1})
 
 
 def test_alpha_zero_is_exact_bm25_order_and_alpha_one_exact_knn_order() -> None:
-    sparse = [("a", 5.0), ("b", 3.0), ("c", 3.0), ("d", 1.0)]
+    bm25 = [("a", 5.0), ("b", 3.0), ("c", 3.0), ("d", 1.0)]
     dense = [("d", 0.99), ("e", 0.98), ("c", 0.5), ("a", 0.5)]
-    assert [f.id for f in linear_fusion(sparse, dense, 0.0)][:4] == ["a", "b", "c", "d"]
-    assert [f.id for f in linear_fusion(sparse, dense, 1.0)][:4] == ["d", "e", "c", "a"]
+    assert [f.id for f in linear_fusion(bm25, dense, 0.0)][:4] == ["a", "b", "c", "d"]
+    assert [f.id for f in linear_fusion(bm25, dense, 1.0)][:4] == ["d", "e", "c", "a"]
 
 
 @given(
     st.lists(st.tuples(st.text(min_size=1, max_size=3), st.floats(0, 100)), max_size=20, unique_by=lambda t: t[0]),
     st.lists(st.tuples(st.text(min_size=1, max_size=3), st.floats(0, 1)), max_size=20, unique_by=lambda t: t[0]),
 )
-def test_alpha_extremes_preserve_each_side_order(sparse: list[tuple[str, float]],
+def test_alpha_extremes_preserve_each_side_order(bm25: list[tuple[str, float]],
                                                  dense: list[tuple[str, float]]) -> None:
-    sparse = sorted(sparse, key=lambda t: -t[1])
+    bm25 = sorted(bm25, key=lambda t: -t[1])
     dense = sorted(dense, key=lambda t: -t[1])
     for normalization in ("minmax", "zscore", "none"):
-        at0 = [f.id for f in linear_fusion(sparse, dense, 0.0, normalization)]
-        assert at0[: len(sparse)] == [i for i, _ in sparse]
-        at1 = [f.id for f in linear_fusion(sparse, dense, 1.0, normalization)]
+        at0 = [f.id for f in linear_fusion(bm25, dense, 0.0, normalization)]
+        assert at0[: len(bm25)] == [i for i, _ in bm25]
+        at1 = [f.id for f in linear_fusion(bm25, dense, 1.0, normalization)]
         assert at1[: len(dense)] == [i for i, _ in dense]
 
 
 def test_ties_break_by_rank_on_the_heavier_side_then_id() -> None:
-    sparse = [("x", 1.0), ("y", 1.0)]
+    bm25 = [("x", 1.0), ("y", 1.0)]
     dense = [("y", 0.5), ("x", 0.5)]
     # all normalised to 1.0 on both sides: every fused score equal
-    assert [f.id for f in linear_fusion(sparse, dense, 0.3)] == ["x", "y"]
-    assert [f.id for f in linear_fusion(sparse, dense, 0.7)] == ["y", "x"]
+    assert [f.id for f in linear_fusion(bm25, dense, 0.3)] == ["x", "y"]
+    assert [f.id for f in linear_fusion(bm25, dense, 0.7)] == ["y", "x"]
     assert [f.id for f in linear_fusion([], [("b", 1.0), ("a", 1.0)], 0.5)] == ["b", "a"]
 
 
 def test_empty_and_one_sided_lists() -> None:
     assert linear_fusion([], [], 0.5) == []
-    only_sparse = linear_fusion([("a", 2.0), ("b", 1.0)], [], 0.5)
-    assert [(f.id, f.score) for f in only_sparse] == [("a", 0.5), ("b", 0.0)]
+    only_bm25 = linear_fusion([("a", 2.0), ("b", 1.0)], [], 0.5)
+    assert [(f.id, f.score) for f in only_bm25] == [("a", 0.5), ("b", 0.0)]
     only_dense = rrf_fusion([], [("a", 0.9)], k=60)
     assert only_dense[0].score == pytest.approx(1 / 61)
 
 
 def test_duplicate_ids_keep_their_best_rank() -> None:
     fused = linear_fusion([("a", 3.0), ("a", 1.0), ("b", 2.0)], [], 0.0)
-    assert [(f.id, f.sparse_rank) for f in fused] == [("a", 1), ("b", 3)]
+    assert [(f.id, f.bm25_rank) for f in fused] == [("a", 1), ("b", 3)]
 
 
 def test_rrf_hand_computed() -> None:
-    sparse = [("a", 9.0), ("b", 5.0)]
+    bm25 = [("a", 9.0), ("b", 5.0)]
     dense = [("b", 0.9), ("c", 0.1)]
-    fused = {f.id: f for f in rrf_fusion(sparse, dense, k=10)}
+    fused = {f.id: f for f in rrf_fusion(bm25, dense, k=10)}
     assert fused["a"].score == pytest.approx(1 / 11)
     assert fused["b"].score == pytest.approx(1 / 12 + 1 / 11)
     assert fused["c"].score == pytest.approx(1 / 12)
-    assert [f.id for f in rrf_fusion(sparse, dense, k=10)] == ["b", "a", "c"]
+    assert [f.id for f in rrf_fusion(bm25, dense, k=10)] == ["b", "a", "c"]
 
 
 def test_rrf_alpha_weights_the_sides() -> None:
-    sparse = [("a", 9.0)]
+    bm25 = [("a", 9.0)]
     dense = [("b", 0.9)]
-    fused = {f.id: f.score for f in rrf_fusion(sparse, dense, k=60, alpha=0.25)}
+    fused = {f.id: f.score for f in rrf_fusion(bm25, dense, k=60, alpha=0.25)}
     assert fused == pytest.approx({"a": 1.5 / 61, "b": 0.5 / 61})
 
 
