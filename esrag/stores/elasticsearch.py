@@ -259,11 +259,8 @@ class ElasticsearchStore:
                 )
         recorded = self._meta_of(found)
         if recorded.model != meta.model or recorded.dims != meta.dims:
-            raise ModelMismatchError(
-                f"index '{self.alias}' at {self.location} was built with model {recorded.model!r} "
-                f"({recorded.dims} dims), but the configured model is {meta.model!r} ({meta.dims} dims); "
-                f"use --model {recorded.model!r} or ingest into a new index"
-            )
+            raise ModelMismatchError.of(f"'{self.alias}' at {self.location}", recorded.model, recorded.dims,
+                                        meta.model, meta.dims)
         return False
 
     def drop(self) -> bool:

@@ -268,10 +268,7 @@ class SQLiteStore:
             old = self._meta
             assert old is not None
             if old.model != meta.model or old.dims != meta.dims:
-                raise ModelMismatchError(
-                    f"index at {self.path} was built with model {old.model!r} ({old.dims} dims), but the "
-                    f"configured model is {meta.model!r} ({meta.dims} dims); use --model {old.model!r} or "
-                    f"ingest into a new index (--index)")
+                raise ModelMismatchError.of(f"at {self.path}", old.model, old.dims, meta.model, meta.dims)
             return False
 
     @staticmethod
@@ -468,7 +465,7 @@ class SQLiteStore:
         matrix, rowids = self._vectors(conn, generation)
         q = np.asarray(query, dtype=np.float32).reshape(-1)
         if q.shape[0] != matrix.shape[1]:
-            raise ModelMismatchError(f"query sql.vector has {q.shape[0]} dims but the index at {self.path} "
+            raise ModelMismatchError(f"query vector has {q.shape[0]} dims but the index at {self.path} "
                                      f"holds {matrix.shape[1]}-dim vectors")
         norm = float(np.linalg.norm(q))
         if not np.isfinite(norm) or norm == 0.0:
