@@ -14,9 +14,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 MIN_WORDS = 20
 """Sections with fewer whitespace-separated words than this are left out of a corpus (and so are their queries)."""
@@ -140,3 +141,28 @@ def summary(out_dir: Path, docs: Sequence[Doc], queries: Sequence[Query], source
         f"p90 {p90}, max {words[-1] if words else 0}), {out_dir}/queries.jsonl ({len(queries)} queries) and "
         f"{out_dir}/qrels/test.tsv ({len(queries)} judgments, one relevant section each), from {source}"
     )
+
+
+def run_builder(doc: str, package: str, where: str, build: Callable[[Path], tuple[Any, ...]],
+                argv: list[str] | None = None) -> int:
+    """The command line every builder shares: ``OUT_DIR [--deb FILE]``; fetch and unpack ``package``, run
+    ``build(root) -> (docs, queries[, left_out])``, write the set and print its summary. Exit 1 on error."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0], epilog=doc.split("\n\n", 1)[1],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("out_dir", type=Path, help="where to write the set (outside the repository)")
+    ap.add_argument("--deb", help=f"a downloaded {package} .deb to use instead of running apt-get download")
+    args = ap.parse_args(argv)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            built = build(package_root(package, args.deb, Path(tmp)))
+            docs, queries = built[0], built[1]
+            write_beir(args.out_dir, docs, queries)
+    except (BuildError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(summary(args.out_dir, docs, queries, f"{package} ({where})"))
+    if len(built) > 2:
+        print("queries left out: " + ", ".join(f"{n} {why}" for why, n in built[2].items()))
+    return 0

@@ -29,18 +29,16 @@ Needs `apt-get download` (run `apt-get update` once first) unless --deb is given
 
 from __future__ import annotations
 
-import argparse
 import posixpath
 import re
 import sys
-import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _evalset import MIN_WORDS, BuildError, Doc, Query, package_root, summary, word_count, write_beir  # noqa: E402
+from _evalset import MIN_WORDS, BuildError, Doc, Query, run_builder, word_count  # noqa: E402
 
 PACKAGE = "git-doc"
 DOC_DIR = "usr/share/doc/git-doc"
@@ -210,25 +208,7 @@ def build(root: Path) -> tuple[list[Doc], list[Query], dict[str, int]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    ap.add_argument("out_dir", type=Path, help="where to write the set (outside the repository)")
-    ap.add_argument("--deb", help=f"a downloaded {PACKAGE} .deb to use instead of running apt-get download")
-    args = ap.parse_args(argv)
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            root = package_root(PACKAGE, args.deb, Path(tmp))
-            docs, queries, left_out = build(root)
-            write_beir(args.out_dir, docs, queries)
-    except (BuildError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(summary(args.out_dir, docs, queries, f"{PACKAGE} ({DOC_DIR})"))
-    print("queries left out: " + ", ".join(f"{n} {why}" for why, n in left_out.items()))
-    return 0
+    return run_builder(__doc__ or "", PACKAGE, DOC_DIR, build, argv)
 
 
 if __name__ == "__main__":

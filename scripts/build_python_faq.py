@@ -20,16 +20,14 @@ Needs `apt-get download` (run `apt-get update` once first) unless --deb is given
 
 from __future__ import annotations
 
-import argparse
 import re
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _evalset import MIN_WORDS, BuildError, Doc, Query, package_root, summary, word_count, write_beir  # noqa: E402
+from _evalset import MIN_WORDS, BuildError, Doc, Query, run_builder, word_count  # noqa: E402
 
 PACKAGE = "python3.11-doc"
 SOURCES = "usr/share/doc/python3.11/html/_sources"
@@ -136,21 +134,7 @@ def build(root: Path) -> tuple[list[Doc], list[Query]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("out_dir", type=Path, help="where to write the set (outside the repository)")
-    ap.add_argument("--deb", help=f"a downloaded {PACKAGE} .deb to use instead of running apt-get download")
-    args = ap.parse_args(argv)
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            root = package_root(PACKAGE, args.deb, Path(tmp))
-            docs, queries = build(root)
-            write_beir(args.out_dir, docs, queries)
-    except (BuildError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(summary(args.out_dir, docs, queries, f"{PACKAGE} ({SOURCES})"))
-    return 0
+    return run_builder(__doc__ or "", PACKAGE, SOURCES, build, argv)
 
 
 if __name__ == "__main__":
