@@ -94,6 +94,8 @@ class OpenAICompatGenerator(Generator):
             raise ConfigError(f"invalid LLM server URL {settings.llm_url!r}: expected http(s)://host[:port]")
         self.url = settings.llm_url.rstrip("/")
         self._root = self.url[: -len("/v1")] if self.url.endswith("/v1") else self.url
+        #: the URL as messages show it: without any user:password it may carry
+        self.shown_url = redact_url(self.url)
         self.api_key = settings.llm_api_key or NO_KEY
         self.timeout = float(settings.llm_timeout)
         self.max_new_tokens = settings.max_new_tokens
@@ -235,7 +237,7 @@ class OpenAICompatGenerator(Generator):
         finally:
             client.close()
         if not out.choices:
-            raise GeneratorError(f"LLM server {self.url} returned no choices")
+            raise GeneratorError(f"LLM server {self.shown_url} returned no choices")
         usage = getattr(out, "usage", None)
         text = out.choices[0].message.content or ""
         self.last_completion_tokens = int(usage.completion_tokens) if usage is not None and getattr(
@@ -251,18 +253,18 @@ class OpenAICompatGenerator(Generator):
         # huggingface_hub raises httpx or httpx2 exceptions depending on the client factory: match by name.
         kinds = {cls.__name__ for cls in type(e).__mro__}
         if kinds & {"InferenceTimeoutError", "TimeoutException", "TimeoutError"}:
-            msg = (f"LLM server {self.url} timed out {where} (timeout {self.timeout:g} s; raise it with "
+            msg = (f"LLM server {self.shown_url} timed out {where} (timeout {self.timeout:g} s; raise it with "
                    f"--llm-timeout or ESRAG_LLM_TIMEOUT){kept}")
         elif isinstance(e, HfHubHTTPError) and e.response is not None:
             status = e.response.status_code
             hint = "; set ESRAG_LLM_API_KEY" if status in (401, 403) else ""
-            msg = f"LLM server {self.url} answered HTTP {status}: {_first_line(e)}{hint}{kept}"
+            msg = f"LLM server {self.shown_url} answered HTTP {status}: {_first_line(e)}{hint}{kept}"
         elif kinds & {"ConnectError", "ConnectionRefusedError"}:
-            msg = f"cannot reach the LLM server at {self.url}: {e} (is it running? --llm-url / ESRAG_LLM_URL)"
+            msg = f"cannot reach the LLM server at {self.shown_url}: {e} (is it running? --llm-url / ESRAG_LLM_URL)"
         elif kinds & {"TransportError", "OSError"}:
-            msg = f"LLM server {self.url} dropped the connection {where}: {_first_line(e)}{kept}"
+            msg = f"LLM server {self.shown_url} dropped the connection {where}: {_first_line(e)}{kept}"
         else:
-            msg = f"LLM request to {self.url} failed {where}: {type(e).__name__}: {_first_line(e)}{kept}"
+            msg = f"LLM request to {self.shown_url} failed {where}: {type(e).__name__}: {_first_line(e)}{kept}"
         return GeneratorError(msg, partial=partial)
 
 

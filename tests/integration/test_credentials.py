@@ -158,6 +158,20 @@ def test_connection_errors_never_carry_the_url_password() -> None:
     assert "Pw%23" not in str(exc.value)
 
 
+def test_llm_errors_never_carry_the_url_password() -> None:
+    from urllib.parse import quote
+
+    from esrag.errors import GeneratorError
+    from esrag.generators.base import Message
+    from esrag.generators.openai_compat import OpenAICompatGenerator
+
+    url = f"http://user:{quote(ES_PASSWORD, safe='')}@127.0.0.1:{free_port()}/v1"
+    g = OpenAICompatGenerator(Settings(llm_url=url, llm_timeout=2))
+    with pytest.raises(GeneratorError) as exc:
+        g.generate([Message("user", "hi")])
+    assert "127.0.0.1" in str(exc.value) and "LEAKCANARY" not in str(exc.value) and "user:" not in str(exc.value)
+
+
 # -- the leak hunt ---------------------------------------------------------------------------------------------
 
 
