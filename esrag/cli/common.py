@@ -113,6 +113,8 @@ store_options = stack(
                         "`ps`)."),
     click.option("--es-password-file", "es_password_file", metavar="FILE", callback=_read_secret_file,
                  help="Read the Basic auth password from FILE."),
+    click.option("--es-password-prompt", "es_password_prompt", is_flag=True,
+                 help="Ask for the Basic auth password on the terminal (not echoed)."),
     setting_option("es_ca_certs", "--es-ca-certs", metavar="FILE", help="CA certificate bundle for TLS."),
     setting_option("es_verify_certs", "--es-verify-certs/--no-es-verify-certs", default=None,
                    help="Verify the cluster's TLS certificate. Turning it off warns every time. [default: on]"),
@@ -234,12 +236,18 @@ def build_settings(**values: Any) -> Settings:
     quiet_libraries()
     if values.get("es_api_key_file"):
         values["es_api_key"] = values["es_api_key_file"]
-        FLAGS.setdefault("es_api_key_file", "--es-api-key-file")
     if values.get("es_password_file"):
         values["es_password"] = values["es_password_file"]
+    if values.get("es_password_prompt"):
+        values["es_password"] = click.prompt("Elasticsearch password", hide_input=True, err=True)
     names = set(Settings.model_fields) - {"plugin_options", "sources"}
     overrides = {k: v for k, v in values.items() if k in names and v is not None}
-    return Settings.load(overrides, override_source={k: FLAGS.get(k, k) for k in overrides})
+    sources = {k: FLAGS.get(k, k) for k in overrides}
+    for secret, how in (("es_api_key", "es_api_key_file"), ("es_password", "es_password_file"),
+                        ("es_password", "es_password_prompt")):
+        if values.get(how):
+            sources[secret] = "--" + how.replace("_", "-")
+    return Settings.load(overrides, override_source=sources)
 
 
 def engine_from(**values: Any) -> Any:

@@ -122,3 +122,21 @@ def test_search_has_a_flag_for_every_retrieval_setting() -> None:
     for flag in ("--rrf-k", "--alpha", "--fusion", "--normalization", "--candidates", "--mode", "--embedder",
                  "--model", "-k"):
         assert flag in result.output
+
+
+def test_secrets_come_from_a_file_or_a_prompt_and_are_never_shown(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    key = tmp_path / "es.key"
+    key.write_text("QUtJRDprZXktZnJvbS1maWxl\n")
+    result = CliRunner().invoke(main, ["config", "show", "--json", "--es-api-key-file", str(key),
+                                       "--es-password-prompt"], input="typed-pass-distinctive\n")
+    assert result.exit_code == 0, result.output
+    assert "QUtJRDprZXktZnJvbS1maWxl" not in result.output and "typed-pass-distinctive" not in result.output
+    out = json.loads(result.output[result.output.index("{"):])["settings"]
+    assert out["es_api_key"] == {"value": "****", "source": "--es-api-key-file"}
+    assert out["es_password"] == {"value": "****", "source": "--es-password-prompt"}
+    empty = tmp_path / "empty.key"
+    empty.write_text("\n")
+    bad = CliRunner().invoke(main, ["status", "--es-api-key-file", str(empty)])
+    assert bad.exit_code == 2 and "empty" in bad.output
