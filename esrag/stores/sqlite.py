@@ -3,7 +3,7 @@
 File: ``<sqlite_dir>/<index>.db`` (default ``./.esrag/esrag.db``), plus SQLite's ``-wal``/``-shm`` files.
 
 Schema: ``meta`` (key/value: the esrag marker, the schema version and the IndexMeta JSON); ``chunks`` (one
-row per chunk, the sql.vector as a float32 BLOB); ``chunks_fts``, an FTS5 index over ``chunks.title`` and
+row per chunk, the vector as a float32 BLOB); ``chunks_fts``, an FTS5 index over ``chunks.title`` and
 ``chunks.text`` with external content (rowid = ``chunks.rowid``), kept in sync by triggers, so that the
 FTS rows change in the same transaction as the chunk rows.
 
@@ -13,9 +13,8 @@ anything that is not a letter, digit or mark, lowercases, keeps diacritics. Quer
 query syntax: it is split the same way and each term is quoted and ORed (like ES ``match``). FTS5 itself
 scores row by row, too slowly for words found in much of the index, so queries are answered by
 ``sqlite_bm25.Bm25Index``: FTS5's formula over FTS5's postings, in numpy, cached per term (same hits, same
-scores; the plain FTS5 query remains for terms it cannot read the same way). Note FTS5's idf,
-``log((N - n + 0.5) / (n + 0.5))`` floored at 1e-6, differs from Lucene's ``log(1 + ...)`` for terms in
-more than half the chunks.
+scores; the plain FTS5 query remains for terms it cannot read the same way). FTS5's idf differs from
+Lucene's for terms in more than half the chunks.
 
 Dense: exact cosine kNN over an in-memory (n, dims) float32 matrix of L2-normalised vectors, loaded from the
 file on the first dense search and reloaded after any write, by this process or another one (see
@@ -28,11 +27,11 @@ them all read while one writes, so a search never waits for an ingest and never 
 locked"), and one write connection serialises writers under a lock. The dense matrix and the BM25 postings
 are cached once per store object and shared by every thread; they are keyed by a ``generation`` counter in
 the ``meta`` table that every write transaction increments, so a commit by any connection or process
-invalidates them. Other processes may use the same file: a 30 s busy timeout makes writers queue.
+invalidates them. Other processes may use the same file: a 30 s busy timeout makes writers queue, and a
+write (or refresh) after another process deleted the file fails loudly instead of writing to a lost file.
 
-Durability: WAL with ``synchronous=NORMAL``. Every transaction is atomic and survives a crash of the process
-(SIGKILL included); an OS crash or power loss can lose the last commits, never consistency. Ingest is
-incremental, so a lost commit is redone by the next run; ``FULL`` would fsync every batch for nothing.
+Durability: WAL with ``synchronous=NORMAL``: every transaction is atomic and survives a process crash; an OS
+crash can lose the last commits (redone by the next incremental ingest), never consistency.
 """
 
 from __future__ import annotations
@@ -73,11 +72,6 @@ __all__ = ["MARKER", "SCHEMA_VERSION", "SQLiteStore", "match_expression", "query
 
 SCHEMA_VERSION = 1
 MARKER = "esrag-sqlite-store"
-#: the index that makes ``get_embeddings_by_sha`` a lookup; added to older stores by ``ensure_index``
-_SHA_INDEX = "CREATE INDEX IF NOT EXISTS chunks_sha ON chunks(chunk_sha)"
-_BUMP = ("INSERT INTO meta(key, value) VALUES ('generation', '1') "
-         "ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1")
-_GENERATION = "SELECT value FROM meta WHERE key = 'generation'"
 
 
 class SQLiteStore:
@@ -96,6 +90,7 @@ class SQLiteStore:
         self._readers: list[sqlite3.Connection] = []
         self._epoch = 0  # bumped by close(): thread-local connections of an older epoch are stale
         self._wconn: sqlite3.Connection | None = None
+        self._file_id: tuple[int, int] | None = None  # (device, inode) of the file _wconn writes to
         self._meta: IndexMeta | None = None
         # shared caches, each tagged with the generation it was read at
         self._dense: tuple[int, np.ndarray, np.ndarray] | None = None  # (generation, matrix, rowids)
@@ -201,7 +196,14 @@ class SQLiteStore:
         """The write connection. Hold ``_write_lock``."""
         if self._wconn is None:
             self._wconn = self._open_existing()
+            self._file_id = _file_id(self.path)
         return self._wconn
+
+    def _check_still_there(self) -> None:
+        """StoreError if another process deleted or replaced the file since it was opened for writing."""
+        if self._wconn is not None and self._file_id is not None and _file_id(self.path) != self._file_id:
+            raise StoreError(f"the index at {self.path} was deleted or replaced by another process while this "
+                             "one was writing to it; nothing more is written (run the ingest again)")
 
     @contextmanager
     def _transaction(self, conn: sqlite3.Connection) -> Iterator[None]:
@@ -210,7 +212,7 @@ class SQLiteStore:
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield
-            conn.execute(_BUMP)
+            conn.execute(sql.BUMP)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -219,7 +221,7 @@ class SQLiteStore:
 
     @staticmethod
     def _generation(conn: sqlite3.Connection) -> int:
-        row = conn.execute(_GENERATION).fetchone()
+        row = conn.execute(sql.GENERATION).fetchone()
         return int(row[0]) if row else 0
 
     # --- Store protocol --------------------------------------------------------------------------------
@@ -256,12 +258,13 @@ class SQLiteStore:
                                     created = True
                         elif not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'chunks_sha'").fetchone():
                             with self._transaction(conn):
-                                conn.execute(_SHA_INDEX)
+                                conn.execute(sql.SHA_INDEX)
                 except BaseException:
                     conn.close()
                     raise
                 with self._state:
                     self._wconn = conn
+                    self._file_id = _file_id(self.path)
                     self._meta = self._meta or existing or meta
                 if created:
                     return True
@@ -273,7 +276,7 @@ class SQLiteStore:
 
     @staticmethod
     def _create_schema(conn: sqlite3.Connection, meta: IndexMeta) -> None:
-        for stmt in (*sql.SCHEMA, _SHA_INDEX):
+        for stmt in (*sql.SCHEMA, sql.SHA_INDEX):
             conn.execute(stmt)
         conn.executemany("INSERT INTO meta(key, value) VALUES (?, ?)", [
             ("marker", MARKER), ("schema_version", str(SCHEMA_VERSION)),
@@ -310,6 +313,7 @@ class SQLiteStore:
         written = deleted = 0
         with self._write_lock:
             conn = self._writer()
+            self._check_still_there()
             assert self._meta is not None
             dims = self._meta.dims
             now = datetime.now(UTC).isoformat()
@@ -331,10 +335,13 @@ class SQLiteStore:
                                                  source=str(getattr(chunk, "source", "")),
                                                  reason=f"{type(e).__name__}: {e}"))
                 deleted = self._delete_in(conn, "id", delete_ids)
+            self._check_still_there()  # a delete during this transaction: what it wrote is gone
         return WriteResult(written=written, errors=tuple(errors), deleted=deleted)
 
     def refresh(self) -> None:
-        """A no-op: every committed write is visible to every reader at once."""
+        """Nothing to make visible; StoreError if another process deleted the file this store wrote to."""
+        with self._write_lock:
+            self._check_still_there()
         self._reader()
 
     def list_documents(self, prefix: str = "") -> dict[str, DocRef]:
@@ -583,3 +590,8 @@ class SQLiteStore:
             self._meta = self._dense = self._bm25 = None
         for conn in conns:
             conn.close()
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:  # (device, inode), None when there is no file
+    st = path.stat() if path.exists() else None
+    return (st.st_dev, st.st_ino) if st else None

@@ -165,3 +165,10 @@ def vector(embedding: Any, dims: int) -> np.ndarray:
     if not v.any():
         raise ValueError("embedding is all zeros (cosine similarity is undefined)")
     return v
+
+
+#: the index that makes ``get_embeddings_by_sha`` a lookup; added to older stores by ``ensure_index``
+SHA_INDEX = "CREATE INDEX IF NOT EXISTS chunks_sha ON chunks(chunk_sha)"
+BUMP = ("INSERT INTO meta(key, value) VALUES ('generation', '1') "
+         "ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1")
+GENERATION = "SELECT value FROM meta WHERE key = 'generation'"
