@@ -185,10 +185,9 @@ class Engine:
 
     def ask(self, question: str, generator: str | None = None, filters: Filters | None = None,
             **overrides: Any) -> Answer:
-        stream = self.ask_stream(question, generator, filters, **overrides)
-        for _ in stream:
-            pass
-        return stream.answer
+        from esrag.rag import finish
+
+        return finish(self.ask_stream(question, generator, filters, **overrides))
 
     def status(self) -> dict[str, Any]:
         """What ``esrag status --json`` and ``GET /v1/status`` show: store, location, index (and the concrete

@@ -23,7 +23,7 @@ import re
 import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from collections.abc import Generator as PyGenerator
 from dataclasses import dataclass, field
 from typing import Any
@@ -489,6 +489,18 @@ class AnswerStream:
         return out
 
 
+def finish(stream: Iterator[str]) -> Answer:
+    """Run an answer stream (an ``AnswerStream``, or the engine's wrapper of one) to its end and return its
+    Answer; the stream is closed however that ends, so a failure stops the generator and frees it."""
+    try:
+        for _ in stream:
+            pass
+    finally:
+        stream.close()  # type: ignore[attr-defined]
+    answer: Answer = stream.answer  # type: ignore[attr-defined]
+    return answer
+
+
 class RagPipeline:
     """Answers questions from one searcher with one generator (None: retrieval only)."""
 
@@ -558,10 +570,7 @@ class RagPipeline:
 
     def ask(self, question: str, **search_kwargs: Any) -> Answer:
         """The whole Answer (streamed internally, so ``ttft_ms`` is measured too)."""
-        stream = self.stream(question, **search_kwargs)
-        for _ in stream:
-            pass
-        return stream.answer
+        return finish(self.stream(question, **search_kwargs))
 
 
 _load_reported: weakref.WeakSet[Any] = weakref.WeakSet()

@@ -31,6 +31,7 @@ from esrag.api.models import MAX_K, RetrievalOptions
 from esrag.api.problems import ApiProblem, problem_body, status_for
 from esrag.api.routes import READ_ERRORS, Reader, engine_of
 from esrag.errors import EsragError
+from esrag.rag import finish
 from esrag.schemas import AskResponse, CitationModel, PassageModel
 
 router = APIRouter()
@@ -175,12 +176,7 @@ def chat_completions(body: ChatCompletionRequest, request: Request, svc: Reader)
         return "length" if max_new and tokens >= max_new else "stop"
 
     if not body.stream:
-        try:
-            for _ in stream:
-                pass
-        finally:
-            stream.close()
-        answer = AskResponse.of(stream.answer)
+        answer = AskResponse.of(finish(stream))
         completion = ChatCompletion(
             id=cid, created=created, model=body.model, usage=_usage(answer), esrag=_extra(answer),
             choices=[Choice(message=AssistantMessage(content=answer.answer), finish_reason=finish_reason(answer))])

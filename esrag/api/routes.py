@@ -29,6 +29,7 @@ from esrag.api.models import (
 from esrag.api.problems import ApiProblem, problem_body, problem_responses, status_for
 from esrag.engine import Engine
 from esrag.errors import EsragError
+from esrag.rag import finish
 from esrag.schemas import AskResponse, SearchResponse, StatusResponse
 from esrag.types import Document
 
@@ -127,12 +128,7 @@ def ask(body: AskBody, request: Request, svc: Reader) -> Response:
         overrides["k"] = body.k
     stream = engine.ask_stream(body.question, generator=body.generator, filters=body.filter_dict(), **overrides)
     if not body.stream:
-        try:
-            for _ in stream:
-                pass
-        finally:
-            stream.close()
-        return _json(AskResponse.of(stream.answer))
+        return _json(AskResponse.of(finish(stream)))
     path = request.url.path
 
     def failed(e: EsragError) -> dict[str, Any]:

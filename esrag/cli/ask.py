@@ -61,13 +61,14 @@ def ask(question: str, filters: tuple[str, ...], stream: bool, as_json: bool, **
       esrag ask "..." --json | jq .citations
     """
     from esrag.errors import GeneratorError
+    from esrag.rag import finish
 
     parsed_filters = parse_filters(filters)
     with engine_from(**opts) as engine:
         engine.check_plugins(need_generator=True)
         answer_stream = engine.ask_stream(question, filters=parsed_filters)
         if answer_stream.generator is None:
-            answer = _consume(answer_stream)
+            answer = finish(answer_stream)
             click.echo(_json(answer) if as_json else _passages_text(answer))
             return
         printed = False
@@ -96,12 +97,6 @@ def _json(answer: Any) -> str:
     from esrag.schemas import AskResponse
 
     return json.dumps(AskResponse.of(answer).model_dump(mode="json"), indent=2)
-
-
-def _consume(answer_stream: Any) -> Any:
-    for _ in answer_stream:
-        pass
-    return answer_stream.answer
 
 
 def _passages_text(answer: Any) -> str:
