@@ -17,6 +17,7 @@ variables; an unknown key is an error that names it.
 
 from __future__ import annotations
 
+import sys
 from importlib.metadata import EntryPoint, entry_points
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -36,8 +37,18 @@ GROUPS = {STORES: "store", EMBEDDERS: "embedder", GENERATORS: "generator"}
 M = TypeVar("M", bound=BaseModel)
 
 
+_SCANNED: dict[tuple[str, tuple[str, ...]], list[EntryPoint]] = {}
+
+
 def _entry_points(group: str) -> list[EntryPoint]:
-    return sorted(entry_points(group=group), key=lambda ep: ep.name)
+    """The group's entry points, sorted by name. Scanning the installed distributions takes milliseconds,
+    and the API checks plugin names on every request, so each scan is kept for as long as ``sys.path`` is
+    the same (a distribution put on the path later, as tests and plugin hosts do, is found)."""
+    key = (group, tuple(sys.path))
+    found = _SCANNED.get(key)
+    if found is None:
+        found = _SCANNED[key] = sorted(entry_points(group=group), key=lambda ep: ep.name)
+    return found
 
 
 def available(group: str) -> list[str]:
