@@ -64,8 +64,7 @@ def ask(question: str, filters: tuple[str, ...], stream: bool, as_json: bool, **
     from esrag.rag import finish
 
     parsed_filters = parse_filters(filters)
-    with engine_from(**opts) as engine:
-        engine.check_plugins(need_generator=True)
+    with engine_from(need_generator=True, **opts) as engine:
         answer_stream = engine.ask_stream(question, filters=parsed_filters)
         if answer_stream.generator is None:
             answer = finish(answer_stream)

@@ -250,13 +250,14 @@ def build_settings(**values: Any) -> Settings:
     return Settings.load(overrides, override_source=sources)
 
 
-def engine_from(**values: Any) -> Any:
-    """The Engine for these option values, with every configured plugin name checked first (exit 2 and
-    the installed names for an unknown one, before any model loads)."""
+def engine_from(need_generator: bool = False, **values: Any) -> Any:
+    """The Engine for these option values, with every configured plugin name (the generator's too, with
+    ``need_generator``) checked first: exit 2 and the installed names for an unknown one, before any model
+    loads."""
     from esrag.engine import Engine
 
     engine = Engine(build_settings(**values))
-    engine.check_plugins()
+    engine.check_plugins(need_generator=need_generator)
     return engine
 
 
