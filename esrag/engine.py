@@ -21,7 +21,6 @@ Thread safety (the API calls the engine from worker threads):
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -54,8 +53,6 @@ class Engine:
         self._searcher: HybridSearcher | None = None
         self._generators: dict[str, Generator] = {}
         self._generation_locks: dict[str, threading.Lock] = {}
-        #: seconds each generator took to load, by name
-        self.generator_load_seconds: dict[str, float] = {}
         self._shares_parts = False
 
     def with_store_settings(self, **changes: Any) -> Engine:
@@ -67,7 +64,6 @@ class Engine:
         other._embedder = self.embedder
         other._generators = self._generators
         other._generation_locks = self._generation_locks
-        other.generator_load_seconds = self.generator_load_seconds
         other._shares_parts = True
         return other
 
@@ -117,9 +113,7 @@ class Engine:
             g = self._generators.get(name)
             if g is None:
                 factory = plugins.load(plugins.GENERATORS, name)
-                t0 = time.perf_counter()
                 g = factory(self.settings)
-                self.generator_load_seconds[name] = time.perf_counter() - t0
                 if getattr(g, "wants_embedder", False):
                     g.embedder = self.embedder  # type: ignore[union-attr]
                 self._generators[name] = g

@@ -7,7 +7,6 @@ definition as the config file and the environment (one definition of "alpha is a
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -265,13 +264,3 @@ def progress_flag(flag: bool | None) -> bool:
     import sys
 
     return sys.stderr.isatty() if flag is None else flag
-
-
-def settings_command(f: F) -> F:
-    """Pass the resolved Settings as the first argument instead of the raw option values."""
-
-    @functools.wraps(f)
-    def wrapper(**kwargs: Any) -> Any:
-        return f(build_settings(**kwargs), **kwargs)
-
-    return wrapper  # type: ignore[return-value]

@@ -146,4 +146,3 @@ def _model_name_for(settings: Any) -> str:
 
 
 from_settings.model_name_for = _model_name_for  # type: ignore[attr-defined]
-load_embedder = from_settings
