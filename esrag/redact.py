@@ -22,6 +22,9 @@ MASK = "***"
 #: query or fragment: what must follow the ``@`` that ends the userinfo.
 _HOSTPORT = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.\-~%]+)(?::[0-9]*)?(?=[/?#]|$)")
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
+#: In free text a URL runs to the next white space, and its host may be followed by punctuation: "(at x@h)".
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://\S+")
+_HOSTPORT_IN_TEXT = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.\-~%]+)(?::[0-9]*)?(?![A-Za-z0-9_.\-~%:@])")
 #: Secrets shorter than this are not masked in free text (masking "a" would garble every message).
 MIN_MASKED_LENGTH = 4
 
@@ -48,16 +51,22 @@ def split_credentials(url: str) -> UrlParts:
     if m is None:
         return UrlParts(url, None, None)
     head, rest = url[: m.end()], url[m.end() :]
-    at = len(rest)
-    while True:
-        at = rest.rfind("@", 0, at)
-        if at < 0:
-            return UrlParts(url, None, None)
-        if _HOSTPORT.match(rest, at + 1):
-            break
+    at = _userinfo_end(rest, _HOSTPORT)
+    if at < 0:
+        return UrlParts(url, None, None)
     userinfo, tail = rest[:at], rest[at + 1 :]
     user, sep, password = userinfo.partition(":")
     return UrlParts(head + tail, unquote(user), unquote(password) if sep else None)
+
+
+def _userinfo_end(rest: str, host: re.Pattern[str]) -> int:
+    """Index in ``rest`` (a URL after ``scheme://``) of the ``@`` that ends the userinfo: the last one that
+    ``host`` matches after; -1 when there is none."""
+    at = len(rest)
+    while True:
+        at = rest.rfind("@", 0, at)
+        if at < 0 or host.match(rest, at + 1):
+            return at
 
 
 def redact_url(url: str) -> str:
@@ -81,3 +90,17 @@ def mask_secrets(text: str, secrets: Iterable[str | None]) -> str:
     for form in sorted(forms, key=len, reverse=True):
         text = text.replace(form, MASK)
     return text
+
+
+def redact_text(text: str, secrets: Iterable[str | None] = ()) -> str:
+    """Free text (an error message, a log line) with the userinfo of every URL in it replaced by ``MASK``
+    (``https://user:pa/ss@host`` -> ``https://***@host``, found by the same rule as ``split_credentials``)
+    and every one of ``secrets`` masked (``mask_secrets``)."""
+
+    def one(m: re.Match[str]) -> str:
+        url = m.group(0)
+        start = url.index("://") + 3
+        at = _userinfo_end(url[start:], _HOSTPORT_IN_TEXT)
+        return url if at < 0 else url[:start] + MASK + url[start + at:]
+
+    return mask_secrets(_URL_IN_TEXT.sub(one, text), secrets)

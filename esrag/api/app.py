@@ -32,10 +32,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from esrag import __version__
 from esrag.api.auth import ApiKeys
-from esrag.api.problems import PROBLEM_JSON, ApiProblem, FieldError, field_errors, problem_body, redact, status_for
+from esrag.api.problems import PROBLEM_JSON, ApiProblem, FieldError, field_errors, problem_body, status_for
 from esrag.config import SECRETS
 from esrag.engine import Engine
 from esrag.errors import EsragError
+from esrag.redact import redact_text
 
 log = logging.getLogger("esrag.api")
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("esrag_request_id", default="-")
@@ -77,7 +78,7 @@ class Service:
         return out | set(self.keys.secrets)
 
     def redact(self, text: str, extra: tuple[str, ...] = ()) -> str:
-        return redact(text, self.secrets | set(extra))
+        return redact_text(text, self.secrets | set(extra))
 
     def engine_for(self, es_api_key: str | None) -> Engine:
         """The engine for one request: the shared one, or (pass-through) one whose Elasticsearch client uses

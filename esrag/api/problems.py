@@ -10,7 +10,7 @@ that, and its traceback goes to the server log under the request id. Secrets nev
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from http import HTTPStatus
 from typing import Any
 
@@ -33,7 +33,6 @@ PROBLEM_JSON = "application/problem+json"
 #: problem ``type`` URIs are relative references into the API documentation
 TYPE_BASE = "/docs/problems#"
 
-_URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
 _HTTP_STATUS = re.compile(r"\(HTTP (\d{3})\)")
 
 
@@ -72,15 +71,6 @@ class ApiProblem(Exception):
 
 def slug(status: int) -> str:
     return HTTPStatus(status).phrase.lower().replace(" ", "-").replace("'", "")
-
-
-def redact(text: str, secrets: Iterable[str] = ()) -> str:
-    """``text`` without URL credentials (``https://user:pass@host`` -> ``https://***@host``) and without any
-    of ``secrets`` (replaced by ``***``)."""
-    text = _URL_CREDENTIALS.sub(r"\g<scheme>***@", text)
-    for secret in sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True):
-        text = text.replace(secret, "***")
-    return text
 
 
 def status_for(error: EsragError) -> tuple[int, str]:

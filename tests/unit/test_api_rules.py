@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from esrag.api.auth import ApiKeys, Scope, bearer_token, is_loopback, load_keys
-from esrag.api.problems import field_errors, redact, status_for
+from esrag.api.problems import field_errors, status_for
 from esrag.errors import (
     BulkWriteError,
     ConfigError,
@@ -18,6 +18,7 @@ from esrag.errors import (
     StoreConnectionError,
     StoreError,
 )
+from esrag.redact import redact_text as redact
 
 R, W = "r" * 20, "w" * 20
 

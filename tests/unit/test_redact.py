@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from esrag.redact import MASK, mask_secrets, redact_url, split_credentials
+from esrag.redact import MASK, mask_secrets, redact_text, redact_url, split_credentials
 
 
 @pytest.mark.parametrize("password", ["pa#ss", "p/a/ss", "pa?ss", "p@ss", "p:a:ss", "#/?@:", "s3cret"])
@@ -49,3 +49,9 @@ def test_mask_secrets_masks_the_longer_of_overlapping_secrets_whole() -> None:
 
 def test_very_short_secrets_are_not_masked_in_text() -> None:
     assert mask_secrets("a b c", ["a"]) == "a b c"
+
+
+@pytest.mark.parametrize("password", ["pa/ss", "pa#ss", "pa?ss", "pa@ss", "pa:ss", "p/a#s?s@w:d"])
+def test_free_text_loses_url_credentials_whatever_the_password_holds(password: str) -> None:
+    text = f"Elasticsearch at http://elastic:{password}@es.internal:9200/_bulk failed (see http://a@b)."
+    assert redact_text(text) == "Elasticsearch at http://***@es.internal:9200/_bulk failed (see http://***@b)."
