@@ -46,7 +46,7 @@ from esrag import __version__
 from esrag.chunking import Chunker, chunk_document
 from esrag.config import Settings
 from esrag.embedders.base import Embedder
-from esrag.errors import EsragError, IndexNotFoundError, ModelMismatchError
+from esrag.errors import EsragError, ModelMismatchError
 from esrag.loaders import MAX_FILE_BYTES, Notice, Skipped, SourceFile, discover_sources, doc_id_candidates, iter_file
 from esrag.stores.base import Store
 from esrag.types import Chunk, ChunkRef, Document, EmbeddedChunk, IndexMeta, MetadataValue, WriteError
@@ -539,9 +539,8 @@ def _scopes(paths: Sequence[str | Path], prefix: str) -> list[tuple[str, bool]]:
 def documents_for_path(store: Store, path: str | Path, prefix: str = "") -> list[str]:
     """The doc ids the index holds for a file (all records of a JSON/JSONL file), for ``delete --doc``: the
     most specific of ``loaders.doc_id_candidates`` (with ``prefix``) that the index has, as an exact id
-    or as ``<id>#<record>``. [] when none matches. Raises IndexNotFoundError when there is no index."""
-    if not store.exists():
-        raise IndexNotFoundError(f"index not found ({store.describe().get('location')})")
+    or as ``<id>#<record>``. [] when none matches. Raises IndexNotFoundError (from ``list_documents``) when
+    there is no index."""
     for candidate in doc_id_candidates(path):
         for doc_id in dict.fromkeys([prefix + candidate, candidate]):
             found = [d for d in store.list_documents(doc_id) if d == doc_id or d.startswith(doc_id + "#")]
