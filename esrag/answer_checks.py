@@ -21,10 +21,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-_CITATION = r"\[\s*\d+(?:\s*[,;–-]\s*\d+)*\s*\]"
-_CITATION_RE = re.compile(_CITATION)
+#: a citation as answers write it: [1], [1, 3], [1;3], [2-4], [2–4] (the one definition esrag uses)
+CITATION = r"\[\s*\d+(?:\s*[,;–-]\s*\d+)*\s*\]"
+CITATION_RE = re.compile(CITATION)
 #: a sentence end: . ! or ? then any citations, then whitespace or the end; or a line break
-_END_RE = re.compile(rf"(?<=[.!?])(?:[)\"'”’]*)(?:\s*{_CITATION})*(?=\s|$)|\n")
+_END_RE = re.compile(rf"(?<=[.!?])(?:[)\"'”’]*)(?:\s*{CITATION})*(?=\s|$)|\n")
 _WORD_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-/]*[A-Za-z0-9_]|[A-Za-z0-9]")
 #: identifiers: words with an underscore, a digit, an inner dot or a leading dash (flags), or in backticks
 _IDENT_RE = re.compile(r"`([^`]+)`|(--?[A-Za-z][\w-]*)|\b(\w*[_\d]\w*|\w+\.\w+(?:\.\w+)*)\b")
@@ -36,8 +37,8 @@ own same she should so some such than that the their them then there these they 
 until up very was we were what when where which while who whom why will with would you your yours one ones
 use used uses using like may might must shall
 """.split())
-#: a number in a sentence like "1." or "3." (a list marker) is not a claim
-_LIST_MARK_RE = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s+")
+#: a list item's marker ("- ", "* ", "1. ", "2) "): a number like that is not a claim
+LIST_MARK_RE = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s+")
 
 #: default threshold of ``support``: half the content words (or cosine-blended score) found in the passage
 DEFAULT_SUPPORT_THRESHOLD = 0.5
@@ -62,19 +63,26 @@ class Sentence:
     cites: tuple[int, ...]
 
 
-def citation_numbers(text: str) -> list[int]:
-    """Every number in the ``[n]``/``[n, m]``/``[n-m]`` citations of ``text``, unique, in order."""
+def cited_numbers(text: str, longest_range: int) -> list[int]:
+    """Every number the citations of ``text`` name, in order of appearance (repeats kept): ``[1, 3]`` gives
+    1, 3 and ``[2-4]`` gives 2, 3, 4. A range spanning ``longest_range`` or more (a year range such as
+    ``[1990-2020]``) is not expanded: its two ends are given instead."""
     out: list[int] = []
-    for match in _CITATION_RE.finditer(text):
+    for match in CITATION_RE.finditer(text):
         for part in re.split(r"[,;]", match.group(0).strip("[] ")):
             ends = [int(x) for x in re.split(r"[–-]", part) if x.strip()]
-            numbers = range(ends[0], ends[1] + 1) if len(ends) == 2 and 0 < ends[1] - ends[0] < 50 else ends
-            out.extend(n for n in numbers if n not in out)
+            expand = len(ends) == 2 and 0 < ends[1] - ends[0] < longest_range
+            out.extend(range(ends[0], ends[1] + 1) if expand else ends)
     return out
 
 
+def citation_numbers(text: str) -> list[int]:
+    """Every number in the ``[n]``/``[n, m]``/``[n-m]`` citations of ``text``, unique, in order."""
+    return list(dict.fromkeys(cited_numbers(text, 50)))
+
+
 def strip_citations(text: str) -> str:
-    return re.sub(r"\s+", " ", _CITATION_RE.sub("", text)).strip()
+    return re.sub(r"\s+", " ", CITATION_RE.sub("", text)).strip()
 
 
 def split_sentences(text: str) -> list[Sentence]:
@@ -100,7 +108,7 @@ def _add(out: list[Sentence], text: str, start: int, end: int) -> None:
 
 def normalize(sentence: str) -> str:
     """A sentence reduced for comparison: lowercase words only, citations and list markers dropped."""
-    return " ".join(w.lower() for w in _WORD_RE.findall(_LIST_MARK_RE.sub("", strip_citations(sentence))))
+    return " ".join(w.lower() for w in _WORD_RE.findall(LIST_MARK_RE.sub("", strip_citations(sentence))))
 
 
 def repeated_sentences(text: str) -> int:

@@ -28,7 +28,7 @@ from collections.abc import Generator as PyGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
-from esrag.answer_checks import SentenceCheck, check_sentence, find_loop, split_sentences
+from esrag.answer_checks import SentenceCheck, check_sentence, cited_numbers, find_loop, split_sentences
 from esrag.config import Settings
 from esrag.errors import ConfigError
 from esrag.generators.base import Generator, Message
@@ -60,7 +60,6 @@ NOT_SUPPORTED_NOTE = ("The model's text is not supported by the sources: none of
                       "passage it cites. Read the sources below instead.")
 TRUNCATION_MARK = " …"
 
-_CITATION_RE = re.compile(r"\[(\s*\d+\s*(?:[,;–-]\s*\d+\s*)*)\]")
 
 
 # -- data ------------------------------------------------------------------------------------------------
@@ -284,17 +283,10 @@ def parse_citations(text: str, n_passages: int) -> tuple[list[int], list[int]]:
     """
     valid: list[int] = []
     invalid: list[int] = []
-    for match in _CITATION_RE.finditer(text):
-        for part in re.split(r"[,;]", match.group(1)):
-            ends = [int(x) for x in re.split(r"[–-]", part) if x.strip()]
-            if len(ends) == 2 and 0 < ends[1] - ends[0] < max(n_passages, 1):
-                numbers = list(range(ends[0], ends[1] + 1))
-            else:
-                numbers = ends
-            for number in numbers:
-                bucket = valid if 1 <= number <= n_passages else invalid
-                if number not in bucket:
-                    bucket.append(number)
+    for number in cited_numbers(text, max(n_passages, 1)):
+        bucket = valid if 1 <= number <= n_passages else invalid
+        if number not in bucket:
+            bucket.append(number)
     return valid, invalid
 
 

@@ -29,12 +29,10 @@ import re
 from collections.abc import Collection, Sequence
 from typing import Any
 
-from esrag.answer_checks import DEFAULT_SUPPORT_THRESHOLD, supporters
+from esrag.answer_checks import CITATION, CITATION_RE, DEFAULT_SUPPORT_THRESHOLD, supporters
 
-_CITATION = r"\[\s*\d+(?:\s*[,;–-]\s*\d+)*\s*\]"
 #: a sentence boundary: . ! or ? (optionally followed by citations) then whitespace; or a line break
-_SENTENCE_SPLIT_RE = re.compile(rf"[.!?](?:{_CITATION})*\s+|\n")
-_CITED_RE = re.compile(_CITATION)
+_SENTENCE_SPLIT_RE = re.compile(rf"[.!?](?:{CITATION})*\s+|\n")
 _OPEN_DIGITS_RE = re.compile(r"\[(\d*)$")
 #: text ending a sentence: a word, then . ! or ?
 _ENDED_RE = re.compile(r"\w[)\"'”’]*[.!?][)\"'”’]*$")
@@ -75,7 +73,7 @@ class CitationRules:
     def sentence_needs_citation(text: str) -> bool:
         """Whether the text's last sentence holds words but no citation yet."""
         current = _SENTENCE_SPLIT_RE.split(text)[-1]
-        return bool(re.search(r"\w", current)) and not _CITED_RE.search(current)
+        return bool(re.search(r"\w", current)) and not CITATION_RE.search(current)
 
     @staticmethod
     def ended_uncited(text: str) -> bool:

@@ -28,7 +28,7 @@ from typing import Protocol
 
 import numpy as np
 
-from esrag.answer_checks import content_words, split_sentences
+from esrag.answer_checks import LIST_MARK_RE, content_words, split_sentences
 from esrag.config import Settings
 from esrag.generators.base import Generator, Message
 
@@ -41,7 +41,6 @@ RELATIVE_CUTOFF = 0.6
 RANK_BONUS = 0.02
 #: passed over for a candidate: headings, code fences, table rules, HTML comments
 _SKIP_RE = re.compile(r"^\s*(?:#{1,6}\s|```|~~~|\|?\s*:?-{3,}|<!--)")
-_LIST_RE = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s+")
 
 class Embed(Protocol):
     """What ``select_sentences`` needs of an embedder (esrag.embedders.base.Embedder has it): L2-normalised
@@ -107,9 +106,9 @@ def paragraphs(text: str) -> list[str]:
             flush()
             out.append(stripped.strip("|").strip())
             continue
-        if _LIST_RE.match(line):
+        if LIST_MARK_RE.match(line):
             flush()
-            stripped = _LIST_RE.sub("", line).strip()
+            stripped = LIST_MARK_RE.sub("", line).strip()
         current.append(stripped)
     flush()
     return out
