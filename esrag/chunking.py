@@ -27,6 +27,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from esrag.context import ContextTemplate, sections
 from esrag.errors import ConfigError
 from esrag.types import Chunk, Document, sha256_hex
 
@@ -90,6 +91,21 @@ class Chunker:
         self.size = min(chunk_size, max_tokens) if max_tokens is not None else chunk_size
         self.overlap = min(chunk_overlap, self.size - 1)
         self._max_chars = self.size * _MAX_CHARS_PER_TOKEN
+        self._smaller: dict[int, Chunker] = {}
+
+    def with_size(self, size: int) -> Chunker:
+        """This chunker with a smaller size (at least 1), the same overlap where it fits: what is left of
+        the size once a chunk's context is counted. Built once per size."""
+        size = max(1, min(size, self.size))
+        if size == self.size:
+            return self
+        if size not in self._smaller:
+            self._smaller[size] = Chunker(self._count_tokens, size, min(self.overlap, size - 1))
+        return self._smaller[size]
+
+    def count(self, texts: Sequence[str]) -> list[int]:
+        """Token counts of ``texts`` with the chunker's counter."""
+        return self._count(texts)
 
     def _weight(self, start: int, end: int, tokens: int) -> int:
         """A piece's count for merging: its tokens, but at least one per ``_MAX_CHARS_PER_TOKEN`` chars."""
@@ -296,17 +312,29 @@ def _split(text: str, start: int, end: int, pattern: re.Pattern[str]) -> list[tu
     return pieces
 
 
-def chunk_document(doc: Document, chunker: Chunker, doc_sha: str | None = None) -> list[Chunk]:
+def chunk_document(doc: Document, chunker: Chunker, doc_sha: str | None = None,
+                   template: ContextTemplate | None = None) -> list[Chunk]:
     """Chunks of ``doc`` with content-addressed ids; ``[]`` for a blank document.
 
     ``doc_sha`` defaults to ``doc.sha(chunker.signature)``, which covers the document and the chunk
-    parameters, so changing them changes every id; ``chunk_sha`` is the hash of the chunk text alone.
+    parameters, so changing them changes every id. With a ``template`` (see ``esrag.context``), each chunk
+    gets the context its embedded text starts with, and the chunk is shortened so that context and chunk
+    together fit ``chunker.size`` tokens; a template naming ``{headings}`` chunks each section of the
+    document's outline apart. ``chunk_sha`` is the hash of the embedded text (context + chunk).
     """
-    spans = chunker.split(doc.text)
     doc_sha = doc_sha or doc.sha(chunker.signature)
+    pieces: list[tuple[str, ChunkSpan]] = []  # (context, span)
+    if template is None or template.plain:
+        pieces = [("", span) for span in chunker.split(doc.text)]
+    else:
+        parts = _sections(doc, template)
+        for prefix, start, end in _fit_prefixes(parts, doc, template, chunker):
+            budget = chunker.size - _prefix_tokens(chunker, prefix)
+            for span in chunker.with_size(budget).split(doc.text[start:end]):
+                pieces.append((prefix, ChunkSpan(start + span.start, start + span.end, span.text)))
     chunks: list[Chunk] = []
-    for index, span in enumerate(spans):
-        chunk_sha = sha256_hex(span.text)
+    for index, (context, span) in enumerate(pieces):
+        chunk_sha = sha256_hex(context + span.text)
         chunks.append(Chunk(
             id=Chunk.make_id(doc.doc_id, doc_sha, index, chunk_sha),
             doc_id=doc.doc_id,
@@ -314,11 +342,45 @@ def chunk_document(doc: Document, chunker: Chunker, doc_sha: str | None = None) 
             title=doc.title,
             text=span.text,
             chunk_index=index,
-            chunk_count=len(spans),
+            chunk_count=len(pieces),
             start=span.start,
             end=span.end,
             chunk_sha=chunk_sha,
             doc_sha=doc_sha,
             metadata=dict(doc.metadata),
+            context=context,
         ))
     return chunks
+
+
+#: separator between a chunk's context and its text (the prefix ends with it): counted as one token more
+_JOIN_MARGIN = 1
+
+
+def _sections(doc: Document, template: ContextTemplate) -> list[tuple[tuple[str, ...], int, int]]:
+    if not template.uses_headings:
+        return [((), 0, len(doc.text))]
+    return [(path, start, end) for start, end, path in sections(doc, doc.title)]
+
+
+def _prefix_tokens(chunker: Chunker, prefix: str) -> int:
+    return chunker.count([prefix])[0] + _JOIN_MARGIN if prefix.strip() else 0
+
+
+def _fit_prefixes(parts: list[tuple[tuple[str, ...], int, int]], doc: Document, template: ContextTemplate,
+                  chunker: Chunker) -> list[tuple[str, int, int]]:
+    """(prefix, start, end) per section: the full context where it takes at most half the chunk size,
+    else the longest fallback that does (``ContextTemplate.shorter_prefixes``). One batched count for the
+    full prefixes; fallbacks are counted only when needed."""
+    title = "" if doc.title_is_name else doc.title
+    full = [template.prefix(title, path) for path, _, _ in parts]
+    distinct = sorted({p for p in full if p.strip()})
+    counts = dict(zip(distinct, chunker.count(distinct), strict=True))
+    limit = chunker.size // 2
+    out = []
+    for prefix, (path, start, end) in zip(full, parts, strict=True):
+        if prefix.strip() and counts[prefix] + _JOIN_MARGIN > limit:
+            prefix = next((p for p in template.shorter_prefixes(title, path)
+                           if _prefix_tokens(chunker, p) <= limit), "")
+        out.append((prefix, start, end))
+    return out

@@ -27,8 +27,18 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
 
+from esrag.context import DEFAULT_TEMPLATE, check_template
 from esrag.errors import ConfigError
 from esrag.redact import redact_url
 
@@ -65,6 +75,10 @@ def check_alpha(alpha: float) -> float:
 
 
 Alpha = Annotated[float, AfterValidator(check_alpha)]
+
+
+def _unescape_newlines(value: Any) -> Any:
+    return value.replace("\\n", "\n") if isinstance(value, str) else value
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid", validate_default=True)
 
@@ -110,11 +124,14 @@ class EmbeddingSettings(BaseModel):
 
 
 class ChunkingSettings(BaseModel):
-    """Chunk sizes, in the embedder's tokens."""
+    """Chunk sizes, in the embedder's tokens, and what each chunk's embedded text says (esrag/context.py)."""
 
     model_config = _FROZEN
     chunk_size: int = Field(256, ge=1)
     chunk_overlap: int = Field(32, ge=0)
+    # a literal backslash-n (as typed in a shell) is a line break
+    embed_template: Annotated[str, BeforeValidator(_unescape_newlines), AfterValidator(check_template)] = (
+        DEFAULT_TEMPLATE)
 
 
 class RetrievalSettings(BaseModel):

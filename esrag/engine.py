@@ -206,7 +206,7 @@ class Engine:
 
     def init_index(self) -> tuple[bool, dict[str, Any]]:
         """Create the index if missing; (created, store description)."""
-        created = self.store.ensure_index(self.ingestor().index_meta())
+        created = self.store.ensure_index(self.ingestor().index_meta(self.store.read_meta()))
         return created, dict(self.store.describe())
 
     def ingest_paths(self, paths: Sequence[str | Path], glob: Sequence[str] = (), exclude: Sequence[str] = (),

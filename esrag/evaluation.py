@@ -28,11 +28,12 @@ from typing import Any
 
 import numpy as np
 
-from esrag.config import DEFAULT_MODEL
+from esrag.config import DEFAULT_MODEL, ChunkingSettings
+from esrag.context import PLAIN
 from esrag.errors import ConfigError, LoaderError, MissingDependencyError
 from esrag.search import HybridSearcher, fuse
 from esrag.stats import percentile  # noqa: F401 - re-exported for the CLI
-from esrag.types import Document, ScoredChunk, SearchResponse
+from esrag.types import Document, ScoredChunk, SearchResponse, sha256_hex
 
 #: The metrics reported by ``esrag eval``, in ranx's names.
 METRICS = ("ndcg@10", "mrr@10", "recall@100")
@@ -153,9 +154,16 @@ def load_beir(path: str | Path, split: str = "test") -> BeirDataset:
     return BeirDataset(name=name, documents=tuple(documents), queries=queries, qrels=qrels, split=split)
 
 
-def eval_index_name(dataset_name: str, model: str) -> str:
-    """Index name for a dataset: ``eval-<dataset>`` with the default model, ``eval-<dataset>-<model>``
-    otherwise (the model's last path component), lowercased to the characters an index name allows."""
+_DEFAULTS = {k: f.default for k, f in ChunkingSettings.model_fields.items()}
+
+
+def eval_index_name(dataset_name: str, model: str, chunk_size: int = _DEFAULTS["chunk_size"],
+                    chunk_overlap: int = _DEFAULTS["chunk_overlap"],
+                    embed_template: str = _DEFAULTS["embed_template"]) -> str:
+    """Index name for a dataset: ``eval-<dataset>`` with the default model and chunking, with suffixes for
+    what differs (``-<model>``: the model's last path component; ``-c<size>-o<overlap>``; ``-t<hash>`` of
+    the embed template, ``-tplain`` without context), lowercased to the characters an index name allows,
+    so that each setting keeps its own vectors and comparing them embeds each only once."""
 
     def slug(s: str) -> str:
         return re.sub(r"[^a-z0-9_]+", "-", s.lower()).strip("-_") or "x"
@@ -163,6 +171,10 @@ def eval_index_name(dataset_name: str, model: str) -> str:
     name = f"eval-{slug(dataset_name)}"
     if model != DEFAULT_MODEL:
         name += f"-{slug(Path(model.rstrip('/')).name)}"
+    if (chunk_size, chunk_overlap) != (_DEFAULTS["chunk_size"], _DEFAULTS["chunk_overlap"]):
+        name += f"-c{chunk_size}-o{chunk_overlap}"
+    if embed_template != _DEFAULTS["embed_template"]:
+        name += "-tplain" if embed_template == PLAIN else f"-t{sha256_hex(embed_template)[:8]}"
     return name
 
 

@@ -31,6 +31,7 @@ and what was not.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
@@ -45,6 +46,7 @@ import numpy as np
 from esrag import __version__
 from esrag.chunking import Chunker, chunk_document
 from esrag.config import Settings
+from esrag.context import ContextTemplate
 from esrag.embedders.base import Embedder
 from esrag.errors import EsragError, ModelMismatchError
 from esrag.loaders import MAX_FILE_BYTES, Notice, Skipped, SourceFile, discover_sources, doc_id_candidates, iter_file
@@ -183,6 +185,7 @@ class Ingestor:
         self.window = window or max(settings.batch_size * 4, 64)
         self.on_progress = on_progress
         self._chunker: Chunker | None = None
+        self.template = ContextTemplate(settings.embed_template)
         self._index_ready = False
 
     @property
@@ -201,19 +204,15 @@ class Ingestor:
     def signature(self) -> str:
         """What, besides a document's own content, determines its chunks and vectors: part of ``doc_sha``.
         Known without loading the model (the model name fixes its token limit)."""
-        return (f"recursive:v2:model={self.embedder.model_name}:size={self.settings.chunk_size}:"
-                f"overlap={self.settings.chunk_overlap}")
+        signature = (f"recursive:v2:model={self.embedder.model_name}:size={self.settings.chunk_size}:"
+                     f"overlap={self.settings.chunk_overlap}")
+        return signature if self.template.plain else f"{signature}:{self.template.signature}"
 
-    def index_meta(self) -> IndexMeta:
-        return IndexMeta(
-            model=self.embedder.model_name,
-            dims=self.embedder.dims,
-            similarity=self.settings.similarity,
-            normalized=True,
-            chunk_size=self.settings.chunk_size,
-            chunk_overlap=self.settings.chunk_overlap,
-            esrag_version=__version__,
-        )
+    def index_meta(self, existing: IndexMeta | None = None) -> IndexMeta:
+        """What a new index records (for an ``existing`` one: what it should record now)."""
+        return IndexMeta(model=self.embedder.model_name, dims=self.embedder.dims,
+                         similarity=self.settings.similarity, normalized=True, esrag_version=__version__,
+                         **self._build_params(existing))
 
     # -- entry points ---------------------------------------------------------------------------------
 
@@ -268,15 +267,33 @@ class Ingestor:
 
     # -- pipeline -------------------------------------------------------------------------------------
 
-    def _store_exists(self) -> bool:
+    def _store_exists(self, report: IngestReport | None = None) -> bool:
         meta = self.store.read_meta()
         if meta is not None and meta.model != self.embedder.model_name:
             raise ModelMismatchError(
                 f"index {self.store.describe().get('index')!r} was built with model {meta.model!r}, but the "
                 f"configured model is {self.embedder.model_name!r}; use --model {meta.model!r} or ingest into "
                 f"a new index (--index)")
+        if meta is not None:
+            wanted = self._build_params(meta)
+            if meta.build_params() != wanted:
+                changed = sorted(k for k, v in wanted.items() if meta.build_params()[k] != v)
+                self.store.ensure_index(dataclasses.replace(meta, **wanted))
+                if report is not None:
+                    report.warnings.append(
+                        f"the index was built with other {', '.join(changed)}: documents ingested from now on "
+                        f"use the new settings (re-ingest every source to make the index uniform)")
         self._index_ready = meta is not None
         return meta is not None
+
+    def _build_params(self, meta: IndexMeta | None = None) -> dict[str, Any]:
+        """The IndexMeta build parameters this ingest uses. The analyzer is the existing index's unless one
+        was chosen explicitly: it belongs to the index (on Elasticsearch it cannot change)."""
+        analyzer = self.settings.analyzer
+        if meta is not None and "analyzer" not in self.settings.sources:
+            analyzer = meta.analyzer
+        return {"chunk_size": self.settings.chunk_size, "chunk_overlap": self.settings.chunk_overlap,
+                "embed_template": self.settings.embed_template, "analyzer": analyzer}
 
     def _ensure_index(self) -> None:
         """Create the index on the first write (so a run that writes nothing creates nothing)."""
@@ -287,7 +304,7 @@ class Ingestor:
     def _run(self, docs: Iterator[tuple[int, Document]], total: int, report: IngestReport,
              produced: set[str]) -> IngestReport:
         start = time.perf_counter()
-        exists = self._store_exists()
+        exists = self._store_exists(report)
         plans: queue.Queue[Any] = queue.Queue(maxsize=4)
         writes: queue.Queue[Any] = queue.Queue(maxsize=4)
         stop = threading.Event()
@@ -392,7 +409,7 @@ class Ingestor:
                 produced.add(doc.doc_id)
                 continue
             try:
-                chunks = chunk_document(doc, self.chunker, doc_sha=sha)
+                chunks = chunk_document(doc, self.chunker, doc_sha=sha, template=self.template)
             except Exception as e:  # a tokenizer error on odd input: skip this document, go on
                 report.skipped.append(Skipped(doc.source, f"cannot chunk: {type(e).__name__}: {e}"))
                 continue
@@ -430,7 +447,7 @@ class Ingestor:
             if stop.is_set():
                 return
             idx = order[lo:lo + step]
-            embedded = self.embedder.embed_documents([todo[i].text for i in idx])
+            embedded = self.embedder.embed_documents([todo[i].embed_text for i in idx])
             for i, vec in zip(idx, embedded, strict=True):
                 vectors[i] = vec
             report.chunks_embedded += len(idx)

@@ -28,8 +28,15 @@ from pathlib import Path
 from typing import Any
 
 from esrag.errors import LoaderError
-from esrag.text_formats import html_to_text, markdown_title, rst_title
-from esrag.types import Document, MetadataValue, canonical_json, sha256_hex
+from esrag.text_formats import (
+    html_document,
+    html_to_text,
+    markdown_outline,
+    markdown_title,
+    rst_outline,
+    rst_title,
+)
+from esrag.types import Document, Heading, MetadataValue, canonical_json, sha256_hex
 
 TEXT_EXTENSIONS = frozenset({".txt", ".md", ".rst", ".html", ".htm", ".json", ".jsonl"})
 SUPPORTED_EXTENSIONS = TEXT_EXTENSIONS | {".pdf"}
@@ -365,21 +372,22 @@ def _iter_file(path: Path, name: str, doc_id: str, base_metadata: Mapping[str, M
         del data
         text = text.replace("\r\n", "\n").replace("\r", "\n")
         title = ""
+        outline: tuple[Heading, ...] = ()
         if ext in (".html", ".htm"):
-            text, title = html_to_text(text)
+            text, title, outline = html_document(text)
         elif ext == ".md":
-            title = markdown_title(text)
+            title, outline = markdown_title(text), markdown_outline(text)
         elif ext == ".rst":
-            title = rst_title(text)
-        yield _document(doc_id, name, text, title or path.stem, base, errors)
+            title, outline = rst_title(text), rst_outline(text)
+        yield _document(doc_id, name, text, title or path.stem, base, errors, outline, title_is_name=not title)
 
 
 def _document(doc_id: str, source: str, text: str, title: str, metadata: dict[str, MetadataValue],
-              errors: int) -> Document | Skipped:
+              errors: int, outline: tuple[Heading, ...] = (), title_is_name: bool = False) -> Document | Skipped:
     if not text.strip():
         return Skipped(source, "empty document")
     return Document(doc_id=doc_id, source=source, text=text, title=title, metadata=metadata,
-                    decode_errors=errors)
+                    decode_errors=errors, outline=outline, title_is_name=title_is_name)
 
 
 def _is_binary(data: bytes) -> bool:
@@ -566,4 +574,4 @@ def _load_pdf(path: Path, name: str, doc_id: str, base: dict[str, MetadataValue]
         except Exception as e:  # pypdf raises many error types for broken files
             return Skipped(name, f"cannot parse PDF: {type(e).__name__}: {e}")
     text = "\n\n".join(p for p in pages if p)
-    return _document(doc_id, name, text, title or path.stem, base, 0)
+    return _document(doc_id, name, text, title or path.stem, base, 0, title_is_name=not title)

@@ -1,9 +1,12 @@
-"""Pure text extraction for loaders: titles of Markdown and reStructuredText, visible text of HTML. No I/O."""
+"""Pure text extraction for loaders: titles and heading outlines of Markdown and reStructuredText, visible
+text and headings of HTML. No I/O."""
 
 from __future__ import annotations
 
 import re
 from html.parser import HTMLParser
+
+from esrag.types import Heading
 
 # ---------------------------------------------------------------------------------------------- titles
 
@@ -57,6 +60,90 @@ def rst_title(text: str) -> str:
     return ""
 
 
+# ---------------------------------------------------------------------------------------------- outlines
+
+
+_ATX = re.compile(r"^ {0,3}(#{1,6})[ \t]+(.+?)(?:[ \t]+#+)?[ \t]*$")
+_SETEXT = re.compile(r"^ {0,3}(=+|-+)[ \t]*$")
+
+
+def _lines(text: str) -> list[tuple[int, str]]:
+    """(offset, line) for each line of ``text``."""
+    out, pos = [], 0
+    for line in text.split("\n"):
+        out.append((pos, line))
+        pos += len(line) + 1
+    return out
+
+
+def markdown_outline(text: str) -> tuple[Heading, ...]:
+    """The headings of a Markdown text, in order: ATX (``## Title``) and setext (underlined with ``===`` or
+    ``---``) outside code fences and front matter. ``Heading.start`` is the offset of the heading's line."""
+    lines = _lines(text)
+    start = 0
+    if lines and lines[0][1].strip() == "---":
+        start = next((i + 1 for i in range(1, len(lines)) if lines[i][1].strip() in ("---", "...")), 0)
+    headings: list[Heading] = []
+    in_fence = False
+    prev_blank = True
+    for i in range(start, len(lines)):
+        offset, line = lines[i]
+        if _FENCE.match(line):
+            in_fence = not in_fence
+        elif not in_fence:
+            if m := _ATX.match(line):
+                headings.append(Heading(offset, len(m.group(1)), m.group(2).strip()))
+            elif (line.strip() and prev_blank and i + 1 < len(lines) and not line.startswith("    ")
+                  and (u := _SETEXT.match(lines[i + 1][1])) and not _SETEXT.match(line)):
+                headings.append(Heading(offset, 1 if u.group(1)[0] == "=" else 2, line.strip()))
+        prev_blank = not line.strip() or bool(headings and headings[-1].start == offset)
+    return tuple(headings)
+
+
+def rst_outline(text: str) -> tuple[Heading, ...]:
+    """The section titles of a reStructuredText text, in order, with levels in the order their adornment
+    styles first appear (as docutils assigns them): a title line under an adornment at least as long, with
+    an optional overline of the same character."""
+    lines = _lines(text)
+    styles: list[tuple[str, bool]] = []
+    headings: list[Heading] = []
+    i = 0
+    while i < len(lines) - 1:
+        offset, line = lines[i]
+        title = line.strip()
+        under = lines[i + 1][1].rstrip()
+        over = i > 0 and _RST_ADORNMENT.match(lines[i - 1][1].rstrip() or " ") is not None
+        if (title and not _RST_ADORNMENT.match(title) and not line.startswith((" ", "\t"))
+                and _RST_ADORNMENT.match(under) and len(under) >= len(title)):
+            has_over = over and lines[i - 1][1].rstrip()[0] == under[0]
+            style = (under[0], has_over)
+            if style not in styles:
+                styles.append(style)
+            headings.append(Heading(lines[i - 1][0] if has_over else offset, styles.index(style) + 1, title))
+            i += 2
+            continue
+        i += 1
+    return tuple(headings)
+
+
+def locate_headings(text: str, found: list[tuple[int, str]]) -> tuple[Heading, ...]:
+    """Headings of an extracted text from (level, heading text) in document order: each is looked up after
+    the previous one (an HTML page's headings, whose offsets the extraction does not keep)."""
+    headings: list[Heading] = []
+    pos = 0
+    for level, title in found:
+        title = " ".join(title.split())
+        if not title:
+            continue
+        at = text.find(title, pos)
+        if at < 0:
+            continue
+        line_start = text.rfind("\n", 0, at) + 1
+        headings.append(Heading(line_start, level, title))
+        pos = at + len(title)
+    return tuple(headings)
+
+
 # ---------------------------------------------------------------------------------------------- HTML
 
 
@@ -68,6 +155,7 @@ _BLOCK_TAGS = frozenset({
 })
 _LINE_TAGS = frozenset({"br", "li", "tr", "dt", "dd", "caption", "option"})
 _CELL_TAGS = frozenset({"td", "th"})
+_HEADING_TAGS = frozenset({"h1", "h2", "h3", "h4", "h5", "h6"})
 _SPACES = re.compile(r"\s+")
 _STRENGTH = {"": 0, " ": 1, "\n": 2, "\n\n": 3}
 
@@ -84,6 +172,8 @@ class _TextExtractor(HTMLParser):
         self._pre = 0
         self._in_title = False
         self._h1_depth = 0
+        self.headings: list[tuple[int, str]] = []  # (level, text) of h1..h6, in order
+        self._heading = 0  # level of the heading being read, 0 outside one
         self._break = ""  # pending separator: "", " ", "\n" or "\n\n"
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
@@ -93,6 +183,9 @@ class _TextExtractor(HTMLParser):
             self._in_title = True
         elif tag == "h1" and not self.h1:
             self._h1_depth += 1
+        if tag in _HEADING_TAGS and not self._skip:
+            self._heading = int(tag[1])
+            self.headings.append((self._heading, ""))
         if tag == "pre":
             self._pre += 1
         self._separate(tag)
@@ -107,6 +200,8 @@ class _TextExtractor(HTMLParser):
             self._in_title = False
         elif tag == "h1" and self._h1_depth:
             self._h1_depth -= 1
+        if tag in _HEADING_TAGS:
+            self._heading = 0
         if tag == "pre":
             self._pre = max(0, self._pre - 1)
         self._separate(tag)
@@ -134,6 +229,9 @@ class _TextExtractor(HTMLParser):
             return
         if self._h1_depth:
             self.h1 = _SPACES.sub(" ", self.h1 + data)
+        if self._heading:
+            level, sofar = self.headings[-1]
+            self.headings[-1] = (level, _SPACES.sub(" ", sofar + data))
         if self._pre:
             self._append(data)
             return
@@ -148,9 +246,15 @@ class _TextExtractor(HTMLParser):
 
 def html_to_text(html: str) -> tuple[str, str]:
     """(visible text, title) of an HTML page; the title is ``<title>``, else the first ``<h1>``, else ""."""
+    text, title, _ = html_document(html)
+    return text, title
+
+
+def html_document(html: str) -> tuple[str, str, tuple[Heading, ...]]:
+    """(visible text, title, outline of its h1..h6 headings) of an HTML page (title as ``html_to_text``)."""
     parser = _TextExtractor()
     parser.feed(html)
     parser.close()
     text = re.sub(r"[ \t]+\n", "\n", "".join(parser.parts))
     text = re.sub(r"\n{3,}", "\n\n", text).strip()
-    return text, (parser.title.strip() or parser.h1.strip())
+    return text, (parser.title.strip() or parser.h1.strip()), locate_headings(text, parser.headings)

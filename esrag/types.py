@@ -38,12 +38,23 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
+class Heading(NamedTuple):
+    """One heading of a document's outline: the offset of its line in the document text, its level (1 is
+    the top) and its text."""
+
+    start: int
+    level: int
+    text: str
+
+
 @dataclass(frozen=True)
 class Document:
     """One source document: a file, a JSONL line, a BEIR corpus entry.
 
     ``doc_id`` is stable across runs (a normalised path, or the id given in JSONL). ``decode_errors`` counts
-    bytes that were not valid UTF-8 and were replaced.
+    bytes that were not valid UTF-8 and were replaced. ``outline`` holds the headings of a structured
+    document (Markdown, reStructuredText, HTML) in text order; chunks do not straddle them, and each
+    chunk's embedded text can name the headings above it (see ``esrag.context``).
     """
 
     doc_id: str
@@ -52,12 +63,18 @@ class Document:
     title: str = ""
     metadata: Metadata = field(default_factory=dict)
     decode_errors: int = 0
+    outline: tuple[Heading, ...] = ()
+    #: the title is the file's name (the content names none): it is not embedded as context, so that
+    #: renaming the file re-embeds nothing
+    title_is_name: bool = False
 
     def sha(self, chunker_signature: str = "") -> str:
-        """Hash of everything that determines this document's chunks: text, title, metadata and the
-        chunking parameters. Equal hashes mean re-ingesting would produce identical chunks."""
-        return sha256_hex(self.doc_id, self.title, self.text, canonical_json(dict(self.metadata)),
-                          chunker_signature)
+        """Hash of everything that determines this document's chunks: text, title, metadata, outline and
+        the chunking parameters. Equal hashes mean re-ingesting would produce identical chunks."""
+        parts = [self.doc_id, self.title, self.text, canonical_json(dict(self.metadata)), chunker_signature]
+        if self.outline:
+            parts.append(canonical_json([list(h) for h in self.outline]))
+        return sha256_hex(*parts)
 
 
 @dataclass(frozen=True)
@@ -66,7 +83,9 @@ class Chunk:
 
     ``start``/``end`` are character offsets into the document text. ``chunk_count`` is the number of chunks
     of the whole document, stored on each chunk so that a store can tell a complete document from one whose
-    write was interrupted.
+    write was interrupted. ``context`` is what the embedded text adds before ``text`` (title, headings;
+    see ``esrag.context``): it is embedded, not stored. ``chunk_sha`` hashes the embedded text, so a
+    vector is reused only for the very text it was computed from.
     """
 
     id: str
@@ -81,6 +100,12 @@ class Chunk:
     chunk_sha: str
     doc_sha: str
     metadata: Metadata = field(default_factory=dict)
+    context: str = ""
+
+    @property
+    def embed_text(self) -> str:
+        """The text the embedder sees: the context, then the chunk."""
+        return self.context + self.text
 
     @staticmethod
     def make_id(doc_id: str, doc_sha: str, chunk_index: int, chunk_sha: str) -> str:
@@ -208,6 +233,10 @@ class IndexMeta:
     chunk_size: int = 256
     chunk_overlap: int = 32
     esrag_version: str = ""
+    #: how each chunk's embedded text was made (esrag.context); "{text}" for the chunk alone
+    embed_template: str = "{text}"
+    #: the text analyzer of the BM25 side ("standard", "english", or an ES analyzer's name)
+    analyzer: str = "standard"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -218,7 +247,15 @@ class IndexMeta:
             "chunk_size": self.chunk_size,
             "chunk_overlap": self.chunk_overlap,
             "esrag_version": self.esrag_version,
+            "embed_template": self.embed_template,
+            "analyzer": self.analyzer,
         }
+
+    def build_params(self) -> dict[str, Any]:
+        """The parameters that may change on an existing index (the model and dims may not): the chunking,
+        the embed template and the analyzer."""
+        return {"chunk_size": self.chunk_size, "chunk_overlap": self.chunk_overlap,
+                "embed_template": self.embed_template, "analyzer": self.analyzer}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> IndexMeta:
@@ -230,6 +267,8 @@ class IndexMeta:
             chunk_size=int(d.get("chunk_size", 256)),
             chunk_overlap=int(d.get("chunk_overlap", 32)),
             esrag_version=str(d.get("esrag_version", "")),
+            embed_template=str(d.get("embed_template", "{text}")),
+            analyzer=str(d.get("analyzer", "standard")),
         )
 
 

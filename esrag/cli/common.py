@@ -142,13 +142,19 @@ index_settings_options = stack(
     choice_option("index_options", INDEX_OPTIONS, "--index-options",
                   help="ES dense_vector index type. [default: int8_hnsw]"),
     choice_option("similarity", SIMILARITIES, "--similarity", help="Vector similarity. [default: cosine]"),
-    setting_option("analyzer", "--analyzer", metavar="NAME", help="ES analyzer for title/text. [default: standard]"),
 )
 
 chunk_options = stack(
     setting_option("chunk_size", "--chunk-size", metavar="TOKENS",
-                   help="Max chunk length in model tokens. [default: 256]"),
+                   help="Max chunk length in model tokens, context included. [default: 256]"),
     setting_option("chunk_overlap", "--chunk-overlap", metavar="TOKENS", help="Overlap in model tokens. [default: 32]"),
+    setting_option("embed_template", "--embed-template", metavar="TEMPLATE",
+                   help="What is embedded for each chunk: {title}, {headings} (the section path) and {text} "
+                        "(the chunk, last); '{text}' embeds the chunk alone. The stored text is the chunk. "
+                        "[default: '{title}\\n{headings}\\n\\n{text}']"),
+    setting_option("analyzer", "--analyzer", metavar="NAME",
+                   help="Text analysis of the BM25 side: standard, or english (Porter stemming) on both stores; "
+                        "on Elasticsearch any analyzer the cluster has. [default: standard]"),
 )
 
 

@@ -66,7 +66,8 @@ def _prepared(dataset_dir: Path, split: str, progress: bool, options: dict[str, 
     check_eval_dependencies()
     dataset = load_beir(dataset_dir, split)
     settings = build_settings(**{k: v for k, v in options.items() if k != "index"})
-    settings = settings.replace(index=options.get("index") or eval_index_name(dataset.name, settings.model))
+    settings = settings.replace(index=options.get("index") or eval_index_name(
+        dataset.name, settings.model, settings.chunk_size, settings.chunk_overlap, settings.embed_template))
     engine = Engine(settings)
     engine.check_plugins()
     try:
@@ -124,6 +125,7 @@ def eval_cmd(dataset_dir: Path, split: str, candidates: int, as_json: bool, prog
                           settings.normalization, settings.rrf_k)
         results = {m: evaluate_run(dataset.qrels, runs[m], METRICS) for m in chosen}
         report = ctx.report
+        params = build_params(settings, ctx.engine)
     if runs_dir is not None:
         runs_dir.mkdir(parents=True, exist_ok=True)
         for m, run in runs.items():
@@ -136,7 +138,7 @@ def eval_cmd(dataset_dir: Path, split: str, candidates: int, as_json: bool, prog
         "queries": len(dataset.queries),
         "documents": len(dataset.documents),
         "params": {"alpha": settings.alpha, "normalization": settings.normalization, "rrf_k": settings.rrf_k,
-                   "candidates": candidates, "model": settings.model},
+                   "candidates": candidates, **params},
         "results": results,
         "latency_ms": None if retrieval is None else {
             "query_embedding_mean": retrieval.embed_ms,
@@ -151,6 +153,7 @@ def eval_cmd(dataset_dir: Path, split: str, candidates: int, as_json: bool, prog
     click.echo(f"{dataset.name} ({split}): {len(dataset.queries)} queries, {len(dataset.documents)} "
                f"documents, {settings.store_name} index {settings.index!r}")
     click.echo(f"hybrid: linear {settings.normalization} alpha={settings.alpha}; rrf: k={settings.rrf_k}")
+    click.echo(_describe_build(out["params"]))
     click.echo("")
     click.echo(f"{'method':<8}" + "".join(f"{METRIC_HEADERS[m]:>10}" for m in METRICS))
     for m in chosen:
@@ -202,6 +205,7 @@ def tune(dataset_dir: Path, split: str, candidates: int, as_json: bool, progress
         if not 2 <= folds <= len(dataset.queries):
             raise ConfigError(f"--folds must be between 2 and the number of queries ({len(dataset.queries)})")
         retrieval = retrieve_candidates(dataset.queries, ctx.engine.searcher, candidates, show)
+        params = build_params(settings, ctx.engine)
     scores = score_settings(dataset.qrels, retrieval.candidates, grid)
     result = run_tune(scores, folds, seed)
     saved = None
@@ -210,16 +214,31 @@ def tune(dataset_dir: Path, split: str, candidates: int, as_json: bool, progress
     if plot_path is not None:
         plot_curve(result, plot_path, dataset.name)
     out = {"dataset": dataset.name, "store": settings.store_name, "index": settings.index,
-           "queries": len(dataset.queries), **tune_to_dict(result),
+           "queries": len(dataset.queries), "params": {"candidates": candidates, **params},
+           **tune_to_dict(result),
            "saved": str(saved) if saved else None, "plot": str(plot_path) if plot_path else None}
     if as_json:
         click.echo(json.dumps(out, indent=2))
         return
     _print_tune(result, dataset.name, len(dataset.queries))
+    click.echo(_describe_build(params))
     if plot_path is not None:
         click.echo(f"plot written to {plot_path}")
     if saved is not None:
         click.echo(f"saved {result.best.config_updates()} to {saved}")
+
+
+def build_params(settings: Any, engine: Engine) -> dict[str, Any]:
+    """What made the index that an evaluation measured, as the index records it: model, chunking, embed
+    template, analyzer."""
+    meta = engine.store.read_meta()
+    return {"model": settings.model, **(meta.build_params() if meta else {})}
+
+
+def _describe_build(params: dict[str, Any]) -> str:
+    template = "off" if params["embed_template"] == "{text}" else repr(params["embed_template"])
+    return (f"index: {params['model']}, chunks of {params['chunk_size']} tokens (overlap "
+            f"{params['chunk_overlap']}), embed template {template}, analyzer {params['analyzer']}")
 
 
 def _print_tune(result: TuneResult, name: str, n_queries: int) -> None:

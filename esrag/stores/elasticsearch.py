@@ -26,6 +26,7 @@ from elasticsearch import ApiError, Elasticsearch
 from esrag.config import Settings
 from esrag.errors import (
     BulkWriteError,
+    ConfigError,
     CorruptStoreError,
     EsragError,
     IndexNotFoundError,
@@ -206,6 +207,9 @@ class ElasticsearchStore:
                     f"index '{name}' at {self.location} is not an esrag index (its mapping has no esrag "
                     f"_meta); choose another index name with --index or delete it"
                 )
+            if "analyzer" not in raw:  # made before esrag recorded it: what the text field says
+                text_field = ((definition.get("mappings") or {}).get("properties") or {}).get("text") or {}
+                raw = {**raw, "analyzer": text_field.get("analyzer", "standard")}
             try:
                 metas[name] = IndexMeta.from_dict(raw)
             except (TypeError, ValueError) as e:
@@ -261,6 +265,15 @@ class ElasticsearchStore:
         if recorded.model != meta.model or recorded.dims != meta.dims:
             raise ModelMismatchError.of(f"'{self.alias}' at {self.location}", recorded.model, recorded.dims,
                                         meta.model, meta.dims)
+        if recorded.analyzer != meta.analyzer:
+            raise ConfigError(
+                f"index '{self.alias}' at {self.location} analyses text with {recorded.analyzer!r}, not "
+                f"{meta.analyzer!r}: an Elasticsearch index cannot change its analyzer; use --analyzer "
+                f"{recorded.analyzer} or ingest into a new index (--index)")
+        if recorded.build_params() != meta.build_params():
+            new_meta = {**recorded.to_dict(), **meta.build_params(), "similarity": recorded.similarity}
+            with self._api("recording the index's settings"):
+                self.client.indices.put_mapping(index=",".join(sorted(found)), meta=new_meta)
         return False
 
     def drop(self) -> bool:

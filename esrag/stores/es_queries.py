@@ -58,15 +58,15 @@ def load_template() -> dict[str, Any]:
 def build_index_body(settings: Settings, meta: IndexMeta) -> dict[str, Any]:
     """The create-index body: settings and mappings from the template, with the vector's dims (from
     ``meta``), similarity and ``index_options`` type (from ``settings``), the text analyzer (from
-    ``settings``) and ``_meta`` filled in.
+    ``meta``) and ``_meta`` filled in.
 
     ``_meta`` is ``meta.to_dict()`` with ``similarity`` set to the one the mapping actually uses, so that
     what is recorded is what the index does.
     """
     body = load_template()
     props = body["mappings"]["properties"]
-    props["title"]["analyzer"] = settings.analyzer
-    props["text"]["analyzer"] = settings.analyzer
+    props["title"]["analyzer"] = meta.analyzer
+    props["text"]["analyzer"] = meta.analyzer
     vector = props[VECTOR_FIELD]
     vector["dims"] = meta.dims
     vector["similarity"] = settings.similarity

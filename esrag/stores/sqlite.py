@@ -36,6 +36,7 @@ crash can lose the last commits (redone by the next incremental ingest), never c
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sqlite3
@@ -272,11 +273,27 @@ class SQLiteStore:
             assert old is not None
             if old.model != meta.model or old.dims != meta.dims:
                 raise ModelMismatchError.of(f"at {self.path}", old.model, old.dims, meta.model, meta.dims)
+            if old.build_params() != meta.build_params():
+                self._rebuild(old, meta)
             return False
+
+    def _rebuild(self, old: IndexMeta, meta: IndexMeta) -> None:
+        """Record ``meta``'s build parameters (chunking, embed template, analyzer) over ``old``'s; a new
+        analyzer rebuilds the FTS5 index from the stored text, in the same transaction (no re-embedding)."""
+        new = dataclasses.replace(old, **meta.build_params())
+        conn = self._writer()
+        with self._guard("update the index meta of"), self._transaction(conn):
+            if new.analyzer != old.analyzer:
+                conn.execute("DROP TABLE chunks_fts")
+                conn.execute(sql.FTS_TABLE.format(tokenizer=sql.tokenizer(new.analyzer)))
+                conn.execute("INSERT INTO chunks_fts(chunks_fts) VALUES ('rebuild')")
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'index_meta'", (canonical_json(new.to_dict()),))
+        with self._state:
+            self._meta = new
 
     @staticmethod
     def _create_schema(conn: sqlite3.Connection, meta: IndexMeta) -> None:
-        for stmt in (*sql.SCHEMA, sql.SHA_INDEX):
+        for stmt in (*sql.schema(meta.analyzer), sql.SHA_INDEX):
             conn.execute(stmt)
         conn.executemany("INSERT INTO meta(key, value) VALUES (?, ?)", [
             ("marker", MARKER), ("schema_version", str(SCHEMA_VERSION)),
@@ -453,7 +470,7 @@ class SQLiteStore:
                 cached = self._bm25
                 if cached is None or cached[0] != generation:
                     self._bm25 = None  # free the old postings first
-                    cached = self._bm25 = (generation, Bm25Index(conn))
+                    cached = self._bm25 = (generation, Bm25Index(conn, analyzer=_analyzer(conn)))
         ranked = cached[1].top(conn, terms, limit, wanted)
         if ranked is not None:
             return self._hits(conn, ranked)
@@ -590,6 +607,13 @@ class SQLiteStore:
             self._meta = self._dense = self._bm25 = None
         for conn in conns:
             conn.close()
+
+
+def _analyzer(conn: sqlite3.Connection) -> str:
+    """The analyzer the index was built with, read in the caller's snapshot (another process may have
+    rebuilt it with another one)."""
+    row = conn.execute("SELECT value FROM meta WHERE key = 'index_meta'").fetchone()
+    return str(json.loads(row[0]).get("analyzer", "standard")) if row else "standard"
 
 
 def _file_id(path: Path) -> tuple[int, int] | None:  # (device, inode), None when there is no file

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from esrag.errors import ConfigError
+from esrag.stores.sqlite_bm25 import TOKENIZERS
 from esrag.types import TOP_LEVEL_FILTER_FIELDS, Filters, ScoredChunk
 
 #: chunks per write transaction
@@ -23,6 +24,8 @@ IN_BATCH = 500
 BM25_WEIGHTS = (1.0, 1.0)
 BUSY_TIMEOUT_S = 30.0
 
+FTS_TABLE = ("CREATE VIRTUAL TABLE chunks_fts USING fts5(title, text, content='chunks', content_rowid='rowid', "
+             "tokenize='{tokenizer}')")
 _FTS_ADD = "INSERT INTO chunks_fts(rowid, title, text) VALUES (new.rowid, new.title, new.text);"
 _FTS_DEL = ("INSERT INTO chunks_fts(chunks_fts, rowid, title, text) "
             "VALUES ('delete', old.rowid, old.title, old.text);")
@@ -37,13 +40,28 @@ SCHEMA = (
         ingested_at TEXT NOT NULL, metadata TEXT NOT NULL, embedding BLOB NOT NULL, text TEXT NOT NULL)""",
     # doc_id lookups, and a covering index for filters: a filter scan reads this, not the chunk rows
     "CREATE INDEX chunks_filter ON chunks(doc_id, source, title, metadata)",
-    "CREATE VIRTUAL TABLE chunks_fts USING fts5(title, text, content='chunks', content_rowid='rowid', "
-    "tokenize='unicode61 remove_diacritics 0')",
+    FTS_TABLE.format(tokenizer=TOKENIZERS["standard"]),
     f"CREATE TRIGGER chunks_ai AFTER INSERT ON chunks BEGIN {_FTS_ADD} END",
     f"CREATE TRIGGER chunks_ad AFTER DELETE ON chunks BEGIN {_FTS_DEL} END",
     "CREATE TRIGGER chunks_au AFTER UPDATE OF title, text ON chunks "
     f"WHEN old.title IS NOT new.title OR old.text IS NOT new.text BEGIN {_FTS_DEL} {_FTS_ADD} END",
 )
+
+
+def schema(analyzer: str) -> tuple[str, ...]:
+    """The schema's statements, the FTS5 table with the tokenizer of ``analyzer`` (see ``TOKENIZERS``)."""
+    fts = FTS_TABLE.format(tokenizer=TOKENIZERS["standard"])
+    return tuple(FTS_TABLE.format(tokenizer=tokenizer(analyzer)) if s == fts else s for s in SCHEMA)
+
+
+def tokenizer(analyzer: str) -> str:
+    """The FTS5 tokenizer of ``analyzer``; ConfigError naming the choices for any other name."""
+    if analyzer not in TOKENIZERS:
+        raise ConfigError(f"the SQLite store has no analyzer {analyzer!r}: use --analyzer "
+                          f"{' or '.join(sorted(TOKENIZERS))} (any other analyzer needs Elasticsearch)")
+    return TOKENIZERS[analyzer]
+
+
 COLUMNS = ("id", "doc_id", "source", "title", "chunk_index", "chunk_count", "start", "end", "doc_sha",
             "chunk_sha", "ingested_at", "metadata", "embedding", "text")
 _QUOTED = [f'"{c}"' for c in COLUMNS]

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from esrag.errors import StoreError
+from esrag.errors import ConfigError, StoreError
 from esrag.ingest import IngestAborted, Ingestor, IngestReport, documents_for_path
 from esrag.stores.base import Store
 from esrag.types import EmbeddedChunk, SearchRequest, WriteResult
@@ -32,6 +32,7 @@ class Spy:
         self._inner = inner
         self.used: list[str] = []
         self.embedded = 0
+        self.texts: list[str] = []
 
     @property
     def model_name(self) -> str:
@@ -44,6 +45,7 @@ class Spy:
     def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
         self.used.append("embed_documents")
         self.embedded += len(texts)
+        self.texts += texts
         return self._inner.embed_documents(texts)  # type: ignore[no-any-return]
 
 
@@ -65,6 +67,7 @@ def ingest(make_store: MakeStore, embedder: Any) -> Callable[..., tuple[IngestRe
         return ingestor.ingest_paths(list(paths), **kwargs), spy
 
     run.store = store  # type: ignore[attr-defined]
+    run.embedder = embedder  # type: ignore[attr-defined]
     return run
 
 
@@ -90,6 +93,61 @@ def test_doc_ids_are_relative_so_another_checkout_path_is_the_same_corpus(ingest
     shutil.copytree(tmp_path / "one" / "corpus", tmp_path / "two" / "corpus")
     again, spy = ingest(tmp_path / "two" / "corpus")
     assert again.documents_unchanged == 6 and spy.embedded == 0
+
+
+def test_embedded_text_carries_title_and_headings_while_the_stored_text_is_the_chunk(
+        ingest: Any, tmp_path: Path) -> None:
+    root = tmp_path / "corpus"
+    root.mkdir()
+    (root / "ops.md").write_text("# Operations\n\nIntro.\n\n## Setup\n\n### Connecting to Elasticsearch\n\n"
+                                 "Set es_url to the address of the cluster.\n")
+    (root / "plain.txt").write_text("A file without a title of its own.")
+    report, spy = ingest(root)
+    assert report.ok
+    assert sorted(spy.texts) == sorted([
+        "A file without a title of its own.",  # the title is only the file name: not embedded
+        "Operations\n\n# Operations\n\nIntro.",
+        "Operations\nSetup\n\n## Setup",
+        "Operations\nSetup > Connecting to Elasticsearch\n\n### Connecting to Elasticsearch\n\n"
+        "Set es_url to the address of the cluster.",
+    ])
+    hits = ingest.store.search(SearchRequest(text="cluster", vector=None, candidates=5)).bm25
+    assert [h.text for h in hits] == ["### Connecting to Elasticsearch\n\nSet es_url to the address of the cluster."]
+    assert ingest.store.read_meta().embed_template == ingest.store.settings.embed_template
+
+
+def test_a_new_embed_template_re_embeds_what_is_ingested_and_is_recorded(ingest: Any, tmp_path: Path) -> None:
+    root = tmp_path / "corpus"
+    root.mkdir()
+    (root / "a.md").write_text("# Alpha\n\nLighthouses guide ships.")
+    ingest(root)
+    store = ingest.store
+    plain = Ingestor(store, Spy(ingest.embedder), store.settings.replace(embed_template="{text}"))
+    report = plain.ingest_paths([root])
+    assert report.documents_changed == 1 and report.chunks_embedded == 1 and report.chunks_deleted == 1
+    assert any("other embed_template" in w for w in report.warnings)
+    assert store.read_meta().embed_template == "{text}"
+    again = Ingestor(store, Spy(ingest.embedder), store.settings.replace(embed_template="{text}"))
+    assert again.ingest_paths([root]).documents_unchanged == 1
+
+
+def test_a_new_analyzer_rebuilds_the_bm25_index_on_sqlite_and_is_refused_on_elasticsearch(
+        ingest: Any, tmp_path: Path) -> None:
+    root = tmp_path / "corpus"
+    root.mkdir()
+    (root / "a.md").write_text("Connecting to the cluster.")
+    ingest(root)
+    store = ingest.store
+    assert store.search(SearchRequest(text="connect", vector=None, candidates=5)).bm25 == []
+    english = Ingestor(store, Spy(ingest.embedder), store.settings.replace(analyzer="english"))
+    if store.name == "elasticsearch":
+        with pytest.raises(ConfigError, match="cannot change its analyzer; use --analyzer standard"):
+            english.ingest_paths([root])
+        return
+    report = english.ingest_paths([root])
+    assert report.chunks_embedded == 0 and any("other analyzer" in w for w in report.warnings)
+    assert store.read_meta().analyzer == "english"
+    assert len(store.search(SearchRequest(text="connect", vector=None, candidates=5)).bm25) == 1
 
 
 def test_an_edit_embeds_only_the_new_text_and_deletes_the_stale_chunks(ingest: Any, tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ checked for both stores by test_store_contract.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -503,10 +504,12 @@ def test_sigkill_during_writes_leaves_a_consistent_store(tmp_path: Path, kill_af
     assert fts_consistent(path) == (chunks + 1, chunks + 1)
 
 
-def test_numpy_bm25_equals_fts5_bm25(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("analyzer", ["standard", "english"])
+def test_numpy_bm25_equals_fts5_bm25(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, analyzer: str) -> None:
     """Bm25Index (FTS5's formula over FTS5's postings, in numpy) returns what the plain FTS5 query returns:
     same chunks, same order (ties by rowid, also at the cut), same scores, with and without filters, with
-    repeated and non-ASCII query terms; and it answers nearly every query itself."""
+    repeated, inflected and non-ASCII query terms, for both analyzers (english: Porter stemming); and it
+    answers every query itself."""
     answered = []
     real = Bm25Index.top
 
@@ -518,23 +521,28 @@ def test_numpy_bm25_equals_fts5_bm25(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(Bm25Index, "top", spy)
     rng = np.random.default_rng(3)
     stop = ["the", "The", "OF", "and,", "a", "to", "in", "is", "naïve", "café", "ΟΔΟΣ", "οδος", "İstanbul"]
-    vocab = stop + [f"w{i}" for i in range(400)] + ["Straße", "STRASSE", "e\u0301te", "日本語", "x_y", "ǅemal"]
-    weights = np.array([0.6] * len(stop) + [1.0 / (i + 1) for i in range(len(vocab) - len(stop))])
+    inflected = ["connect", "Connecting", "connected", "connections", "running", "runs", "ran", "generalization",
+                 "generalizations", "ponies", "pony", "relational", "CARESSES", "happily", "agreed", "feed"]
+    vocab = (stop + inflected + [f"w{i}" for i in range(400)]
+             + ["Straße", "STRASSE", "e\u0301te", "日本語", "x_y", "ǅemal"])
+    common = len(stop) + len(inflected)
+    weights = np.array([0.6] * common + [1.0 / (i + 1) for i in range(len(vocab) - common)])
     weights /= weights.sum()
 
     def text(n: int) -> str:
         return " ".join(vocab[i] for i in rng.choice(len(vocab), size=n, p=weights))
 
     s = SQLiteStore(settings(tmp_path))
-    s.ensure_index(META)
+    s.ensure_index(dataclasses.replace(META, analyzer=analyzer))
     texts = [text(int(rng.integers(1, 60))) for _ in range(1200)]
     texts += texts[:300]  # identical rows: ties in score, broken by rowid
     texts += [text(200), text(20_000)]  # row sizes that take 2- and 3-byte varints in FTS5's _docsize
     s.write([chunk(f"c{i}", t, title=text(int(rng.integers(0, 3))), doc_id=f"d{i % 50}",
                    metadata={"part": str(i % 3)}) for i, t in enumerate(texts)])
     conn = sqlite3.connect(s.path)
-    queries = [text(int(rng.integers(1, 6))) for _ in range(60)] + ["the the of", "ΟΔΟΣ οδος", "istanbul İSTANBUL",
-                                                                     "STRASSE straße", "ǆemal Ǆemal", "nothing"]
+    queries = [text(int(rng.integers(1, 6))) for _ in range(60)] + [
+        "the the of", "ΟΔΟΣ οδος", "istanbul İSTANBUL", "STRASSE straße", "ǆemal Ǆemal", "nothing",
+        "CONNECTION connects", "generalize generalized", "caress ponies'", "agree feeding"]
     for query in queries:
         for filters, candidates in (({}, 20), ({"part": ("1",)}, 20), ({}, 2000), ({"part": ("2", "0")}, 7)):
             got = s.search(SearchRequest(text=query, vector=None, candidates=candidates, filters=filters)).bm25
@@ -544,8 +552,12 @@ def test_numpy_bm25_equals_fts5_bm25(tmp_path: Path, monkeypatch: pytest.MonkeyP
             assert [h.id for h in got] == [r[1] for r in want], (query, filters)
             assert [h.score for h in got] == pytest.approx([r[8] for r in want], rel=1e-12, abs=0), (query, filters)
     conn.close()
+    if analyzer == "english":  # the stemmer is at work: inflections of one word match one another
+        assert bm25_ids(s, "connects") == bm25_ids(s, "CONNECTION") != []
+    else:
+        assert bm25_ids(s, "connects") == []
     s.close()
-    assert all(answered), (sum(answered), len(answered))  # unicode61 folding is reproduced exactly
+    assert all(answered), (sum(answered), len(answered))  # folding (and stemming) is reproduced exactly
 
 
 def test_terms_fts5_reads_differently_go_to_fts5(fts_store: SQLiteStore, monkeypatch: pytest.MonkeyPatch) -> None:

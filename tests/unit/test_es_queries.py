@@ -36,14 +36,14 @@ def test_load_template_returns_independent_copies() -> None:
 
 def test_build_index_body_fills_vector_analyzer_and_meta() -> None:
     settings = Settings(index_options="hnsw", similarity="dot_product", analyzer="english")
-    meta = IndexMeta(model="m", dims=8, similarity="cosine", esrag_version="0.1.0")
+    meta = IndexMeta(model="m", dims=8, similarity="cosine", esrag_version="0.1.0", analyzer="english")
     assert q.build_index_body(settings, meta) == {
         "settings": {"index": {"number_of_shards": 1}},
         "mappings": {
             "dynamic": "strict",
             "_meta": {
                 "model": "m", "dims": 8, "similarity": "dot_product", "normalized": True, "chunk_size": 256,
-                "chunk_overlap": 32, "esrag_version": "0.1.0",
+                "chunk_overlap": 32, "esrag_version": "0.1.0", "embed_template": "{text}", "analyzer": "english",
             },
             "properties": {
                 "doc_id": {"type": "keyword"},

@@ -179,7 +179,8 @@ def test_text_file_document_fields(tmp_path: Path) -> None:
     path = write(tmp_path / "notes.TXT", "Line one\r\nLine two\r\rEnd\n")
     doc = load_one(path, project="esrag")
     assert doc == Document(doc_id=posix(path), source=posix(path), text="Line one\nLine two\n\nEnd\n",
-                           title="notes", metadata={"project": "esrag", "ext": ".txt"}, decode_errors=0)
+                           title="notes", metadata={"project": "esrag", "ext": ".txt"}, decode_errors=0,
+                           title_is_name=True)
 
 
 def test_doc_id_is_the_resolved_absolute_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -476,10 +477,10 @@ def test_an_unexpected_loader_error_is_a_one_line_skip(tmp_path: Path, monkeypat
 
     path = write(tmp_path / "page.html", "<p>x</p>")
 
-    def explode(html: str) -> tuple[str, str]:
+    def explode(html: str) -> tuple[str, str, tuple[()]]:
         raise RuntimeError("parser\nexploded")
 
-    monkeypatch.setattr(loaders, "html_to_text", explode)
+    monkeypatch.setattr(loaders, "html_document", explode)
     assert load_file(path) == ([], [Skipped(posix(path), "cannot load: RuntimeError: parser exploded")])
 
 

@@ -1,0 +1,122 @@
+"""What a chunk's embedded text says besides the chunk itself: its document's title and the headings above
+it. Pure: no I/O.
+
+A chunk from the middle of a long section is, alone, a paragraph about "it"; the embedder cannot know that
+"it" is the section "Connecting to Elasticsearch" of the operations guide. The *embed template* puts that
+context before the chunk in the text that is embedded, while the stored ``text`` (what users read and what
+BM25 indexes) stays the chunk alone::
+
+    {title}
+    {headings}
+
+    {text}
+
+``{title}`` is the document's title (unless it is only the file's name: then renaming a file would
+re-embed it), ``{headings}`` the path of headings above the chunk joined by
+``" > "`` (without a top heading that only repeats the title), ``{text}`` the chunk. A line of the template
+whose fields are all empty for a chunk is left out. The template must end with ``{text}``: the context is
+a prefix, so the chunker can count its tokens and shorten the chunk to keep the whole embedded text within
+the chunk size. ``"{text}"`` alone turns the context off and chunks exactly as without it. When the
+template names ``{headings}``, documents with an outline (Markdown, reStructuredText, HTML) are chunked
+section by section: no chunk straddles two sections.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Sequence
+
+from esrag.errors import ConfigError
+from esrag.types import Document, Heading, sha256_hex
+
+FIELDS = frozenset({"title", "headings", "text"})
+#: the chunk alone (no context)
+PLAIN = "{text}"
+DEFAULT_TEMPLATE = "{title}\n{headings}\n\n{text}"
+HEADING_SEPARATOR = " > "
+
+
+def _fields(template: str) -> list[str]:
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as e:
+        raise ConfigError(f"invalid embed_template {template!r}: {e}") from None
+    names = []
+    for _, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        if name not in FIELDS or spec or conversion:
+            raise ConfigError(f"invalid embed_template {template!r}: unknown field {{{name}}} (use "
+                              f"{{title}}, {{headings}} and {{text}})")
+        names.append(name)
+    return names
+
+
+def check_template(template: str) -> str:
+    """``template`` if it is a valid embed template; ConfigError naming the problem otherwise."""
+    names = _fields(template)
+    if names.count("text") != 1 or not template.endswith("{text}"):
+        raise ConfigError(f"invalid embed_template {template!r}: it must end with {{text}} and name it once")
+    return template
+
+
+class ContextTemplate:
+    """A validated embed template (see the module docstring)."""
+
+    def __init__(self, template: str = DEFAULT_TEMPLATE) -> None:
+        self.template = check_template(template)
+        self._prefix_lines = template[: -len("{text}")].split("\n")
+        self.plain = template == PLAIN
+        self.uses_headings = "headings" in _fields(template)
+
+    @property
+    def signature(self) -> str:
+        """Identifies the template (part of each document's hash: changing it re-embeds)."""
+        return "plain" if self.plain else "ctx:" + sha256_hex(self.template)[:16]
+
+    def prefix(self, title: str, headings: Sequence[str]) -> str:
+        """The text before the chunk, for a document ``title`` and heading path; "" if both are empty."""
+        values = {"title": " ".join(title.split()),
+                  "headings": HEADING_SEPARATOR.join(" ".join(h.split()) for h in headings), "text": ""}
+        if not values["title"] and not values["headings"]:
+            return ""
+        lines = []
+        for line in self._prefix_lines:
+            names = _fields(line)
+            if names and not any(values[n] for n in names):
+                continue
+            lines.append(line.format(**values))
+        return "\n".join(lines)
+
+    def shorter_prefixes(self, title: str, headings: Sequence[str]) -> list[str]:
+        """Ever shorter prefixes to fall back on when the full one takes too much of the chunk size: the
+        deepest heading with the title, the deepest heading alone, the title alone, nothing."""
+        last = list(headings[-1:])
+        candidates = [self.prefix(title, last), self.prefix("", last), self.prefix(title, ()), ""]
+        return list(dict.fromkeys(c for c in candidates))
+
+
+def sections(doc: Document, title: str = "") -> list[tuple[int, int, tuple[str, ...]]]:
+    """(start, end, heading path) of the parts of ``doc.text`` between its headings, in order: the text
+    before the first heading (if any), then each heading's section. A top-level heading equal to ``title``
+    is left out of the paths (it would only repeat the title)."""
+    text = doc.text
+    if not doc.outline:
+        return [(0, len(text), ())]
+    out: list[tuple[int, int, tuple[str, ...]]] = []
+    headings = sorted(doc.outline, key=lambda h: h.start)
+    if headings[0].start > 0:
+        out.append((0, headings[0].start, ()))
+    stack: list[Heading] = []
+    same_as_title = " ".join(title.split()).casefold()
+    for i, h in enumerate(headings):
+        end = headings[i + 1].start if i + 1 < len(headings) else len(text)
+        while stack and stack[-1].level >= h.level:
+            stack.pop()
+        stack.append(h)
+        path = [s.text for s in stack]
+        if path and " ".join(path[0].split()).casefold() == same_as_title:
+            path = path[1:]
+        if end > h.start:
+            out.append((h.start, end, tuple(path)))
+    return out
