@@ -355,6 +355,14 @@ class AnswerStream:
         return self.prepared.passages
 
     @property
+    def retrieval_ms(self) -> float:
+        return self._retrieval_ms
+
+    def ms_since_retrieval(self) -> float:
+        """Milliseconds since retrieval finished (what the API reports when it sends the sources)."""
+        return (time.perf_counter() - self._started) * 1e3 - self._retrieval_ms
+
+    @property
     def answer(self) -> Answer:
         """The finished Answer; raises RuntimeError while the stream has not been consumed."""
         if self._answer is None:

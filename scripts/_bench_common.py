@@ -17,7 +17,20 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "python-faq"
+#: python-faq, built on first use by scripts/build_python_faq.py (from Debian's python3.11-doc)
+DEFAULT_DATA = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "esrag" / "sets" / "python-faq"
+
+
+def dataset(path: Path) -> Path:
+    """``path``; the default python-faq is built there first when it is missing (needs `apt-get update`
+    once, for `apt-get download`)."""
+    if path == DEFAULT_DATA and not (path / "corpus.jsonl").is_file():
+        print(f"building python-faq into {path} (scripts/build_python_faq.py)", file=sys.stderr, flush=True)
+        builder = Path(__file__).resolve().parent / "build_python_faq.py"
+        subprocess.run([sys.executable, str(builder), str(path)], check=True)
+    if not (path / "corpus.jsonl").is_file():
+        sys.exit(f"{path} holds no corpus.jsonl: build a set with scripts/build_*.py (see scripts/eval_sets.md)")
+    return path
 
 
 def read_jsonl(path: Path, limit: int | None = None) -> list[dict[str, Any]]:

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _bench_common import DEFAULT_DATA, elasticsearch_url, read_jsonl
+from _bench_common import DEFAULT_DATA, dataset, elasticsearch_url, read_jsonl
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -44,6 +44,7 @@ def main() -> None:
     ap.add_argument("--device", default=None)
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
+    args.data = dataset(args.data)
 
     rows = read_jsonl(args.data / "corpus.jsonl", args.limit or None)
     docs = [Document(doc_id=r["_id"], source=f"{args.data.name}#{r['_id']}", title=r.get("title", ""),

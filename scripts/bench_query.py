@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _bench_common import DEFAULT_DATA, elasticsearch_url, percentile, read_jsonl
+from _bench_common import DEFAULT_DATA, dataset, elasticsearch_url, percentile, read_jsonl
 
 from esrag.config import Settings
 from esrag.search import fuse
@@ -33,6 +33,7 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--repeat", type=int, default=3, help="passes over the queries")
     args = ap.parse_args()
+    args.data = dataset(args.data)
     rng = np.random.default_rng(0)
     dims = 384
     corpus = read_jsonl(args.data / "corpus.jsonl")

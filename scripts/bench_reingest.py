@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _bench_common import DEFAULT_DATA, elasticsearch_url, read_jsonl
+from _bench_common import DEFAULT_DATA, dataset, elasticsearch_url, read_jsonl
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -96,6 +96,7 @@ def main() -> None:
     ap.add_argument("--changed", type=int, default=100, help="documents changed for the request count (ES)")
     ap.add_argument("--batch-size", type=int, default=64)
     args = ap.parse_args()
+    args.data = dataset(args.data)
 
     with tempfile.TemporaryDirectory() as tmp, elasticsearch_url(
         args.es_url if args.store == "elasticsearch" else "unused"

@@ -2,7 +2,8 @@
 
 ``answer_events`` is what ``POST /v1/ask`` with ``"stream": true`` sends::
 
-    event: sources   data: {"passages": [...], "retrieved": n, "no_context": bool, "retrieval_ms": ...}
+    event: sources   data: {"passages": [...], "retrieved": n, "no_context": bool, "retrieval_ms": ...,
+                            "sent_after_retrieval_ms": ...}
     event: delta     data: {"text": "..."}                        (one per generated piece)
     event: done      data: the AskResponse (answer, citations mapped to sources, timings)
     event: error     data: a problem details object, if generation fails mid-answer (then the stream ends)
@@ -61,7 +62,9 @@ async def answer_events(stream: Any, done: Callable[[Any], dict[str, Any]],
         "passages": [p.to_dict() for p in stream.passages],
         "retrieved": len(stream.retrieved),
         "no_context": not stream.relevant,
-        "retrieval_ms": getattr(stream, "_retrieval_ms", None),
+        "retrieval_ms": stream.retrieval_ms,
+        # measured as this event is written: the time from retrieval's end to the sources leaving
+        "sent_after_retrieval_ms": round(stream.ms_since_retrieval(), 3),
     })
     try:
         async for piece in pieces(stream):

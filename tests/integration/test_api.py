@@ -110,6 +110,7 @@ def test_ask_streams_sources_then_deltas_then_citations(api: ApiServer) -> None:
     assert names[0] == "sources" and names[-1] == "done" and set(names[1:-1]) == {"delta"}
     sources = json.loads(events[0][1])
     assert [p["doc_id"] for p in sources["passages"]] == ["tower"] and sources["passages"][0]["n"] == 1
+    assert 0 <= sources["sent_after_retrieval_ms"] < 60_000 and sources["retrieval_ms"] > 0
     text = "".join(json.loads(d)["text"] for n, d in events if n == "delta")
     done = json.loads(events[-1][1])
     assert done["answer"] == text and text.startswith("The Eiffel Tower was completed in 1889")
