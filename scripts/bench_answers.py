@@ -119,6 +119,8 @@ def main() -> None:
     parser.add_argument("--json-out", type=Path, default=None)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads (1 avoids oversubscription on small shared machines)")
+    parser.add_argument("--setting", action="append", default=[], metavar="KEY=VALUE",
+                        help="a setting for the index and the answers, e.g. analyzer=english (repeatable)")
     args = parser.parse_args()
     import torch
 
@@ -140,6 +142,7 @@ def main() -> None:
         base = dict(store="sqlite", sqlite_dir=str(workdir / "store"), index="answers", device="cpu",
                     max_new_tokens=args.max_new_tokens, cache_dir=str(workdir / "cache")
                     if os.environ.get("ESRAG_BENCH_COLD") else None)
+        base.update(kv.split("=", 1) for kv in args.setting)
         t0 = time.perf_counter()
         with Engine(Settings(**{k: v for k, v in base.items() if v is not None})) as engine:
             report = engine.ingest_paths([ROOT / "docs"])
@@ -182,6 +185,7 @@ def main() -> None:
         cells = [("-" if r[c] is None else f"{r[c]:.2f}" if isinstance(r[c], float) else str(r[c])) for c in cols]
         print(name.ljust(20) + "".join(c.rjust(20) for c in cells))
     out = {"judged_set": str(JUDGED.relative_to(ROOT)), "max_new_tokens": args.max_new_tokens,
+           "settings": dict(kv.split("=", 1) for kv in args.setting),
            "results": results, "per_question": per_question}
     text = json.dumps(out, indent=2)
     print(text)

@@ -28,6 +28,7 @@ def _load(name: str) -> ModuleType:
 evalset = _load("_evalset")
 pyfaq = _load("build_python_faq")
 debfaq = _load("build_debian_faq")
+gcide = _load("build_gcide_corpus")
 gitdoc = _load("build_git_doc")
 
 ANSWER = " ".join(f"word{i}" for i in range(25))  # 25 words: over the 20-word floor
@@ -249,3 +250,13 @@ def test_write_beir_writes_nothing_when_the_set_is_invalid(tmp_path: Path) -> No
     with pytest.raises(evalset.BuildError):
         evalset.write_beir(tmp_path / "out", [evalset.Doc("d", "t", "x")], [evalset.Query("q", "x", "d")])
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------------------- gcide corpus
+
+
+def test_dictd_numbers_and_entries() -> None:
+    assert [gcide.dictd_number(t) for t in ("A", "B", "BA", "/", "BAA")] == [0, 1, 64, 63, 4096]
+    data = b"first block\nsecond block\n"
+    index = "00-database-info\tA\tC\nalpha\tA\tL\nAlpha\tA\tL\nbeta\tM\tN\n"
+    assert gcide.entries(index, data) == [("alpha", "first block"), ("beta", "second block")]
