@@ -82,7 +82,7 @@ def best(sets: list[dict[str, Any]], grid: list[FusionSetting]) -> FusionSetting
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("sets", nargs="+", type=Path, help="BEIR-layout set directories (two or more)")
-    ap.add_argument("--sqlite-dir", default="/tmp/esrag-eval-store")
+    ap.add_argument("--sqlite-dir", required=True, help="the store directory (as esrag eval --sqlite-dir)")
     ap.add_argument("--chunk-size", type=int)
     ap.add_argument("--chunk-overlap", type=int)
     ap.add_argument("--embed-template")
