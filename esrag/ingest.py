@@ -98,8 +98,9 @@ class IngestReport:
 
     @property
     def nothing_found(self) -> bool:
-        """True when the paths held no file to load at all (nothing was read, written or deleted)."""
-        return self.files == 0 and self.documents_removed == 0
+        """True when there was nothing to load at all (no file under the paths, no document given; nothing
+        was read, written or deleted)."""
+        return self.files == 0 and self.documents == 0 and self.documents_removed == 0
 
     @property
     def exit_code(self) -> int:
