@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
