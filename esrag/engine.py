@@ -185,7 +185,7 @@ class Engine:
 
     def status(self) -> dict[str, Any]:
         """What ``esrag status --json`` and ``GET /v1/status`` show: store, location, index (and the concrete
-        index behind an ES alias), model, dims, chunking, counts. No secret."""
+        index behind an ES alias), model, dims, chunking, embed template, analyzer, counts. No secret."""
         store = self.store
         meta = store.read_meta()  # first: it resolves the concrete index behind an ES alias
         info: dict[str, Any] = dict(store.describe())
@@ -194,6 +194,7 @@ class Engine:
             counts = store.count()
             info.update(model=meta.model, dims=meta.dims, similarity=meta.similarity,
                         chunk_size=meta.chunk_size, chunk_overlap=meta.chunk_overlap,
+                        embed_template=meta.embed_template, analyzer=meta.analyzer,
                         esrag_version=meta.esrag_version, documents=counts.documents, chunks=counts.chunks)
         return info
 
