@@ -263,12 +263,16 @@ def tfidf_run(
 
 def check_eval_dependencies(tfidf: bool = True) -> None:
     """MissingDependencyError now, before any ingest starts, if a package the evaluation needs is missing."""
-    import importlib.util
+    import importlib
 
-    if importlib.util.find_spec("ranx") is None:
-        raise MissingDependencyError("ranx", "eval", "evaluation metrics")
-    if tfidf and importlib.util.find_spec("sklearn") is None:
-        raise MissingDependencyError("scikit-learn", "eval", "the tfidf baseline")
+    needed = [("ranx", "ranx", "evaluation metrics")]
+    if tfidf:
+        needed.append(("sklearn", "scikit-learn", "the tfidf baseline"))
+    for module, package, purpose in needed:
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise MissingDependencyError(package, "eval", purpose) from e
 
 
 def _ranx() -> Any:

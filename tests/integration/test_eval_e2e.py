@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -151,3 +154,17 @@ def test_tune_plots_and_saves_the_best_setting(
     best = out["best"]
     assert saved["fusion"] == best["fusion"] and saved["alpha"] == best["alpha"]
     assert Settings.load(config_file=config).fusion == best["fusion"]
+
+
+def test_a_missing_eval_dependency_is_named_before_anything_is_indexed(tmp_path: Path) -> None:
+    """ranx made unimportable in a fresh process (as if not installed): the error names the extra and a
+    command that works from a clone, and no store is created."""
+    data = write_dataset(tmp_path / "tiny-beir")
+    code = ("import sys; sys.modules['ranx'] = None; from esrag.cli import main; "
+            "main(['eval', sys.argv[1], '--sqlite-dir', sys.argv[2], '--device', 'cpu'])")
+    done = subprocess.run([sys.executable, "-c", code, str(data), str(tmp_path / "store")], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"}, check=False)
+    assert done.returncode != 0
+    assert "needs the 'ranx' package" in done.stderr and "pip install -e '.[eval]'" in done.stderr, done.stderr
+    assert "Indexing" not in done.stderr
+    assert not (tmp_path / "store").exists()
