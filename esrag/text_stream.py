@@ -21,7 +21,8 @@ pieces of about ``target`` characters, with these guarantees (``tests/unit/test_
   when that would leave less than ``target // 2``, inside the line.
 
 The next segment starts at the first non-blank line after the cut: blank lines stay with the paragraph they
-follow.
+follow. ``file_parts`` turns a file's segments into ``Part``s: ids, the file's title, and outlines whose
+heading paths continue across segments.
 """
 
 from __future__ import annotations
@@ -30,9 +31,11 @@ import codecs
 import re
 import zlib
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
-from esrag.types import sha256_hex
+from esrag.text_formats import OutlineState, markdown_title, part_outline, rst_title
+from esrag.types import Heading, sha256_hex
 
 SURROGATE = re.compile("[\ud800-\udfff]")
 _UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
@@ -215,3 +218,34 @@ def part_owner(doc_id: str) -> str | None:
     """The doc id of the file that a segment id (``part_id``) belongs to; None for any other id."""
     m = _PART_ID.fullmatch(doc_id)
     return m.group(1) if m else None
+
+
+@dataclass(frozen=True)
+class Part:
+    """One segment of a file read in parts (``file_parts``): its doc id, text, undecodable bytes in it, the
+    file's title ("" if it names none) and the segment's outline."""
+
+    doc_id: str
+    text: str
+    decode_errors: int
+    title: str
+    outline: tuple[Heading, ...] = ()
+
+
+def file_parts(reads: Iterable[bytes], doc_id: str, markup: str, target: int) -> Iterator[Part]:
+    """The ``segments`` of a file's bytes as Parts, with ids by ``part_id``; a segment of nothing but
+    whitespace is left out (it has nothing to index). ``markup`` "md" or "rst" gives each part the file's
+    title as found in the first segment (``markdown_title``, ``rst_title``) and an outline by
+    ``part_outline``, which carries heading paths, code fences and RST levels across parts; "" for plain
+    text."""
+    title: str | None = None
+    state: OutlineState | None = None
+    taken: dict[str, int] = {}
+    for text, errors in segments(reads, target):
+        outline: tuple[Heading, ...] = ()
+        if markup:
+            outline, state = part_outline(text, markup, state)
+        if title is None:
+            title = markdown_title(text) if markup == "md" else rst_title(text) if markup == "rst" else ""
+        if not text.isspace():
+            yield Part(part_id(doc_id, text, taken), text, errors, title, outline)
