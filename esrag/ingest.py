@@ -21,6 +21,11 @@ Incremental rules (exact, because chunk ids are content-addressed from the docum
 - ``prune``: documents under the given paths that the store holds but this run did not produce (deleted,
   moved, now empty, skipped or unreadable files) are deleted. Without it they are only counted
   (``documents_gone``). Only documents under the given paths are considered, never another root's.
+- A large text file is loaded as segments ``<doc_id>#part-<hash>`` (``esrag.loaders``). Once such a file
+  has been read to the end, its stored forms that this run did not produce are deleted, with or without
+  ``prune``: the old version of each edited segment, and the whole-file document of a file that has grown
+  into segments (or the segments of one that has shrunk below the threshold). They are the file's earlier
+  version, as the stale chunks of an edited document are; their chunks count in ``chunks_deleted``.
 - The store is refreshed once, at the end (``Store.refresh``).
 
 Failures: a file that cannot be loaded or chunked is a ``Skipped`` entry and the run goes on; a chunk the
@@ -50,8 +55,18 @@ from esrag.context import ContextTemplate
 from esrag.embedders.base import Embedder
 from esrag.errors import EsragError, ModelMismatchError
 from esrag.ingest_report import IngestAborted, IngestReport
-from esrag.loaders import MAX_FILE_BYTES, Notice, Skipped, SourceFile, discover_sources, doc_id_candidates, iter_file
+from esrag.loaders import (
+    MAX_FILE_BYTES,
+    STREAM_EXTENSIONS,
+    Notice,
+    Skipped,
+    SourceFile,
+    discover_sources,
+    doc_id_candidates,
+    iter_file,
+)
 from esrag.stores.base import Store
+from esrag.text_stream import part_owner
 from esrag.types import Chunk, ChunkRef, Document, EmbeddedChunk, IndexMeta, MetadataValue
 
 log = logging.getLogger(__name__)
@@ -155,23 +170,28 @@ class Ingestor:
         if not files and not (prune and self._store_exists()):
             return report
         produced: set[str] = set()
+        read_whole: dict[str, bool] = {}  # text files read to the end: doc id -> loaded as segments
 
         def documents() -> Iterator[tuple[int, Document]]:
             for i, source in enumerate(files):
-                noticed = False
+                noticed = failed = in_parts = False
                 for item in iter_file(source.path, metadata or {}, source.doc_id, max_file_size):
                     if isinstance(item, Skipped):
                         report.skipped.append(item)
+                        failed = True
                     elif isinstance(item, Notice):
                         report.warnings.append(f"{item.path}: {item.message}")
                     else:
                         noticed = True
+                        in_parts = in_parts or item.doc_id != source.doc_id
                         yield i + 1, item
                 if not noticed:
                     yield i + 1, _NO_DOC
+                elif not failed and source.path.suffix.lower() in STREAM_EXTENSIONS:
+                    read_whole[source.doc_id] = in_parts
 
         report = self._run(documents(), len(files), report, produced)
-        self._prune(scopes, produced, prune, report)
+        self._prune(scopes, produced, prune, report, read_whole)
         return report
 
     def ingest_documents(self, docs: Iterable[Document], total: int | None = None) -> IngestReport:
@@ -434,9 +454,10 @@ class Ingestor:
                 failures.append(e)
                 stop.set()
 
-    def _prune(self, scopes: list[tuple[str, bool]], produced: set[str], prune: bool,
-               report: IngestReport) -> None:
-        """Count (and with ``prune`` delete) the stored documents under ``scopes`` not produced by this run."""
+    def _prune(self, scopes: list[tuple[str, bool]], produced: set[str], prune: bool, report: IngestReport,
+               read_whole: Mapping[str, bool]) -> None:
+        """Count (and with ``prune`` delete) the stored documents under ``scopes`` not produced by this run;
+        delete those that are earlier forms of a text file in ``read_whole`` (see the module docstring)."""
         if not self._index_ready and not self._store_exists():
             return
         gone: list[str] = []
@@ -444,15 +465,24 @@ class Ingestor:
             for doc_id in self.store.list_documents(prefix):
                 if doc_id not in produced and (is_dir or doc_id == prefix or doc_id.startswith(prefix + "#")):
                     gone.append(doc_id)
-        gone = sorted(set(gone))
+        replaced = sorted({d for d in gone if _superseded(d, read_whole)})
+        gone = sorted(set(gone) - set(replaced))
         report.documents_gone = len(gone)
-        if not prune or not gone:
+        doomed = replaced + (gone if prune else [])
+        if not doomed:
             return
-        ids = [r.id for refs in self.store.list_chunks(gone).values() for r in refs]
+        ids = [r.id for refs in self.store.list_chunks(doomed).values() for r in refs]
         for lo in range(0, len(ids), _WRITE_BATCH * 10):
             report.chunks_deleted += self.store.write([], delete_ids=ids[lo:lo + _WRITE_BATCH * 10]).deleted
-        report.documents_removed = len(gone)
+        report.documents_removed = len(gone) if prune else 0
         self.store.refresh()
+
+
+def _superseded(doc_id: str, read_whole: Mapping[str, bool]) -> bool:
+    """Whether a stored document that this run did not produce is an earlier form of a text file that it
+    read to the end: one of the file's segments, or the whole-file document of a file now in segments."""
+    owner = part_owner(doc_id)
+    return owner in read_whole if owner is not None else read_whole.get(doc_id, False)
 
 
 def _scopes(paths: Sequence[str | Path], prefix: str) -> list[tuple[str, bool]]:

@@ -15,7 +15,9 @@ class IngestReport:
     """What an ingest did. ``ok`` is False when any chunk failed to write or the run was aborted.
 
     ``documents_gone`` counts stored documents under the given paths that this run did not produce (gone,
-    moved, now empty, skipped or unreadable); ``documents_removed`` those of them deleted by ``prune``.
+    moved, now empty, skipped or unreadable); ``documents_removed`` those of them deleted by ``prune``. The
+    earlier forms of a large text file read in segments are not gone but replaced (see ``esrag.ingest``):
+    deleted in any case, their chunks counted in ``chunks_deleted``.
     ``aborted`` is the reason a run stopped early ("" if it did not); ``documents_not_written`` are then the
     documents whose new chunks were planned but not (all) written.
     """
