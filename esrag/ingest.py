@@ -21,6 +21,11 @@ Incremental rules (exact, because chunk ids are content-addressed from the docum
 - ``prune``: documents under the given paths that the store holds but this run did not produce (deleted,
   moved, now empty, skipped or unreadable files) are deleted. Without it they are only counted
   (``documents_gone``). Only documents under the given paths are considered, never another root's.
+- A large text file is loaded as segments ``<doc_id>#part-<hash>`` (``esrag.loaders``). Once such a file
+  has been read to the end, its stored forms that this run did not produce are deleted, with or without
+  ``prune``: the old version of each edited segment, and the whole-file document of a file that has grown
+  into segments (or the segments of one that has shrunk below the threshold). They are the file's earlier
+  version, as the stale chunks of an edited document are; their chunks count in ``chunks_deleted``.
 - The store is refreshed once, at the end (``Store.refresh``).
 
 Failures: a file that cannot be loaded or chunked is a ``Skipped`` entry and the run goes on; a chunk the
@@ -37,7 +42,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,9 +54,20 @@ from esrag.config import Settings
 from esrag.context import ContextTemplate
 from esrag.embedders.base import Embedder
 from esrag.errors import EsragError, ModelMismatchError
-from esrag.loaders import MAX_FILE_BYTES, Notice, Skipped, SourceFile, discover_sources, doc_id_candidates, iter_file
+from esrag.ingest_report import IngestAborted, IngestReport
+from esrag.loaders import (
+    MAX_FILE_BYTES,
+    STREAM_EXTENSIONS,
+    Notice,
+    Skipped,
+    SourceFile,
+    discover_sources,
+    doc_id_candidates,
+    iter_file,
+)
 from esrag.stores.base import Store
-from esrag.types import Chunk, ChunkRef, Document, EmbeddedChunk, IndexMeta, MetadataValue, WriteError
+from esrag.text_stream import part_owner
+from esrag.types import Chunk, ChunkRef, Document, EmbeddedChunk, IndexMeta, MetadataValue
 
 log = logging.getLogger(__name__)
 
@@ -60,94 +76,6 @@ _DONE = object()
 _LOOKUP_BATCH = 64
 #: chunks per store write
 _WRITE_BATCH = 500
-
-
-@dataclass
-class IngestReport:
-    """What an ingest did. ``ok`` is False when any chunk failed to write or the run was aborted.
-
-    ``documents_gone`` counts stored documents under the given paths that this run did not produce (gone,
-    moved, now empty, skipped or unreadable); ``documents_removed`` those of them deleted by ``prune``.
-    ``aborted`` is the reason a run stopped early ("" if it did not); ``documents_not_written`` are then the
-    documents whose new chunks were planned but not (all) written.
-    """
-
-    files: int = 0
-    documents: int = 0
-    documents_new: int = 0
-    documents_changed: int = 0
-    documents_unchanged: int = 0
-    documents_gone: int = 0
-    documents_removed: int = 0
-    chunks_written: int = 0
-    chunks_embedded: int = 0
-    chunks_reused: int = 0
-    chunks_unchanged: int = 0
-    chunks_deleted: int = 0
-    decode_errors: int = 0
-    skipped: list[Skipped] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    errors: list[WriteError] = field(default_factory=list)
-    aborted: str = ""
-    documents_not_written: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        return not self.errors and not self.aborted
-
-    @property
-    def nothing_found(self) -> bool:
-        """True when there was nothing to load at all (no file under the paths, no document given; nothing
-        was read, written or deleted)."""
-        return self.files == 0 and self.documents == 0 and self.documents_removed == 0
-
-    @property
-    def exit_code(self) -> int:
-        """0 when done (skipped files are listed, not failures), 1 when a write failed or the run was
-        aborted, 2 when there was nothing to ingest."""
-        if not self.ok:
-            return 1
-        return 2 if self.nothing_found else 0
-
-    @property
-    def chunks_per_s(self) -> float:
-        return self.chunks_written / self.seconds if self.seconds > 0 else 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "ok": self.ok,
-            "aborted": self.aborted,
-            "files": self.files,
-            "documents": self.documents,
-            "documents_new": self.documents_new,
-            "documents_changed": self.documents_changed,
-            "documents_unchanged": self.documents_unchanged,
-            "documents_gone": self.documents_gone,
-            "documents_removed": self.documents_removed,
-            "chunks_written": self.chunks_written,
-            "chunks_embedded": self.chunks_embedded,
-            "chunks_reused": self.chunks_reused,
-            "chunks_unchanged": self.chunks_unchanged,
-            "chunks_deleted": self.chunks_deleted,
-            "decode_errors": self.decode_errors,
-            "skipped": [{"path": s.path, "reason": s.reason} for s in self.skipped],
-            "warnings": list(self.warnings),
-            "errors": [{"chunk_id": e.chunk_id, "source": e.source, "reason": e.reason, "status": e.status}
-                       for e in self.errors],
-            "documents_not_written": list(self.documents_not_written),
-            "seconds": round(self.seconds, 3),
-            "chunks_per_s": round(self.chunks_per_s, 2),
-        }
-
-
-class IngestAborted(EsragError):
-    """An ingest stopped early (the store failed, or another unexpected error); ``report`` is the partial
-    report: what was written, and what was not."""
-
-    def __init__(self, message: str, report: IngestReport) -> None:
-        super().__init__(message)
-        self.report = report
 
 
 @dataclass
@@ -242,23 +170,28 @@ class Ingestor:
         if not files and not (prune and self._store_exists()):
             return report
         produced: set[str] = set()
+        read_whole: dict[str, bool] = {}  # text files read to the end: doc id -> loaded as segments
 
         def documents() -> Iterator[tuple[int, Document]]:
             for i, source in enumerate(files):
-                noticed = False
+                noticed = failed = in_parts = False
                 for item in iter_file(source.path, metadata or {}, source.doc_id, max_file_size):
                     if isinstance(item, Skipped):
                         report.skipped.append(item)
+                        failed = True
                     elif isinstance(item, Notice):
                         report.warnings.append(f"{item.path}: {item.message}")
                     else:
                         noticed = True
+                        in_parts = in_parts or item.doc_id != source.doc_id
                         yield i + 1, item
                 if not noticed:
                     yield i + 1, _NO_DOC
+                elif not failed and source.path.suffix.lower() in STREAM_EXTENSIONS:
+                    read_whole[source.doc_id] = in_parts
 
         report = self._run(documents(), len(files), report, produced)
-        self._prune(scopes, produced, prune, report)
+        self._prune(scopes, produced, prune, report, read_whole)
         return report
 
     def ingest_documents(self, docs: Iterable[Document], total: int | None = None) -> IngestReport:
@@ -521,9 +454,10 @@ class Ingestor:
                 failures.append(e)
                 stop.set()
 
-    def _prune(self, scopes: list[tuple[str, bool]], produced: set[str], prune: bool,
-               report: IngestReport) -> None:
-        """Count (and with ``prune`` delete) the stored documents under ``scopes`` not produced by this run."""
+    def _prune(self, scopes: list[tuple[str, bool]], produced: set[str], prune: bool, report: IngestReport,
+               read_whole: Mapping[str, bool]) -> None:
+        """Count (and with ``prune`` delete) the stored documents under ``scopes`` not produced by this run;
+        delete those that are earlier forms of a text file in ``read_whole`` (see the module docstring)."""
         if not self._index_ready and not self._store_exists():
             return
         gone: list[str] = []
@@ -531,15 +465,24 @@ class Ingestor:
             for doc_id in self.store.list_documents(prefix):
                 if doc_id not in produced and (is_dir or doc_id == prefix or doc_id.startswith(prefix + "#")):
                     gone.append(doc_id)
-        gone = sorted(set(gone))
+        replaced = sorted({d for d in gone if _superseded(d, read_whole)})
+        gone = sorted(set(gone) - set(replaced))
         report.documents_gone = len(gone)
-        if not prune or not gone:
+        doomed = replaced + (gone if prune else [])
+        if not doomed:
             return
-        ids = [r.id for refs in self.store.list_chunks(gone).values() for r in refs]
+        ids = [r.id for refs in self.store.list_chunks(doomed).values() for r in refs]
         for lo in range(0, len(ids), _WRITE_BATCH * 10):
             report.chunks_deleted += self.store.write([], delete_ids=ids[lo:lo + _WRITE_BATCH * 10]).deleted
-        report.documents_removed = len(gone)
+        report.documents_removed = len(gone) if prune else 0
         self.store.refresh()
+
+
+def _superseded(doc_id: str, read_whole: Mapping[str, bool]) -> bool:
+    """Whether a stored document that this run did not produce is an earlier form of a text file that it
+    read to the end: one of the file's segments, or the whole-file document of a file now in segments."""
+    owner = part_owner(doc_id)
+    return owner in read_whole if owner is not None else read_whole.get(doc_id, False)
 
 
 def _scopes(paths: Sequence[str | Path], prefix: str) -> list[tuple[str, bool]]:

@@ -11,6 +11,12 @@ directory ``<dir>`` is ``<dir's name>/<path below it>``; both after an optional 
 record is ``<file's id>#<record id>``, with the record's ``id`` (or ``_id``), else ``sha-`` and 16 hex
 digits of the record's content, so inserting a record changes no other record's id.
 
+A ``.txt``, ``.md`` or ``.rst`` file larger than ``STREAM_BYTES`` is read in a stream and loaded as
+segments of about ``SEGMENT_CHARS`` characters, cut at paragraph ends chosen by their content (see
+``esrag.text_stream``), so memory does not grow with the file: each segment is a record
+``<file's id>#part-`` and 16 hex digits of its text, so an edit changes only the ids of the segments it
+touches. JSONL is read line by line; HTML, JSON and PDF files are read whole, within ``max_bytes``.
+
 Text is decoded as UTF-8 (a BOM is dropped; a UTF-16 BOM switches to UTF-16); undecodable bytes become
 U+FFFD and are counted in ``Document.decode_errors``. Line endings are normalised to ``\\n`` in text,
 markdown, rst and html files.
@@ -19,6 +25,8 @@ markdown, rst and html files.
 from __future__ import annotations
 
 import codecs
+import functools
+import itertools
 import json
 import os
 import re
@@ -36,6 +44,7 @@ from esrag.text_formats import (
     rst_outline,
     rst_title,
 )
+from esrag.text_stream import SURROGATE, decode, decode_escaped, file_parts, normalize_newlines, replace_escaped
 from esrag.types import Document, Heading, MetadataValue, canonical_json, sha256_hex
 
 TEXT_EXTENSIONS = frozenset({".txt", ".md", ".rst", ".html", ".htm", ".json", ".jsonl"})
@@ -46,9 +55,15 @@ BINARY_SNIFF_BYTES = 8192
 RECORD_FIELDS = frozenset({"text", "id", "_id", "title", "metadata"})
 #: Default largest file loaded (bytes); a JSONL file is limited per line instead.
 MAX_FILE_BYTES = 100 * 1024 * 1024
+#: Text files (``STREAM_EXTENSIONS``) larger than this many bytes are read in a stream, as segments.
+STREAM_BYTES = 8 * 1024 * 1024
+STREAM_EXTENSIONS = frozenset({".txt", ".md", ".rst"})
+#: Characters a segment of a streamed file holds on average (at most twice as many; see esrag.text_stream).
+SEGMENT_CHARS = 1024 * 1024
+#: Bytes per read of a streamed file.
+READ_BYTES = 256 * 1024
 __all__ = ["MAX_FILE_BYTES", "SUPPORTED_EXTENSIONS", "Notice", "Skipped", "SourceFile", "discover", "discover_sources",
            "display", "doc_id_candidates", "html_to_text", "iter_file", "load_file", "markdown_title", "rst_title"]
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -80,7 +95,7 @@ class SourceFile:
 def display(name: str) -> str:
     """A string printable as UTF-8: the bytes of a file name that are not valid UTF-8 (lone surrogates in
     a str from the file system) shown as ``\\xNN``, any other lone surrogate as ``\\udNNN``."""
-    if not _SURROGATE.search(name):
+    if not SURROGATE.search(name):
         return name
     try:
         return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
@@ -155,7 +170,7 @@ def discover_sources(
         if resolved in seen:
             return
         seen.add(resolved)
-        if _SURROGATE.search(doc_id):
+        if SURROGATE.search(doc_id):
             skipped.append(Skipped(display(path.as_posix()), "file name is not valid UTF-8"))
         elif doc_id in owners:
             skipped.append(Skipped(resolved.as_posix(), f"doc id {doc_id!r} is already taken by "
@@ -319,8 +334,10 @@ def iter_file(path: str | Path, base_metadata: Mapping[str, MetadataValue] | Non
     record's doc id is ``<doc_id>#<record id>`` (see the module docstring). Metadata is ``base_metadata``
     plus ``ext`` plus, for records, their other scalar fields and the scalar fields of a ``metadata``
     object; where a record has a key of ``base_metadata`` (or ``ext``), the given value wins and a Notice
-    says so, once per key and file. A file larger than ``max_bytes`` (a JSONL line, for JSONL) is skipped.
-    Never raises for the file's content, name or permissions, nor if it vanishes.
+    says so, once per key and file. A file larger than ``max_bytes`` (a JSONL line, for JSONL) is skipped;
+    a large text file comes as segments (see the module docstring), and if reading fails part way, the
+    segments already yielded are followed by a Skipped. Never raises for the file's content, name or
+    permissions, nor if it vanishes.
     """
     path = Path(path)
     name = path.absolute().as_posix()
@@ -345,7 +362,7 @@ def _too_large(size: int, max_bytes: int) -> str:
 def _iter_file(path: Path, name: str, doc_id: str, base_metadata: Mapping[str, MetadataValue],
                max_bytes: int | None) -> Iterator[Document | Skipped | Notice]:
     ext = path.suffix.lower()
-    if _SURROGATE.search(name) or _SURROGATE.search(doc_id):
+    if SURROGATE.search(name) or SURROGATE.search(doc_id):
         yield Skipped(display(name), "file name is not valid UTF-8")
         return
     if ext not in SUPPORTED_EXTENSIONS:
@@ -362,15 +379,18 @@ def _iter_file(path: Path, name: str, doc_id: str, base_metadata: Mapping[str, M
     if ext == ".pdf":
         yield _load_pdf(path, name, doc_id, base)
         return
+    if ext in STREAM_EXTENSIONS and size > STREAM_BYTES:
+        yield from _iter_parts(path, name, doc_id, base)
+        return
     data = path.read_bytes()
     if _is_binary(data):
         yield Skipped(name, "binary file")
     elif ext == ".json":
         yield from _iter_json(data, name, doc_id, base)
     else:
-        text, errors = _decode(data)
+        text, errors = decode(data)
         del data
-        text = text.replace("\r\n", "\n").replace("\r", "\n")
+        text = normalize_newlines(text)
         title = ""
         outline: tuple[Heading, ...] = ()
         if ext in (".html", ".htm"):
@@ -380,6 +400,26 @@ def _iter_file(path: Path, name: str, doc_id: str, base_metadata: Mapping[str, M
         elif ext == ".rst":
             title, outline = rst_title(text), rst_outline(text)
         yield _document(doc_id, name, text, title or path.stem, base, errors, outline, title_is_name=not title)
+
+
+def _iter_parts(path: Path, name: str, doc_id: str, base: dict[str, MetadataValue]) -> Iterator[Document | Skipped]:
+    """A large text file as segment Documents (``esrag.text_stream.file_parts``), read in a stream. A read
+    error propagates (``iter_file`` turns it into a Skipped) after the segments read before it."""
+    ext = path.suffix.lower()
+    empty = True
+    with path.open("rb") as f:
+        head = f.read(BINARY_SNIFF_BYTES)
+        if _is_binary(head):
+            yield Skipped(name, "binary file")
+            return
+        reads = itertools.chain([head], iter(functools.partial(f.read, READ_BYTES), b""))
+        for part in file_parts(reads, doc_id, ext[1:] if ext in (".md", ".rst") else "", SEGMENT_CHARS):
+            empty = False
+            yield Document(doc_id=part.doc_id, source=name, text=part.text, title=part.title or path.stem,
+                           metadata=dict(base), decode_errors=part.decode_errors, outline=part.outline,
+                           title_is_name=not part.title)
+    if empty:
+        yield Skipped(name, "empty document")
 
 
 def _document(doc_id: str, source: str, text: str, title: str, metadata: dict[str, MetadataValue],
@@ -395,42 +435,13 @@ def _is_binary(data: bytes) -> bool:
         b"\x00" in data[:BINARY_SNIFF_BYTES])
 
 
-def _decode(data: bytes) -> tuple[str, int]:
-    """(text, number of undecodable bytes, each replaced by U+FFFD)."""
-    return _replace_escaped(_decode_escaped(data))
-
-
-def _escape_bad_bytes(e: UnicodeError) -> tuple[str, int]:
-    """Decoding error handler: one lone surrogate per undecodable byte, like ``surrogateescape`` but for
-    any codec (``surrogateescape`` refuses UTF-16 errors)."""
-    if not isinstance(e, UnicodeDecodeError):
-        raise e
-    return "\udcff" * (e.end - e.start), e.end
-
-
-codecs.register_error("esrag-escape", _escape_bad_bytes)
-
-
-def _decode_escaped(data: bytes) -> str:
-    """Text of UTF-8 (or, after a BOM, UTF-16) bytes; each bad byte becomes a lone surrogate."""
-    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        return data.decode("utf-16", errors="esrag-escape")
-    return data.removeprefix(codecs.BOM_UTF8).decode("utf-8", errors="surrogateescape")
-
-
-def _replace_escaped(text: str) -> tuple[str, int]:
-    """Replace lone surrogates (left by ``surrogateescape`` decoding for bad bytes, or written as ``\\ud800``
-    escapes in JSON) with U+FFFD."""
-    return _SURROGATE.subn("\ufffd", text)
-
-
 # ---------------------------------------------------------------------------------------------- JSON
 
 
 def _iter_json(data: bytes, name: str, doc_id: str, base: dict[str, MetadataValue]
                ) -> Iterator[Document | Skipped | Notice]:
     try:
-        value = json.loads(_decode_escaped(data))
+        value = json.loads(decode_escaped(data))
     except RecursionError:
         yield Skipped(name, "invalid JSON: nested too deeply")
         return
@@ -516,13 +527,13 @@ class _Records:
         record_id = record.get("id", record.get("_id"))
         if not isinstance(record_id, str | int) or isinstance(record_id, bool) or record_id == "":
             record_id = ("sha-" + sha256_hex(canonical_json(record))[:16]) if has_id_fallback else None
-        elif _SURROGATE.search(str(record_id)):
+        elif SURROGATE.search(str(record_id)):
             return Skipped(self.name, f"{prefix}id is not valid Unicode (a lone surrogate)")
         errors = 0
-        text, n = _replace_escaped(text)
+        text, n = replace_escaped(text)
         errors += n
         title = record.get("title")
-        title, n = _replace_escaped(title) if isinstance(title, str) else ("", 0)
+        title, n = replace_escaped(title) if isinstance(title, str) else ("", 0)
         errors += n
         metadata = dict(self.base)
         clashes: set[str] = set()
@@ -531,10 +542,10 @@ class _Records:
         fields += [(key, value) for key, value in record.items() if key not in RECORD_FIELDS]
         for key, value in fields:
             key = str(key)
-            if _SURROGATE.search(key):
+            if SURROGATE.search(key):
                 return Skipped(self.name, f"{prefix}metadata key '{display(key)}' is not valid Unicode")
             if isinstance(value, str):
-                value, n = _replace_escaped(value)
+                value, n = replace_escaped(value)
                 errors += n
             if isinstance(value, str | int | float | bool):
                 if key in self.base:

@@ -4,6 +4,7 @@ text and headings of HTML. No I/O."""
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from html.parser import HTMLParser
 
 from esrag.types import Heading
@@ -79,12 +80,16 @@ def _lines(text: str) -> list[tuple[int, str]]:
 def markdown_outline(text: str) -> tuple[Heading, ...]:
     """The headings of a Markdown text, in order: ATX (``## Title``) and setext (underlined with ``===`` or
     ``---``) outside code fences and front matter. ``Heading.start`` is the offset of the heading's line."""
+    return _markdown_outline(text, front_matter=True, in_fence=False)[0]
+
+
+def _markdown_outline(text: str, front_matter: bool, in_fence: bool) -> tuple[tuple[Heading, ...], bool]:
+    """(headings, whether the text ends inside a code fence), for a text that may start inside one."""
     lines = _lines(text)
     start = 0
-    if lines and lines[0][1].strip() == "---":
+    if front_matter and lines and lines[0][1].strip() == "---":
         start = next((i + 1 for i in range(1, len(lines)) if lines[i][1].strip() in ("---", "...")), 0)
     headings: list[Heading] = []
-    in_fence = False
     prev_blank = True
     for i in range(start, len(lines)):
         offset, line = lines[i]
@@ -97,15 +102,22 @@ def markdown_outline(text: str) -> tuple[Heading, ...]:
                   and (u := _SETEXT.match(lines[i + 1][1])) and not _SETEXT.match(line)):
                 headings.append(Heading(offset, 1 if u.group(1)[0] == "=" else 2, line.strip()))
         prev_blank = not line.strip() or bool(headings and headings[-1].start == offset)
-    return tuple(headings)
+    return tuple(headings), in_fence
 
 
 def rst_outline(text: str) -> tuple[Heading, ...]:
     """The section titles of a reStructuredText text, in order, with levels in the order their adornment
     styles first appear (as docutils assigns them): a title line under an adornment at least as long, with
     an optional overline of the same character."""
+    return _rst_outline(text, ())[0]
+
+
+def _rst_outline(text: str, seen: tuple[tuple[str, bool], ...]
+                 ) -> tuple[tuple[Heading, ...], tuple[tuple[str, bool], ...]]:
+    """(headings, adornment styles in order of first appearance), the styles ``seen`` earlier counting
+    first."""
     lines = _lines(text)
-    styles: list[tuple[str, bool]] = []
+    styles = list(seen)
     headings: list[Heading] = []
     i = 0
     while i < len(lines) - 1:
@@ -123,7 +135,44 @@ def rst_outline(text: str) -> tuple[Heading, ...]:
             i += 2
             continue
         i += 1
-    return tuple(headings)
+    return tuple(headings), tuple(styles)
+
+
+@dataclass(frozen=True)
+class OutlineState:
+    """Where one part of a long document leaves off, for the outline of the next part: the headings open
+    at its end as (level, text), outermost first; whether it ends inside a Markdown code fence; the
+    reStructuredText adornment styles seen so far (they fix the levels of later titles)."""
+
+    open: tuple[tuple[int, str], ...] = ()
+    in_fence: bool = False
+    styles: tuple[tuple[str, bool], ...] = ()
+
+
+def part_outline(text: str, markup: str, state: OutlineState | None
+                 ) -> tuple[tuple[Heading, ...], OutlineState]:
+    """The outline of one part of a long Markdown (``markup`` "md") or reStructuredText ("rst") document
+    read in parts, and the state to pass to the next part. ``state`` is None for the first part, whose
+    outline is ``markdown_outline``'s or ``rst_outline``'s. A later part has no front matter, starts inside
+    a code fence if the previous part ended in one, numbers RST levels as the whole document does, and its
+    outline starts with the headings still open from earlier parts, at offset 0: the heading path of its
+    first lines is the one they have in the whole document."""
+    first = state is None
+    state = state or OutlineState()
+    in_fence, styles = state.in_fence, state.styles
+    if markup == "md":
+        own, in_fence = _markdown_outline(text, front_matter=first, in_fence=in_fence)
+    elif markup == "rst":
+        own, styles = _rst_outline(text, styles)
+    else:
+        raise ValueError(f"no outline for markup {markup!r}")
+    stack = list(state.open)
+    for h in own:
+        while stack and stack[-1][0] >= h.level:
+            stack.pop()
+        stack.append((h.level, h.text))
+    carried = tuple(Heading(0, level, title) for level, title in state.open)
+    return carried + own, OutlineState(tuple(stack), in_fence, styles)
 
 
 def locate_headings(text: str, found: list[tuple[int, str]]) -> tuple[Heading, ...]:

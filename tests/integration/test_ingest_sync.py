@@ -1,6 +1,7 @@
 """Ingest keeps the index equal to the corpus: unchanged re-runs touch nothing, edits re-embed only new
 text, moves and renames re-embed nothing, ``prune`` removes what is gone under the given roots and only
-there, JSONL records have stable ids. Real packaged MiniLM, real stores (run one with ``-k sqlite``)."""
+there, JSONL records have stable ids, large files stream as segments that sync like records. Real
+packaged MiniLM, real stores (run one with ``-k sqlite``)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from esrag import loaders
 from esrag.errors import ConfigError, StoreError
 from esrag.ingest import IngestAborted, Ingestor, IngestReport, documents_for_path
 from esrag.stores.base import Store
@@ -224,6 +226,84 @@ def test_jsonl_records_have_stable_ids_and_delete_by_file_finds_them_all(ingest:
     assert len(ids) == 6 and all(i.startswith("corpus.jsonl#sha-") for i in ids)
     assert documents_for_path(ingest.store, tmp_path / "elsewhere" / "corpus.jsonl") == ids  # by its tail
     assert documents_for_path(ingest.store, tmp_path / "other.jsonl") == []
+
+
+@pytest.fixture
+def small_streams(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Files over 3,000 bytes stream, in segments of about 600 characters."""
+    monkeypatch.setattr(loaders, "STREAM_BYTES", 3000)
+    monkeypatch.setattr(loaders, "SEGMENT_CHARS", 600)
+
+
+def long_text(paragraphs: int) -> str:
+    return "\n\n".join(f"Paragraph {i}: " + " ".join(WORDS[(i * 7 + k) % len(WORDS)] for k in range(25))
+                       for i in range(paragraphs)) + "\n"
+
+
+def test_a_large_file_streams_as_segments_that_re_ingest_and_edit_like_records(
+        ingest: Any, tmp_path: Path, small_streams: None) -> None:
+    root = tmp_path / "corpus"
+    root.mkdir()
+    path = root / "big.md"
+    path.write_text("# Field notes\n\n" + long_text(60))
+    (root / "small.md").write_text("A small file about orchards.")
+    first, _ = ingest(root)
+    parts = documents_for_path(ingest.store, path)
+    assert first.ok and first.documents_new == len(parts) + 1 and len(parts) > 5
+    assert all(p.startswith("corpus/big.md#part-") for p in parts)
+    again, spy = ingest(root)
+    assert again.documents_unchanged == len(parts) + 1 and spy.used == []
+    text = path.read_text()
+    at = text.index("Paragraph 2:")
+    path.write_text(text[:at] + "A paragraph inserted near the start, about lighthouses.\n\n" + text[at:])
+    edited, spy = ingest(root)
+    now = documents_for_path(ingest.store, path)
+    assert edited.ok and 1 <= edited.documents_new <= 2
+    assert edited.documents_unchanged == len(now) + 1 - edited.documents_new
+    assert 1 <= spy.embedded <= 4  # the new paragraph and what moved with it; the rest is reused
+    # the edited segments' old versions are gone without --prune: the file's earlier version
+    assert edited.documents_gone == 0 and edited.chunks_deleted > 0
+    assert docs_of(ingest.store) == {*now, "corpus/small.md"} and len(set(parts) - set(now)) >= 1
+    ingest.store.refresh()
+    stored = ingest.store.list_chunks(now)
+    assert ingest.store.count().chunks == sum(len(refs) for refs in stored.values()) + 1
+    assert all(len(refs) == refs[0].chunk_count for refs in stored.values())
+
+
+def test_delete_by_file_and_prune_remove_every_segment(ingest: Any, tmp_path: Path, small_streams: None) -> None:
+    root = tmp_path / "corpus"
+    root.mkdir()
+    (root / "one.txt").write_text(long_text(40))
+    (root / "two.txt").write_text(long_text(30).replace("Paragraph", "Section"))
+    ingest(root)
+    one = documents_for_path(ingest.store, root / "one.txt")
+    two = documents_for_path(ingest.store, tmp_path / "elsewhere" / "corpus" / "two.txt")  # by its tail
+    assert len(one) > 3 and len(two) > 3 and docs_of(ingest.store) == {*one, *two}
+    assert ingest.store.delete_documents(one) > 0  # what `esrag delete --doc corpus/one.txt` deletes
+    ingest.store.refresh()
+    assert docs_of(ingest.store) == set(two)
+    (root / "two.txt").unlink()
+    kept, _ = ingest(root)
+    assert kept.documents_gone == len(two)
+    assert docs_of(ingest.store) == {*documents_for_path(ingest.store, root / "one.txt"), *two}
+    pruned, _ = ingest(root, prune=True)
+    assert pruned.documents_removed == len(two) and documents_for_path(ingest.store, root / "two.txt") == []
+
+
+def test_a_file_growing_past_the_threshold_replaces_its_whole_document_and_back(
+        ingest: Any, tmp_path: Path, small_streams: None) -> None:
+    path = tmp_path / "log.txt"
+    path.write_text(long_text(12))  # under 3,000 bytes: one document
+    first, _ = ingest(path)
+    assert docs_of(ingest.store) == {"log.txt"}
+    path.write_text(long_text(40))
+    grown, spy = ingest(path)
+    parts = documents_for_path(ingest.store, path)
+    assert docs_of(ingest.store) == set(parts) and len(parts) > 3 and "log.txt" not in parts
+    assert grown.documents_gone == 0 and spy.embedded < grown.chunks_written  # old paragraphs' vectors reused
+    path.write_text(long_text(12))
+    shrunk, spy = ingest(path)
+    assert docs_of(ingest.store) == {"log.txt"} and spy.embedded < first.chunks_embedded
 
 
 def test_a_path_with_no_supported_file_creates_nothing(ingest: Any, tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from esrag.chunking import Chunker, chunk_document
 from esrag.config import Settings
 from esrag.context import DEFAULT_TEMPLATE, PLAIN, ContextTemplate, check_template, sections
 from esrag.errors import ConfigError
-from esrag.text_formats import html_document, markdown_outline, rst_outline
+from esrag.text_formats import OutlineState, html_document, markdown_outline, part_outline, rst_outline
 from esrag.types import Document, Heading, sha256_hex
 
 
@@ -74,6 +74,33 @@ def test_rst_outline_assigns_levels_in_order_of_first_use() -> None:
     text = "=====\nTitle\n=====\n\nSection\n-------\n\ntext\n\nSub\n~~~\n\nOther\n-----\n"
     assert rst_outline(text) == (Heading(0, 1, "Title"), Heading(text.index("Section"), 2, "Section"),
                                  Heading(text.index("Sub\n"), 3, "Sub"), Heading(text.index("Other"), 2, "Other"))
+
+
+def test_part_outlines_carry_open_headings_and_code_fences_and_have_no_front_matter() -> None:
+    parts = ["# Guide\n\n## Setup\n\n```\n# a comment\n\n", "# still code\n```\n\n### Deep\n\nbody\n",
+             "---\nnot: front matter\n---\n\n## Usage\n\ntext\n"]
+    first, state = part_outline(parts[0], "md", None)
+    assert first == markdown_outline(parts[0]) == (Heading(0, 1, "Guide"), Heading(9, 2, "Setup"))
+    assert state == OutlineState(((1, "Guide"), (2, "Setup")), in_fence=True)
+    second, state = part_outline(parts[1], "md", state)
+    deep = parts[1].index("### Deep")
+    assert second == (Heading(0, 1, "Guide"), Heading(0, 2, "Setup"), Heading(deep, 3, "Deep"))
+    third, state = part_outline(parts[2], "md", state)
+    usage = parts[2].index("## Usage")
+    assert third == (Heading(0, 1, "Guide"), Heading(0, 2, "Setup"), Heading(0, 3, "Deep"), Heading(usage, 2, "Usage"))
+    assert state == OutlineState(((1, "Guide"), (2, "Usage")))
+    doc = Document("d", "d", parts[1], title="Guide", outline=second)
+    assert [path for _, _, path in sections(doc, doc.title)] == [("Setup",), ("Setup", "Deep")]
+
+
+def test_rst_part_outlines_number_levels_as_the_whole_document_does() -> None:
+    parts = ["Title\n=====\n\nSection\n-------\n\n", "Sub\n~~~\n\nOther\n-----\n"]
+    _, state = part_outline(parts[0], "rst", None)
+    second, state = part_outline(parts[1], "rst", state)
+    assert second == (Heading(0, 1, "Title"), Heading(0, 2, "Section"), Heading(0, 3, "Sub"),
+                      Heading(parts[1].index("Other"), 2, "Other"))
+    assert state.open == ((1, "Title"), (2, "Other"))
+    assert rst_outline(parts[1])[0] == Heading(0, 1, "Sub")  # alone, its first style would be level 1
 
 
 def test_html_outline_points_at_the_headings_in_the_extracted_text() -> None:
