@@ -132,7 +132,8 @@ def _show(report: Any, where: dict[str, Any], as_json: bool, prune: bool) -> Non
 
 
 def _print_report(report: Any, where: dict[str, Any], prune: bool) -> None:
-    verb = "Aborted ingest into" if report.aborted else "Ingested into"
+    verb = ("Aborted ingest into" if report.aborted else "Nothing ingested into" if report.nothing_found
+            else "Ingested into")
     click.echo(f"{verb} {where['index']} ({where['store']}: {where['location']})")
     click.echo(f"  files        {report.files}  ({report.documents} documents: {report.documents_new} new, "
                f"{report.documents_changed} changed, {report.documents_unchanged} unchanged)")
