@@ -154,7 +154,7 @@ chunk_options = stack(
                         "[default: '{title}\\n{headings}\\n\\n{text}']"),
     setting_option("analyzer", "--analyzer", metavar="NAME",
                    help="Text analysis of the BM25 side: standard, or english (Porter stemming) on both stores; "
-                        "on Elasticsearch any analyzer the cluster has. [default: standard]"),
+                        "on Elasticsearch any analyzer the cluster has. [default: english]"),
 )
 
 
@@ -168,9 +168,9 @@ def filter_option(f: F) -> F:
 
 fusion_options = stack(
     setting_option("alpha", "--alpha", metavar="A",
-                   help="Dense weight in [0,1]: 0 = pure BM25, 1 = pure kNN. [default: 0.5]"),
+                   help="Dense weight in [0,1]: 0 = pure BM25, 1 = pure kNN. [default: 0.65]"),
     choice_option("normalization", NORMALIZATIONS, "--normalization",
-                  help="Per-list score normalisation for linear fusion. [default: minmax]"),
+                  help="Per-list score normalisation for linear fusion. [default: zscore]"),
     setting_option("rrf_k", "--rrf-k", metavar="K", help="k of reciprocal rank fusion. [default: 60]"),
 )
 

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from esrag import loaders
+from esrag.config import Settings
 from esrag.errors import ConfigError, StoreError
 from esrag.ingest import IngestAborted, Ingestor, IngestReport, documents_for_path
 from esrag.stores.base import Store
@@ -134,14 +135,20 @@ def test_a_new_embed_template_re_embeds_what_is_ingested_and_is_recorded(ingest:
 
 
 def test_a_new_analyzer_rebuilds_the_bm25_index_on_sqlite_and_is_refused_on_elasticsearch(
-        ingest: Any, tmp_path: Path) -> None:
+        make_store: MakeStore, embedder: Any, tmp_path: Path) -> None:
     root = tmp_path / "corpus"
     root.mkdir()
     (root / "a.md").write_text("Connecting to the cluster.")
-    ingest(root)
-    store = ingest.store
+    store = make_store(analyzer="standard")
+    Ingestor(store, Spy(embedder), store.settings).ingest_paths([root])  # type: ignore[attr-defined]
     assert store.search(SearchRequest(text="connect", vector=None, candidates=5)).bm25 == []
-    english = Ingestor(store, Spy(ingest.embedder), store.settings.replace(analyzer="english"))
+    data = {k: v for k, v in store.settings.model_dump(exclude={"sources"}).items()  # type: ignore[attr-defined]
+            if k != "analyzer"}
+    default = Settings(**data)  # the default analyzer (english), not chosen explicitly
+    assert default.analyzer == "english" and "analyzer" not in default.sources
+    kept = Ingestor(store, Spy(embedder), default).ingest_paths([root])
+    assert kept.warnings == [] and store.read_meta().analyzer == "standard"  # the index keeps its own
+    english = Ingestor(store, Spy(embedder), store.settings.replace(analyzer="english"))  # type: ignore[attr-defined]
     if store.name == "elasticsearch":
         with pytest.raises(ConfigError, match="cannot change its analyzer; use --analyzer standard"):
             english.ingest_paths([root])
