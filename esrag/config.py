@@ -139,7 +139,7 @@ class RetrievalSettings(BaseModel):
 
     model_config = _FROZEN
     mode: Mode = "hybrid"
-    alpha: Alpha = 0.65  # with zscore: the best fusion over all the evaluation sets (docs/evaluation.md)
+    alpha: Alpha = 0.7  # with zscore: the best fusion over all the evaluation sets (docs/evaluation.md)
     fusion: Fusion = "linear"
     normalization: Normalization = "zscore"
     rrf_k: int = Field(60, ge=1)

@@ -151,7 +151,7 @@ chunk_options = stack(
     setting_option("embed_template", "--embed-template", metavar="TEMPLATE",
                    help="What is embedded for each chunk: {title}, {headings} (the section path) and {text} "
                         "(the chunk, last); '{text}' embeds the chunk alone. The stored text is the chunk. "
-                        "[default: '{title}\\n{headings}\\n\\n{text}']"),
+                        "[default: '{headings}\\n\\n{text}']"),
     setting_option("analyzer", "--analyzer", metavar="NAME",
                    help="Text analysis of the BM25 side: standard, or english (Porter stemming) on both stores; "
                         "on Elasticsearch any analyzer the cluster has. [default: english]"),
@@ -168,7 +168,7 @@ def filter_option(f: F) -> F:
 
 fusion_options = stack(
     setting_option("alpha", "--alpha", metavar="A",
-                   help="Dense weight in [0,1]: 0 = pure BM25, 1 = pure kNN. [default: 0.65]"),
+                   help="Dense weight in [0,1]: 0 = pure BM25, 1 = pure kNN. [default: 0.7]"),
     choice_option("normalization", NORMALIZATIONS, "--normalization",
                   help="Per-list score normalisation for linear fusion. [default: zscore]"),
     setting_option("rrf_k", "--rrf-k", metavar="K", help="k of reciprocal rank fusion. [default: 60]"),

@@ -119,7 +119,7 @@ def test_filters_and_explain(corpus: Path, store_settings: Callable[..., Setting
     assert [h["id"] for h in explained["hits"]] == [h["id"] for h in hits]
     out = _run(["search", "consumer partitions", "--explain", *args])
     assert out.exit_code == 0
-    assert "hybrid = 0.35 * " in out.output and "zscore" in out.output, out.output  # the defaults: 0.65, zscore
+    assert "hybrid = 0.30 * " in out.output and "zscore" in out.output, out.output  # the defaults: 0.7, zscore
     if "elasticsearch" in args:
         assert "_msearch" in out.output and '"knn"' in out.output
 

@@ -16,6 +16,7 @@ import pytest
 
 from esrag import loaders
 from esrag.config import Settings
+from esrag.context import TITLE_AND_HEADINGS
 from esrag.errors import ConfigError, StoreError
 from esrag.ingest import IngestAborted, Ingestor, IngestReport, documents_for_path
 from esrag.stores.base import Store
@@ -98,25 +99,30 @@ def test_doc_ids_are_relative_so_another_checkout_path_is_the_same_corpus(ingest
     assert again.documents_unchanged == 6 and spy.embedded == 0
 
 
-def test_embedded_text_carries_title_and_headings_while_the_stored_text_is_the_chunk(
-        ingest: Any, tmp_path: Path) -> None:
+@pytest.mark.parametrize("template", ["default", TITLE_AND_HEADINGS])
+def test_embedded_text_carries_the_context_while_the_stored_text_is_the_chunk(
+        make_store: MakeStore, embedder: Any, tmp_path: Path, template: str) -> None:
     root = tmp_path / "corpus"
     root.mkdir()
     (root / "ops.md").write_text("# Operations\n\nIntro.\n\n## Setup\n\n### Connecting to Elasticsearch\n\n"
                                  "Set es_url to the address of the cluster.\n")
     (root / "plain.txt").write_text("A file without a title of its own.")
-    report, spy = ingest(root)
+    chosen = {} if template == "default" else {"embed_template": template}
+    store = make_store(chunk_size=48, chunk_overlap=0, **chosen)
+    spy = Spy(embedder)
+    report = Ingestor(store, spy, store.settings).ingest_paths([root])  # type: ignore[attr-defined]
     assert report.ok
+    title = "Operations\n" if template == TITLE_AND_HEADINGS else ""  # the default names the headings only
     assert sorted(spy.texts) == sorted([
-        "A file without a title of its own.",  # the title is only the file name: not embedded
-        "Operations\n\n# Operations\n\nIntro.",
-        "Operations\nSetup\n\n## Setup",
-        "Operations\nSetup > Connecting to Elasticsearch\n\n### Connecting to Elasticsearch\n\n"
+        "A file without a title of its own.",  # no headings, and its title is only the file name
+        f"{title}\n# Operations\n\nIntro." if title else "# Operations\n\nIntro.",
+        f"{title}Setup\n\n## Setup",
+        f"{title}Setup > Connecting to Elasticsearch\n\n### Connecting to Elasticsearch\n\n"
         "Set es_url to the address of the cluster.",
     ])
-    hits = ingest.store.search(SearchRequest(text="cluster", vector=None, candidates=5)).bm25
+    hits = store.search(SearchRequest(text="cluster", vector=None, candidates=5)).bm25
     assert [h.text for h in hits] == ["### Connecting to Elasticsearch\n\nSet es_url to the address of the cluster."]
-    assert ingest.store.read_meta().embed_template == ingest.store.settings.embed_template
+    assert store.read_meta().embed_template == store.settings.embed_template  # type: ignore[attr-defined]
 
 
 def test_a_new_embed_template_re_embeds_what_is_ingested_and_is_recorded(ingest: Any, tmp_path: Path) -> None:
@@ -125,13 +131,19 @@ def test_a_new_embed_template_re_embeds_what_is_ingested_and_is_recorded(ingest:
     (root / "a.md").write_text("# Alpha\n\nLighthouses guide ships.")
     ingest(root)
     store = ingest.store
-    plain = Ingestor(store, Spy(ingest.embedder), store.settings.replace(embed_template="{text}"))
-    report = plain.ingest_paths([root])
-    assert report.documents_changed == 1 and report.chunks_embedded == 1 and report.chunks_deleted == 1
-    assert any("other embed_template" in w for w in report.warnings)
+
+    def run(template: str) -> IngestReport:
+        return Ingestor(store, Spy(ingest.embedder), store.settings.replace(embed_template=template)).ingest_paths(
+            [root])
+
+    titled = run(TITLE_AND_HEADINGS)  # a new embedded text: "Alpha\n\n# Alpha..."
+    assert titled.documents_changed == 1 and titled.chunks_embedded == 1 and titled.chunks_deleted == 1
+    assert any("other embed_template" in w for w in titled.warnings)
+    assert store.read_meta().embed_template == TITLE_AND_HEADINGS
+    assert run(TITLE_AND_HEADINGS).documents_unchanged == 1
+    plain = run("{text}")  # the default's vector went with its chunk: embedded again
+    assert plain.documents_changed == 1 and plain.chunks_embedded == 1
     assert store.read_meta().embed_template == "{text}"
-    again = Ingestor(store, Spy(ingest.embedder), store.settings.replace(embed_template="{text}"))
-    assert again.ingest_paths([root]).documents_unchanged == 1
 
 
 def test_a_new_analyzer_rebuilds_the_bm25_index_on_sqlite_and_is_refused_on_elasticsearch(

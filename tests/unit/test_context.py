@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from esrag.chunking import Chunker, chunk_document
 from esrag.config import Settings
-from esrag.context import DEFAULT_TEMPLATE, PLAIN, ContextTemplate, check_template, sections
+from esrag.context import DEFAULT_TEMPLATE, PLAIN, TITLE_AND_HEADINGS, ContextTemplate, check_template, sections
 from esrag.errors import ConfigError
 from esrag.text_formats import OutlineState, html_document, markdown_outline, part_outline, rst_outline
 from esrag.types import Document, Heading, sha256_hex
@@ -24,7 +24,7 @@ def words(texts: Sequence[str]) -> list[int]:
 
 
 def test_prefix_drops_the_lines_of_empty_fields() -> None:
-    t = ContextTemplate(DEFAULT_TEMPLATE)
+    t = ContextTemplate(TITLE_AND_HEADINGS)
     assert t.prefix("Guide", ["Setup", "Connecting"]) == "Guide\nSetup > Connecting\n\n"
     assert t.prefix("Guide", []) == "Guide\n\n"
     assert t.prefix("", ["Setup"]) == "Setup\n\n"
@@ -37,7 +37,10 @@ def test_custom_templates_and_plain() -> None:
     assert t.prefix("Guide", ["Setup"]) == "Document: Guide. Section: Setup.\n"
     assert ContextTemplate(PLAIN).plain and ContextTemplate(PLAIN).prefix("Guide", ["x"]) == ""
     assert not ContextTemplate("{title}: {text}").uses_headings
-    assert ContextTemplate(DEFAULT_TEMPLATE).signature != ContextTemplate("{title}: {text}").signature
+    assert ContextTemplate(TITLE_AND_HEADINGS).signature != ContextTemplate("{title}: {text}").signature
+    assert ContextTemplate().template == DEFAULT_TEMPLATE == "{headings}\n\n{text}"
+    default = ContextTemplate()
+    assert default.prefix("Guide", ["Setup"]) == "Setup\n\n" and default.prefix("Guide", []) == ""
 
 
 @pytest.mark.parametrize(("template", "problem"), [
@@ -125,7 +128,8 @@ def test_sections_follow_the_heading_stack_and_skip_a_top_heading_equal_to_the_t
 def test_contextual_chunks_keep_the_stored_text_and_embed_the_context() -> None:
     text = "# Guide\n\nintro words here\n\n## Connecting\n\nset es_url to the cluster address\n"
     doc = Document("d", "d", text, title="Guide", outline=markdown_outline(text))
-    chunks = chunk_document(doc, Chunker(words, chunk_size=50, chunk_overlap=5), template=ContextTemplate())
+    chunker = Chunker(words, chunk_size=50, chunk_overlap=5)
+    chunks = chunk_document(doc, chunker, template=ContextTemplate(TITLE_AND_HEADINGS))
     assert [c.text for c in chunks] == ["# Guide\n\nintro words here",
                                         "## Connecting\n\nset es_url to the cluster address"]
     assert [c.context for c in chunks] == ["Guide\n\n", "Guide\nConnecting\n\n"]
@@ -152,7 +156,8 @@ def test_a_title_only_template_does_not_split_at_headings() -> None:
 def test_an_overlong_context_is_shortened_to_half_the_size() -> None:
     text = "# " + " ".join(["long"] * 30) + "\n\nbody text\n\n## Short\n\nmore body\n"
     doc = Document("d", "d", text, title=" ".join(["title"] * 30), outline=markdown_outline(text))
-    chunks = chunk_document(doc, Chunker(words, chunk_size=20, chunk_overlap=2), template=ContextTemplate())
+    chunker = Chunker(words, chunk_size=20, chunk_overlap=2)
+    chunks = chunk_document(doc, chunker, template=ContextTemplate(TITLE_AND_HEADINGS))
     assert all(words([c.context])[0] + 1 <= 10 for c in chunks)
     assert chunks[-1].context == "Short\n\n"  # the deepest heading alone, when title + heading do not fit
 
@@ -164,7 +169,7 @@ def test_no_embedded_text_exceeds_the_chunk_size(title: str, body: list[str], si
     text = " ".join(body)
     doc = Document("d", "d", text, title=title, outline=markdown_outline(text))
     chunker = Chunker(words, chunk_size=size, chunk_overlap=min(3, size - 1))
-    chunks = chunk_document(doc, chunker, template=ContextTemplate())
+    chunks = chunk_document(doc, chunker, template=ContextTemplate(TITLE_AND_HEADINGS))
     for c in chunks:
         assert words([c.embed_text])[0] <= size
         assert text[c.start:c.end] == c.text
