@@ -328,9 +328,8 @@ def chunk_document(doc: Document, chunker: Chunker, doc_sha: str | None = None,
         pieces = [("", span) for span in chunker.split(doc.text)]
     else:
         parts = _sections(doc, template)
-        for prefix, start, end in _fit_prefixes(parts, doc, template, chunker):
-            budget = chunker.size - _prefix_tokens(chunker, prefix)
-            for span in chunker.with_size(budget).split(doc.text[start:end]):
+        for prefix, tokens, start, end in _fit_prefixes(parts, doc, template, chunker):
+            for span in chunker.with_size(chunker.size - tokens).split(doc.text[start:end]):
                 pieces.append((prefix, ChunkSpan(start + span.start, start + span.end, span.text)))
     chunks: list[Chunk] = []
     for index, (context, span) in enumerate(pieces):
@@ -368,19 +367,20 @@ def _prefix_tokens(chunker: Chunker, prefix: str) -> int:
 
 
 def _fit_prefixes(parts: list[tuple[tuple[str, ...], int, int]], doc: Document, template: ContextTemplate,
-                  chunker: Chunker) -> list[tuple[str, int, int]]:
-    """(prefix, start, end) per section: the full context where it takes at most half the chunk size,
-    else the longest fallback that does (``ContextTemplate.shorter_prefixes``). One batched count for the
-    full prefixes; fallbacks are counted only when needed."""
+                  chunker: Chunker) -> list[tuple[str, int, int, int]]:
+    """(prefix, its tokens, start, end) per section: the full context where it takes at most half the chunk
+    size, else the longest fallback that does (``ContextTemplate.shorter_prefixes``). One batched count for
+    the full prefixes; fallbacks are counted only when needed."""
     title = "" if doc.title_is_name else doc.title
     full = [template.prefix(title, path) for path, _, _ in parts]
     distinct = sorted({p for p in full if p.strip()})
-    counts = dict(zip(distinct, chunker.count(distinct), strict=True))
+    counts = {"": 0, **{p: n + _JOIN_MARGIN for p, n in zip(distinct, chunker.count(distinct), strict=True)}}
     limit = chunker.size // 2
     out = []
     for prefix, (path, start, end) in zip(full, parts, strict=True):
-        if prefix.strip() and counts[prefix] + _JOIN_MARGIN > limit:
-            prefix = next((p for p in template.shorter_prefixes(title, path)
-                           if _prefix_tokens(chunker, p) <= limit), "")
-        out.append((prefix, start, end))
+        tokens = counts.get(prefix, 0)
+        if tokens > limit:
+            prefix, tokens = next(((p, n) for p in template.shorter_prefixes(title, path)
+                                   if (n := _prefix_tokens(chunker, p)) <= limit), ("", 0))
+        out.append((prefix, tokens, start, end))
     return out

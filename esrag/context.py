@@ -70,10 +70,12 @@ class ContextTemplate:
 
     def __init__(self, template: str = DEFAULT_TEMPLATE) -> None:
         self.template = check_template(template)
-        self._prefix_lines = template[: -len("{text}")].split("\n")
-        self._prefix_fields = _fields(template[: -len("{text}")])
+        prefix = template[: -len("{text}")]
+        #: each line of the prefix with the fields it names
+        self._prefix_lines = [(line, _fields(line)) for line in prefix.split("\n")]
+        self._prefix_fields = _fields(prefix)
         self.plain = template == PLAIN
-        self.uses_headings = "headings" in _fields(template)
+        self.uses_headings = "headings" in self._prefix_fields
 
     @property
     def signature(self) -> str:
@@ -87,13 +89,8 @@ class ContextTemplate:
                   "headings": HEADING_SEPARATOR.join(" ".join(h.split()) for h in headings), "text": ""}
         if not any(values[n] for n in self._prefix_fields):
             return ""
-        lines = []
-        for line in self._prefix_lines:
-            names = _fields(line)
-            if names and not any(values[n] for n in names):
-                continue
-            lines.append(line.format(**values))
-        return "\n".join(lines)
+        return "\n".join(line.format(**values) for line, names in self._prefix_lines
+                         if not names or any(values[n] for n in names))
 
     def shorter_prefixes(self, title: str, headings: Sequence[str]) -> list[str]:
         """Ever shorter prefixes to fall back on when the full one takes too much of the chunk size: the
