@@ -209,9 +209,9 @@ class Ingestor:
                 f"configured model is {self.embedder.model_name!r}; use --model {meta.model!r} or ingest into "
                 f"a new index (--index)")
         if meta is not None:
-            wanted = self._build_params(meta)
-            if meta.build_params() != wanted:
-                changed = sorted(k for k, v in wanted.items() if meta.build_params()[k] != v)
+            wanted, recorded = self._build_params(meta), meta.build_params()
+            if recorded != wanted:
+                changed = sorted(k for k, v in wanted.items() if recorded[k] != v)
                 self.store.ensure_index(dataclasses.replace(meta, **wanted))
                 if report is not None:
                     report.warnings.append(
