@@ -613,7 +613,7 @@ def _analyzer(conn: sqlite3.Connection) -> str:
     """The analyzer the index was built with, read in the caller's snapshot (another process may have
     rebuilt it with another one)."""
     row = conn.execute("SELECT value FROM meta WHERE key = 'index_meta'").fetchone()
-    return str(json.loads(row[0]).get("analyzer", "standard")) if row else "standard"
+    return (IndexMeta.from_dict(json.loads(row[0])) if row else IndexMeta("", 0)).analyzer
 
 
 def _file_id(path: Path) -> tuple[int, int] | None:  # (device, inode), None when there is no file

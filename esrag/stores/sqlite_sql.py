@@ -40,7 +40,7 @@ SCHEMA = (
         ingested_at TEXT NOT NULL, metadata TEXT NOT NULL, embedding BLOB NOT NULL, text TEXT NOT NULL)""",
     # doc_id lookups, and a covering index for filters: a filter scan reads this, not the chunk rows
     "CREATE INDEX chunks_filter ON chunks(doc_id, source, title, metadata)",
-    FTS_TABLE.format(tokenizer=TOKENIZERS["standard"]),
+    FTS_TABLE,  # formatted with the analyzer's tokenizer by schema()
     f"CREATE TRIGGER chunks_ai AFTER INSERT ON chunks BEGIN {_FTS_ADD} END",
     f"CREATE TRIGGER chunks_ad AFTER DELETE ON chunks BEGIN {_FTS_DEL} END",
     "CREATE TRIGGER chunks_au AFTER UPDATE OF title, text ON chunks "
@@ -50,8 +50,7 @@ SCHEMA = (
 
 def schema(analyzer: str) -> tuple[str, ...]:
     """The schema's statements, the FTS5 table with the tokenizer of ``analyzer`` (see ``TOKENIZERS``)."""
-    fts = FTS_TABLE.format(tokenizer=TOKENIZERS["standard"])
-    return tuple(FTS_TABLE.format(tokenizer=tokenizer(analyzer)) if s == fts else s for s in SCHEMA)
+    return tuple(s.format(tokenizer=tokenizer(analyzer)) if s is FTS_TABLE else s for s in SCHEMA)
 
 
 def tokenizer(analyzer: str) -> str:
