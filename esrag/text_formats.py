@@ -216,11 +216,9 @@ class _TextExtractor(HTMLParser):
         super().__init__(convert_charrefs=True)
         self.parts: list[str] = []
         self.title = ""
-        self.h1 = ""
         self._skip = 0
         self._pre = 0
         self._in_title = False
-        self._h1_depth = 0
         self.headings: list[tuple[int, str]] = []  # (level, text) of h1..h6, in order
         self._heading = 0  # level of the heading being read, 0 outside one
         self._break = ""  # pending separator: "", " ", "\n" or "\n\n"
@@ -230,8 +228,6 @@ class _TextExtractor(HTMLParser):
             self._skip += 1
         elif tag == "title" and not self._skip and not self.title:
             self._in_title = True
-        elif tag == "h1" and not self.h1:
-            self._h1_depth += 1
         if tag in _HEADING_TAGS and not self._skip:
             self._heading = int(tag[1])
             self.headings.append((self._heading, ""))
@@ -247,8 +243,6 @@ class _TextExtractor(HTMLParser):
             self._skip = max(0, self._skip - 1)
         elif tag == "title":
             self._in_title = False
-        elif tag == "h1" and self._h1_depth:
-            self._h1_depth -= 1
         if tag in _HEADING_TAGS:
             self._heading = 0
         if tag == "pre":
@@ -276,8 +270,6 @@ class _TextExtractor(HTMLParser):
             return
         if self._skip:
             return
-        if self._h1_depth:
-            self.h1 = _SPACES.sub(" ", self.h1 + data)
         if self._heading:
             level, sofar = self.headings[-1]
             self.headings[-1] = (level, _SPACES.sub(" ", sofar + data))
@@ -306,4 +298,5 @@ def html_document(html: str) -> tuple[str, str, tuple[Heading, ...]]:
     parser.close()
     text = re.sub(r"[ \t]+\n", "\n", "".join(parser.parts))
     text = re.sub(r"\n{3,}", "\n\n", text).strip()
-    return text, (parser.title.strip() or parser.h1.strip()), locate_headings(text, parser.headings)
+    h1 = next((t for level, t in parser.headings if level == 1 and t), "")  # the first h1 with text
+    return text, (parser.title.strip() or h1.strip()), locate_headings(text, parser.headings)
