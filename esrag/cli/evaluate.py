@@ -15,6 +15,7 @@ import click
 
 from esrag.cli.common import build_settings, chunk_options, fusion_options, model_options, progress_flag, store_options
 from esrag.config import NORMALIZATIONS, save_settings
+from esrag.context import PLAIN
 from esrag.engine import Engine
 from esrag.errors import BulkWriteError, ConfigError
 
@@ -236,7 +237,7 @@ def build_params(settings: Any, engine: Engine) -> dict[str, Any]:
 
 
 def _describe_build(params: dict[str, Any]) -> str:
-    template = "off" if params["embed_template"] == "{text}" else repr(params["embed_template"])
+    template = "off" if params["embed_template"] == PLAIN else repr(params["embed_template"])
     return (f"index: {params['model']}, chunks of {params['chunk_size']} tokens (overlap "
             f"{params['chunk_overlap']}), embed template {template}, analyzer {params['analyzer']}")
 
