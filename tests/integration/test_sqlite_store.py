@@ -569,3 +569,67 @@ def test_terms_fts5_reads_differently_go_to_fts5(fts_store: SQLiteStore, monkeyp
     assert bm25_ids(fts_store, "WORLD") == ["greet"]
     assert answered[-1] is None
     assert bm25_ids(fts_store, "hello") == ["greet"] and answered[-1] is not None
+
+
+def test_porter_terms_from_many_threads_at_once_match_the_single_threaded_ones() -> None:
+    """``porter_term`` shares one in-memory FTS5 connection between every thread that searches: 8 threads
+    stemming the same words at once (the cache cleared first) get what one thread gets."""
+    words = [f"{stem}{suffix}" for stem in ("connect", "generaliz", "run", "pony", "relat", "agree", "feed")
+             for suffix in ("", "s", "ing", "ed", "ation", "ations", "ies", "ional")]
+    expected = [sqlite_bm25.porter_term(w) for w in words]
+    assert sqlite_bm25.porter_term("Connecting") == "connect"
+    results: list[list[str]] = []
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(8)
+
+    def stem() -> None:
+        try:
+            barrier.wait()
+            for _ in range(20):
+                sqlite_bm25.porter_term.cache_clear()
+                results.append([sqlite_bm25.porter_term(w) for w in words])
+        except BaseException as e:  # surfaced below
+            errors.append(e)
+
+    threads = [threading.Thread(target=stem) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and len(results) == 160
+    assert all(r == expected for r in results)
+
+
+def test_searches_during_an_analyzer_rebuild_never_fail(tmp_path: Path) -> None:
+    """A new analyzer rebuilds the FTS5 index in one transaction while other threads search: every search
+    answers (before the rebuild, by the old analyzer; after, by the new one), none raises."""
+    s = SQLiteStore(settings(tmp_path, index="rebuild"))
+    s.ensure_index(dataclasses.replace(META, analyzer="standard"))
+    s.write([chunk(f"c{i}", f"connecting cluster number {i}") for i in range(300)]
+            + [chunk("target", "connect to the cluster")])
+    stop = threading.Event()
+    seen: list[int] = []
+    errors: list[BaseException] = []
+
+    def search() -> None:
+        try:
+            while not stop.is_set():
+                seen.append(len(s.search(SearchRequest(text="connect", vector=None, candidates=500)).bm25))
+        except BaseException as e:  # surfaced below
+            errors.append(e)
+
+    threads = [threading.Thread(target=search) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(0.2)
+        assert s.ensure_index(dataclasses.replace(META, analyzer="english")) is False
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert errors == []
+    assert set(seen) == {1, 301} and seen[-1] == 301  # standard: "connect" alone; english: every chunk
+    assert s.read_meta().analyzer == "english"
+    s.close()
