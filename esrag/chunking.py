@@ -23,6 +23,7 @@ Guarantees of ``Chunker.split``, all measured with the given ``count_tokens``:
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -114,7 +115,7 @@ class Chunker:
     @property
     def signature(self) -> str:
         """Identifies the chunking algorithm and its effective parameters (part of the document hash)."""
-        return f"recursive:v2:size={self.size}:overlap={self.overlap}"
+        return f"recursive:v3:size={self.size}:overlap={self.overlap}"
 
     def split(self, text: str) -> list[ChunkSpan]:
         """Split ``text`` into chunks; ``[]`` for empty or whitespace-only text.
@@ -331,6 +332,7 @@ def chunk_document(doc: Document, chunker: Chunker, doc_sha: str | None = None,
         for prefix, tokens, start, end in _fit_prefixes(parts, doc, template, chunker):
             for span in chunker.with_size(chunker.size - tokens).split(doc.text[start:end]):
                 pieces.append((prefix, ChunkSpan(start + span.start, start + span.end, span.text)))
+    section_of = section_starts(doc, [span.start for _, span in pieces])
     chunks: list[Chunk] = []
     for index, (context, span) in enumerate(pieces):
         chunk_sha = sha256_hex(context + span.text)
@@ -348,8 +350,24 @@ def chunk_document(doc: Document, chunker: Chunker, doc_sha: str | None = None,
             doc_sha=doc_sha,
             metadata=dict(doc.metadata),
             context=context,
+            section=section_of[index],
         ))
     return chunks
+
+
+def section_starts(doc: Document, starts: Sequence[int]) -> list[int]:
+    """For chunks starting at the character offsets ``starts`` (in order), the index of the first chunk of
+    each one's section: the part of ``doc.text`` between two headings of its outline (``sections``) that the
+    chunk starts in. All 0 for a document without headings."""
+    if not doc.outline:
+        return [0] * len(starts)
+    bounds = [start for start, _, _ in sections(doc)]
+    out: list[int] = []
+    first: dict[int, int] = {}
+    for index, offset in enumerate(starts):
+        part = bisect.bisect_right(bounds, offset) - 1
+        out.append(first.setdefault(part, index))
+    return out
 
 
 #: separator between a chunk's context and its text (the prefix ends with it): counted as one token more

@@ -133,7 +133,8 @@ class Ingestor:
     def signature(self) -> str:
         """What, besides a document's own content, determines its chunks and vectors: part of ``doc_sha``.
         Known without loading the model (the model name fixes its token limit)."""
-        signature = (f"recursive:v2:model={self.embedder.model_name}:size={self.settings.chunk_size}:"
+        # v3: chunks record their section, so documents chunked before are rewritten once (vectors reused)
+        signature = (f"recursive:v3:model={self.embedder.model_name}:size={self.settings.chunk_size}:"
                      f"overlap={self.settings.chunk_overlap}")
         return signature if self.template.plain else f"{signature}:{self.template.signature}"
 

@@ -85,7 +85,9 @@ class Chunk:
     of the whole document, stored on each chunk so that a store can tell a complete document from one whose
     write was interrupted. ``context`` is what the embedded text adds before ``text`` (title, headings;
     see ``esrag.context``): it is embedded, not stored. ``chunk_sha`` hashes the embedded text, so a
-    vector is reused only for the very text it was computed from.
+    vector is reused only for the very text it was computed from. ``section`` is the ``chunk_index`` of the
+    first chunk of this chunk's section (the part of the document under one heading of its outline; 0 for
+    every chunk of a document without headings): search weighs a chunk with its section's opening chunk.
     """
 
     id: str
@@ -101,6 +103,7 @@ class Chunk:
     doc_sha: str
     metadata: Metadata = field(default_factory=dict)
     context: str = ""
+    section: int = 0
 
     @property
     def embed_text(self) -> str:
@@ -156,6 +159,9 @@ class ScoredChunk(NamedTuple):
     text: str
     chunk_index: int
     metadata: Metadata = MappingProxyType({})
+    #: the chunk_index its section starts at (Chunk.section); -1: unknown (a chunk written before sections
+    #: were recorded), so the chunk stands for itself
+    section: int = -1
 
 
 @dataclass(frozen=True)

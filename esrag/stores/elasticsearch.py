@@ -270,6 +270,11 @@ class ElasticsearchStore:
                 f"index '{self.alias}' at {self.location} analyses text with {recorded.analyzer!r}, not "
                 f"{meta.analyzer!r}: an Elasticsearch index cannot change its analyzer; use --analyzer "
                 f"{recorded.analyzer} or ingest into a new index (--index)")
+        lacking = sorted(name for name, d in found.items()
+                         if "section" not in ((d.get("mappings") or {}).get("properties") or {}))
+        if lacking:  # made before chunks recorded their section: add the field (existing chunks lack it)
+            with self._api("adding the section field to the mapping"):
+                self.client.indices.put_mapping(index=",".join(lacking), properties={"section": {"type": "integer"}})
         if recorded.build_params() != meta.build_params():
             new_meta = {**recorded.to_dict(), **meta.build_params(), "similarity": recorded.similarity}
             with self._api("recording the index's settings"):
@@ -570,4 +575,5 @@ def _scored(hit: dict[str, Any]) -> ScoredChunk:
         text=str(src.get("text", "")),
         chunk_index=int(src.get("chunk_index", 0) or 0),
         metadata=dict(src.get("metadata") or {}),
+        section=int(src.get("section", -1)),
     )

@@ -29,7 +29,7 @@ VECTOR_FIELD = "embedding"
 TEXT_FIELDS = ("title", "text")
 #: ``_source`` fields every search returns: what a hit shows, nothing else (vectors are large, and bookkeeping
 #: fields like the hashes only cost parsing time on the client).
-SEARCH_SOURCE: list[str] = ["doc_id", "source", "title", "text", "chunk_index", "metadata"]
+SEARCH_SOURCE: list[str] = ["doc_id", "source", "title", "text", "chunk_index", "section", "metadata"]
 #: ``filter_path`` of ``_msearch``: only what the searcher parses.
 MSEARCH_FILTER_PATH = (
     "took,responses.status,responses.error,responses.hits.hits._id,responses.hits.hits._score,"
@@ -184,6 +184,7 @@ def chunk_source(ec: EmbeddedChunk, ingested_at: str) -> dict[str, Any]:
         "text": c.text,
         "chunk_index": c.chunk_index,
         "chunk_count": c.chunk_count,
+        "section": c.section,
         "start": c.start,
         "end": c.end,
         "doc_sha": c.doc_sha,

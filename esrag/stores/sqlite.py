@@ -71,7 +71,7 @@ from esrag.types import (
 
 __all__ = ["MARKER", "SCHEMA_VERSION", "SQLiteStore", "match_expression", "query_terms", "bm25_sql"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: chunks.section
 MARKER = "esrag-sqlite-store"
 
 
@@ -153,7 +153,23 @@ class SQLiteStore:
                              f"version reads up to {SCHEMA_VERSION}): upgrade esrag")
         if not {"chunks", "chunks_fts"} <= tables:
             raise CorruptStoreError(f"{self.path}: esrag store is missing its chunks tables")
+        if version < 2:
+            self._add_section_column(conn)
         return meta
+
+    def _add_section_column(self, conn: sqlite3.Connection) -> None:
+        """Schema 1 -> 2 in one write transaction (another process may have done it already): the chunks
+        written before record section -1, which search treats as a chunk that stands for itself."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            columns = {r[1] for r in conn.execute("PRAGMA table_info(chunks)")}
+            if "section" not in columns:
+                conn.execute(sql.ADD_SECTION)
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
 
     def _open_existing(self) -> sqlite3.Connection:
         """A new connection to an existing store (its meta read on the first one); IndexNotFoundError if
@@ -340,9 +356,9 @@ class SQLiteStore:
                     try:
                         c = item.chunk
                         row = (str(c.id), str(c.doc_id), str(c.source), str(c.title), int(c.chunk_index),
-                               int(c.chunk_count), int(c.start), int(c.end), str(c.doc_sha), str(c.chunk_sha),
-                               now, canonical_json(dict(c.metadata)), sql.vector(item.embedding, dims).tobytes(),
-                               str(c.text))
+                               int(c.chunk_count), int(c.section), int(c.start), int(c.end), str(c.doc_sha),
+                               str(c.chunk_sha), now, canonical_json(dict(c.metadata)),
+                               sql.vector(item.embedding, dims).tobytes(), str(c.text))
                         conn.execute(sql.UPSERT, row)
                         written += 1
                     except (ValueError, TypeError, AttributeError, OverflowError, sqlite3.IntegrityError,
@@ -476,7 +492,7 @@ class SQLiteStore:
             return self._hits(conn, ranked)
         built = bm25_sql(terms, filters, limit)
         assert built is not None
-        return [sql.scored(r, float(r[8])) for r in conn.execute(*built)]
+        return [sql.scored(r, float(r[9])) for r in conn.execute(*built)]
 
     def _knn(self, conn: sqlite3.Connection, generation: int, query: np.ndarray, wanted: np.ndarray | None,
              limit: int) -> list[tuple[int, float]]:

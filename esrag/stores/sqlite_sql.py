@@ -36,8 +36,9 @@ SCHEMA = (
     """CREATE TABLE chunks (
         rowid INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, doc_id TEXT NOT NULL, source TEXT NOT NULL,
         title TEXT NOT NULL, chunk_index INTEGER NOT NULL, chunk_count INTEGER NOT NULL,
-        start INTEGER NOT NULL, "end" INTEGER NOT NULL, doc_sha TEXT NOT NULL, chunk_sha TEXT NOT NULL,
-        ingested_at TEXT NOT NULL, metadata TEXT NOT NULL, embedding BLOB NOT NULL, text TEXT NOT NULL)""",
+        section INTEGER NOT NULL DEFAULT -1, start INTEGER NOT NULL, "end" INTEGER NOT NULL,
+        doc_sha TEXT NOT NULL, chunk_sha TEXT NOT NULL, ingested_at TEXT NOT NULL, metadata TEXT NOT NULL,
+        embedding BLOB NOT NULL, text TEXT NOT NULL)""",
     # doc_id lookups, and a covering index for filters: a filter scan reads this, not the chunk rows
     "CREATE INDEX chunks_filter ON chunks(doc_id, source, title, metadata)",
     FTS_TABLE,  # formatted with the analyzer's tokenizer by schema()
@@ -61,12 +62,14 @@ def tokenizer(analyzer: str) -> str:
     return TOKENIZERS[analyzer]
 
 
-COLUMNS = ("id", "doc_id", "source", "title", "chunk_index", "chunk_count", "start", "end", "doc_sha",
+#: schema 1 -> 2: chunks record their section (-1 for the chunks written before)
+ADD_SECTION = "ALTER TABLE chunks ADD COLUMN section INTEGER NOT NULL DEFAULT -1"
+COLUMNS = ("id", "doc_id", "source", "title", "chunk_index", "chunk_count", "section", "start", "end", "doc_sha",
             "chunk_sha", "ingested_at", "metadata", "embedding", "text")
 _QUOTED = [f'"{c}"' for c in COLUMNS]
 UPSERT = (f"INSERT INTO chunks({', '.join(_QUOTED)}) VALUES ({', '.join('?' * len(COLUMNS))}) "
            f"ON CONFLICT(id) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in _QUOTED[1:])}")
-_HIT_COLUMNS = "c.rowid, c.id, c.doc_id, c.source, c.title, c.text, c.chunk_index, c.metadata"
+_HIT_COLUMNS = "c.rowid, c.id, c.doc_id, c.source, c.title, c.text, c.chunk_index, c.metadata, c.section"
 LOAD_SQL = "SELECT rowid, embedding FROM chunks ORDER BY rowid"
 #: a metadata value as the string ES's ``flattened`` type would index: booleans as true/false
 _META_VALUE = ("(CASE json_type(c.metadata, ?) WHEN 'true' THEN 'true' WHEN 'false' THEN 'false' "
@@ -166,7 +169,7 @@ def batches(values: Sequence[Any], size: int = IN_BATCH) -> Iterator[Sequence[An
 
 def scored(row: Sequence[Any], score: float) -> ScoredChunk:
     return ScoredChunk(id=row[1], score=score, doc_id=row[2], source=row[3], title=row[4], text=row[5],
-                       chunk_index=int(row[6]), metadata=json.loads(row[7]))
+                       chunk_index=int(row[6]), metadata=json.loads(row[7]), section=int(row[8]))
 
 
 def vector(embedding: Any, dims: int) -> np.ndarray:

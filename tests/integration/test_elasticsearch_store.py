@@ -186,6 +186,25 @@ def test_a_plain_esrag_index_under_the_name_is_used_as_is(es_store: MakeES) -> N
     assert store.drop() is True and store.exists() is False
 
 
+def test_an_index_made_before_sections_gets_the_field_and_its_old_chunks_read_as_unknown(es_store: MakeES) -> None:
+    store = es_store()
+    body = q.build_index_body(store.settings, META)
+    del body["mappings"]["properties"]["section"]  # the mapping as esrag made it before sections
+    store.client.indices.create(index=store.alias, **body)
+    old = make_chunk("old", 0, "sections of old", unit_vectors(1)[0])
+    source = q.chunk_source(old, "2026-01-01T00:00:00+00:00")
+    del source["section"]
+    store.client.index(index=store.alias, id=old.chunk.id, document=source)
+    assert store.ensure_index(META) is False
+    props = store.client.indices.get_mapping(index=store.alias).body[store.alias]["mappings"]["properties"]
+    assert props["section"] == {"type": "integer"}
+    result = store.write([make_chunk("new", 3, "sections of new", unit_vectors(2)[1], chunk_count=4, section=2)])
+    assert result.errors == ()
+    store.refresh()
+    hits = store.search(SearchRequest(text="sections", vector=None, candidates=5)).bm25
+    assert {h.doc_id: h.section for h in hits} == {"old": -1, "new": 2}
+
+
 def test_a_foreign_index_under_the_name_is_a_clear_error(es_store: MakeES) -> None:
     store = es_store()
     store.client.indices.create(index=store.alias, mappings={"properties": {"x": {"type": "keyword"}}})

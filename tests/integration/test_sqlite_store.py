@@ -550,7 +550,7 @@ def test_numpy_bm25_equals_fts5_bm25(tmp_path: Path, monkeypatch: pytest.MonkeyP
             assert built is not None
             want = conn.execute(*built).fetchall()
             assert [h.id for h in got] == [r[1] for r in want], (query, filters)
-            assert [h.score for h in got] == pytest.approx([r[8] for r in want], rel=1e-12, abs=0), (query, filters)
+            assert [h.score for h in got] == pytest.approx([r[9] for r in want], rel=1e-12, abs=0), (query, filters)
     conn.close()
     if analyzer == "english":  # the stemmer is at work: inflections of one word match one another
         assert bm25_ids(s, "connects") == bm25_ids(s, "CONNECTION") != []
@@ -633,3 +633,27 @@ def test_searches_during_an_analyzer_rebuild_never_fail(tmp_path: Path) -> None:
     assert set(seen) == {1, 301} and seen[-1] == 301  # standard: "connect" alone; english: every chunk
     assert s.read_meta().analyzer == "english"
     s.close()
+
+
+def test_a_store_of_schema_1_gains_the_section_column_and_its_old_chunks_read_as_unknown(tmp_path: Path) -> None:
+    first = SQLiteStore(settings(tmp_path / "store"))
+    first.ensure_index(META)
+    first.write([chunk("old", "sections of old")])
+    first.close()
+    path = next((tmp_path / "store").glob("*.db"))
+    with sqlite3.connect(path) as conn:  # the file as esrag wrote it before sections
+        conn.execute("ALTER TABLE chunks DROP COLUMN section")
+        conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    conn.close()
+    store = SQLiteStore(settings(tmp_path / "store"))
+    try:
+        new = dataclasses.replace(chunk("new", "sections of new", doc_id="new").chunk, chunk_index=3, section=2)
+        store.write([EmbeddedChunk(new, vec(3))])
+        hits = store.search(SearchRequest(text="sections", vector=vec(3), candidates=5, num_candidates=10))
+        for side in (hits.bm25, hits.dense):
+            assert {h.id: h.section for h in side} == {"old": -1, new.id: 2}
+    finally:
+        store.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("2",)
+    conn.close()

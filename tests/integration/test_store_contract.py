@@ -51,6 +51,7 @@ def make_chunk(
     title: str = "",
     chunk_count: int = 1,
     doc_sha: str | None = None,
+    section: int = 0,
 ) -> EmbeddedChunk:
     """An EmbeddedChunk with a content-addressed id, source ``src/<doc_id>.md``."""
     doc_sha = doc_sha or sha256_hex("doc", doc_id)
@@ -58,7 +59,7 @@ def make_chunk(
     chunk = Chunk(
         id=Chunk.make_id(doc_id, doc_sha, idx, chunk_sha), doc_id=doc_id, source=f"src/{doc_id}.md",
         title=title, text=text, chunk_index=idx, chunk_count=chunk_count, start=0, end=len(text),
-        chunk_sha=chunk_sha, doc_sha=doc_sha, metadata=dict(metadata or {}),
+        chunk_sha=chunk_sha, doc_sha=doc_sha, metadata=dict(metadata or {}), section=section,
     )
     return EmbeddedChunk(chunk=chunk, embedding=np.asarray(vector, dtype=np.float32))
 
@@ -305,6 +306,16 @@ def test_dense_returns_nearest_first_with_cosine_scores(make_store: MakeStore) -
     for hit, (score, _) in zip(resp.dense, exact, strict=True):
         assert hit.score == pytest.approx(score, abs=1e-4)
         assert 0.0 <= hit.score <= 1.0
+
+
+def test_both_sides_return_each_chunks_index_and_section(make_store: MakeStore) -> None:
+    store = ready(make_store)
+    vecs = unit_vectors(3, seed=8)
+    written(store, [make_chunk("doc", i, f"sections {i}", vecs[i], chunk_count=3, section=min(i, 1))
+                    for i in range(3)])
+    resp = store.search(SearchRequest(text="sections", vector=vecs[2], candidates=5, num_candidates=10))
+    for side in (resp.bm25, resp.dense):
+        assert sorted((h.chunk_index, h.section) for h in side) == [(0, 0), (1, 1), (2, 1)]
 
 
 def test_candidates_limits_each_side(make_store: MakeStore) -> None:

@@ -215,10 +215,10 @@ def test_long_document_is_counted_in_a_few_batches() -> None:
 def test_effective_size_is_capped_by_the_model_limit() -> None:
     chunker = Chunker(words, chunk_size=256, chunk_overlap=32, max_tokens=128)
     assert (chunker.size, chunker.overlap) == (128, 32)
-    assert chunker.signature == "recursive:v2:size=128:overlap=32"
+    assert chunker.signature == "recursive:v3:size=128:overlap=32"
     chunker = Chunker(words, chunk_size=256, chunk_overlap=32, max_tokens=16)
     assert (chunker.size, chunker.overlap) == (16, 15)
-    assert Chunker(words).signature == "recursive:v2:size=256:overlap=32"
+    assert Chunker(words).signature == "recursive:v3:size=256:overlap=32"
 
 
 @pytest.mark.parametrize(("size", "overlap", "max_tokens"), [(0, 0, None), (8, -1, None), (8, 8, None),

@@ -138,6 +138,27 @@ def test_contextual_chunks_keep_the_stored_text_and_embed_the_context() -> None:
     assert all(text[c.start:c.end] == c.text for c in chunks)
 
 
+def test_each_chunk_records_where_its_section_starts() -> None:
+    body = " ".join(f"w{i}" for i in range(60))
+    text = f"# Guide\n\nintro\n\n## Long\n\n{body}\n\n## Short\n\nend words\n"
+    doc = Document("d", "d", text, title="Guide", outline=markdown_outline(text))
+    chunker = Chunker(words, chunk_size=25, chunk_overlap=0)
+    chunks = chunk_document(doc, chunker, template=ContextTemplate(DEFAULT_TEMPLATE))
+    firsts = [c.text.split("\n")[0] for c in chunks]
+    long_at, short_at = firsts.index("## Long"), firsts.index("## Short")
+    assert short_at - long_at > 1  # the long section has several chunks
+    assert [c.section for c in chunks] == [0] * long_at + [long_at] * (short_at - long_at) + [short_at]
+    # without the heading template a chunk may straddle sections: it counts in the one it starts in
+    plain = chunk_document(doc, chunker, template=ContextTemplate(PLAIN))
+    parts = [s for s, _, _ in sections(doc)]
+    for c in plain:
+        part = max(i for i, s in enumerate(parts) if s <= c.start)
+        assert plain[c.section].start >= parts[part] and (c.section == 0 or plain[c.section - 1].start < parts[part])
+    # a document without headings is one section
+    flat = Document("f", "f", body)
+    assert {c.section for c in chunk_document(flat, chunker, template=ContextTemplate(DEFAULT_TEMPLATE))} == {0}
+
+
 def test_the_plain_template_chunks_as_without_context() -> None:
     text = "# Guide\n\n" + " ".join(f"w{i}" for i in range(300))
     doc = Document("d", "d", text, title="Guide", outline=markdown_outline(text))

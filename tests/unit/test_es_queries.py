@@ -12,7 +12,7 @@ from esrag.config import Settings
 from esrag.stores import es_queries as q
 from esrag.types import Chunk, EmbeddedChunk, IndexMeta, SearchRequest
 
-NO_VECTOR = ["doc_id", "source", "title", "text", "chunk_index", "metadata"]
+NO_VECTOR = ["doc_id", "source", "title", "text", "chunk_index", "section", "metadata"]
 
 
 def test_template_has_null_placeholders_and_strict_mapping() -> None:
@@ -23,7 +23,7 @@ def test_template_has_null_placeholders_and_strict_mapping() -> None:
     assert props["embedding"]["similarity"] is None
     assert props["title"]["analyzer"] is None and props["text"]["analyzer"] is None
     assert set(props) == {
-        "doc_id", "source", "title", "text", "chunk_index", "chunk_count", "start", "end", "doc_sha",
+        "doc_id", "source", "title", "text", "chunk_index", "chunk_count", "section", "start", "end", "doc_sha",
         "chunk_sha", "metadata", "ingested_at", "embedding",
     }
 
@@ -55,6 +55,7 @@ def test_build_index_body_fills_vector_analyzer_and_meta() -> None:
                 "text": {"type": "text", "analyzer": "english"},
                 "chunk_index": {"type": "integer"},
                 "chunk_count": {"type": "integer"},
+                "section": {"type": "integer"},
                 "start": {"type": "integer", "index": False},
                 "end": {"type": "integer", "index": False},
                 "doc_sha": {"type": "keyword"},
@@ -196,7 +197,7 @@ def test_bulk_actions_exact_upsert_actions() -> None:
         "_id": "id0",
         "_source": {
             "doc_id": "d", "source": "docs/d.md", "title": "T", "text": "text 0", "chunk_index": 0,
-            "chunk_count": 2, "start": 0, "end": 6, "doc_sha": "ds", "chunk_sha": "cs0",
+            "chunk_count": 2, "section": 0, "start": 0, "end": 6, "doc_sha": "ds", "chunk_sha": "cs0",
             "metadata": {"lang": "en", "year": 2024}, "ingested_at": "2024-05-06T07:08:09+00:00",
             "embedding": [0.5, 0.25],
         },
