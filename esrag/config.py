@@ -77,6 +77,16 @@ def check_alpha(alpha: float) -> float:
 Alpha = Annotated[float, AfterValidator(check_alpha)]
 
 
+def check_doc_weight(weight: float) -> float:
+    """``weight`` if it is a number in [0, 1]; ConfigError otherwise, NaN included (see check_alpha)."""
+    if not 0.0 <= weight <= 1.0:
+        raise ConfigError(f"doc_weight must be between 0 and 1, got {weight}")
+    return weight
+
+
+DocWeight = Annotated[float, AfterValidator(check_doc_weight)]
+
+
 def _unescape_newlines(value: Any) -> Any:
     return value.replace("\\n", "\n") if isinstance(value, str) else value
 
@@ -139,9 +149,12 @@ class RetrievalSettings(BaseModel):
 
     model_config = _FROZEN
     mode: Mode = "hybrid"
-    alpha: Alpha = 0.7  # with zscore: the best fusion over all the evaluation sets (docs/evaluation.md)
+    # with zscore and doc_weight 0.75: the best fusion over all the evaluation sets (docs/evaluation.md)
+    alpha: Alpha = 0.65
     fusion: Fusion = "linear"
     normalization: Normalization = "zscore"
+    # each chunk's score mixed with its document's opening chunk's (esrag/fusion.py); docs/evaluation.md
+    doc_weight: DocWeight = 0.75
     rrf_k: int = Field(60, ge=1)
     candidates: int = Field(100, ge=1)
     k: int = Field(10, ge=1)

@@ -142,7 +142,8 @@ class Engine:
                 "`esrag ingest PATH` first, or point --index/--sqlite-dir/--es-url at an existing one")
 
     def search(self, query: str, filters: Filters | None = None, **overrides: Any) -> SearchResult:
-        """Hybrid search. ``overrides``: k, mode, alpha, fusion, normalization, candidates, rrf_k."""
+        """Hybrid search. ``overrides``: k, mode, alpha, fusion, normalization, candidates, rrf_k,
+        doc_weight."""
         if not query.strip():
             raise ConfigError("the query is empty")
         self.require_index()

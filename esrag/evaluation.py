@@ -203,18 +203,21 @@ def method_ranking(
     normalization: str = "minmax",
     rrf_k: int = 60,
     depth: int = RUN_DEPTH,
+    doc_weight: float = 0.0,
 ) -> Ranking:
     """Document ranking of one store method (bm25, dense, hybrid = linear fusion at ``alpha``, rrf =
     unweighted reciprocal rank fusion with ``rrf_k``) from one query's candidates, fused exactly as
-    ``esrag search`` fuses them."""
+    ``esrag search`` fuses them (``doc_weight`` on every method: it is part of how esrag ranks one side)."""
     if method == "bm25":
-        hits = fuse(response.bm25, [], "bm25", "linear", 0.0, normalization, rrf_k)
+        hits = fuse(response.bm25, [], "bm25", "linear", 0.0, normalization, rrf_k, doc_weight=doc_weight)
     elif method == "dense":
-        hits = fuse([], response.dense, "dense", "linear", 1.0, normalization, rrf_k)
+        hits = fuse([], response.dense, "dense", "linear", 1.0, normalization, rrf_k, doc_weight=doc_weight)
     elif method == "hybrid":
-        hits = fuse(response.bm25, response.dense, "hybrid", "linear", alpha, normalization, rrf_k)
+        hits = fuse(response.bm25, response.dense, "hybrid", "linear", alpha, normalization, rrf_k,
+                    doc_weight=doc_weight)
     elif method == "rrf":
-        hits = fuse(response.bm25, response.dense, "hybrid", "rrf", 0.5, normalization, rrf_k)
+        hits = fuse(response.bm25, response.dense, "hybrid", "rrf", 0.5, normalization, rrf_k,
+                    doc_weight=doc_weight)
     else:
         raise ConfigError(f"unknown store method {method!r}; choose one of bm25, dense, hybrid, rrf")
     return doc_ranking(((h.doc_id, h.score) for h in hits), depth)
@@ -339,6 +342,7 @@ def build_runs(
     normalization: str = "minmax",
     rrf_k: int = 60,
     depth: int = RUN_DEPTH,
+    doc_weight: float = 0.0,
 ) -> dict[str, RunDict]:
     """method -> run, for the methods asked; store methods from ``candidates`` (query id -> the query's
     store response), tfidf from the dataset itself."""
@@ -347,7 +351,7 @@ def build_runs(
         if method == "tfidf":
             runs[method] = tfidf_run(dataset.documents, dataset.queries, depth)
         else:
-            runs[method] = {q: method_ranking(resp, method, alpha, normalization, rrf_k, depth)
+            runs[method] = {q: method_ranking(resp, method, alpha, normalization, rrf_k, depth, doc_weight)
                             for q, resp in candidates.items()}
     return runs
 
@@ -403,7 +407,7 @@ def retrieve_candidates(
 def _strip(chunks: Sequence[ScoredChunk]) -> list[ScoredChunk]:
     """Drop chunk texts: evaluation needs ids and scores only, and 166 queries x 600 texts add up."""
     return [ScoredChunk(id=c.id, score=c.score, doc_id=c.doc_id, source=c.source, title="", text="",
-                        chunk_index=c.chunk_index) for c in chunks]
+                        chunk_index=c.chunk_index, section=c.section) for c in chunks]
 
 
 def _bar(total: int, unit: str, enabled: bool) -> Any:

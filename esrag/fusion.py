@@ -12,6 +12,16 @@ list:
 Reciprocal rank fusion: ``sum_i w_i / (k + rank_i)`` with 1-based ranks, ``w = (1 - alpha, alpha) * 2``
 so that alpha=0.5 gives the textbook unweighted RRF; a side that did not return a chunk adds nothing.
 
+Document evidence (``doc_weight``, applied to each side's list before normalisation): a chunk's score
+becomes ``(1 - w) * own + w * opening``, where ``opening`` is that side's score of the first chunk of the
+chunk's section (``ScoredChunk.section``: the part of its document under one heading; the whole document
+when it has no headings), or the side's lowest candidate score if that chunk is not among the candidates.
+A chunk whose section is unknown (-1) is its own opening. Every chunk of a section moves by the same amount,
+so the order of a section's chunks is kept; what changes is how sections compete. A chunk's own score alone
+rewards a long section for having many chunks to match with; a section's opening chunk says what the
+section is about, which is the evidence a whole-document ranker has (passage and document evidence
+combined, as in Callan, SIGIR 1994). The figures behind the default are in docs/evaluation.md.
+
 Ordering is total and reproducible: fused score descending, then the rank on the heavier side
 (bm25 when alpha < 0.5, dense when alpha > 0.5, bm25 at 0.5), then the other side's rank, then id.
 That tie-break is what makes alpha=0 reproduce the BM25 order exactly and alpha=1 the kNN order exactly,
@@ -25,7 +35,7 @@ import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from esrag.config import NORMALIZATIONS, check_alpha
+from esrag.config import NORMALIZATIONS, check_alpha, check_doc_weight
 
 
 class Fused(NamedTuple):
@@ -60,6 +70,28 @@ def normalize(scores: Sequence[float], method: str = "minmax") -> list[float]:
         return [(s - mean) / std for s in scores]
     msg = f"unknown normalization {method!r}; choose one of {', '.join(NORMALIZATIONS)}"
     raise ValueError(msg)
+
+
+def with_document_evidence(
+    chunks: Sequence[tuple[str, str, int, int, float]], weight: float
+) -> list[tuple[str, float]]:
+    """(id, doc_id, chunk_index, section, score) best first -> (id, weighted score) best first.
+
+    ``weight`` 0 returns the scores unchanged (same order). Equal weighted scores keep the input order.
+    """
+    check_doc_weight(weight)
+    if weight == 0.0 or not chunks:
+        return [(c[0], float(c[4])) for c in chunks]
+    floor = min(float(c[4]) for c in chunks)
+    opening: dict[tuple[str, int], float] = {}
+    for _, doc_id, chunk_index, section, score in chunks:
+        if chunk_index == section:
+            opening.setdefault((doc_id, section), float(score))
+    own = 1.0 - weight
+    weighted = [(i, own * float(s) + weight * (s if sec < 0 else opening.get((d, sec), floor)))
+                for i, d, _, sec, s in chunks]
+    order = sorted(range(len(weighted)), key=lambda i: -weighted[i][1])
+    return [weighted[i] for i in order]
 
 
 def _ranked(hits: Sequence[tuple[str, float]]) -> dict[str, tuple[int, float]]:

@@ -518,7 +518,7 @@ class RagPipeline:
 
     def retrieve(self, question: str, **search_kwargs: Any) -> list[Hit]:
         """The top ``settings.rag_k`` hits (``k=`` overrides), best first. Other keyword arguments go to
-        ``HybridSearcher.search`` (mode, alpha, fusion, normalization, filters, candidates)."""
+        ``HybridSearcher.search`` (mode, alpha, fusion, normalization, doc_weight, filters, candidates)."""
         search_kwargs.setdefault("k", self.settings.rag_k)
         return self.searcher.search(question, **search_kwargs).hits
 

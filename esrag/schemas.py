@@ -24,8 +24,9 @@ _OPEN = ConfigDict(extra="allow")
 
 
 class HitModel(BaseModel):
-    """One fused hit. ``bm25_*``/``dense_*``: the raw score and 1-based rank on each side (null when that
-    side did not return the chunk) and the normalised score that entered the fusion."""
+    """One fused hit. ``bm25_*``/``dense_*``: the raw store score and 1-based store rank on each side (null
+    when that side did not return the chunk) and the normalised score that entered the fusion (of the
+    document-weighted score when ``doc_weight`` is above 0)."""
 
     id: str = Field(description="The chunk id.")
     doc_id: str
@@ -51,6 +52,7 @@ class SearchParameters(BaseModel):
     fusion: str
     alpha: float
     normalization: str
+    doc_weight: float = Field(description="Weight of each chunk's document's opening chunk in its score.")
     candidates: int = Field(description="Candidates fetched per side before fusion.")
     rrf_k: int
     filters: dict[str, list[str]]
@@ -75,7 +77,8 @@ class SearchResponse(BaseModel):
             hits=[HitModel(**h.to_dict()) for h in result.hits],
             parameters=SearchParameters(
                 k=k, mode=result.mode, fusion=result.fusion, alpha=result.alpha,
-                normalization=result.normalization, candidates=result.request.candidates, rrf_k=rrf_k,
+                normalization=result.normalization, doc_weight=result.doc_weight,
+                candidates=result.request.candidates, rrf_k=rrf_k,
                 filters={key: list(v) for key, v in result.request.filters.items()},
             ),
             timings_ms=dict(result.timings_ms),

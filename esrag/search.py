@@ -9,10 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from esrag.config import Settings, check_alpha
+from esrag.config import Settings, check_alpha, check_doc_weight
 from esrag.embedders.base import Embedder
 from esrag.errors import ConfigError, ModelMismatchError
-from esrag.fusion import Fused, linear_fusion, rrf_fusion
+from esrag.fusion import Fused, linear_fusion, rrf_fusion, with_document_evidence
 from esrag.stores.base import Store
 from esrag.types import Filters, Hit, ScoredChunk, SearchRequest
 
@@ -26,6 +26,7 @@ class SearchResult:
     alpha: float
     normalization: str
     timings_ms: dict[str, float] = field(default_factory=dict)
+    doc_weight: float = 0.0
 
 
 def check_model(store: Store, embedder: Embedder) -> None:
@@ -48,20 +49,40 @@ def fuse(
     normalization: str,
     rrf_k: int,
     k: int | None = None,
+    doc_weight: float = 0.0,
 ) -> list[Hit]:
-    """Turn the two candidate lists into the best ``k`` Hits (all of them when k is None), best first."""
+    """Turn the two candidate lists into the best ``k`` Hits (all of them when k is None), best first.
+
+    With ``doc_weight``, each side's scores are mixed with their sections' opening chunks' before the
+    fusion (``esrag.fusion.with_document_evidence``); the Hits still report each side's raw store score and
+    store rank, and the normalised weighted score that entered the fusion."""
     if mode == "bm25":
         alpha, dense = 0.0, []
     elif mode == "dense":
         alpha, bm25 = 1.0, []
+    b_in = with_document_evidence([(c.id, c.doc_id, c.chunk_index, c.section, c.score) for c in bm25], doc_weight)
+    d_in = with_document_evidence([(c.id, c.doc_id, c.chunk_index, c.section, c.score) for c in dense], doc_weight)
     if fusion == "rrf":
-        fused = rrf_fusion([(c.id, c.score) for c in bm25], [(c.id, c.score) for c in dense], rrf_k, alpha)
+        fused = rrf_fusion(b_in, d_in, rrf_k, alpha)
     else:
-        fused = linear_fusion([(c.id, c.score) for c in bm25], [(c.id, c.score) for c in dense], alpha,
-                              normalization)
+        fused = linear_fusion(b_in, d_in, alpha, normalization)
     by_id = {c.id: c for c in dense}
     by_id.update({c.id: c for c in bm25})
-    return [_hit(f, by_id[f.id]) for f in fused[:k]]
+    if doc_weight == 0.0:
+        return [_hit(f, by_id[f.id]) for f in fused[:k]]
+    b_raw, d_raw = _store_ranks(bm25), _store_ranks(dense)
+    return [_hit(f._replace(bm25_score=b[1] if (b := b_raw.get(f.id)) else None,
+                            bm25_rank=b[0] if b else None,
+                            dense_score=d[1] if (d := d_raw.get(f.id)) else None,
+                            dense_rank=d[0] if d else None), by_id[f.id]) for f in fused[:k]]
+
+
+def _store_ranks(chunks: Sequence[ScoredChunk]) -> dict[str, tuple[int, float]]:
+    """id -> (1-based rank, raw score) as the store returned them (the first occurrence of an id)."""
+    out: dict[str, tuple[int, float]] = {}
+    for rank, c in enumerate(chunks, start=1):
+        out.setdefault(c.id, (rank, float(c.score)))
+    return out
 
 
 def _hit(f: Fused, c: ScoredChunk) -> Hit:
@@ -130,6 +151,7 @@ class HybridSearcher:
         filters: Filters | None = None,
         candidates: int | None = None,
         rrf_k: int | None = None,
+        doc_weight: float | None = None,
     ) -> SearchResult:
         s = self.settings
         mode = mode or s.mode
@@ -137,18 +159,21 @@ class HybridSearcher:
         alpha = s.alpha if alpha is None else check_alpha(alpha)
         fusion = fusion or s.fusion
         normalization = normalization or s.normalization
+        doc_weight = s.doc_weight if doc_weight is None else check_doc_weight(doc_weight)
         candidates = max(candidates or s.candidates, k)
         t0 = time.perf_counter()
         request = self.build_request(query, mode, candidates, filters)
         t1 = time.perf_counter()
         response = self.store.search(request)
         t2 = time.perf_counter()
-        hits = fuse(response.bm25, response.dense, mode, fusion, alpha, normalization, rrf_k or s.rrf_k, k)
+        hits = fuse(response.bm25, response.dense, mode, fusion, alpha, normalization, rrf_k or s.rrf_k, k,
+                    doc_weight)
         t3 = time.perf_counter()
         timings = {"embed_ms": (t1 - t0) * 1e3, "store_ms": (t2 - t1) * 1e3, "fuse_ms": (t3 - t2) * 1e3}
-        return SearchResult(hits, request, mode, fusion, alpha, normalization, timings)
+        return SearchResult(hits, request, mode, fusion, alpha, normalization, timings, doc_weight)
 
     def explain(self, result: SearchResult) -> dict[str, Any]:
         """The native request (paste into Kibana Dev Tools for ES) and the per-hit arithmetic."""
         return {"request": self.store.explain_request(result.request), "mode": result.mode,
-                "fusion": result.fusion, "alpha": result.alpha, "normalization": result.normalization}
+                "fusion": result.fusion, "alpha": result.alpha, "normalization": result.normalization,
+                "doc_weight": result.doc_weight}

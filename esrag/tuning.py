@@ -1,5 +1,5 @@
-"""Fusion tuning: sweep alpha x normalisation (linear) and k (RRF) over fixed candidates, pick by nDCG@10
-with k-fold cross-validation over queries. Pure, apart from ``plot_curve``.
+"""Fusion tuning: sweep alpha x normalisation (linear) and k (RRF), each at every document weight, over fixed
+candidates, pick by nDCG@10 with k-fold cross-validation over queries. Pure, apart from ``plot_curve``.
 
 Candidates are retrieved once per query (``esrag.evaluation.retrieve_candidates``); every setting is then
 re-fused client-side, so a sweep costs no further store round trips.
@@ -20,41 +20,45 @@ from typing import Any
 
 import numpy as np
 
-from esrag.config import NORMALIZATIONS
+from esrag.config import NORMALIZATIONS, check_doc_weight
 from esrag.errors import ConfigError, MissingDependencyError
 from esrag.evaluation import RUN_DEPTH, QrelsDict, Ranking, doc_ranking, evaluate_per_query
 from esrag.search import fuse
 from esrag.types import SearchResponse
 
 DEFAULT_RRF_KS = (1, 10, 20, 40, 60, 100)
+DEFAULT_DOC_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 TUNE_METRIC = "ndcg@10"
 
 
 @dataclass(frozen=True)
 class FusionSetting:
     """One point of the sweep. RRF is swept at alpha 0.5 (equal weights); ``normalization`` only matters for
-    linear fusion and ``rrf_k`` only for RRF."""
+    linear fusion and ``rrf_k`` only for RRF; ``doc_weight`` for both (esrag.fusion.with_document_evidence)."""
 
     fusion: str
     alpha: float
     normalization: str = "minmax"
     rrf_k: int = 60
+    doc_weight: float = 0.0
 
     @property
     def label(self) -> str:
+        weight = f" doc={self.doc_weight:g}"
         if self.fusion == "rrf":
-            return f"rrf k={self.rrf_k}"
-        return f"linear {self.normalization} alpha={self.alpha:.2f}"
+            return f"rrf k={self.rrf_k}{weight}"
+        return f"linear {self.normalization} alpha={self.alpha:.2f}{weight}"
 
     def config_updates(self) -> dict[str, Any]:
         """What ``esrag tune --save`` writes to esrag.toml for this setting."""
         if self.fusion == "rrf":
-            return {"fusion": "rrf", "alpha": self.alpha, "rrf_k": self.rrf_k}
-        return {"fusion": "linear", "alpha": self.alpha, "normalization": self.normalization}
+            return {"fusion": "rrf", "alpha": self.alpha, "rrf_k": self.rrf_k, "doc_weight": self.doc_weight}
+        return {"fusion": "linear", "alpha": self.alpha, "normalization": self.normalization,
+                "doc_weight": self.doc_weight}
 
     def to_dict(self) -> dict[str, Any]:
         return {"fusion": self.fusion, "alpha": self.alpha, "normalization": self.normalization,
-                "rrf_k": self.rrf_k}
+                "rrf_k": self.rrf_k, "doc_weight": self.doc_weight}
 
 
 def alpha_grid(step: float) -> list[float]:
@@ -72,18 +76,27 @@ def sweep_settings(
     step: float = 0.1,
     normalizations: Sequence[str] = NORMALIZATIONS,
     rrf_ks: Sequence[int] = DEFAULT_RRF_KS,
+    doc_weights: Sequence[float] = DEFAULT_DOC_WEIGHTS,
 ) -> list[FusionSetting]:
-    """Linear fusion at every alpha of ``alpha_grid(step)`` for each normaliser, then RRF at each k."""
+    """For each document weight: linear fusion at every alpha of ``alpha_grid(step)`` for each normaliser,
+    then RRF at each k."""
     if any(k < 1 for k in rrf_ks):
         raise ConfigError(f"RRF k values must be at least 1, got {list(rrf_ks)}")
-    linear = [FusionSetting("linear", a, n) for n in normalizations for a in alpha_grid(step)]
-    return linear + [FusionSetting("rrf", 0.5, "minmax", k) for k in rrf_ks]
+    if not doc_weights:
+        raise ConfigError("give at least one document weight")
+    for w in doc_weights:
+        check_doc_weight(w)
+    out = []
+    for w in dict.fromkeys(doc_weights):
+        out += [FusionSetting("linear", a, n, doc_weight=w) for n in normalizations for a in alpha_grid(step)]
+        out += [FusionSetting("rrf", 0.5, "minmax", k, doc_weight=w) for k in rrf_ks]
+    return out
 
 
 def fused_ranking(response: SearchResponse, setting: FusionSetting, depth: int = RUN_DEPTH) -> Ranking:
     """Document ranking of one query's candidates under ``setting`` (best chunk per document)."""
     hits = fuse(response.bm25, response.dense, "hybrid", setting.fusion, setting.alpha,
-                setting.normalization, setting.rrf_k)
+                setting.normalization, setting.rrf_k, doc_weight=setting.doc_weight)
     return doc_ranking(((h.doc_id, h.score) for h in hits), depth)
 
 
@@ -218,8 +231,24 @@ def tune_to_dict(result: TuneResult) -> dict[str, Any]:
     }
 
 
+def at_doc_weight(result: TuneResult, doc_weight: float | None = None) -> dict[FusionSetting, float]:
+    """The curve at one document weight (the best setting's when None), as the tables and plot show it."""
+    w = result.best.doc_weight if doc_weight is None else doc_weight
+    return {s: v for s, v in result.curve.items() if s.doc_weight == w}
+
+
+def best_per_doc_weight(result: TuneResult) -> dict[float, tuple[FusionSetting, float]]:
+    """doc weight -> the best setting at that weight and its score (ties: the earliest in the curve)."""
+    out: dict[float, tuple[FusionSetting, float]] = {}
+    for s, v in result.curve.items():
+        if s.doc_weight not in out or v > out[s.doc_weight][1] + 1e-12:
+            out[s.doc_weight] = (s, v)
+    return out
+
+
 def plot_curve(result: TuneResult, path: str | Path, title: str = "") -> Path:
-    """Write a PNG: the metric against alpha for each normaliser (left) and against k for RRF (right)."""
+    """Write a PNG at the best setting's document weight: the metric against alpha for each normaliser (left)
+    and against k for RRF (right)."""
     try:
         import matplotlib
 
@@ -227,19 +256,20 @@ def plot_curve(result: TuneResult, path: str | Path, title: str = "") -> Path:
         import matplotlib.pyplot as plt
     except ImportError as e:
         raise MissingDependencyError("matplotlib", "eval", "--plot") from e
-    linear = [s for s in result.curve if s.fusion == "linear"]
-    rrf = sorted((s for s in result.curve if s.fusion == "rrf"), key=lambda s: s.rrf_k)
+    curve = at_doc_weight(result)
+    linear = [s for s in curve if s.fusion == "linear"]
+    rrf = sorted((s for s in curve if s.fusion == "rrf"), key=lambda s: s.rrf_k)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4), gridspec_kw={"width_ratios": [2, 1]}, sharey=True)
     for norm in dict.fromkeys(s.normalization for s in linear):
-        pts = sorted((s.alpha, result.curve[s]) for s in linear if s.normalization == norm)
+        pts = sorted((s.alpha, curve[s]) for s in linear if s.normalization == norm)
         ax1.plot([a for a, _ in pts], [v for _, v in pts], marker="o", label=norm)
     ax1.set_xlabel("alpha (0 = BM25, 1 = dense)")
     ax1.set_ylabel(result.metric)
-    ax1.set_title("linear fusion")
+    ax1.set_title(f"linear fusion, doc weight {result.best.doc_weight:g}")
     ax1.grid(alpha=0.3)
     ax1.legend(title="normalisation")
     if rrf:
-        ax2.plot([str(s.rrf_k) for s in rrf], [result.curve[s] for s in rrf], marker="o", color="C3")
+        ax2.plot([str(s.rrf_k) for s in rrf], [curve[s] for s in rrf], marker="o", color="C3")
     ax2.set_xlabel("k")
     ax2.set_title("RRF (equal weights)")
     ax2.grid(alpha=0.3)

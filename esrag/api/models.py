@@ -41,6 +41,10 @@ class RetrievalOptions(BaseModel):
     normalization: Normalization | None = None
     candidates: int | None = Field(None, ge=1, le=MAX_CANDIDATES, description="Candidates fetched per side.")
     rrf_k: int | None = Field(None, ge=1, le=100_000)
+    doc_weight: float | None = Field(
+        None, ge=0.0, le=1.0, allow_inf_nan=False,
+        description="Weight of document evidence: each chunk's score on each side is mixed with its "
+                    "document's opening chunk's, (1 - w) * own + w * opening; 0 ranks chunks alone.")
     filters: dict[Key, str | list[str]] = Field(
         default_factory=dict,
         description="Metadata equality filters (also doc_id, source, title): different keys must all match, "
@@ -49,7 +53,7 @@ class RetrievalOptions(BaseModel):
     def overrides(self) -> dict[str, Any]:
         return {k: v for k, v in {"mode": self.mode, "alpha": self.alpha, "fusion": self.fusion,
                                   "normalization": self.normalization, "candidates": self.candidates,
-                                  "rrf_k": self.rrf_k}.items() if v is not None}
+                                  "rrf_k": self.rrf_k, "doc_weight": self.doc_weight}.items() if v is not None}
 
     def filter_dict(self) -> dict[str, tuple[str, ...]]:
         return {k: (v,) if isinstance(v, str) else tuple(v) for k, v in self.filters.items()}

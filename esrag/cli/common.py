@@ -168,10 +168,14 @@ def filter_option(f: F) -> F:
 
 fusion_options = stack(
     setting_option("alpha", "--alpha", metavar="A",
-                   help="Dense weight in [0,1]: 0 = pure BM25, 1 = pure kNN. [default: 0.7]"),
+                   help="Dense weight in [0,1]: 0 = pure BM25, 1 = pure kNN. [default: 0.65]"),
     choice_option("normalization", NORMALIZATIONS, "--normalization",
                   help="Per-list score normalisation for linear fusion. [default: zscore]"),
     setting_option("rrf_k", "--rrf-k", metavar="K", help="k of reciprocal rank fusion. [default: 60]"),
+    setting_option("doc_weight", "--doc-weight", metavar="W",
+                   help="Document evidence in [0,1]: each chunk's score on each side becomes (1-W) * its own + "
+                        "W * its document's opening chunk's (the lowest candidate's if that chunk was not "
+                        "retrieved); 0 ranks chunks alone. [default: 0.75]"),
 )
 
 retrieval_options = stack(

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from esrag.cli.common import build_settings, chunk_options, fusion_options, model_options, progress_flag, store_options
-from esrag.config import NORMALIZATIONS, save_settings
+from esrag.config import NORMALIZATIONS, check_doc_weight, save_settings
 from esrag.context import PLAIN
 from esrag.engine import Engine
 from esrag.errors import BulkWriteError, ConfigError
@@ -123,7 +123,7 @@ def eval_cmd(dataset_dir: Path, split: str, candidates: int, as_json: bool, prog
         if store_methods:
             retrieval = retrieve_candidates(dataset.queries, ctx.engine.searcher, candidates, show)
         runs = build_runs(dataset, retrieval.candidates if retrieval else {}, chosen, settings.alpha,
-                          settings.normalization, settings.rrf_k)
+                          settings.normalization, settings.rrf_k, doc_weight=settings.doc_weight)
         results = {m: evaluate_run(dataset.qrels, runs[m], METRICS) for m in chosen}
         report = ctx.report
         params = build_params(settings, ctx.engine)
@@ -139,7 +139,7 @@ def eval_cmd(dataset_dir: Path, split: str, candidates: int, as_json: bool, prog
         "queries": len(dataset.queries),
         "documents": len(dataset.documents),
         "params": {"alpha": settings.alpha, "normalization": settings.normalization, "rrf_k": settings.rrf_k,
-                   "candidates": candidates, **params},
+                   "doc_weight": settings.doc_weight, "candidates": candidates, **params},
         "results": results,
         "latency_ms": None if retrieval is None else {
             "query_embedding_mean": retrieval.embed_ms,
@@ -153,7 +153,8 @@ def eval_cmd(dataset_dir: Path, split: str, candidates: int, as_json: bool, prog
         return
     click.echo(f"{dataset.name} ({split}): {len(dataset.queries)} queries, {len(dataset.documents)} "
                f"documents, {settings.store_name} index {settings.index!r}")
-    click.echo(f"hybrid: linear {settings.normalization} alpha={settings.alpha}; rrf: k={settings.rrf_k}")
+    click.echo(f"hybrid: linear {settings.normalization} alpha={settings.alpha}; rrf: k={settings.rrf_k}; "
+               f"doc weight {settings.doc_weight} (every method)")
     click.echo(_describe_build(out["params"]))
     click.echo("")
     click.echo(f"{'method':<8}" + "".join(f"{METRIC_HEADERS[m]:>10}" for m in METRICS))
@@ -173,19 +174,23 @@ def eval_cmd(dataset_dir: Path, split: str, candidates: int, as_json: bool, prog
               help="Alpha step of the linear-fusion sweep.")
 @click.option("--rrf-ks", default="1,10,20,40,60,100", show_default=True, metavar="K[,K...]",
               help="RRF k values to try.")
+@click.option("--doc-weights", default="0,0.25,0.5,0.75,1", show_default=True, metavar="W[,W...]",
+              help="Document weights to try (see --doc-weight of `esrag search`), each with every fusion.")
 @click.option("--folds", type=click.IntRange(min=2), default=5, show_default=True,
               help="Cross-validation folds over queries.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the fold split.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the tuning curve as a PNG.")
-@click.option("--save", is_flag=True, help="Write the best fusion, alpha and normalisation to esrag.toml.")
+@click.option("--save", is_flag=True,
+              help="Write the best fusion, alpha, normalisation and document weight to esrag.toml.")
 def tune(dataset_dir: Path, split: str, candidates: int, as_json: bool, progress: bool | None, step: float,
-         rrf_ks: str, folds: int, seed: int, plot_path: Path | None, save: bool, **options: Any) -> None:
+         rrf_ks: str, doc_weights: str, folds: int, seed: int, plot_path: Path | None, save: bool,
+         **options: Any) -> None:
     """Sweep fusion settings on a BEIR-layout dataset and pick the best by nDCG@10.
 
     \b
     Linear fusion at alpha = 0, STEP, ..., 1 with each normaliser (minmax, zscore, none),
-    and RRF at each k. Candidates are fetched once per query and every setting is
+    and RRF at each k, each at every document weight. Candidates are fetched once per query and every setting is
     re-fused in the client. The best setting is chosen on all queries (and saved with
     --save); k-fold cross-validation over queries estimates how well choosing that way
     does on queries it was not chosen on.
@@ -199,7 +204,14 @@ def tune(dataset_dir: Path, split: str, candidates: int, as_json: bool, progress
     except ValueError as e:
         raise click.BadParameter(f"expected comma-separated integers, got {rrf_ks!r}",
                                  param_hint="--rrf-ks") from e
-    grid = sweep_settings(step, NORMALIZATIONS, ks)
+    try:
+        weights = [check_doc_weight(float(w)) for w in doc_weights.split(",") if w.strip()]
+    except ValueError as e:  # ConfigError is one
+        raise click.BadParameter(f"expected comma-separated weights in [0, 1], got {doc_weights!r}",
+                                 param_hint="--doc-weights") from e
+    if not weights:
+        raise click.BadParameter("give at least one weight", param_hint="--doc-weights")
+    grid = sweep_settings(step, NORMALIZATIONS, ks, weights)
     show = progress_flag(progress)
     with _prepared(dataset_dir, split, show, options) as ctx:
         settings, dataset = ctx.settings, ctx.dataset
@@ -243,22 +255,32 @@ def _describe_build(params: dict[str, Any]) -> str:
 
 
 def _print_tune(result: TuneResult, name: str, n_queries: int) -> None:
+    from esrag.tuning import at_doc_weight, best_per_doc_weight
+
     m = result.metric
-    linear = [s for s in result.curve if s.fusion == "linear"]
+    curve = at_doc_weight(result)
+    linear = [s for s in curve if s.fusion == "linear"]
     norms = list(dict.fromkeys(s.normalization for s in linear))
     alphas = sorted({s.alpha for s in linear})
-    by_key = {(s.normalization, s.alpha): v for s, v in result.curve.items() if s.fusion == "linear"}
+    by_key = {(s.normalization, s.alpha): v for s, v in curve.items() if s.fusion == "linear"}
     click.echo(f"{name}: {m} over {n_queries} queries\n")
-    click.echo("linear fusion")
+    per_weight = best_per_doc_weight(result)
+    if len(per_weight) > 1:
+        click.echo("document weight (best setting at each)")
+        click.echo(f"{'weight':>6}{m:>10}  setting")
+        for w, (s, v) in sorted(per_weight.items()):
+            click.echo(f"{w:>6.2f}{v:>10.4f}  {s.label}")
+        click.echo("")
+    click.echo(f"linear fusion at document weight {result.best.doc_weight:g}")
     click.echo(f"{'alpha':>6}" + "".join(f"{n:>10}" for n in norms))
     for a in alphas:
         click.echo(f"{a:>6.2f}" + "".join(f"{by_key[(n, a)]:>10.4f}" for n in norms))
-    rrf = sorted((s for s in result.curve if s.fusion == "rrf"), key=lambda s: s.rrf_k)
+    rrf = sorted((s for s in curve if s.fusion == "rrf"), key=lambda s: s.rrf_k)
     if rrf:
-        click.echo("\nrrf (equal weights)")
+        click.echo(f"\nrrf (equal weights) at document weight {result.best.doc_weight:g}")
         click.echo(f"{'k':>6}{m:>10}")
         for s in rrf:
-            click.echo(f"{s.rrf_k:>6}{result.curve[s]:>10.4f}")
+            click.echo(f"{s.rrf_k:>6}{curve[s]:>10.4f}")
     click.echo(f"\nbest on all queries: {result.best.label}: {m} {result.best_score:.4f} (optimistic: chosen "
                "and scored on the same queries)")
     click.echo(f"{result.folds}-fold cross-validation (seed {result.seed}): held-out {m} "

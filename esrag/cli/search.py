@@ -31,6 +31,13 @@ def search(query: str, filters: tuple[str, ...], explain: bool, as_json: bool, *
     hybrid = sum_i w_i / (rrf_k + rank_i)                      (--fusion rrf)
 
     \b
+    Before fusing, each side's score of a chunk is weighed with the score of
+    its section's opening chunk: (1 - W) * own + W * opening (--doc-weight W;
+    a section is the part of a document under one heading, or the whole
+    document when it has none). Long sections then no longer win by having
+    many chunks to match with.
+
+    \b
     Examples:
       esrag search "reset a forgotten password"
       esrag search "error 137" --mode bm25 -k 5
@@ -54,6 +61,9 @@ def search(query: str, filters: tuple[str, ...], explain: bool, as_json: bool, *
         click.echo(textwrap.indent(textwrap.shorten(" ".join(hit.text.split()), 300), "    "))
         if explain:
             click.echo(_arithmetic(hit, result))
+    if explain and result.doc_weight:
+        click.echo(f"\nraw scores and ranks are the store's; the normalised ones (rrf: the ranks) are of "
+                   f"(1 - {result.doc_weight:g}) * own + {result.doc_weight:g} * the section's opening chunk's")
     if info is not None:
         click.secho("\nRequest sent to the store:", bold=True)
         req = info["request"]

@@ -61,15 +61,19 @@ def test_documents_search_ask_status_round_trip(api: ApiServer, fake_distributio
     assert r.status_code == 200 and r.headers["content-type"] == "application/json"
     doc = r.json()
     assert doc["hits"][0]["doc_id"] == "tower" and doc["parameters"]["k"] == 2 and doc["explain"] is None
+    assert doc["parameters"]["doc_weight"] == 0.75  # the server's setting
     hit = doc["hits"][0]
     assert {"bm25_score", "dense_score", "bm25_rank", "dense_rank", "bm25_norm", "dense_norm"} <= set(hit)
     assert set(doc["timings_ms"]) == {"embed_ms", "store_ms", "fuse_ms"}
 
     # esrag search --json prints the same document, with and without explain
     for explain in (False, True):
-        body = {"query": "eiffel tower", "mode": "bm25", "filters": {"team": "paris"}, "explain": explain}
+        body = {"query": "eiffel tower", "mode": "bm25", "filters": {"team": "paris"}, "explain": explain,
+                "doc_weight": 0.25}
         served = post(api, "/v1/search", body).json()
+        assert served["parameters"]["doc_weight"] == 0.25
         cli = CliRunner().invoke(main, ["search", "eiffel tower", "--mode", "bm25", "--filter", "team=paris",
+                                        "--doc-weight", "0.25",
                                         "--json", *(["--explain"] if explain else []), *api.store_args,
                                         "--embedder", "hashed"])
         assert cli.exit_code == 0, cli.output
@@ -140,6 +144,7 @@ def test_every_bad_input_is_a_problem_naming_the_field(api: ApiServer) -> None:
     httpx.put(f"{api.url}/v1/documents/tower", json={"text": TOWER})
     cases: list[tuple[Any, str]] = [
         ({"query": "x", "alpha": 1.5}, "alpha"), ({"query": "x", "alpha": -0.1}, "alpha"),
+        ({"query": "x", "doc_weight": 2}, "doc_weight"),
         ({"query": "x", "k": 0}, "k"), ({"query": "x", "k": 100_000}, "k"), ({"query": ""}, "query"),
         ({"query": "   "}, "query"), ({"query": "x" * 5000}, "query"), ({"query": "x", "mode": "magic"}, "mode"),
         ({"query": "x", "fusion": "max"}, "fusion"), ({"query": "x", "colour": 1}, "colour"), ({}, "query"),

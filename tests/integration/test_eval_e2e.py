@@ -110,6 +110,7 @@ def test_eval_reports_every_method_and_reuses_the_index(
     assert out["results"]["dense"]["ndcg@10"] > 0.5
     assert out["results"]["hybrid"]["ndcg@10"] > 0.5
     assert out["ingest"]["documents_new"] == len(DOCS)
+    assert out["params"]["doc_weight"] == settings.doc_weight
 
     # TREC run files: "qid Q0 docid rank score tag", ranks 1..n, scores non-increasing
     assert sorted(p.name for p in runs.iterdir()) == sorted(f"{m}.trec" for m in out["results"])
@@ -132,6 +133,9 @@ def test_eval_reports_every_method_and_reuses_the_index(
     assert set(again["results"]) == {"bm25", "hybrid"}
     assert again["results"]["bm25"] == out["results"]["bm25"]
 
+    unweighted = json.loads(cli("eval", str(data), "--json", "--methods", "bm25", "--doc-weight", "0",
+                                *store_args(settings)).stdout)
+    assert unweighted["params"]["doc_weight"] == 0.0
     table = cli("eval", str(data), "--methods", "bm25", *store_args(settings)).stdout
     assert "nDCG@10" in table and "bm25" in table
 
@@ -143,9 +147,10 @@ def test_tune_plots_and_saves_the_best_setting(
     settings = store_settings()
     plot = tmp_path / "curve.png"
     result = cli("tune", str(data), "--json", "--step", "0.5", "--folds", "5", "--plot", str(plot), "--save",
-                 *store_args(settings))
+                 "--doc-weights", "0,0.5", *store_args(settings))
     out = json.loads(result.stdout)
-    assert len(out["curve"]) == 3 * 3 + 6
+    assert len(out["curve"]) == 2 * (3 * 3 + 6)
+    assert {p["doc_weight"] for p in out["curve"]} == {0.0, 0.5}
     assert len(out["cv"]["per_fold"]) == 5
     assert 0.0 <= out["cv"]["heldout_ndcg@10"] <= 1.0
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -153,6 +158,7 @@ def test_tune_plots_and_saves_the_best_setting(
     saved = tomllib.loads(config.read_text())
     best = out["best"]
     assert saved["fusion"] == best["fusion"] and saved["alpha"] == best["alpha"]
+    assert saved["doc_weight"] == best["doc_weight"]
     assert Settings.load(config_file=config).fusion == best["fusion"]
 
 

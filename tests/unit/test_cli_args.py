@@ -31,6 +31,15 @@ def test_help_does_not_import_torch() -> None:
     assert out.split() == ["False", "False"]
 
 
+@pytest.mark.parametrize("weight", ["-0.1", "1.01", "nan"])
+def test_doc_weight_outside_unit_interval_is_a_usage_error(runner: CliRunner, weight: str) -> None:
+    result = runner.invoke(main, ["search", "q", "--doc-weight", weight])
+    assert result.exit_code == 2
+    assert "--doc-weight" in result.output and "between 0 and 1" in result.output
+    tune = runner.invoke(main, ["tune", ".", "--doc-weights", f"0,{weight}"])
+    assert tune.exit_code == 2 and "--doc-weights" in tune.output
+
+
 @pytest.mark.parametrize("alpha", ["-0.1", "1.01", "2"])
 def test_alpha_outside_unit_interval_is_a_usage_error(runner: CliRunner, alpha: str) -> None:
     result = runner.invoke(main, ["search", "q", "--alpha", alpha])

@@ -26,7 +26,8 @@ def test_store_defaults_to_sqlite_without_an_es_url() -> None:
 
 @pytest.mark.parametrize(
     ("field", "value", "message"),
-    [("alpha", 1.5, "alpha"), ("fusion", "magic", "fusion"), ("chunk_overlap", 300, "chunk_overlap"),
+    [("alpha", 1.5, "alpha"), ("doc_weight", -0.5, "doc_weight"), ("doc_weight", float("nan"), "doc_weight"),
+     ("fusion", "magic", "fusion"), ("chunk_overlap", 300, "chunk_overlap"),
      ("index", "UPPER", "invalid index name"), ("k", 0, "k must be")],
 )
 def test_invalid_values_raise_config_error(field: str, value: object, message: str) -> None:

@@ -26,6 +26,7 @@ from esrag.evaluation import (
     tfidf_run,
     tfidf_tokenize,
 )
+from esrag.search import fuse
 from esrag.tuning import (
     FusionSetting,
     alpha_grid,
@@ -39,9 +40,9 @@ from esrag.tuning import (
 from esrag.types import Document, ScoredChunk, SearchResponse
 
 
-def sc(chunk_id: str, doc_id: str, score: float) -> ScoredChunk:
+def sc(chunk_id: str, doc_id: str, score: float, chunk_index: int = 0) -> ScoredChunk:
     return ScoredChunk(id=chunk_id, score=score, doc_id=doc_id, source=doc_id, title="", text="",
-                       chunk_index=0)
+                       chunk_index=chunk_index, section=0)
 
 
 def ranking(*doc_ids: str) -> list[tuple[str, float]]:
@@ -209,18 +210,25 @@ def test_alpha_grid_and_sweep() -> None:
     assert alpha_grid(0.1) == [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
     assert alpha_grid(0.3) == [0.0, 0.3, 0.6, 0.9, 1.0]
     grid = sweep_settings(0.1)
-    assert len(grid) == 3 * 11 + 6
-    assert {s.normalization for s in grid if s.fusion == "linear"} == {"minmax", "zscore", "none"}
-    assert [s.rrf_k for s in grid if s.fusion == "rrf"] == [1, 10, 20, 40, 60, 100]
+    assert len(grid) == 5 * (3 * 11 + 6)
+    assert [w for w in dict.fromkeys(s.doc_weight for s in grid)] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    at_half = [s for s in grid if s.doc_weight == 0.5]
+    assert {s.normalization for s in at_half if s.fusion == "linear"} == {"minmax", "zscore", "none"}
+    assert [s.rrf_k for s in at_half if s.fusion == "rrf"] == [1, 10, 20, 40, 60, 100]
+    assert len(sweep_settings(0.5, ["zscore"], [60], [0.0, 0.0])) == 3 + 1  # a repeated weight counts once
     with pytest.raises(ConfigError):
         alpha_grid(0.0)
+    with pytest.raises(ConfigError, match="doc_weight"):
+        sweep_settings(0.5, ["zscore"], [60], [1.5])
+    with pytest.raises(ConfigError, match="document weight"):
+        sweep_settings(0.5, ["zscore"], [60], [])
 
 
 def test_config_updates() -> None:
-    assert FusionSetting("linear", 0.3, "zscore").config_updates() == {
-        "fusion": "linear", "alpha": 0.3, "normalization": "zscore"}
+    assert FusionSetting("linear", 0.3, "zscore", doc_weight=0.25).config_updates() == {
+        "fusion": "linear", "alpha": 0.3, "normalization": "zscore", "doc_weight": 0.25}
     assert FusionSetting("rrf", 0.5, "minmax", 20).config_updates() == {
-        "fusion": "rrf", "alpha": 0.5, "rrf_k": 20}
+        "fusion": "rrf", "alpha": 0.5, "rrf_k": 20, "doc_weight": 0.0}
 
 
 def test_kfold_split_is_a_seeded_partition() -> None:
@@ -275,10 +283,44 @@ def test_tune_end_to_end_on_fixed_candidates() -> None:
     # BM25 puts the relevant doc first, dense puts it third: low alpha wins.
     resp = SearchResponse(bm25=[sc("r", "R", 9.0), sc("x", "X", 5.0), sc("y", "Y", 1.0)],
                           dense=[sc("x", "X", 0.9), sc("y", "Y", 0.8), sc("r", "R", 0.2)])
-    grid = sweep_settings(0.5, ["minmax"], [60])
+    grid = sweep_settings(0.5, ["minmax"], [60], [0.0])
     scores = score_settings(qrels, {q: resp for q in qrels}, grid)
     result = tune(scores, folds=3, seed=0)
     assert result.curve[FusionSetting("linear", 0.0, "minmax")] == pytest.approx(1.0)
     assert result.curve[FusionSetting("linear", 1.0, "minmax")] == pytest.approx(0.5)  # rank 3: 1/log2(4)
     assert result.best == FusionSetting("linear", 0.0, "minmax")
     assert result.cv.heldout_mean == pytest.approx(1.0)
+
+
+def test_tune_chooses_a_document_weight_where_document_evidence_ranks_better() -> None:
+    qrels = {f"q{i}": {"SHORT": 1} for i in range(6)}
+    # a long document's later chunk edges out the short relevant one on both sides; its opening chunk is weak
+    resp = SearchResponse(
+        bm25=[sc("long#3", "LONG", 9.0, 3), sc("short#0", "SHORT", 8.5), sc("long#0", "LONG", 1.0)],
+        dense=[sc("long#3", "LONG", 0.80, 3), sc("short#0", "SHORT", 0.78), sc("long#0", "LONG", 0.20)])
+    grid = sweep_settings(0.5, ["minmax"], [60], [0.0, 0.5])
+    result = tune(score_settings(qrels, {q: resp for q in qrels}, grid), folds=3, seed=0)
+    assert result.curve[FusionSetting("linear", 0.5, "minmax", doc_weight=0.0)] == pytest.approx(1 / math.log2(3))
+    assert result.curve[FusionSetting("linear", 0.5, "minmax", doc_weight=0.5)] == pytest.approx(1.0)
+    assert result.best.doc_weight == 0.5
+    assert method_ranking(resp, "dense", doc_weight=0.5)[0][0] == "SHORT"
+    assert method_ranking(resp, "bm25", doc_weight=0.0)[0][0] == "LONG"
+
+
+def test_fuse_with_document_evidence_reports_raw_store_scores_and_ranks() -> None:
+    bm25 = [sc("long#3", "LONG", 9.0, 3), sc("short#0", "SHORT", 8.5), sc("long#0", "LONG", 1.0)]
+    dense = [sc("short#0", "SHORT", 0.7), sc("long#3", "LONG", 0.6, 3)]
+    hits = fuse(bm25, dense, "hybrid", "linear", 0.5, "minmax", 60, doc_weight=0.5)
+    assert [h.id for h in hits] == ["short#0", "long#3", "long#0"]
+    by_id = {h.id: h for h in hits}
+    assert (by_id["long#3"].bm25_score, by_id["long#3"].bm25_rank) == (9.0, 1)
+    assert (by_id["long#3"].dense_score, by_id["long#3"].dense_rank) == (0.6, 2)
+    assert (by_id["long#0"].dense_score, by_id["long#0"].dense_rank) == (None, None)
+    # the normalised scores are of the weighted ones: bm25 long#3 = 0.5*9 + 0.5*1 = 5, short#0 = 8.5
+    assert by_id["short#0"].bm25_norm == pytest.approx(1.0)
+    assert by_id["long#3"].bm25_norm == pytest.approx((5.0 - 1.0) / (8.5 - 1.0))
+    assert by_id["short#0"].score == pytest.approx(0.5 * by_id["short#0"].bm25_norm + 0.5 * by_id["short#0"].dense_norm)
+    # BM25 alone: the long document's chunk first without document evidence, the short one with it
+    assert [h.id for h in fuse(bm25, [], "bm25", "linear", 0.0, "minmax", 60)][:2] == ["long#3", "short#0"]
+    assert [h.id for h in fuse(bm25, [], "bm25", "linear", 0.0, "minmax", 60, doc_weight=0.5)][:2] == [
+        "short#0", "long#3"]

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from esrag.fusion import linear_fusion, normalize, rrf_fusion
+from esrag.fusion import linear_fusion, normalize, rrf_fusion, with_document_evidence
 
 
 def test_minmax_normalises_to_unit_range() -> None:
@@ -134,3 +134,64 @@ def test_alpha_out_of_range_is_rejected(alpha: float) -> None:
         linear_fusion([], [], alpha)
     with pytest.raises(ValueError, match="alpha"):
         rrf_fusion([], [], alpha=alpha)
+
+
+# -- document evidence --------------------------------------------------------------------------------------
+
+
+def test_document_evidence_hand_computed() -> None:
+    # (id, doc_id, chunk_index, section, score), best first; A's opening chunk is retrieved, B's is not
+    chunks = [("a3", "A", 3, 0, 0.9), ("b2", "B", 2, 0, 0.8), ("a0", "A", 0, 0, 0.5), ("c0", "C", 0, 0, 0.4)]
+    out = with_document_evidence(chunks, 0.5)
+    # B's opening chunk is missing: it counts as the lowest candidate score (0.4)
+    assert [i for i, _ in out] == ["a3", "b2", "a0", "c0"]
+    assert [s for _, s in out] == pytest.approx([0.7, 0.5 * 0.8 + 0.5 * 0.4, 0.5, 0.4])
+    # weight 1: every chunk scores as its section's opening chunk; equal scores keep the input order
+    at_one = with_document_evidence(chunks, 1.0)
+    assert [i for i, _ in at_one] == ["a3", "a0", "b2", "c0"]
+    assert [s for _, s in at_one] == pytest.approx([0.5, 0.5, 0.4, 0.4])
+
+
+def test_document_evidence_is_per_section_and_unknown_sections_stand_for_themselves() -> None:
+    # doc A has two sections, starting at chunks 0 and 2; its chunk 3 is weighed with chunk 2, not chunk 0
+    chunks = [("a3", "A", 3, 2, 0.9), ("a2", "A", 2, 2, 0.7), ("a0", "A", 0, 0, 0.1), ("x5", "X", 5, -1, 0.6)]
+    out = dict(with_document_evidence(chunks, 0.5))
+    assert out["a3"] == pytest.approx(0.8) and out["a2"] == pytest.approx(0.7)
+    assert out["a0"] == pytest.approx(0.1)
+    assert out["x5"] == pytest.approx(0.6)  # section unknown (written before sections were recorded)
+
+
+def test_document_evidence_reorders_documents() -> None:
+    # a long document's third chunk beats a short document's only chunk alone, not with its weak opening
+    chunks = [("long#2", "long", 2, 0, 0.62), ("short#0", "short", 0, 0, 0.60), ("long#0", "long", 0, 0, 0.30)]
+    assert [i for i, _ in with_document_evidence(chunks, 0.0)] == ["long#2", "short#0", "long#0"]
+    assert [i for i, _ in with_document_evidence(chunks, 0.5)] == ["short#0", "long#2", "long#0"]
+
+
+def test_document_evidence_weight_zero_is_identity_and_empty_is_empty() -> None:
+    chunks = [("x", "X", 1, 0, 3.0), ("y", "Y", 0, 0, 2.0), ("z", "X", 0, 0, 1.0)]
+    assert with_document_evidence(chunks, 0.0) == [("x", 3.0), ("y", 2.0), ("z", 1.0)]
+    assert with_document_evidence([], 0.5) == []
+
+
+@given(
+    st.lists(st.tuples(st.sampled_from("ABCD"), st.integers(0, 4), st.integers(-1, 2), st.floats(-10, 10)),
+             max_size=25),
+    st.floats(0, 1),
+)
+def test_document_evidence_keeps_each_sections_chunk_order(
+        raw: list[tuple[str, int, int, float]], weight: float) -> None:
+    chunks = sorted(((f"{d}{i}#{n}", d, i, min(sec, i), s) for n, (d, i, sec, s) in enumerate(raw)),
+                    key=lambda c: -c[4])
+    out = with_document_evidence(chunks, weight)
+    assert sorted(i for i, _ in out) == sorted(c[0] for c in chunks)
+    assert [s for _, s in out] == sorted((s for _, s in out), reverse=True)
+    key = {c[0]: (c[1], c[3]) for c in chunks}
+    for group in {(c[1], c[3]) for c in chunks if c[3] >= 0}:
+        assert [i for i, _ in out if key[i] == group] == [c[0] for c in chunks if (c[1], c[3]) == group]
+
+
+@pytest.mark.parametrize("weight", [-0.1, 1.5, math.nan])
+def test_doc_weight_out_of_range_is_rejected(weight: float) -> None:
+    with pytest.raises(ValueError, match="doc_weight"):
+        with_document_evidence([("a", "A", 0, 0, 1.0)], weight)
