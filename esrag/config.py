@@ -153,7 +153,7 @@ class RetrievalSettings(BaseModel):
     alpha: Alpha = 0.65
     fusion: Fusion = "linear"
     normalization: Normalization = "zscore"
-    # each chunk's score mixed with its document's opening chunk's (esrag/fusion.py); docs/evaluation.md
+    # each chunk's score mixed with its section's opening chunk's (esrag/fusion.py); docs/evaluation.md
     doc_weight: DocWeight = 0.75
     rrf_k: int = Field(60, ge=1)
     candidates: int = Field(100, ge=1)

@@ -52,7 +52,7 @@ class SearchParameters(BaseModel):
     fusion: str
     alpha: float
     normalization: str
-    doc_weight: float = Field(description="Weight of each chunk's document's opening chunk in its score.")
+    doc_weight: float = Field(description="Weight of each chunk's section's opening chunk in its score.")
     candidates: int = Field(description="Candidates fetched per side before fusion.")
     rrf_k: int
     filters: dict[str, list[str]]

@@ -1,4 +1,4 @@
-"""Fusion tuning: sweep alpha x normalisation (linear) and k (RRF), each at every document weight, over fixed
+"""Fusion tuning: sweep alpha x normalisation (linear) and k (RRF), each at every section weight, over fixed
 candidates, pick by nDCG@10 with k-fold cross-validation over queries. Pure, apart from ``plot_curve``.
 
 Candidates are retrieved once per query (``esrag.evaluation.retrieve_candidates``); every setting is then
@@ -78,12 +78,12 @@ def sweep_settings(
     rrf_ks: Sequence[int] = DEFAULT_RRF_KS,
     doc_weights: Sequence[float] = DEFAULT_DOC_WEIGHTS,
 ) -> list[FusionSetting]:
-    """For each document weight: linear fusion at every alpha of ``alpha_grid(step)`` for each normaliser,
+    """For each section weight: linear fusion at every alpha of ``alpha_grid(step)`` for each normaliser,
     then RRF at each k."""
     if any(k < 1 for k in rrf_ks):
         raise ConfigError(f"RRF k values must be at least 1, got {list(rrf_ks)}")
     if not doc_weights:
-        raise ConfigError("give at least one document weight")
+        raise ConfigError("give at least one section weight")
     for w in doc_weights:
         check_doc_weight(w)
     out = []
@@ -232,13 +232,13 @@ def tune_to_dict(result: TuneResult) -> dict[str, Any]:
 
 
 def at_doc_weight(result: TuneResult, doc_weight: float | None = None) -> dict[FusionSetting, float]:
-    """The curve at one document weight (the best setting's when None), as the tables and plot show it."""
+    """The curve at one section weight (the best setting's when None), as the tables and plot show it."""
     w = result.best.doc_weight if doc_weight is None else doc_weight
     return {s: v for s, v in result.curve.items() if s.doc_weight == w}
 
 
 def best_per_doc_weight(result: TuneResult) -> dict[float, tuple[FusionSetting, float]]:
-    """doc weight -> the best setting at that weight and its score (ties: the earliest in the curve)."""
+    """section weight -> the best setting at that weight and its score (ties: the earliest in the curve)."""
     out: dict[float, tuple[FusionSetting, float]] = {}
     for s, v in result.curve.items():
         if s.doc_weight not in out or v > out[s.doc_weight][1] + 1e-12:
@@ -247,7 +247,7 @@ def best_per_doc_weight(result: TuneResult) -> dict[float, tuple[FusionSetting, 
 
 
 def plot_curve(result: TuneResult, path: str | Path, title: str = "") -> Path:
-    """Write a PNG at the best setting's document weight: the metric against alpha for each normaliser (left)
+    """Write a PNG at the best setting's section weight: the metric against alpha for each normaliser (left)
     and against k for RRF (right)."""
     try:
         import matplotlib
@@ -265,7 +265,7 @@ def plot_curve(result: TuneResult, path: str | Path, title: str = "") -> Path:
         ax1.plot([a for a, _ in pts], [v for _, v in pts], marker="o", label=norm)
     ax1.set_xlabel("alpha (0 = BM25, 1 = dense)")
     ax1.set_ylabel(result.metric)
-    ax1.set_title(f"linear fusion, doc weight {result.best.doc_weight:g}")
+    ax1.set_title(f"linear fusion, section weight {result.best.doc_weight:g}")
     ax1.grid(alpha=0.3)
     ax1.legend(title="normalisation")
     if rrf:

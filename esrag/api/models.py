@@ -43,8 +43,8 @@ class RetrievalOptions(BaseModel):
     rrf_k: int | None = Field(None, ge=1, le=100_000)
     doc_weight: float | None = Field(
         None, ge=0.0, le=1.0, allow_inf_nan=False,
-        description="Weight of document evidence: each chunk's score on each side is mixed with its "
-                    "document's opening chunk's, (1 - w) * own + w * opening; 0 ranks chunks alone.")
+        description="Weight of section evidence: each chunk's score on each side is mixed with its "
+                    "section's opening chunk's, (1 - w) * own + w * opening; 0 ranks chunks alone.")
     filters: dict[Key, str | list[str]] = Field(
         default_factory=dict,
         description="Metadata equality filters (also doc_id, source, title): different keys must all match, "

@@ -173,9 +173,10 @@ fusion_options = stack(
                   help="Per-list score normalisation for linear fusion. [default: zscore]"),
     setting_option("rrf_k", "--rrf-k", metavar="K", help="k of reciprocal rank fusion. [default: 60]"),
     setting_option("doc_weight", "--doc-weight", metavar="W",
-                   help="Document evidence in [0,1]: each chunk's score on each side becomes (1-W) * its own + "
-                        "W * its document's opening chunk's (the lowest candidate's if that chunk was not "
-                        "retrieved); 0 ranks chunks alone. [default: 0.75]"),
+                   help="Section evidence in [0,1]: each chunk's score on each side becomes (1-W) * its own + "
+                        "W * the score of its section's opening chunk (a section: the part of a document under "
+                        "one heading, or all of it without headings; the lowest candidate's score if that chunk "
+                        "was not retrieved); 0 ranks chunks alone. [default: 0.75]"),
 )
 
 retrieval_options = stack(

@@ -154,7 +154,7 @@ def eval_cmd(dataset_dir: Path, split: str, candidates: int, as_json: bool, prog
     click.echo(f"{dataset.name} ({split}): {len(dataset.queries)} queries, {len(dataset.documents)} "
                f"documents, {settings.store_name} index {settings.index!r}")
     click.echo(f"hybrid: linear {settings.normalization} alpha={settings.alpha}; rrf: k={settings.rrf_k}; "
-               f"doc weight {settings.doc_weight} (every method)")
+               f"section weight {settings.doc_weight} (every method)")
     click.echo(_describe_build(out["params"]))
     click.echo("")
     click.echo(f"{'method':<8}" + "".join(f"{METRIC_HEADERS[m]:>10}" for m in METRICS))
@@ -175,14 +175,14 @@ def eval_cmd(dataset_dir: Path, split: str, candidates: int, as_json: bool, prog
 @click.option("--rrf-ks", default="1,10,20,40,60,100", show_default=True, metavar="K[,K...]",
               help="RRF k values to try.")
 @click.option("--doc-weights", default="0,0.25,0.5,0.75,1", show_default=True, metavar="W[,W...]",
-              help="Document weights to try (see --doc-weight of `esrag search`), each with every fusion.")
+              help="Section weights to try (see --doc-weight of `esrag search`), each with every fusion.")
 @click.option("--folds", type=click.IntRange(min=2), default=5, show_default=True,
               help="Cross-validation folds over queries.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the fold split.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the tuning curve as a PNG.")
 @click.option("--save", is_flag=True,
-              help="Write the best fusion, alpha, normalisation and document weight to esrag.toml.")
+              help="Write the best fusion, alpha, normalisation and section weight to esrag.toml.")
 def tune(dataset_dir: Path, split: str, candidates: int, as_json: bool, progress: bool | None, step: float,
          rrf_ks: str, doc_weights: str, folds: int, seed: int, plot_path: Path | None, save: bool,
          **options: Any) -> None:
@@ -190,7 +190,7 @@ def tune(dataset_dir: Path, split: str, candidates: int, as_json: bool, progress
 
     \b
     Linear fusion at alpha = 0, STEP, ..., 1 with each normaliser (minmax, zscore, none),
-    and RRF at each k, each at every document weight. Candidates are fetched once per query and every setting is
+    and RRF at each k, each at every section weight. Candidates are fetched once per query and every setting is
     re-fused in the client. The best setting is chosen on all queries (and saved with
     --save); k-fold cross-validation over queries estimates how well choosing that way
     does on queries it was not chosen on.
@@ -266,18 +266,18 @@ def _print_tune(result: TuneResult, name: str, n_queries: int) -> None:
     click.echo(f"{name}: {m} over {n_queries} queries\n")
     per_weight = best_per_doc_weight(result)
     if len(per_weight) > 1:
-        click.echo("document weight (best setting at each)")
+        click.echo("section weight (best setting at each)")
         click.echo(f"{'weight':>6}{m:>10}  setting")
         for w, (s, v) in sorted(per_weight.items()):
             click.echo(f"{w:>6.2f}{v:>10.4f}  {s.label}")
         click.echo("")
-    click.echo(f"linear fusion at document weight {result.best.doc_weight:g}")
+    click.echo(f"linear fusion at section weight {result.best.doc_weight:g}")
     click.echo(f"{'alpha':>6}" + "".join(f"{n:>10}" for n in norms))
     for a in alphas:
         click.echo(f"{a:>6.2f}" + "".join(f"{by_key[(n, a)]:>10.4f}" for n in norms))
     rrf = sorted((s for s in curve if s.fusion == "rrf"), key=lambda s: s.rrf_k)
     if rrf:
-        click.echo(f"\nrrf (equal weights) at document weight {result.best.doc_weight:g}")
+        click.echo(f"\nrrf (equal weights) at section weight {result.best.doc_weight:g}")
         click.echo(f"{'k':>6}{m:>10}")
         for s in rrf:
             click.echo(f"{s.rrf_k:>6}{curve[s]:>10.4f}")

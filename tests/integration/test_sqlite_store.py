@@ -657,3 +657,40 @@ def test_a_store_of_schema_1_gains_the_section_column_and_its_old_chunks_read_as
     with sqlite3.connect(path) as conn:
         assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("2",)
     conn.close()
+
+
+def test_two_threads_opening_a_schema_1_store_at_once_both_upgrade_it_safely(tmp_path: Path) -> None:
+    first = SQLiteStore(settings(tmp_path / "store"))
+    first.ensure_index(META)
+    first.write([chunk("old", "sections of old")])
+    first.close()
+    path = next((tmp_path / "store").glob("*.db"))
+    with sqlite3.connect(path) as conn:
+        conn.execute("ALTER TABLE chunks DROP COLUMN section")
+        conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    conn.close()
+    barrier = threading.Barrier(2)
+    found: list[list[int]] = []
+    errors: list[BaseException] = []
+
+    def open_and_search() -> None:
+        store = SQLiteStore(settings(tmp_path / "store"))  # a store object each, as two processes would have
+        try:
+            barrier.wait()
+            hits = store.search(SearchRequest(text="sections", vector=None, candidates=5)).bm25
+            found.append([h.section for h in hits])
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+        finally:
+            store.close()
+
+    threads = [threading.Thread(target=open_and_search) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and found == [[-1], [-1]]
+    with sqlite3.connect(path) as conn:
+        columns = [r[1] for r in conn.execute("PRAGMA table_info(chunks)")]
+    conn.close()
+    assert columns.count("section") == 1

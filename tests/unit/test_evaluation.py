@@ -220,7 +220,7 @@ def test_alpha_grid_and_sweep() -> None:
         alpha_grid(0.0)
     with pytest.raises(ConfigError, match="doc_weight"):
         sweep_settings(0.5, ["zscore"], [60], [1.5])
-    with pytest.raises(ConfigError, match="document weight"):
+    with pytest.raises(ConfigError, match="section weight"):
         sweep_settings(0.5, ["zscore"], [60], [])
 
 
