@@ -635,16 +635,22 @@ def test_searches_during_an_analyzer_rebuild_never_fail(tmp_path: Path) -> None:
     s.close()
 
 
-def test_a_store_of_schema_1_gains_the_section_column_and_its_old_chunks_read_as_unknown(tmp_path: Path) -> None:
+def schema_1_store(tmp_path: Path) -> Path:
+    """A store file with one chunk, as esrag wrote it before chunks recorded their section."""
     first = SQLiteStore(settings(tmp_path / "store"))
     first.ensure_index(META)
     first.write([chunk("old", "sections of old")])
     first.close()
     path = next((tmp_path / "store").glob("*.db"))
-    with sqlite3.connect(path) as conn:  # the file as esrag wrote it before sections
+    with sqlite3.connect(path) as conn:
         conn.execute("ALTER TABLE chunks DROP COLUMN section")
         conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
     conn.close()
+    return path
+
+
+def test_a_store_of_schema_1_gains_the_section_column_and_its_old_chunks_read_as_unknown(tmp_path: Path) -> None:
+    path = schema_1_store(tmp_path)
     store = SQLiteStore(settings(tmp_path / "store"))
     try:
         new = dataclasses.replace(chunk("new", "sections of new", doc_id="new").chunk, chunk_index=3, section=2)
@@ -660,15 +666,7 @@ def test_a_store_of_schema_1_gains_the_section_column_and_its_old_chunks_read_as
 
 
 def test_two_threads_opening_a_schema_1_store_at_once_both_upgrade_it_safely(tmp_path: Path) -> None:
-    first = SQLiteStore(settings(tmp_path / "store"))
-    first.ensure_index(META)
-    first.write([chunk("old", "sections of old")])
-    first.close()
-    path = next((tmp_path / "store").glob("*.db"))
-    with sqlite3.connect(path) as conn:
-        conn.execute("ALTER TABLE chunks DROP COLUMN section")
-        conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
-    conn.close()
+    path = schema_1_store(tmp_path)
     barrier = threading.Barrier(2)
     found: list[list[int]] = []
     errors: list[BaseException] = []
