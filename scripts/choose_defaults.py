@@ -5,15 +5,15 @@ For one index configuration (model, chunking, embed template, analyzer: the usua
 BEIR-layout sets, each set is indexed the way ``esrag eval`` indexes it (incrementally, into the same
 ``eval-<set>...`` index, so a set `esrag eval` already indexed embeds nothing), every judged query is sent
 once, and every fusion setting of the sweep (linear fusion at each alpha for each normaliser, RRF at each k,
-each at every document weight) is scored on the same candidates. Then:
+each at every section weight) is scored on the same candidates. Then:
 
-* **per set**: nDCG@10 of bm25 and dense at each document weight, and of each setting, and the best setting
+* **per set**: nDCG@10 of bm25 and dense at each section weight, and of each setting, and the best setting
   on that set alone (an optimistic figure: chosen on the queries it is scored on);
 * **leave one set out**: for each set, the setting with the best mean nDCG@10 over the *other* sets (each
   set weighing the same), scored on the held-out set. This is how a default chosen here would do on a
   dataset nobody tuned on;
 * **overall**: the setting with the best mean over all sets, the candidate default, with its score on each
-  set next to the better single method there (at the same document weight).
+  set next to the better single method there (at the same section weight).
 
     python scripts/choose_defaults.py /tmp/sets/python-faq /tmp/sets/debian-faq /tmp/sets/git-doc \\
         --sqlite-dir /tmp/evalstore --analyzer english --json out.json
@@ -50,7 +50,7 @@ METRIC = "ndcg@10"
 
 
 def set_scores(path: Path, base: Settings, grid: list[FusionSetting], candidates: int) -> dict[str, Any]:
-    """Single methods at each document weight and every setting of ``grid`` on one set: {"single": {weight:
+    """Single methods at each section weight and every setting of ``grid`` on one set: {"single": {weight:
     {method: score}}, "settings": {setting: mean score}, "index": name, "queries": n}."""
     dataset = load_beir(path)
     settings = base.replace(index=eval_index_name(dataset.name, base.model, base.chunk_size, base.chunk_overlap,
@@ -92,7 +92,7 @@ def main() -> None:
     ap.add_argument("--candidates", type=int, default=300)
     ap.add_argument("--step", type=float, default=0.05, help="alpha step of the sweep")
     ap.add_argument("--rrf-ks", default="10,20,40,60,100")
-    ap.add_argument("--doc-weights", default="0,0.25,0.5,0.75,1", help="document weights of the sweep")
+    ap.add_argument("--doc-weights", default="0,0.25,0.5,0.75,1", help="section weights of the sweep")
     ap.add_argument("--json", type=Path, help="also write everything as JSON here")
     args = ap.parse_args()
     if len(args.sets) < 2:
@@ -108,7 +108,7 @@ def main() -> None:
 
     print(f"\nnDCG@10; index build: {sets[0]['build']}")
     weights = list(sets[0]["single"])
-    print("single methods (bm25 / dense) at each document weight")
+    print("single methods (bm25 / dense) at each section weight")
     print(f"{'set':<12}" + "".join(f"{w:>16g}" for w in weights))
     for x in sets:
         print(f"{x['name']:<12}" + "".join(f"{x['single'][w]['bm25']:>9.3f} {x['single'][w]['dense']:.3f}"
