@@ -119,7 +119,9 @@ def test_filters_and_explain(corpus: Path, store_settings: Callable[..., Setting
     assert [h["id"] for h in explained["hits"]] == [h["id"] for h in hits]
     out = _run(["search", "consumer partitions", "--explain", *args])
     assert out.exit_code == 0
-    assert "hybrid = 0.30 * " in out.output and "zscore" in out.output, out.output  # the defaults: 0.7, zscore
+    defaults = Settings()  # the default alpha and normalisation
+    assert f"hybrid = {1 - defaults.alpha:.2f} * " in out.output and defaults.normalization in out.output, out.output
+    assert "section's opening chunk" in out.output  # the section weight is said to be in the normalised scores
     if "elasticsearch" in args:
         assert "_msearch" in out.output and '"knn"' in out.output
 
