@@ -12,7 +12,7 @@ list:
 Reciprocal rank fusion: ``sum_i w_i / (k + rank_i)`` with 1-based ranks, ``w = (1 - alpha, alpha) * 2``
 so that alpha=0.5 gives the textbook unweighted RRF; a side that did not return a chunk adds nothing.
 
-Document evidence (``doc_weight``, applied to each side's list before normalisation): a chunk's score
+Section evidence (``doc_weight``, applied to each side's list before normalisation): a chunk's score
 becomes ``(1 - w) * own + w * opening``, where ``opening`` is that side's score of the first chunk of the
 chunk's section (``ScoredChunk.section``: the part of its document under one heading; the whole document
 when it has no headings), or the side's lowest candidate score if that chunk is not among the candidates.
@@ -90,11 +90,10 @@ def with_document_evidence(
     own = 1.0 - weight
     weighted = [(i, own * float(s) + weight * (s if sec < 0 else opening.get((d, sec), floor)))
                 for i, d, _, sec, s in chunks]
-    order = sorted(range(len(weighted)), key=lambda i: -weighted[i][1])
-    return [weighted[i] for i in order]
+    return sorted(weighted, key=lambda p: -p[1])  # stable: equal scores keep the input order
 
 
-def _ranked(hits: Sequence[tuple[str, float]]) -> dict[str, tuple[int, float]]:
+def ranked(hits: Sequence[tuple[str, float]]) -> dict[str, tuple[int, float]]:
     """id -> (1-based rank, score). If an id repeats, its first (best) occurrence wins."""
     out: dict[str, tuple[int, float]] = {}
     for rank, (doc, score) in enumerate(hits, start=1):
@@ -123,7 +122,7 @@ def linear_fusion(
 ) -> list[Fused]:
     """Fuse two ranked lists of (id, score), best first, with ``(1 - alpha) * bm25 + alpha * dense``."""
     check_alpha(alpha)
-    s_ranked, d_ranked = _ranked(bm25), _ranked(dense)
+    s_ranked, d_ranked = ranked(bm25), ranked(dense)
     s_ids, d_ids = list(s_ranked), list(d_ranked)
     s_norm = dict(zip(s_ids, normalize([s_ranked[i][1] for i in s_ids], normalization), strict=True))
     d_norm = dict(zip(d_ids, normalize([d_ranked[i][1] for i in d_ids], normalization), strict=True))
@@ -161,7 +160,7 @@ def rrf_fusion(
         msg = f"rrf k must be at least 1, got {k}"
         raise ValueError(msg)
     ws, wd = 2.0 * (1.0 - alpha), 2.0 * alpha
-    s_ranked, d_ranked = _ranked(bm25), _ranked(dense)
+    s_ranked, d_ranked = ranked(bm25), ranked(dense)
     out = []
     for doc in dict.fromkeys(list(s_ranked) + list(d_ranked)):
         s, d = s_ranked.get(doc), d_ranked.get(doc)

@@ -12,7 +12,7 @@ import numpy as np
 from esrag.config import Settings, check_alpha, check_doc_weight
 from esrag.embedders.base import Embedder
 from esrag.errors import ConfigError, ModelMismatchError
-from esrag.fusion import Fused, linear_fusion, rrf_fusion, with_document_evidence
+from esrag.fusion import Fused, linear_fusion, ranked, rrf_fusion, with_document_evidence
 from esrag.stores.base import Store
 from esrag.types import Filters, Hit, ScoredChunk, SearchRequest
 
@@ -70,19 +70,12 @@ def fuse(
     by_id.update({c.id: c for c in bm25})
     if doc_weight == 0.0:
         return [_hit(f, by_id[f.id]) for f in fused[:k]]
-    b_raw, d_raw = _store_ranks(bm25), _store_ranks(dense)
+    b_raw = ranked([(c.id, c.score) for c in bm25])  # the store's ranks and scores
+    d_raw = ranked([(c.id, c.score) for c in dense])
     return [_hit(f._replace(bm25_score=b[1] if (b := b_raw.get(f.id)) else None,
                             bm25_rank=b[0] if b else None,
                             dense_score=d[1] if (d := d_raw.get(f.id)) else None,
                             dense_rank=d[0] if d else None), by_id[f.id]) for f in fused[:k]]
-
-
-def _store_ranks(chunks: Sequence[ScoredChunk]) -> dict[str, tuple[int, float]]:
-    """id -> (1-based rank, raw score) as the store returned them (the first occurrence of an id)."""
-    out: dict[str, tuple[int, float]] = {}
-    for rank, c in enumerate(chunks, start=1):
-        out.setdefault(c.id, (rank, float(c.score)))
-    return out
 
 
 def _hit(f: Fused, c: ScoredChunk) -> Hit:
