@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from esrag.errors import EsragError
@@ -68,19 +68,7 @@ class IngestReport:
         return {
             "ok": self.ok,
             "aborted": self.aborted,
-            "files": self.files,
-            "documents": self.documents,
-            "documents_new": self.documents_new,
-            "documents_changed": self.documents_changed,
-            "documents_unchanged": self.documents_unchanged,
-            "documents_gone": self.documents_gone,
-            "documents_removed": self.documents_removed,
-            "chunks_written": self.chunks_written,
-            "chunks_embedded": self.chunks_embedded,
-            "chunks_reused": self.chunks_reused,
-            "chunks_unchanged": self.chunks_unchanged,
-            "chunks_deleted": self.chunks_deleted,
-            "decode_errors": self.decode_errors,
+            **{f.name: getattr(self, f.name) for f in fields(self) if f.name in _COUNTS},
             "skipped": [{"path": s.path, "reason": s.reason} for s in self.skipped],
             "warnings": list(self.warnings),
             "errors": [{"chunk_id": e.chunk_id, "source": e.source, "reason": e.reason, "status": e.status}
@@ -89,6 +77,10 @@ class IngestReport:
             "seconds": round(self.seconds, 3),
             "chunks_per_s": round(self.chunks_per_s, 2),
         }
+
+
+#: the counters of IngestReport (its int fields), in the order they are declared and reported
+_COUNTS = frozenset(f.name for f in fields(IngestReport) if f.type in ("int", int))
 
 
 class IngestAborted(EsragError):
