@@ -5,11 +5,11 @@ Thin: parse options, resolve settings, call esrag.evaluation / esrag.tuning, pri
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from esrag.evaluation import BeirDataset
     from esrag.ingest import IngestReport
     from esrag.tuning import TuneResult
+
+T = TypeVar("T")
 
 METRIC_HEADERS = {"ndcg@10": "nDCG@10", "mrr@10": "MRR@10", "recall@100": "R@100"}
 
@@ -199,16 +201,9 @@ def tune(dataset_dir: Path, split: str, candidates: int, as_json: bool, progress
     from esrag.tuning import plot_curve, score_settings, sweep_settings, tune_to_dict
     from esrag.tuning import tune as run_tune
 
-    try:
-        ks = [int(k) for k in rrf_ks.split(",") if k.strip()]
-    except ValueError as e:
-        raise click.BadParameter(f"expected comma-separated integers, got {rrf_ks!r}",
-                                 param_hint="--rrf-ks") from e
-    try:
-        weights = [check_doc_weight(float(w)) for w in doc_weights.split(",") if w.strip()]
-    except ValueError as e:  # ConfigError is one
-        raise click.BadParameter(f"expected comma-separated weights in [0, 1], got {doc_weights!r}",
-                                 param_hint="--doc-weights") from e
+    ks = _comma_separated(rrf_ks, int, "--rrf-ks", "integers")
+    weights = _comma_separated(doc_weights, lambda w: check_doc_weight(float(w)), "--doc-weights",
+                               "weights in [0, 1]")
     if not weights:
         raise click.BadParameter("give at least one weight", param_hint="--doc-weights")
     grid = sweep_settings(step, NORMALIZATIONS, ks, weights)
@@ -239,6 +234,15 @@ def tune(dataset_dir: Path, split: str, candidates: int, as_json: bool, progress
         click.echo(f"plot written to {plot_path}")
     if saved is not None:
         click.echo(f"saved {result.best.config_updates()} to {saved}")
+
+
+def _comma_separated(value: str, convert: Callable[[str], T], flag: str, what: str) -> list[T]:
+    """The non-blank items of ``value``, converted; a usage error naming ``flag`` when one does not convert
+    (``convert`` raises ValueError, which a ConfigError is)."""
+    try:
+        return [convert(v) for v in value.split(",") if v.strip()]
+    except ValueError as e:
+        raise click.BadParameter(f"expected comma-separated {what}, got {value!r}", param_hint=flag) from e
 
 
 def build_params(settings: Any, engine: Engine) -> dict[str, Any]:
