@@ -209,15 +209,17 @@ def method_ranking(
     unweighted reciprocal rank fusion with ``rrf_k``) from one query's candidates, fused exactly as
     ``esrag search`` fuses them (``doc_weight`` on every method: it is part of how esrag ranks one side)."""
     if method == "bm25":
-        hits = fuse(response.bm25, [], "bm25", "linear", 0.0, normalization, rrf_k, doc_weight=doc_weight)
+        hits = fuse(response.bm25, [], "bm25", "linear", 0.0, normalization, rrf_k, doc_weight=doc_weight,
+                    candidates=response.candidates)
     elif method == "dense":
-        hits = fuse([], response.dense, "dense", "linear", 1.0, normalization, rrf_k, doc_weight=doc_weight)
+        hits = fuse([], response.dense, "dense", "linear", 1.0, normalization, rrf_k, doc_weight=doc_weight,
+                    candidates=response.candidates)
     elif method == "hybrid":
         hits = fuse(response.bm25, response.dense, "hybrid", "linear", alpha, normalization, rrf_k,
-                    doc_weight=doc_weight)
+                    doc_weight=doc_weight, candidates=response.candidates)
     elif method == "rrf":
         hits = fuse(response.bm25, response.dense, "hybrid", "rrf", 0.5, normalization, rrf_k,
-                    doc_weight=doc_weight)
+                    doc_weight=doc_weight, candidates=response.candidates)
     else:
         raise ConfigError(f"unknown store method {method!r}; choose one of bm25, dense, hybrid, rrf")
     return doc_ranking(((h.doc_id, h.score) for h in hits), depth)
@@ -393,7 +395,8 @@ def retrieve_candidates(
             t = time.perf_counter()
             response = searcher.store.search(request)
             store_ms.append((time.perf_counter() - t) * 1e3)
-            out[qid] = SearchResponse(_strip(response.bm25), _strip(response.dense), response.took_ms)
+            out[qid] = SearchResponse(_strip(response.bm25), _strip(response.dense), response.took_ms,
+                                      request.candidates)
             if on_query is not None:
                 on_query(qid, response)
             if bar is not None:

@@ -196,7 +196,8 @@ class Prepared:
 
 def is_relevant(hits: Sequence[Hit], min_score: float) -> bool:
     """Whether retrieval found something worth answering from: any hit, and the best fused score reaches
-    ``min_score`` (on the scale of the fusion used: [0, 1] for linear, ~1/60 per list for RRF)."""
+    ``min_score`` (on the scale of the fusion used: linear is 0 for a chunk neither side returned and above
+    0 for any other, at most 1 with minmax; RRF ~1/60 per list)."""
     return bool(hits) and hits[0].score >= min_score
 
 

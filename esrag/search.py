@@ -27,6 +27,8 @@ class SearchResult:
     normalization: str
     timings_ms: dict[str, float] = field(default_factory=dict)
     doc_weight: float = 0.0
+    #: BM25 returned fewer candidates than asked: every matching chunk, so every other one scores 0 there
+    bm25_complete: bool = False
 
 
 def check_model(store: Store, embedder: Embedder) -> None:
@@ -50,8 +52,12 @@ def fuse(
     rrf_k: int,
     k: int | None = None,
     doc_weight: float = 0.0,
+    candidates: int | None = None,
 ) -> list[Hit]:
     """Turn the two candidate lists into the best ``k`` Hits (all of them when k is None), best first.
+
+    ``candidates`` is how many hits each side was asked for: a BM25 list shorter than that holds every
+    chunk matching the query, so every other chunk's BM25 score is known to be 0 (``esrag.fusion``).
 
     With ``doc_weight``, each side's scores are mixed with their sections' opening chunks' before the
     fusion (``esrag.fusion.with_document_evidence``); the Hits still report each side's raw store score and
@@ -65,7 +71,8 @@ def fuse(
     if fusion == "rrf":
         fused = rrf_fusion(b_in, d_in, rrf_k, alpha)
     else:
-        fused = linear_fusion(b_in, d_in, alpha, normalization)
+        complete = candidates is not None and len(bm25) < candidates
+        fused = linear_fusion(b_in, d_in, alpha, normalization, bm25_floor=0.0 if complete else None)
     by_id = {c.id: c for c in dense}
     by_id.update({c.id: c for c in bm25})
     if doc_weight == 0.0:
@@ -160,13 +167,28 @@ class HybridSearcher:
         response = self.store.search(request)
         t2 = time.perf_counter()
         hits = fuse(response.bm25, response.dense, mode, fusion, alpha, normalization, rrf_k or s.rrf_k, k,
-                    doc_weight)
+                    doc_weight, request.candidates)
         t3 = time.perf_counter()
         timings = {"embed_ms": (t1 - t0) * 1e3, "store_ms": (t2 - t1) * 1e3, "fuse_ms": (t3 - t2) * 1e3}
-        return SearchResult(hits, request, mode, fusion, alpha, normalization, timings, doc_weight)
+        complete = request.text is not None and len(response.bm25) < request.candidates
+        return SearchResult(hits, request, mode, fusion, alpha, normalization, timings, doc_weight, complete)
 
     def explain(self, result: SearchResult) -> dict[str, Any]:
         """The native request (paste into Kibana Dev Tools for ES) and the per-hit arithmetic."""
         return {"request": self.store.explain_request(result.request), "mode": result.mode,
                 "fusion": result.fusion, "alpha": result.alpha, "normalization": result.normalization,
-                "doc_weight": result.doc_weight}
+                "doc_weight": result.doc_weight, "bm25_complete": result.bm25_complete,
+                "normalized": normalization_meaning(result)}
+
+
+def normalization_meaning(result: SearchResult) -> str:
+    """One sentence on what the normalised scores of ``result`` mean (``--explain``, docs/fusion.md)."""
+    if result.fusion == "rrf":
+        return "each side adds w / (rrf_k + rank); a side that did not return a chunk adds 0"
+    floor = ("BM25 returned every chunk that matches the query (fewer than the candidates asked for), so "
+             "every other chunk's BM25 score is 0: that is its floor; " if result.bm25_complete else "")
+    what = {"zscore": "each side's score is its distance above the side's floor in standard deviations",
+            "minmax": "each side's score is (s - floor) / (best - floor), in (0, 1]",
+            "none": "each side's score is raw"}[result.normalization]
+    return (f"{floor}{what}; a side's floor stands for 'not returned' (one mean step below its lowest score "
+            f"when its list was cut), and a chunk that side did not return gets 0 from it")

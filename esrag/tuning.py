@@ -96,7 +96,8 @@ def sweep_settings(
 def fused_ranking(response: SearchResponse, setting: FusionSetting, depth: int = RUN_DEPTH) -> Ranking:
     """Document ranking of one query's candidates under ``setting`` (best chunk per document)."""
     hits = fuse(response.bm25, response.dense, "hybrid", setting.fusion, setting.alpha,
-                setting.normalization, setting.rrf_k, doc_weight=setting.doc_weight)
+                setting.normalization, setting.rrf_k, doc_weight=setting.doc_weight,
+                candidates=response.candidates)
     return doc_ranking(((h.doc_id, h.score) for h in hits), depth)
 
 

@@ -184,6 +184,9 @@ class SearchResponse:
     bm25: list[ScoredChunk]
     dense: list[ScoredChunk]
     took_ms: float = 0.0
+    #: how many candidates per side were asked for, when known: a BM25 list shorter than that holds every
+    #: chunk that matches the query, which fusion uses (``esrag.fusion.normalize``)
+    candidates: int | None = None
 
 
 @dataclass(frozen=True)

@@ -105,10 +105,12 @@ def test_method_rankings_from_one_response() -> None:
     )
     assert [d for d, _ in method_ranking(resp, "bm25")] == ["A", "B"]
     assert [d for d, _ in method_ranking(resp, "dense")] == ["C", "B", "A"]
-    # linear minmax at 0.5: a1 0.5, a2 0.5*0.6+0=0.3, b1 0.5*0+0.5*0.875=0.4375, c1 0.5
+    # linear minmax at 0.5, each side from its floor one mean step below its lowest: bm25 floor 2.5, span 7.5;
+    # dense floor -0.3, span 1.2. a1 0.5*1, a2 0.5*(5.5/7.5 + 0.4/1.2), b1 0.5*(2.5/7.5 + 1.1/1.2), c1 0.5*1
     hybrid = method_ranking(resp, "hybrid", alpha=0.5)
-    assert [d for d, _ in hybrid] == ["A", "C", "B"]
-    assert hybrid[0][1] == pytest.approx(0.5)
+    assert [d for d, _ in hybrid] == ["B", "A", "C"]
+    assert hybrid[0][1] == pytest.approx(0.5 * (2.5 / 7.5 + 1.1 / 1.2))
+    assert hybrid[1][1] == pytest.approx(0.5 * (5.5 / 7.5 + 0.4 / 1.2))
     assert [d for d, _ in method_ranking(resp, "rrf", rrf_k=60)][0] in {"A", "B"}
     with pytest.raises(ConfigError):
         method_ranking(resp, "tfidf")
@@ -318,7 +320,8 @@ def test_fuse_with_document_evidence_reports_raw_store_scores_and_ranks() -> Non
     assert (by_id["long#0"].dense_score, by_id["long#0"].dense_rank) == (None, None)
     # the normalised scores are of the weighted ones: bm25 long#3 = 0.5*9 + 0.5*1 = 5, short#0 = 8.5
     assert by_id["short#0"].bm25_norm == pytest.approx(1.0)
-    assert by_id["long#3"].bm25_norm == pytest.approx((5.0 - 1.0) / (8.5 - 1.0))
+    # (floor: 1.0 - (8.5 - 1.0) / 2 = -2.75)
+    assert by_id["long#3"].bm25_norm == pytest.approx((5.0 + 2.75) / (8.5 + 2.75))
     assert by_id["short#0"].score == pytest.approx(0.5 * by_id["short#0"].bm25_norm + 0.5 * by_id["short#0"].dense_norm)
     # BM25 alone: the long document's chunk first without document evidence, the short one with it
     assert [h.id for h in fuse(bm25, [], "bm25", "linear", 0.0, "minmax", 60)][:2] == ["long#3", "short#0"]

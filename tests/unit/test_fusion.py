@@ -8,30 +8,60 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from esrag.fusion import linear_fusion, normalize, rrf_fusion, with_document_evidence
+from esrag.fusion import Normalized, linear_fusion, normalize, rrf_fusion, with_document_evidence
 
 
-def test_minmax_normalises_to_unit_range() -> None:
-    assert normalize([10.0, 5.0, 0.0], "minmax") == [1.0, 0.5, 0.0]
+def test_minmax_scales_from_the_floor_one_mean_step_below_a_cut_list() -> None:
+    # cut list: floor = 0 - (10 - 0) / 2 = -5, span 15
+    assert normalize([10.0, 5.0, 0.0], "minmax") == Normalized(pytest.approx([1.0, 2 / 3, 1 / 3]), 0.0)
+    # complete BM25 list: every other chunk scores exactly 0
+    assert normalize([10.0, 5.0, 2.0], "minmax", floor=0.0, absent=7).scores == pytest.approx([1.0, 0.5, 0.2])
 
 
 def test_minmax_of_equal_scores_is_one() -> None:
-    assert normalize([3.0, 3.0], "minmax") == [1.0, 1.0]
-    assert normalize([7.0], "minmax") == [1.0]
+    assert normalize([3.0, 3.0], "minmax").scores == [1.0, 1.0]
+    assert normalize([7.0], "minmax") == Normalized([1.0], 0.0)
+    assert normalize([7.0], "minmax", floor=0.0, absent=40) == Normalized([1.0], 0.0)
 
 
-def test_zscore_uses_population_std() -> None:
-    # mean 2, population std sqrt(2/3)
-    out = normalize([1.0, 2.0, 3.0], "zscore")
-    s = math.sqrt(2 / 3)
-    assert out == pytest.approx([-1 / s, 0.0, 1 / s])
-    assert normalize([4.0, 4.0], "zscore") == [0.0, 0.0]
+def test_zscore_is_distance_from_the_floor_in_population_stds() -> None:
+    # cut list: floor 0 enters once; population {1, 2, 3, 0}: mean 1.5, variance 1.25
+    s = math.sqrt(1.25)
+    assert normalize([1.0, 2.0, 3.0], "zscore") == Normalized(pytest.approx([1 / s, 2 / s, 3 / s]), 0.0)
+    # equal scores: floor one below; population {4, 4, 3}: variance 2/9
+    assert normalize([4.0, 4.0], "zscore").scores == pytest.approx([3 / math.sqrt(2), 3 / math.sqrt(2)])
+
+
+def test_zscore_of_a_lone_hit_in_a_complete_list_is_m_over_sqrt_m_minus_one() -> None:
+    # population {4, 0, 0, 0, 0}: mean 0.8, std 1.6 -> 4 / 1.6 = 2.5 = 5 / sqrt(4)
+    assert normalize([4.0], "zscore", floor=0.0, absent=4) == Normalized(pytest.approx([2.5]), 0.0)
+    assert normalize([0.3], "zscore", floor=0.0, absent=99).scores == pytest.approx([100 / math.sqrt(99)])
+    # two equal hits among four: population {3, 3, 0, 0}, std 1.5
+    assert normalize([3.0, 3.0], "zscore", floor=0.0, absent=2).scores == pytest.approx([2.0, 2.0])
+    # a lone candidate, nothing absent: the hit and its floor, two points
+    assert normalize([0.7], "zscore").scores == pytest.approx([2.0])
+    assert normalize([0.7], "zscore", floor=0.0, absent=0).scores == pytest.approx([2.0])
 
 
 def test_none_keeps_raw_scores_and_empty_is_empty() -> None:
-    assert normalize([2.5, 1.0], "none") == [2.5, 1.0]
+    assert normalize([2.5, 1.0], "none") == Normalized([2.5, 1.0], 0.0)
+    # scores down to 0 or below: absent is one mean step below the lowest
+    assert normalize([0.5, -0.5], "none") == Normalized([0.5, -0.5], -1.5)
     for method in ("minmax", "zscore", "none"):
-        assert normalize([], method) == []
+        assert normalize([], method).scores == []
+
+
+@given(
+    st.lists(st.floats(-1e6, 1e6), min_size=1, max_size=30),
+    st.sampled_from(["minmax", "zscore", "none"]),
+    st.one_of(st.none(), st.just(0.0)),
+    st.integers(0, 200),
+)
+def test_every_returned_score_stands_above_not_returned(scores: list[float], method: str, floor: float | None,
+                                                        absent: int) -> None:
+    out = normalize(sorted(scores, reverse=True), method, floor, absent)
+    assert all(v > out.absent for v in out.scores)
+    assert out.scores == sorted(out.scores, reverse=True)  # the order is kept
 
 
 def test_unknown_normalization_is_an_error() -> None:
@@ -43,12 +73,12 @@ def test_linear_fusion_hand_computed_minmax() -> None:
     bm25 = [("a", 12.0), ("b", 8.0), ("c", 4.0)]
     dense = [("b", 0.9), ("d", 0.8), ("a", 0.5)]
     fused = linear_fusion(bm25, dense, alpha=0.4)
-    # bm25 norm: a 1.0, b 0.5, c 0.0 ; dense norm: b 1.0, d 0.75, a 0.0
+    # bm25: floor 4 - 4 = 0, span 12: a 1, b 2/3, c 1/3; dense: floor 0.5 - 0.2 = 0.3, span 0.6: b 1, d 5/6, a 1/3
     expected = {
-        "a": 0.6 * 1.0 + 0.4 * 0.0,   # 0.6
-        "b": 0.6 * 0.5 + 0.4 * 1.0,   # 0.7
-        "c": 0.6 * 0.0 + 0.4 * 0.0,   # 0.0 (only bm25, min)
-        "d": 0.6 * 0.0 + 0.4 * 0.75,  # 0.3 (only dense)
+        "a": 0.6 * 1.0 + 0.4 * (1 / 3),    # 0.7333
+        "b": 0.6 * (2 / 3) + 0.4 * 1.0,    # 0.8
+        "c": 0.6 * (1 / 3) + 0.4 * 0.0,    # 0.2 (only bm25, its lowest: still above not returned)
+        "d": 0.6 * 0.0 + 0.4 * (5 / 6),    # 0.3333 (only dense)
     }
     assert [f.id for f in fused] == ["b", "a", "d", "c"]
     for f in fused:
@@ -60,11 +90,48 @@ def test_linear_fusion_hand_computed_minmax() -> None:
 
 
 def test_linear_fusion_hand_computed_zscore() -> None:
-    bm25 = [("a", 3.0), ("b", 1.0)]      # z: +1, -1
-    dense = [("b", 0.8), ("c", 0.4)]       # z: +1, -1
+    bm25 = [("a", 3.0), ("b", 1.0)]      # floor -1; population {3, 1, -1}: std 2 sqrt(2/3) -> a sqrt(6), b sqrt(1.5)
+    dense = [("b", 0.8), ("c", 0.4)]     # floor 0; population {0.8, 0.4, 0}: std 0.4 sqrt(2/3) -> b sqrt(6) ...
     fused = {f.id: f.score for f in linear_fusion(bm25, dense, alpha=0.5, normalization="zscore")}
-    # a side that did not return a hit counts as that side's lowest z-score (-1), not as average (0)
-    assert fused == pytest.approx({"a": 0.5 * 1 + 0.5 * -1, "b": 0.5 * -1 + 0.5 * 1, "c": 0.5 * -1 + 0.5 * -1})
+    # a side that did not return a hit gives it 0, below its lowest hit
+    r6, r15 = math.sqrt(6), math.sqrt(1.5)
+    assert fused == pytest.approx({"a": 0.5 * r6, "b": 0.5 * r15 + 0.5 * r6, "c": 0.5 * r15})
+
+
+def test_a_lone_bm25_hit_of_a_complete_list_counts_m_over_sqrt_m_minus_one() -> None:
+    # BM25 returned one chunk of the 4 in the union, fewer than asked: the 3 others score exactly 0
+    dense = [("p", 0.9), ("q", 0.8), ("x", 0.7), ("r", 0.6)]
+    fused = {f.id: f for f in linear_fusion([("x", 4.0)], dense, 0.65, "zscore", bm25_floor=0.0)}
+    assert fused["x"].bm25_norm == pytest.approx(4 / math.sqrt(3))
+    # dense: floor 0.5; population {0.9 .. 0.5}: std sqrt(0.02)
+    std = math.sqrt(0.02)
+    assert fused["x"].dense_norm == pytest.approx(0.2 / std)
+    assert fused["x"].score == pytest.approx(0.35 * 4 / math.sqrt(3) + 0.65 * 0.2 / std)
+    assert fused["p"].score == pytest.approx(0.65 * 0.4 / std) and fused["p"].bm25_norm == 0.0
+    # the same list, cut: the floor is one below the hit, entering once -> 2 standard deviations
+    cut = {f.id: f for f in linear_fusion([("x", 4.0)], dense, 0.65, "zscore")}
+    assert cut["x"].bm25_norm == pytest.approx(2.0)
+
+
+@given(
+    st.lists(st.tuples(st.text(min_size=1, max_size=2), st.floats(0.01, 100)), min_size=1, max_size=15,
+             unique_by=lambda t: t[0]),
+    st.lists(st.tuples(st.text(min_size=1, max_size=2), st.floats(-1, 1)), max_size=15, unique_by=lambda t: t[0]),
+    st.floats(0, 0.99),
+    st.sampled_from(["minmax", "zscore", "none"]),
+    st.booleans(),
+)
+def test_a_chunk_bm25_returned_gets_more_than_had_it_not(bm25: list[tuple[str, float]],
+                                                         dense: list[tuple[str, float]], alpha: float,
+                                                         normalization: str, complete: bool) -> None:
+    bm25 = sorted(bm25, key=lambda t: -t[1])
+    dense = sorted(dense, key=lambda t: -t[1])
+    for f in linear_fusion(bm25, dense, alpha, normalization, bm25_floor=0.0 if complete else None):
+        if f.bm25_rank is not None:
+            assert f.bm25_norm > 0.0
+            assert f.score > alpha * f.dense_norm  # what it had, had BM25 not returned it
+        else:
+            assert f.bm25_norm == 0.0
 
 
 def test_alpha_zero_is_exact_bm25_order_and_alpha_one_exact_knn_order() -> None:
@@ -101,7 +168,8 @@ def test_ties_break_by_rank_on_the_heavier_side_then_id() -> None:
 def test_empty_and_one_sided_lists() -> None:
     assert linear_fusion([], [], 0.5) == []
     only_bm25 = linear_fusion([("a", 2.0), ("b", 1.0)], [], 0.5)
-    assert [(f.id, f.score) for f in only_bm25] == [("a", 0.5), ("b", 0.0)]
+    # floor 1 - 1 = 0: a 1, b 0.5
+    assert [(f.id, f.score) for f in only_bm25] == [("a", 0.5), ("b", 0.25)]
     only_dense = rrf_fusion([], [("a", 0.9)], k=60)
     assert only_dense[0].score == pytest.approx(1 / 61)
 
