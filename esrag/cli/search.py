@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from esrag.cli.common import engine_from, model_options, parse_filters, retrieval_options, setting_option, store_options
+from esrag.search import normalization_meaning
 
 
 @click.command()
@@ -61,6 +62,8 @@ def search(query: str, filters: tuple[str, ...], explain: bool, as_json: bool, *
         click.echo(textwrap.indent(textwrap.shorten(" ".join(hit.text.split()), 300), "    "))
         if explain:
             click.echo(_arithmetic(hit, result))
+    if explain and result.hits:
+        click.echo("\n" + textwrap.fill(normalization_meaning(result), 110))
     if explain and result.doc_weight:
         click.echo(f"\nraw scores and ranks are the store's; the normalised ones (rrf: the ranks) are of "
                    f"(1 - {result.doc_weight:g}) * own + {result.doc_weight:g} * the section's opening chunk's")
