@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from esrag import __version__
+from esrag import __version__, logs
 from esrag.errors import EsragError
 
 # command name -> "module:attribute"
@@ -84,6 +84,6 @@ class LazyGroup(click.Group):
 @click.option("-v", "--verbose", count=True, help="Log more (-v info, -vv debug).")
 def main(verbose: int) -> None:
     level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(level=level, handlers=[logs.stream_handler(sys.stderr)])
     for noisy in ("elastic_transport", "httpx", "sentence_transformers", "transformers"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
