@@ -36,10 +36,16 @@ def test_keys_from_the_environment_and_a_file_with_their_scopes(tmp_path: Path) 
 @pytest.mark.parametrize(("entries", "message"), [
     ("short", "ESRAG_API_KEYS: an API key must be at least 16"),
     (f"rw:{'a' * 8}", "at least 16"),
+    (f"RW:{W}", "unknown key prefix 'RW:': write it in lower case, rw:KEY"),
+    (f"Ro:{W}", "unknown key prefix 'Ro:'"),
+    (f"admin:{W}", "ESRAG_API_KEYS: an entry has an unknown prefix"),
+    (f"{W}:{R}", "unknown prefix"),
+    (f"rw:{W}:{R}", "may not contain ':'"),
 ])
 def test_bad_keys_are_config_errors_naming_where(entries: str, message: str) -> None:
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError, match=message) as e:
         load_keys({"ESRAG_API_KEYS": entries})
+    assert W not in str(e.value) and R not in str(e.value)
 
 
 def test_a_key_file_that_is_missing_or_empty_is_named(tmp_path: Path) -> None:
