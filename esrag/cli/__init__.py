@@ -64,7 +64,9 @@ class LazyGroup(click.Group):
         try:
             return super().invoke(ctx)
         except EsragError as e:
-            click.secho(f"Error: {e}", err=True, fg="red")
+            from esrag.cli.common import flag_of
+
+            click.secho(f"Error: {e.worded(flag_of)}", err=True, fg="red")
             ctx.exit(e.exit_code)
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
