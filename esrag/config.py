@@ -70,7 +70,7 @@ def check_alpha(alpha: float) -> float:
     """``alpha`` if it is a number in [0, 1]; ConfigError (a ValueError) otherwise, NaN included. The one
     definition that settings, CLI flags, API bodies, search and fusion all use."""
     if not 0.0 <= alpha <= 1.0:
-        raise ConfigError(f"alpha must be between 0 and 1, got {alpha}")
+        raise ConfigError(f"alpha must be between 0 and 1, got {alpha}", field="alpha")
     return alpha
 
 
@@ -80,7 +80,7 @@ Alpha = Annotated[float, AfterValidator(check_alpha)]
 def check_doc_weight(weight: float) -> float:
     """``weight`` if it is a number in [0, 1]; ConfigError otherwise, NaN included (see check_alpha)."""
     if not 0.0 <= weight <= 1.0:
-        raise ConfigError(f"doc_weight must be between 0 and 1, got {weight}")
+        raise ConfigError(f"doc_weight must be between 0 and 1, got {weight}", field="doc_weight")
     return weight
 
 
@@ -308,7 +308,7 @@ class Settings(GenerationSettings, RetrievalSettings, ChunkingSettings, Embeddin
                 continue
             where = (override_source or {}).get(key, "argument")
             if key not in names:
-                raise ConfigError(f"unknown setting {key!r} ({where})")
+                raise ConfigError(f"unknown setting {key!r} ({where})", field=key)
             values[key] = _validate_one(key, value, where, strict=False)
             sources[key] = where
         sqlite_dir = Path(str(values.get("sqlite_dir", PROJECT_DIR))).expanduser()
@@ -335,7 +335,7 @@ def _validate_one(name: str, value: Any, where: str, strict: bool) -> Any:
         err = e.errors()[0]
         raise ConfigError(f"{name} = {value!r} in {where}: {name} {_expected(err, field.annotation)}"
                           if str(err.get("type")) in _BOUNDS else
-                          f"{name} = {value!r} in {where}: {_expected(err, field.annotation)}") from None
+                          f"{name} = {value!r} in {where}: {_expected(err, field.annotation)}", field=name) from None
 
 
 _BOUNDS = {"greater_than_equal": ("ge", "at least"), "less_than_equal": ("le", "at most"),

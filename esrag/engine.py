@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from esrag import plugins
 from esrag.config import Settings
 from esrag.embedders.lazy import LazyEmbedder
-from esrag.errors import ConfigError, IndexNotFoundError
+from esrag.errors import ConfigError, IndexNotFoundError, setting
 from esrag.types import Document, Filters, MetadataValue
 
 if TYPE_CHECKING:
@@ -128,8 +128,8 @@ class Engine:
         if need_generator:
             name = self.generator_name(generator)
             if name != NO_GENERATOR:
-                flag = "--generator" if generator else _flag(s, "generator")
-                plugins.check(plugins.GENERATORS, name, flag)
+                where = setting("generator") if generator else _flag(s, "generator")
+                plugins.check(plugins.GENERATORS, name, where, field="generator" if generator else None)
 
     # -- reading ---------------------------------------------------------------------------------------
 
@@ -138,14 +138,14 @@ class Engine:
         if not self.store.exists():
             where = self.store.describe()
             raise IndexNotFoundError(
-                f"index {where['index']!r} not found ({where['store']}: {where['location']}); run "
-                "`esrag ingest PATH` first, or point --index/--sqlite-dir/--es-url at an existing one")
+                f"index {where['index']!r} not found ({where['store']}: {where['location']}); ingest documents "
+                f"first, or point {setting('index')} at an existing one")
 
     def search(self, query: str, filters: Filters | None = None, **overrides: Any) -> SearchResult:
         """Hybrid search. ``overrides``: k, mode, alpha, fusion, normalization, candidates, rrf_k,
         doc_weight."""
         if not query.strip():
-            raise ConfigError("the query is empty")
+            raise ConfigError("the query is empty", field="query")
         self.require_index()
         return self.searcher.search(query, filters=filters, **overrides)
 

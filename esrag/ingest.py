@@ -53,7 +53,7 @@ from esrag.chunking import Chunker, chunk_document
 from esrag.config import Settings
 from esrag.context import ContextTemplate
 from esrag.embedders.base import Embedder
-from esrag.errors import EsragError, ModelMismatchError
+from esrag.errors import EsragError, ModelMismatchError, setting
 from esrag.ingest_report import IngestAborted, IngestReport
 from esrag.loaders import (
     MAX_FILE_BYTES,
@@ -207,8 +207,8 @@ class Ingestor:
         if meta is not None and meta.model != self.embedder.model_name:
             raise ModelMismatchError(
                 f"index {self.store.describe().get('index')!r} was built with model {meta.model!r}, but the "
-                f"configured model is {self.embedder.model_name!r}; use --model {meta.model!r} or ingest into "
-                f"a new index (--index)")
+                f"configured model is {self.embedder.model_name!r}; set {setting('model')} to {meta.model!r} or "
+                f"ingest into a new index ({setting('index')})")
         if meta is not None:
             wanted, recorded = self._build_params(meta), meta.build_params()
             if recorded != wanted:

@@ -67,12 +67,13 @@ def load(group: str, name: str) -> Any:
     raise PluginNotFoundError(f"no {kind} named {name!r}; installed: {names}")
 
 
-def check(group: str, name: str, flag: str) -> None:
-    """Fail early, before anything loads, when ``name`` is not registered in ``group`` (named by ``flag``)."""
+def check(group: str, name: str, flag: str, field: str | None = None) -> None:
+    """Fail early, before anything loads, when ``name`` is not registered in ``group`` (named by ``flag``:
+    where the name came from; ``field``: the setting or request field at fault, if one is)."""
     if name not in available(group):
         kind = GROUPS[group]
         names = ", ".join(available(group)) or "none"
-        raise PluginNotFoundError(f"{flag}: no {kind} named {name!r}; installed: {names}")
+        raise PluginNotFoundError(f"{flag}: no {kind} named {name!r}; installed: {names}", field=field)
 
 
 def listing() -> dict[str, list[dict[str, str | None]]]:

@@ -30,7 +30,7 @@ from typing import Any
 
 from esrag.answer_checks import SentenceCheck, check_sentence, cited_numbers, find_loop, split_sentences
 from esrag.config import Settings
-from esrag.errors import ConfigError
+from esrag.errors import ConfigError, setting
 from esrag.generators.base import Generator, Message
 from esrag.search import HybridSearcher
 from esrag.types import Hit
@@ -527,7 +527,7 @@ class RagPipeline:
         """Fit ``hits`` into the generator's context and build the messages. Raises ConfigError when the
         question is empty, or when it and the reserved answer leave no room for even a short passage."""
         if not question.strip():
-            raise ConfigError("the question is empty")
+            raise ConfigError("the question is empty", field="question")
         g = self.generator
         if g is None:
             passages = fit_passages(hits, None, lambda s: 0)
@@ -537,8 +537,8 @@ class RagPipeline:
         if hits and budget < MIN_PASSAGE_TOKENS:
             raise ConfigError(
                 f"no room for sources: the model's context is {g.context_tokens} tokens, the answer reserves "
-                f"{g.max_new_tokens} (--max-new-tokens) and the question with the instructions takes "
-                f"{overhead}; lower --max-new-tokens or shorten the question"
+                f"{g.max_new_tokens} ({setting('max_new_tokens')}) and the question with the instructions takes "
+                f"{overhead}; lower {setting('max_new_tokens')} or shorten the question", field="question"
             )
         passages = fit_passages(hits, budget, g.count_tokens)
         messages = build_messages(question, passages, self.system_prompt)

@@ -127,7 +127,7 @@ class HybridSearcher:
         vectors: Sequence[np.ndarray | None] = [None] * len(queries)
         if mode in ("hybrid", "dense"):
             if self.embedder is None:
-                raise ConfigError(f"mode {mode!r} needs an embedding model")
+                raise ConfigError(f"mode {mode!r} needs an embedding model", field="mode")
             if not self._checked:
                 check_model(self.store, self.embedder)
                 self._checked = True

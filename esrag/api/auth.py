@@ -2,7 +2,8 @@
 
 Keys come from ``ESRAG_API_KEYS`` (comma-separated) and/or a key file (``--api-key-file``, one key a line,
 ``#`` comments). Each entry is ``KEY`` or ``ro:KEY`` for a read-only key (search, ask, chat, status) or
-``rw:KEY`` for a read-write key (documents too). Clients send ``Authorization: Bearer KEY``, as OpenAI
+``rw:KEY`` for a read-write key (documents too). Any other prefix (``RW:``, ``admin:``) is an error, not a
+key: a key never contains ``:``. Clients send ``Authorization: Bearer KEY``, as OpenAI
 clients send theirs. Keys are compared in constant time, and only their SHA-256 digests are kept; no key is
 logged or echoed.
 """
@@ -58,8 +59,12 @@ class ApiKeys:
         for entry, where in entries:
             scope, key = Scope.READ, entry
             prefix, sep, rest = entry.partition(":")
-            if sep and prefix in ("ro", "rw"):
+            if sep:
+                if prefix not in ("ro", "rw"):
+                    raise ConfigError(f"{where}: {_unknown_prefix(prefix)}")
                 scope, key = (Scope.WRITE if prefix == "rw" else Scope.READ), rest
+            if ":" in key:
+                raise ConfigError(f"{where}: an API key may not contain ':' (one prefix, ro: or rw:, then the key)")
             if len(key) < MIN_KEY_LENGTH:
                 raise ConfigError(f"{where}: an API key must be at least {MIN_KEY_LENGTH} characters "
                                   "(generate one with `python -c 'import secrets; print(secrets.token_urlsafe())'`)")
@@ -68,6 +73,14 @@ class ApiKeys:
             digests.append((hashlib.sha256(key.encode("utf-8")).digest(), scope))
             secrets.add(key)
         return cls(tuple(digests), frozenset(secrets))
+
+
+def _unknown_prefix(prefix: str) -> str:
+    """The message for an entry whose prefix is not ro or rw; it names the prefix only when that is a
+    miswritten ro/rw (anything else might be part of a key)."""
+    if prefix.lower() in ("ro", "rw"):
+        return f"unknown key prefix '{prefix}:': write it in lower case, {prefix.lower()}:KEY"
+    return "an entry has an unknown prefix before ':' (the prefixes are ro: and rw:; a key may not contain ':')"
 
 
 def load_keys(env: Mapping[str, str] | None = None, key_file: str | Path | None = None) -> ApiKeys:

@@ -26,7 +26,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from esrag.api import sse
-from esrag.api.app import request_id_var
+from esrag.api.app import instance_of, request_id_var
 from esrag.api.models import MAX_K, RetrievalOptions
 from esrag.api.problems import ApiProblem, problem_body, status_for
 from esrag.api.routes import READ_ERRORS, Reader, engine_of
@@ -183,7 +183,7 @@ def chat_completions(body: ChatCompletionRequest, request: Request, svc: Reader)
         return Response(completion.model_dump_json(), media_type="application/json")
 
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    path = request.url.path
+    path = instance_of(request)
 
     def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
         return sse.event(None, {"id": cid, "object": "chat.completion.chunk", "created": created,

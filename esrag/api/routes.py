@@ -14,7 +14,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 
 from esrag.api import sse
-from esrag.api.app import ES_KEY_HEADER, Service, request_id_var
+from esrag.api.app import ES_KEY_HEADER, Service, instance_of, request_id_var
 from esrag.api.auth import Scope
 from esrag.api.models import (
     AskBody,
@@ -77,14 +77,14 @@ def engine_of(svc: Service, request: Request) -> Engine:
         return svc.engine
     if not svc.options.es_key_passthrough:
         raise ApiProblem(400, f"{ES_KEY_HEADER} was sent, but this server does not pass Elasticsearch keys "
-                              "through (esrag serve --es-key-passthrough)", "passthrough-disabled")
+                              "through", "passthrough-disabled")
     if svc.engine.settings.store_name != "elasticsearch":
         raise ApiProblem(400, f"{ES_KEY_HEADER} needs the elasticsearch store; this server uses "
                               f"{svc.engine.settings.store_name!r}", "passthrough-disabled")
     key = key.strip()
     if not key or not key.isascii() or any(c.isspace() for c in key):
         raise ApiProblem(400, f"{ES_KEY_HEADER} must be an Elasticsearch API key (base64 id:key)",
-                         "invalid-request")
+                         "invalid-header")
     return svc.engine_for(key)
 
 
@@ -129,7 +129,7 @@ def ask(body: AskBody, request: Request, svc: Reader) -> Response:
     stream = engine.ask_stream(body.question, generator=body.generator, filters=body.filter_dict(), **overrides)
     if not body.stream:
         return _json(AskResponse.of(finish(stream)))
-    path = request.url.path
+    path = instance_of(request)
 
     def failed(e: EsragError) -> dict[str, Any]:
         status, kind = status_for(e)

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from esrag import __version__
+from esrag import __version__, logs
 from esrag.errors import EsragError
 
 # command name -> "module:attribute"
@@ -64,7 +64,9 @@ class LazyGroup(click.Group):
         try:
             return super().invoke(ctx)
         except EsragError as e:
-            click.secho(f"Error: {e}", err=True, fg="red")
+            from esrag.cli.common import flag_of
+
+            click.secho(f"Error: {e.worded(flag_of)}", err=True, fg="red")
             ctx.exit(e.exit_code)
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
@@ -84,6 +86,6 @@ class LazyGroup(click.Group):
 @click.option("-v", "--verbose", count=True, help="Log more (-v info, -vv debug).")
 def main(verbose: int) -> None:
     level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(level=level, handlers=[logs.stream_handler(sys.stderr)])
     for noisy in ("elastic_transport", "httpx", "sentence_transformers", "transformers"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))

@@ -65,6 +65,12 @@ class SettingType(click.ParamType):
             self.fail(str(e).split(": ", 1)[-1], param, ctx)
 
 
+def flag_of(setting: str) -> str:
+    """How the CLI names a setting in an error message (``esrag.errors.setting``): its flag, or for a
+    setting without one its environment variable."""
+    return FLAGS.get(setting) or f"ESRAG_{setting.upper()}"
+
+
 def setting_option(setting: str, *flags: str, help: str, **kwargs: Any) -> Callable[[F], F]:  # noqa: A002
     """An option that overrides the setting ``setting`` (validated like the config file and ESRAG_*)."""
     flags = flags or (f"--{setting.replace('_', '-')}",)

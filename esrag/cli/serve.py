@@ -73,5 +73,6 @@ def serve(host: str, port: int, api_key_file: str | None, no_auth: bool, es_key_
     where = engine.store.describe()
     click.echo(f"esrag API on http://{host}:{port} ({auth}); index {where['index']} "
                f"({where['store']}: {where['location']}); docs at /docs", err=True)
+    # log_config=None: uvicorn's own lines go to esrag's handler, whose formatter escapes control characters
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, server_header=False,
-                timeout_graceful_shutdown=5)
+                timeout_graceful_shutdown=5, log_config=None)

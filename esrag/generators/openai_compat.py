@@ -26,7 +26,7 @@ from typing import Any
 from urllib.parse import urlparse, urlsplit
 
 from esrag.config import Settings
-from esrag.errors import ConfigError, GeneratorError
+from esrag.errors import ConfigError, GeneratorError, GeneratorTimeoutError, setting
 from esrag.generators.base import DEFAULT_CONTEXT_TOKENS, Generator, Message, messages_to_dicts
 from esrag.redact import redact_url
 
@@ -88,7 +88,7 @@ class OpenAICompatGenerator(Generator):
 
     def __init__(self, settings: Settings, *, context_tokens: int | None = None) -> None:
         if not settings.llm_url:
-            raise ConfigError("the openai_compat generator needs a server URL: --llm-url or ESRAG_LLM_URL")
+            raise ConfigError(f"the openai_compat generator needs a server URL: set {setting('llm_url')}")
         parsed = urlparse(settings.llm_url)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
             raise ConfigError(f"invalid LLM server URL {settings.llm_url!r}: expected http(s)://host[:port]")
@@ -253,14 +253,14 @@ class OpenAICompatGenerator(Generator):
         # huggingface_hub raises httpx or httpx2 exceptions depending on the client factory: match by name.
         kinds = {cls.__name__ for cls in type(e).__mro__}
         if kinds & {"InferenceTimeoutError", "TimeoutException", "TimeoutError"}:
-            msg = (f"LLM server {self.shown_url} timed out {where} (timeout {self.timeout:g} s; raise it with "
-                   f"--llm-timeout or ESRAG_LLM_TIMEOUT){kept}")
-        elif isinstance(e, HfHubHTTPError) and e.response is not None:
+            return GeneratorTimeoutError(f"LLM server {self.shown_url} timed out {where} (timeout {self.timeout:g} "
+                                         f"s; raise {setting('llm_timeout')}){kept}", partial=partial)
+        if isinstance(e, HfHubHTTPError) and e.response is not None:
             status = e.response.status_code
-            hint = "; set ESRAG_LLM_API_KEY" if status in (401, 403) else ""
+            hint = f"; set {setting('llm_api_key')}" if status in (401, 403) else ""
             msg = f"LLM server {self.shown_url} answered HTTP {status}: {_first_line(e)}{hint}{kept}"
         elif kinds & {"ConnectError", "ConnectionRefusedError"}:
-            msg = f"cannot reach the LLM server at {self.shown_url}: {e} (is it running? --llm-url / ESRAG_LLM_URL)"
+            msg = f"cannot reach the LLM server at {self.shown_url}: {e} (is it running? {setting('llm_url')})"
         elif kinds & {"TransportError", "OSError"}:
             msg = f"LLM server {self.shown_url} dropped the connection {where}: {_first_line(e)}{kept}"
         else:

@@ -32,6 +32,7 @@ from esrag.errors import (
     IndexNotFoundError,
     ModelMismatchError,
     StoreError,
+    setting,
 )
 from esrag.redact import redact_url
 from esrag.stores import es_queries as q
@@ -268,8 +269,8 @@ class ElasticsearchStore:
         if recorded.analyzer != meta.analyzer:
             raise ConfigError(
                 f"index '{self.alias}' at {self.location} analyses text with {recorded.analyzer!r}, not "
-                f"{meta.analyzer!r}: an Elasticsearch index cannot change its analyzer; use --analyzer "
-                f"{recorded.analyzer} or ingest into a new index (--index)")
+                f"{meta.analyzer!r}: an Elasticsearch index cannot change its analyzer; set {setting('analyzer')} "
+                f"to {recorded.analyzer!r} or ingest into a new index ({setting('index')})")
         lacking = sorted(name for name, d in found.items()
                          if "section" not in ((d.get("mappings") or {}).get("properties") or {}))
         if lacking:  # made before chunks recorded their section: add the field (existing chunks lack it)

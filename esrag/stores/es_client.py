@@ -30,7 +30,16 @@ from elasticsearch import (
 )
 
 from esrag.config import Settings
-from esrag.errors import ConfigError, EsragError, IndexNotFoundError, StoreConnectionError, StoreError
+from esrag.errors import (
+    ConfigError,
+    EsragError,
+    IndexNotFoundError,
+    StoreConnectionError,
+    StoreError,
+    StoreForbiddenError,
+    StoreTimeoutError,
+    setting,
+)
 from esrag.redact import mask_secrets, split_credentials
 
 log = logging.getLogger("esrag.stores.elasticsearch")
@@ -205,7 +214,7 @@ def resolve_connection(settings: Settings) -> Connection:
     """Split ``settings.es_url`` into a clean URL and credentials. URL credentials are used when
     ``es_username``/``es_password`` are not set; ``es_api_key`` wins over both."""
     if not settings.es_url:
-        raise ConfigError("the elasticsearch store needs es_url (ESRAG_ES_URL or --es-url)")
+        raise ConfigError(f"the elasticsearch store needs {setting('es_url')}", field="es_url")
     parts = split_credentials(settings.es_url.strip())
     url = parts.url.rstrip("/")
     scheme = urlsplit(url).scheme.lower()
@@ -288,6 +297,9 @@ class ErrorTranslator:
         """The error for one failed item of a multi-response (``mget`` doc, ``_msearch`` response)."""
         if error_type(item) == "index_not_found_exception":
             return self.missing()
+        if item.get("status") in (401, 403):
+            return StoreForbiddenError(f"Elasticsearch at {self.location} refused {action}: "
+                                       f"{self.clean(error_reason(item))}")
         return StoreError(f"Elasticsearch at {self.location} failed {action}: {self.clean(error_reason(item))}")
 
     def reason(self, e: Exception) -> str:
@@ -307,12 +319,12 @@ class ErrorTranslator:
             return StoreConnectionError(f"the server at {self.location} is not Elasticsearch: "
                                         f"{self.clean(e.message)}")
         if isinstance(e, AuthenticationException):
-            return StoreConnectionError(
-                f"authentication failed at {self.location} (HTTP 401) while {action}: check es_api_key or "
-                f"es_username/es_password"
+            return StoreForbiddenError(
+                f"authentication failed at {self.location} (HTTP 401) while {action}: check "
+                f"{setting('es_api_key')} or {setting('es_username')}/{setting('es_password')}"
             )
         if isinstance(e, AuthorizationException):
-            return StoreConnectionError(
+            return StoreForbiddenError(
                 f"not authorized at {self.location} (HTTP 403) while {action} on index '{self.alias}': "
                 f"{self.clean(api_reason(e))}"
             )
@@ -325,12 +337,12 @@ class ErrorTranslator:
             )
         if isinstance(e, TlsError):
             return StoreConnectionError(
-                f"TLS error connecting to {self.location}: {self.clean(e.message)}; check es_ca_certs / "
-                f"es_verify_certs"
+                f"TLS error connecting to {self.location}: {self.clean(e.message)}; check "
+                f"{setting('es_ca_certs')} / {setting('es_verify_certs')}"
             )
         if isinstance(e, ConnectionTimeout):
             secs = timeout if timeout is not None else self.settings.es_timeout
-            return StoreConnectionError(f"{where} did not answer within {secs:g} s while {action}")
+            return StoreTimeoutError(f"{where} did not answer within {secs:g} s while {action}")
         if isinstance(e, TransportConnectionError):
             return StoreConnectionError(f"cannot connect to {where} while {action}: {self.clean(e.message)}")
         if isinstance(e, SerializationError):

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from esrag.errors import ConfigError
+from esrag.errors import ConfigError, setting
 from esrag.stores.sqlite_bm25 import TOKENIZERS
 from esrag.types import TOP_LEVEL_FILTER_FIELDS, Filters, ScoredChunk
 
@@ -57,7 +57,7 @@ def schema(analyzer: str) -> tuple[str, ...]:
 def tokenizer(analyzer: str) -> str:
     """The FTS5 tokenizer of ``analyzer``; ConfigError naming the choices for any other name."""
     if analyzer not in TOKENIZERS:
-        raise ConfigError(f"the SQLite store has no analyzer {analyzer!r}: use --analyzer "
+        raise ConfigError(f"the SQLite store has no analyzer {analyzer!r}: set {setting('analyzer')} to "
                           f"{' or '.join(sorted(TOKENIZERS))} (any other analyzer needs Elasticsearch)")
     return TOKENIZERS[analyzer]
 
@@ -122,7 +122,7 @@ def filter_sql(filters: Filters) -> tuple[str, list[Any]]:
             clauses.append(f"c.{key} IN ({marks})")
         else:
             if '"' in key or not key:
-                raise ConfigError(f"invalid metadata filter key {key!r}")
+                raise ConfigError(f"invalid metadata filter key {key!r}", field="filters")
             # instr(): a cheap necessary condition (the value's JSON text occurs) before parsing the JSON
             needles = [json.dumps(v, ensure_ascii=False)[1:-1] for v in values]
             clauses.append(f"({' OR '.join(['instr(c.metadata, ?)'] * len(values)) or '0'}) "

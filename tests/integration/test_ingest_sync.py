@@ -162,7 +162,7 @@ def test_a_new_analyzer_rebuilds_the_bm25_index_on_sqlite_and_is_refused_on_elas
     assert kept.warnings == [] and store.read_meta().analyzer == "standard"  # the index keeps its own
     english = Ingestor(store, Spy(embedder), store.settings.replace(analyzer="english"))  # type: ignore[attr-defined]
     if store.name == "elasticsearch":
-        with pytest.raises(ConfigError, match="cannot change its analyzer; use --analyzer standard"):
+        with pytest.raises(ConfigError, match="cannot change its analyzer; set analyzer to 'standard'"):
             english.ingest_paths([root])
         return
     report = english.ingest_paths([root])
