@@ -155,6 +155,8 @@ class RetrievalSettings(BaseModel):
     normalization: Normalization = "zscore"
     # each chunk's score mixed with its section's opening chunk's (esrag/fusion.py); docs/evaluation.md
     doc_weight: DocWeight = 0.75
+    # a query that is one identifier or a quoted phrase (esrag.search.is_lookup): BM25 is the evidence there
+    lookup_alpha: Alpha = 0.2
     rrf_k: int = Field(60, ge=1)
     candidates: int = Field(100, ge=1)
     k: int = Field(10, ge=1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -29,6 +30,22 @@ class SearchResult:
     doc_weight: float = 0.0
     #: BM25 returned fewer candidates than asked: every matching chunk, so every other one scores 0 there
     bm25_complete: bool = False
+    #: the query is a lookup (``is_lookup``) and ran at the ``lookup_alpha`` setting
+    lookup: bool = False
+
+
+_IDENTIFIER = re.compile(r"[A-Za-z0-9_]+(?:(?:::|[.\-/])[A-Za-z0-9_]+)*")
+
+
+def is_lookup(query: str) -> bool:
+    """Whether ``query`` is an exact lookup: one identifier-like token (letters with a digit, ``_``, ``-``,
+    ``.``, ``/`` or ``::`` in it: ``E1234``, ``PyErr_SetString``, ``os.path.join``, ``utf-8``) or one
+    phrase in double quotes. Plain words and questions are not; nor are numbers alone (``3.11``)."""
+    q = query.strip()
+    if len(q) >= 3 and q[0] == q[-1] == '"' and '"' not in q[1:-1] and q[1:-1].strip():
+        return True
+    return (_IDENTIFIER.fullmatch(q) is not None and any(c.isalpha() for c in q)
+            and any(c.isdigit() or c in "_-./:" for c in q))
 
 
 def check_model(store: Store, embedder: Embedder) -> None:
@@ -156,8 +173,9 @@ class HybridSearcher:
         s = self.settings
         mode = mode or s.mode
         k = k or s.k
-        alpha = s.alpha if alpha is None else check_alpha(alpha)
         fusion = fusion or s.fusion
+        lookup = alpha is None and mode == "hybrid" and fusion == "linear" and is_lookup(query)
+        alpha = (s.lookup_alpha if lookup else s.alpha) if alpha is None else check_alpha(alpha)
         normalization = normalization or s.normalization
         doc_weight = s.doc_weight if doc_weight is None else check_doc_weight(doc_weight)
         candidates = max(candidates or s.candidates, k)
@@ -171,13 +189,14 @@ class HybridSearcher:
         t3 = time.perf_counter()
         timings = {"embed_ms": (t1 - t0) * 1e3, "store_ms": (t2 - t1) * 1e3, "fuse_ms": (t3 - t2) * 1e3}
         complete = request.text is not None and len(response.bm25) < request.candidates
-        return SearchResult(hits, request, mode, fusion, alpha, normalization, timings, doc_weight, complete)
+        return SearchResult(hits, request, mode, fusion, alpha, normalization, timings, doc_weight, complete,
+                            lookup)
 
     def explain(self, result: SearchResult) -> dict[str, Any]:
         """The native request (paste into Kibana Dev Tools for ES) and the per-hit arithmetic."""
         return {"request": self.store.explain_request(result.request), "mode": result.mode,
                 "fusion": result.fusion, "alpha": result.alpha, "normalization": result.normalization,
-                "doc_weight": result.doc_weight, "bm25_complete": result.bm25_complete,
+                "doc_weight": result.doc_weight, "bm25_complete": result.bm25_complete, "lookup": result.lookup,
                 "normalized": normalization_meaning(result)}
 
 

@@ -189,6 +189,10 @@ retrieval_options = stack(
     choice_option("mode", MODES, "--mode", help="Retrieval mode. [default: hybrid]"),
     choice_option("fusion", FUSIONS, "--fusion", help="linear (alpha-weighted) or rrf. [default: linear]"),
     fusion_options,
+    setting_option("lookup_alpha", "--lookup-alpha", metavar="A",
+                   help="The alpha of a query that is one identifier (E1234, PyErr_SetString, os.path.join, "
+                        "utf-8) or a \"quoted phrase\", when --alpha is not given; set it to alpha to treat "
+                        "lookups like any query. [default: 0.2]"),
     setting_option("candidates", "--candidates", metavar="N",
                    help="Candidates fetched per side before fusion. [default: 100]"),
     filter_option,

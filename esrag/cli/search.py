@@ -64,6 +64,9 @@ def search(query: str, filters: tuple[str, ...], explain: bool, as_json: bool, *
             click.echo(_arithmetic(hit, result))
     if explain and result.hits:
         click.echo("\n" + textwrap.fill(normalization_meaning(result), 110))
+        if result.lookup:
+            click.echo(f"the query is a lookup (one identifier or a quoted phrase): alpha {result.alpha:g}, the "
+                       "lookup_alpha setting (--lookup-alpha)")
     if explain and result.doc_weight:
         click.echo(f"\nraw scores and ranks are the store's; the normalised ones (rrf: the ranks) are of "
                    f"(1 - {result.doc_weight:g}) * own + {result.doc_weight:g} * the section's opening chunk's")

@@ -3,7 +3,9 @@
 The corpus is 50 Markdown files of real prose (paragraphs of esrag's own docs/), each holding one unique
 made-up word; searching for that word with the default settings must put its file first, on both stores,
 through the engine (what `esrag search` calls), `esrag search --json` itself, `ask`'s sources, and the API.
-The packaged all-MiniLM-L6-v2 embeds, so the kNN side is the real one the word has to win against.
+The packaged all-MiniLM-L6-v2 embeds, so the kNN side is the real one the word has to win against. About
+four words in ten carry digits, as error codes do: those are lookups (``esrag.search.is_lookup``) and run at
+the lookup alpha; the plain words rely on the BM25 floor alone (``esrag.fusion``).
 """
 
 from __future__ import annotations
@@ -97,6 +99,10 @@ def test_the_file_holding_the_word_ranks_first_at_the_defaults(
         assert first.doc_id == name, f"{word}: {[h.doc_id for h in result.hits[:5]]}"
         assert first.bm25_rank == 1 and first.bm25_norm > 0.0
         assert result.bm25_complete
+        # a word with digits looks like an error code: a lookup, at the lookup alpha; plain words at alpha
+        has_digit = any(c.isdigit() for c in word)
+        assert result.lookup == has_digit
+        assert result.alpha == (s.lookup_alpha if has_digit else s.alpha)
         assert all(h.bm25_norm == 0.0 for h in result.hits[1:])
         # ask's sources are the same retrieval: the file comes first there too
         answer = engine.ask(word, generator="none")
