@@ -232,6 +232,14 @@ class Engine:
         self.store.refresh()
         return deleted
 
+    def delete_document(self, doc_id: str) -> int:
+        """Delete the chunks of exactly one doc_id (no file-path resolution: the API's id) and make the
+        deletion visible to searches; returns the chunks deleted (0 when the index holds none)."""
+        self.require_index()
+        deleted = self.store.delete_documents([doc_id])
+        self.store.refresh()
+        return deleted
+
     def drop(self) -> bool:
         """Delete the whole index; whether it existed."""
         return self.store.drop()

@@ -3,7 +3,10 @@
 Loading never raises for a bad file: whatever cannot be turned into a document (binary, unreadable,
 vanished, too large, encrypted or broken PDF, bad or too deeply nested JSON, a name, id or metadata key
 that is not valid Unicode, empty text) comes back as a ``Skipped`` with a one-line reason, so that an ingest
-can report it and go on. Only a path that does not exist at all is an error (``LoaderError``).
+can report it and go on. A JSON/JSONL record holding a non-finite number anywhere (``NaN``, ``Infinity``,
+``1e400``: Python's JSON parser reads them, no store can keep them) is skipped whole, naming the field; so is
+a record whose ``id`` breaks the document id rule (``esrag.validation.doc_id_problem``). Only a path that
+does not exist at all is an error (``LoaderError``).
 
 Document ids (``doc_id``) are relative to the path given to ``discover_sources``, so the same corpus under
 another checkout directory gets the same ids: a file named directly is ``<name>``; a file found under a
@@ -46,6 +49,7 @@ from esrag.text_formats import (
 )
 from esrag.text_stream import SURROGATE, decode, decode_escaped, file_parts, normalize_newlines, replace_escaped
 from esrag.types import Document, Heading, MetadataValue, canonical_json, sha256_hex
+from esrag.validation import doc_id_problem, dotted, invalid_values
 
 TEXT_EXTENSIONS = frozenset({".txt", ".md", ".rst", ".html", ".htm", ".json", ".jsonl"})
 SUPPORTED_EXTENSIONS = TEXT_EXTENSIONS | {".pdf"}
@@ -521,6 +525,8 @@ class _Records:
         """One JSON object with a ``text`` string as a Document; undecodable bytes are counted here."""
         if not isinstance(record, dict):
             return Skipped(self.name, f"{prefix}not a JSON object")
+        for path, problem in invalid_values(record, surrogates=False)[:1]:
+            return Skipped(self.name, f"{prefix}field '{dotted(path)}' {problem}")
         text = record.get("text")
         if not isinstance(text, str):
             return Skipped(self.name, f"{prefix}no 'text' string field")
@@ -529,6 +535,8 @@ class _Records:
             record_id = ("sha-" + sha256_hex(canonical_json(record))[:16]) if has_id_fallback else None
         elif SURROGATE.search(str(record_id)):
             return Skipped(self.name, f"{prefix}id is not valid Unicode (a lone surrogate)")
+        elif (id_problem := doc_id_problem(str(record_id))) is not None:
+            return Skipped(self.name, f"{prefix}id {str(record_id)!r} is not a valid document id: it {id_problem}")
         errors = 0
         text, n = replace_escaped(text)
         errors += n

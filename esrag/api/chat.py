@@ -23,11 +23,11 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from esrag.api import sse
 from esrag.api.app import instance_of, request_id_var
-from esrag.api.models import MAX_K, RetrievalOptions
+from esrag.api.models import MAX_CHAT_MESSAGES, MAX_K, CheckedBody, RetrievalOptions, chat_limits
 from esrag.api.problems import ApiProblem, problem_body, status_for
 from esrag.api.routes import READ_ERRORS, Reader, engine_of
 from esrag.errors import EsragError
@@ -62,18 +62,20 @@ class ChatOptions(RetrievalOptions):
     generator: str | None = Field(None, min_length=1, max_length=100)
 
 
-class ChatCompletionRequest(BaseModel):
+class ChatCompletionRequest(CheckedBody):
     """OpenAI's Chat Completions request; fields esrag does not use are accepted and ignored."""
 
     model_config = ConfigDict(extra="allow", strict=True)
     model: str = Field(max_length=256, description="Echoed back; the server's index answers.")
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_CHAT_MESSAGES)
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     n: int | None = Field(None, ge=1, le=1, description="Only 1 is supported.")
     temperature: float | None = None
     max_tokens: int | None = None
     esrag: ChatOptions | None = None
+
+    _sizes = field_validator("messages")(chat_limits)
 
 
 class AssistantMessage(BaseModel):

@@ -41,6 +41,8 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
     "invalid-json": ProblemType(400, "body", "The body is not valid JSON."),
     "bad-request": ProblemType(400, "body", "The request cannot be parsed."),
     "invalid-header": ProblemType(400, "X-ES-API-Key", "A header's value is malformed (the field names it)."),
+    "invalid-encoding": ProblemType(400, "doc_id", "A document id in the path or query is not UTF-8 once "
+                                                   "percent-decoded, so it cannot name one document."),
     "passthrough-disabled": ProblemType(
         400, "X-ES-API-Key", "X-ES-API-Key was sent, but this server does not pass Elasticsearch keys through, "
                              "or does not use Elasticsearch."),

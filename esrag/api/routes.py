@@ -6,13 +6,16 @@ by pydantic-core (``model_dump_json``); the response models still define the Ope
 
 from __future__ import annotations
 
+import urllib.parse
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
+from starlette.convertors import Convertor, register_url_convertor
 
+from esrag import validation
 from esrag.api import sse
 from esrag.api.app import ES_KEY_HEADER, Service, instance_of, request_id_var
 from esrag.api.auth import Scope
@@ -26,7 +29,7 @@ from esrag.api.models import (
     Readiness,
     SearchBody,
 )
-from esrag.api.problems import ApiProblem, problem_body, problem_responses, status_for
+from esrag.api.problems import ApiProblem, FieldError, problem_body, problem_responses, status_for
 from esrag.engine import Engine
 from esrag.errors import EsragError
 from esrag.rag import finish
@@ -140,7 +143,28 @@ def ask(body: AskBody, request: Request, svc: Reader) -> Response:
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-DocId = Annotated[str, Path(min_length=1, max_length=512, description="The document id.")]
+DOC_ID_HELP = ("The document id; it may contain `/` (the rest of the path is the id). Send `%2F`-free paths "
+               "or use the `?id=` form of this route for ids a URL path cannot carry as is.")
+DocIdPath = Annotated[str, Path(description=DOC_ID_HELP)]
+DocIdQuery = Annotated[str, Query(description="The document id (percent-encoded as UTF-8).")]
+DOCUMENTS = "/v1/documents"
+
+
+class _RestOfPath(Convertor[str]):
+    """Starlette's ``path`` convertor, newlines included (its ``.*`` stops at one): every character of the
+    rest of the path is the document id, so an id with a control character gets the id rule's 422, not a
+    404 for no route."""
+
+    regex = "[\\s\\S]*"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("rest", _RestOfPath())
 
 
 def _ingest(engine: Engine, docs: list[Document]) -> IngestResponse:
@@ -152,17 +176,78 @@ def _ingest(engine: Engine, docs: list[Document]) -> IngestResponse:
     return out
 
 
-@router.put("/v1/documents/{doc_id}", response_model=IngestResponse, responses=WRITE_ERRORS, tags=["documents"])
-def put_document(doc_id: DocId, body: DocumentBody, request: Request, svc: Writer) -> Response:
-    """Create or replace one document. Incremental: an unchanged document embeds and writes nothing, a
-    changed one embeds only its new chunks."""
+def _id_problem(status: int, field: str, message: str) -> ApiProblem:
+    errors = [FieldError(field=field, message=message)]
+    if status == 400:
+        return ApiProblem(400, f"{field}: {message}", "invalid-encoding", errors=errors)
+    return ApiProblem(422, f"{field}: {message}", "invalid-request", errors=errors)
+
+
+def request_doc_id(request: Request, field: str, given: str) -> str:
+    """The document id a request names, read from the raw bytes the client sent: the rest of the path
+    after ``/v1/documents/`` (``field`` "doc_id") or the ``id`` query parameter (``field`` "id").
+
+    The server decodes percent-escapes that are not UTF-8 to U+FFFD, so ``x%FF`` and ``x%FE`` would name
+    the same document: such an id is a 400 instead. Also a 422 when the id is empty. ``given`` is the
+    decoded value the router found, used when the raw bytes are not available.
+    """
+    try:
+        if field == "id":
+            query = request.scope.get("query_string", b"").decode("ascii")
+            ids = [v for k, v in urllib.parse.parse_qsl(query, keep_blank_values=True, encoding="utf-8",
+                                                        errors="strict") if k == "id"]
+            if len(ids) > 1:
+                raise _id_problem(422, field, "give one id")
+            doc_id = ids[0] if ids else given
+        else:
+            raw = request.scope.get("raw_path")
+            path = urllib.parse.unquote_to_bytes(raw).decode("utf-8") if raw is not None else None
+            doc_id = path[path.index(DOCUMENTS + "/") + len(DOCUMENTS) + 1:] if path and DOCUMENTS + "/" in path \
+                else given
+    except UnicodeError as e:
+        raise _id_problem(400, field, "the id is not valid UTF-8 once percent-decoded (each byte sequence must "
+                                      "be UTF-8)") from e
+    if not doc_id:
+        raise _id_problem(422, field, "the document id must not be empty")
+    return doc_id
+
+
+def _writable(request: Request, field: str, given: str) -> str:
+    doc_id = request_doc_id(request, field, given)
+    if (problem := validation.doc_id_problem(doc_id)) is not None:
+        raise _id_problem(422, field, f"the document id {problem}")
+    return doc_id
+
+
+def _put(doc_id: str, body: DocumentBody, request: Request, svc: Service) -> Response:
     engine = engine_of(svc, request)
     doc = Document(doc_id=doc_id, source=body.source or doc_id, text=body.text, title=body.title,
                    metadata=body.metadata)
     return _json(_ingest(engine, [doc]))
 
 
-@router.post("/v1/documents", response_model=IngestResponse, responses=WRITE_ERRORS, tags=["documents"])
+def _delete(doc_id: str, request: Request, svc: Service) -> Response:
+    deleted = engine_of(svc, request).delete_document(doc_id)
+    if deleted == 0:
+        raise ApiProblem(404, f"no document {doc_id!r} in the index", "document-not-found")
+    return _json(DeleteResponse(doc_id=doc_id, chunks_deleted=deleted))
+
+
+@router.put(DOCUMENTS + "/{doc_id:rest}", response_model=IngestResponse, responses=WRITE_ERRORS, tags=["documents"])
+def put_document(doc_id: DocIdPath, body: DocumentBody, request: Request, svc: Writer) -> Response:
+    """Create or replace one document. Incremental: an unchanged document embeds and writes nothing, a
+    changed one embeds only its new chunks. The id is the rest of the path (`docs/api.md`); see the id
+    rule in the documentation."""
+    return _put(_writable(request, "doc_id", doc_id), body, request, svc)
+
+
+@router.put(DOCUMENTS, response_model=IngestResponse, responses=WRITE_ERRORS, tags=["documents"])
+def put_document_by_query(id: DocIdQuery, body: DocumentBody, request: Request, svc: Writer) -> Response:  # noqa: A002
+    """`PUT /v1/documents/{doc_id}` with the id in the query (`?id=docs%2Fapi.md`)."""
+    return _put(_writable(request, "id", id), body, request, svc)
+
+
+@router.post(DOCUMENTS, response_model=IngestResponse, responses=WRITE_ERRORS, tags=["documents"])
 def post_documents(body: DocumentBatch, request: Request, svc: Writer) -> Response:
     """Create or replace a batch of documents, through the same incremental path."""
     engine = engine_of(svc, request)
@@ -175,16 +260,18 @@ def post_documents(body: DocumentBatch, request: Request, svc: Writer) -> Respon
     return _json(_ingest(engine, docs))
 
 
-@router.delete("/v1/documents/{doc_id}", response_model=DeleteResponse, responses=WRITE_ERRORS,
+@router.delete(DOCUMENTS + "/{doc_id:rest}", response_model=DeleteResponse, responses=WRITE_ERRORS,
                tags=["documents"])
-def delete_document(doc_id: DocId, request: Request, svc: Writer) -> Response:
-    """Delete every chunk of one document; 404 when the index holds none."""
-    engine = engine_of(svc, request)
-    engine.require_index()
-    deleted = engine.store.delete_documents([doc_id])
-    if deleted == 0:
-        raise ApiProblem(404, f"no document {doc_id!r} in the index", "document-not-found")
-    return _json(DeleteResponse(doc_id=doc_id, chunks_deleted=deleted))
+def delete_document(doc_id: DocIdPath, request: Request, svc: Writer) -> Response:
+    """Delete every chunk of one document; 404 when the index holds none. Any stored id can be deleted,
+    also one written before the id rule (the rest of the path is the id)."""
+    return _delete(request_doc_id(request, "doc_id", doc_id), request, svc)
+
+
+@router.delete(DOCUMENTS, response_model=DeleteResponse, responses=WRITE_ERRORS, tags=["documents"])
+def delete_document_by_query(id: DocIdQuery, request: Request, svc: Writer) -> Response:  # noqa: A002
+    """`DELETE /v1/documents/{doc_id}` with the id in the query (`?id=docs%2Fapi.md`)."""
+    return _delete(request_doc_id(request, "id", id), request, svc)
 
 
 @router.get("/v1/status", response_model=StatusResponse, responses=problem_responses(401, 403, 502, 504),

@@ -16,11 +16,12 @@ from esrag.cli.common import (
     retrieval_options,
     setting_option,
     store_options,
+    valid_text,
 )
 
 
 @click.command()
-@click.argument("question")
+@click.argument("question", callback=valid_text)
 @generation_options
 @setting_option("rag_k", "-k", metavar="N",
                 help="Passages retrieved for the prompt (fewer if they do not fit). [default: 5]")

@@ -17,6 +17,7 @@ import click
 from esrag.config import FUSIONS, INDEX_OPTIONS, MODES, NORMALIZATIONS, QUANTIZE, SIMILARITIES, Settings
 from esrag.errors import ConfigError
 from esrag.types import Filters
+from esrag.validation import printable, surrogate_problem
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -233,9 +234,23 @@ generation_options = stack(
 )
 
 
+def _check_unicode(value: str, hint: str) -> None:
+    """A usage error for text that is not valid Unicode: bytes the shell passed that are not UTF-8, or a
+    lone surrogate (``$'\\ud800'``), which no store or model can take."""
+    if (problem := surrogate_problem(value)) is not None:
+        raise click.BadParameter(f"'{printable(value)}' {problem} (give UTF-8 text)", param_hint=hint)
+
+
+def valid_text(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """A click callback for free-text arguments (a query, a question): see ``_check_unicode``."""
+    _check_unicode(value, param.human_readable_name)
+    return value
+
+
 def parse_pairs(values: Iterable[str], option: str) -> list[tuple[str, str]]:
     pairs = []
     for v in values:
+        _check_unicode(v, option)
         key, sep, value = v.partition("=")
         if not sep or not key.strip():
             raise click.BadParameter(f"expected KEY=VALUE, got {v!r}", param_hint=option)

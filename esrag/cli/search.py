@@ -8,12 +8,20 @@ from typing import Any
 
 import click
 
-from esrag.cli.common import engine_from, model_options, parse_filters, retrieval_options, setting_option, store_options
+from esrag.cli.common import (
+    engine_from,
+    model_options,
+    parse_filters,
+    retrieval_options,
+    setting_option,
+    store_options,
+    valid_text,
+)
 from esrag.search import normalization_meaning
 
 
 @click.command()
-@click.argument("query")
+@click.argument("query", callback=valid_text)
 @setting_option("k", "-k", metavar="N", help="Number of results. [default: 10]")
 @retrieval_options
 @click.option("--explain", is_flag=True,

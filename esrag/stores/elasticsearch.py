@@ -60,6 +60,7 @@ from esrag.types import (
     SearchResponse,
     WriteResult,
 )
+from esrag.validation import clean_metadata
 
 __all__ = ["ElasticsearchStore", "redact_url"]
 log = logging.getLogger(__name__)
@@ -575,6 +576,6 @@ def _scored(hit: dict[str, Any]) -> ScoredChunk:
         title=str(src.get("title", "")),
         text=str(src.get("text", "")),
         chunk_index=int(src.get("chunk_index", 0) or 0),
-        metadata=dict(src.get("metadata") or {}),
+        metadata=clean_metadata(src.get("metadata")),
         section=int(src.get("section", -1)),
     )

@@ -22,6 +22,7 @@ import numpy as np
 
 from esrag.config import Settings
 from esrag.types import TOP_LEVEL_FILTER_FIELDS, EmbeddedChunk, Filters, IndexMeta, SearchRequest
+from esrag.validation import check_filters
 
 #: Field holding the chunk vector.
 VECTOR_FIELD = "embedding"
@@ -90,8 +91,10 @@ def build_filter_clauses(filters: Filters) -> list[dict[str, Any]]:
     Values are matched exactly as strings. ``metadata`` is a flattened field, which indexes numbers and
     booleans as their JSON text (``5``, ``true``), so ``{"year": ("2024",)}`` matches ``year: 2024``. A key
     with no values (an empty tuple) becomes an empty ``terms`` and matches nothing. A bare string value is
-    taken as one value, not as a sequence of characters.
+    taken as one value, not as a sequence of characters. ConfigError for a filter the stores cannot take
+    (``esrag.validation.check_filters``).
     """
+    check_filters(filters)
     clauses: list[dict[str, Any]] = []
     for key, values in filters.items():
         vals = [values] if isinstance(values, str) else [str(v) for v in values]

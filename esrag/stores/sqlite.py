@@ -357,7 +357,7 @@ class SQLiteStore:
                         c = item.chunk
                         row = (str(c.id), str(c.doc_id), str(c.source), str(c.title), int(c.chunk_index),
                                int(c.chunk_count), int(c.section), int(c.start), int(c.end), str(c.doc_sha),
-                               str(c.chunk_sha), now, canonical_json(dict(c.metadata)),
+                               str(c.chunk_sha), now, sql.metadata_json(c.metadata),
                                sql.vector(item.embedding, dims).tobytes(), str(c.text))
                         conn.execute(sql.UPSERT, row)
                         written += 1

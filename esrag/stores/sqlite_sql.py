@@ -7,14 +7,15 @@ import functools
 import json
 import re
 import unicodedata
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from esrag.errors import ConfigError, setting
 from esrag.stores.sqlite_bm25 import TOKENIZERS
-from esrag.types import TOP_LEVEL_FILTER_FIELDS, Filters, ScoredChunk
+from esrag.types import TOP_LEVEL_FILTER_FIELDS, Filters, MetadataValue, ScoredChunk
+from esrag.validation import check_filters, clean_metadata
 
 #: chunks per write transaction
 WRITE_BATCH = 500
@@ -71,9 +72,12 @@ UPSERT = (f"INSERT INTO chunks({', '.join(_QUOTED)}) VALUES ({', '.join('?' * le
            f"ON CONFLICT(id) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in _QUOTED[1:])}")
 _HIT_COLUMNS = "c.rowid, c.id, c.doc_id, c.source, c.title, c.text, c.chunk_index, c.metadata, c.section"
 LOAD_SQL = "SELECT rowid, embedding FROM chunks ORDER BY rowid"
-#: a metadata value as the string ES's ``flattened`` type would index: booleans as true/false
-_META_VALUE = ("(CASE json_type(c.metadata, ?) WHEN 'true' THEN 'true' WHEN 'false' THEN 'false' "
-               "ELSE CAST(json_extract(c.metadata, ?) AS TEXT) END)")
+#: a metadata value as the string ES's ``flattened`` type would index: booleans as true/false. A row whose
+#: metadata is not valid JSON to SQLite (a NaN written by an older version) matches no metadata filter,
+#: instead of failing the whole query with "malformed JSON".
+_META_VALUE = ("(CASE WHEN NOT json_valid(c.metadata) THEN NULL "
+               "ELSE (CASE json_type(c.metadata, ?) WHEN 'true' THEN 'true' WHEN 'false' THEN 'false' "
+               "ELSE CAST(json_extract(c.metadata, ?) AS TEXT) END) END)")
 
 
 
@@ -111,8 +115,10 @@ def filter_sql(filters: Filters) -> tuple[str, list[Any]]:
 
     ``doc_id``/``source``/``title`` compare the column; any other key compares ``metadata.<key>`` as a
     string, like ES ``flattened`` (so 3 matches "3" and True matches "true"). An empty value tuple matches
-    nothing. Empty filters give ``("", [])``.
+    nothing. Empty filters give ``("", [])``. ConfigError for a filter over the limits of
+    ``esrag.validation`` (SQLite's expression depth), or a lone surrogate in a key or value.
     """
+    check_filters(filters)
     clauses: list[str] = []
     params: list[Any] = []
     for key in sorted(filters):
@@ -169,7 +175,24 @@ def batches(values: Sequence[Any], size: int = IN_BATCH) -> Iterator[Sequence[An
 
 def scored(row: Sequence[Any], score: float) -> ScoredChunk:
     return ScoredChunk(id=row[1], score=score, doc_id=row[2], source=row[3], title=row[4], text=row[5],
-                       chunk_index=int(row[6]), metadata=json.loads(row[7]), section=int(row[8]))
+                       chunk_index=int(row[6]), metadata=stored_metadata(row[7]), section=int(row[8]))
+
+
+def stored_metadata(text: str) -> dict[str, MetadataValue]:
+    """A row's metadata column as the flat map of finite scalars hits carry (``clean_metadata``); a row
+    whose column is not JSON at all reads as ``{}`` rather than failing the query it is a hit of."""
+    try:
+        raw = json.loads(text)
+    except (ValueError, TypeError, RecursionError):
+        return {}
+    return clean_metadata(raw)
+
+
+def metadata_json(metadata: Mapping[str, Any]) -> str:
+    """The metadata column of a chunk; ValueError for a non-finite number (SQLite's JSON functions cannot
+    read NaN or Infinity, so one such row would break every filter that reaches it)."""
+    return json.dumps(dict(metadata), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False,
+                      default=str)
 
 
 def vector(embedding: Any, dims: int) -> np.ndarray:

@@ -502,6 +502,30 @@ def test_deeply_nested_json_and_surrogates_are_skipped_per_record(tmp_path: Path
     ]
 
 
+def test_non_finite_numbers_and_unaddressable_ids_skip_their_record_naming_the_field(tmp_path: Path) -> None:
+    path = write(tmp_path / "n.jsonl", "\n".join([
+        '{"id": "ok", "text": "fine", "p": 1.5}',
+        '{"id": "a", "text": "t", "metadata": {"p99": NaN}}',
+        '{"id": "b", "text": "t", "deep": {"x": [1, -Infinity]}}',
+        '{"id": "c", "text": "t", "n": 1e400}',
+        '{"id": "../../x", "text": "t"}',
+        '{"id": "a\\nb", "text": "t"}',
+    ]))
+    docs, skipped = load_file(path)
+    assert [(d.doc_id.rsplit("#")[1], dict(d.metadata)) for d in docs] == [("ok", {"ext": ".jsonl", "p": 1.5})]
+    assert [s.reason.split(" (")[0] for s in skipped] == [
+        "line 2: field 'metadata.p99' must be a finite number, not nan",
+        "line 3: field 'deep.x.1' must be a finite number, not -inf",
+        "line 4: field 'n' must be a finite number, not inf",
+        "line 5: id '../../x' is not a valid document id: it has a '..' segment; ids are addressed as URL paths, "
+        "which resolve these",
+        "line 6: id 'a\\nb' is not a valid document id: it has a control character U+000A at character 1",
+    ]
+    whole = write(tmp_path / "w.json", '{"text": "t", "score": NaN}')
+    assert [s.reason for s in load_file(whole)[1]] == [
+        "field 'score' must be a finite number, not nan (NaN and infinities are not JSON numbers)"]
+
+
 def test_size_limit_skips_large_files_and_jsonl_lines(tmp_path: Path) -> None:
     big = write(tmp_path / "big.md", "x" * 2000)
     assert load_file(big, max_bytes=1000) == ([], [Skipped(posix(big), "larger than --max-file-size "
