@@ -23,6 +23,7 @@ from click.testing import CliRunner
 from esrag.cli import main
 from esrag.config import Settings
 from esrag.engine import Engine
+from esrag.types import Document
 from tests.fixtures.api import ApiServer, store_args
 
 pytestmark = pytest.mark.integration
@@ -137,3 +138,20 @@ def test_the_api_puts_the_file_first(corpus: tuple[Engine, dict[str, str], Path]
             r = client.post("/v1/ask", json={"question": word, "generator": "none"})
             assert r.status_code == 200, r.text
             assert r.json()["passages"][0]["doc_id"] == name, word
+
+
+def test_a_lone_hit_scores_two_with_zscore_and_one_with_minmax(fake_distribution: Path,
+                                                               store_settings: Callable[..., Settings]) -> None:
+    """One chunk in the index: each side's population is the hit and its floor, so zscore gives 2 per side
+    and minmax 1 (docs/fusion.md, 'What the score of a lone hit means'), never the 0 of 'not returned'."""
+    engine = Engine(store_settings(embedder="hashed"))
+    try:
+        doc = Document(doc_id="keys", source="keys", text="Rotate the API keys every 90 days.", title="Keys")
+        assert engine.ingest_documents([doc]).ok
+        hit = engine.search("rotate keys").hits[0]
+        assert (hit.bm25_norm, hit.dense_norm, hit.score) == (pytest.approx(2.0), pytest.approx(2.0),
+                                                              pytest.approx(2.0))
+        assert engine.search("rotate keys", normalization="minmax").hits[0].score == pytest.approx(1.0)
+    finally:
+        engine.drop()
+        engine.close()
