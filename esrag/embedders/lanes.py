@@ -7,10 +7,12 @@ answerer ranks), which may take seconds. Two rules keep a query from waiting beh
 - ``LaneLock``: the lock the model is held under. An *urgent* holder (a query) goes before every waiting
   bulk holder; bulk work gets the model when no query waits, and after ``MAX_URGENT_STREAK`` queries in a
   row while bulk work waits (so a steady stream of searches slows an ingest down but never stops it).
-- ``SlicePacer``: bulk work is cut into slices that hold the model about ``SLICE_SECONDS`` each, the lock
-  taken per slice. The pacer learns the model's cost per padded token from the slices it times, so a
-  slice is a few sentences on a CPU and a whole batch on a GPU. A query therefore waits at most about one
-  slice, whatever the size of the bulk call.
+- ``SlicePacer``: while queries are about (one was served in the last ``QUERIES_RECENT_S``), bulk work is
+  cut into slices that hold the model about ``SLICE_SECONDS`` each, the lock taken per slice. The pacer
+  learns the model's cost per padded token from the slices it times, so a slice is a few sentences on a
+  CPU and a whole batch on a GPU. A query therefore waits at most about one slice, whatever the size of
+  the bulk call. Without queries about (``esrag ingest`` on its own), bulk work runs in whole batches, as
+  fast as before: slicing costs a model call's fixed overhead per slice.
 
 Both are thread-safe.
 """
@@ -18,15 +20,18 @@ Both are thread-safe.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 #: how long one slice of bulk work should hold the model, in seconds (the longest a query waits for it)
-SLICE_SECONDS = 0.05
+SLICE_SECONDS = 0.025
 #: padded tokens in a slice before the pacer has timed one (a few short sentences, one long chunk)
 FIRST_SLICE_TOKENS = 256
 #: urgent holders served in a row while bulk work waits, before one bulk slice goes
-MAX_URGENT_STREAK = 8
+MAX_URGENT_STREAK = 4
+#: bulk work is sliced while a query was served this recently (seconds)
+QUERIES_RECENT_S = 10.0
 #: weight of the newest timing in the pacer's running estimate
 _EMA = 0.3
 
@@ -41,6 +46,11 @@ class LaneLock:
         self._bulk_waiting = 0
         self._streak = 0
         self._max_streak = max(1, max_urgent_streak)
+        self._last_urgent = -float("inf")  # time.monotonic() of the last urgent request
+
+    def queries_about(self, within_s: float = QUERIES_RECENT_S) -> bool:
+        """Whether an urgent holder asked for the lock in the last ``within_s`` seconds."""
+        return time.monotonic() - self._last_urgent < within_s
 
     def _may_take(self, urgent: bool) -> bool:
         if self._held:
@@ -53,6 +63,7 @@ class LaneLock:
         """Hold the lock for the ``with`` block, in the urgent lane or the bulk lane."""
         with self._cond:
             if urgent:
+                self._last_urgent = time.monotonic()
                 self._urgent_waiting += 1
             else:
                 self._bulk_waiting += 1
@@ -103,11 +114,11 @@ class SlicePacer:
         old = self._per_token
         self._per_token = per if old is None else (1 - _EMA) * old + _EMA * per
 
-    def slice_end(self, lengths: Sequence[int], start: int) -> int:
+    def slice_end(self, lengths: Sequence[int], start: int, fine: bool = True) -> int:
         """Where the slice beginning at ``start`` ends (exclusive), in ``lengths`` sorted longest first: at
-        most ``max_rows`` rows and at most ``budget_tokens`` padded tokens (rows x its first, longest, row),
-        but always at least one row. Asked slice by slice, so the later slices of a call use what the earlier
-        ones measured."""
+        most ``max_rows`` rows and, when ``fine``, at most ``budget_tokens`` padded tokens (rows x its
+        first, longest, row), but always at least one row. Asked slice by slice, so the later slices of a
+        call use what the earlier ones measured."""
         longest = max(1, lengths[start])
-        rows = max(1, min(self.max_rows, int(self.budget_tokens // longest)))
+        rows = self.max_rows if not fine else max(1, min(self.max_rows, int(self.budget_tokens // longest)))
         return min(len(lengths), start + rows)

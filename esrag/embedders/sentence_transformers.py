@@ -4,9 +4,10 @@ Thread safety: every method may be called from any thread at once. The model run
 (a lock: the model's Hugging Face tokenizer reconfigures its Rust backend's truncation and padding on every
 call, which breaks an encode running in another thread, and torch already uses every core for one batch).
 That lock has two lanes (esrag.embedders.lanes): queries (``embed_query``, ``embed_queries``) go before
-waiting bulk work (``embed_documents``, ``embed_batch``), and every call is cut into slices of about
-``SLICE_SECONDS`` of model time, longest texts first, the lock taken per slice; so a search waits for at
-most one slice of an ingest or of the sentences an answer ranks, not for the whole call. ``count_tokens``
+waiting bulk work (``embed_documents``, ``embed_batch``), and while queries are about every call is cut
+into slices of about ``SLICE_SECONDS`` of model time, longest texts first, the lock taken per slice; so a
+search waits for at most one slice of an ingest or of the sentences an answer ranks, not for the whole
+call. ``count_tokens``
 never touches that tokenizer: it uses a private copy of the Rust tokenizer
 that is configured once, without truncation or padding, and then only read, so chunking in one thread
 and embedding in another never race.
@@ -104,7 +105,7 @@ class SentenceTransformerEmbedder(Embedder):
         out = np.empty((len(texts), self.dims), dtype=np.float32)
         start = 0
         while start < len(order):
-            end = self._pacer.slice_end(ordered, start)
+            end = self._pacer.slice_end(ordered, start, fine=urgent or self._lock.queries_about())
             rows = order[start:end]
             with self._lock.hold(urgent):
                 t0 = time.perf_counter()

@@ -15,6 +15,18 @@ def test_slices_follow_the_token_budget_and_the_row_cap() -> None:
     assert pacer.slice_end(lengths, 1) == 4  # 3 x 30 <= 100
     assert pacer.slice_end(lengths, 6) == 10  # 10 x 10 fits, but at most 4 rows
     assert SlicePacer(max_rows=8, first_tokens=10).slice_end([500], 0) == 1  # one row always goes
+    assert pacer.slice_end(lengths, 0, fine=False) == 4  # no query about: whole batches
+
+
+def test_bulk_work_is_sliced_only_while_queries_are_about() -> None:
+    lock = LaneLock()
+    assert not lock.queries_about()
+    with lock.hold(urgent=False):
+        pass
+    assert not lock.queries_about()
+    with lock.hold(urgent=True):
+        pass
+    assert lock.queries_about() and not lock.queries_about(within_s=0.0)
 
 
 def test_the_pacer_learns_the_models_cost_per_token() -> None:
