@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from esrag.config import Fusion, Mode, Normalization
+from esrag.rag import MAX_ANSWER_K
 from esrag.schemas import MetadataValue
 
 MAX_K = 1000
@@ -69,12 +70,12 @@ class SearchBody(RetrievalOptions):
 
 class AskBody(RetrievalOptions):
     question: str = Field(min_length=1, max_length=MAX_QUERY_CHARS)
-    k: int | None = Field(None, ge=1, le=MAX_K, description="Passages retrieved for the prompt.")
+    k: int | None = Field(None, ge=1, le=MAX_ANSWER_K, description="Passages retrieved for the prompt.")
     stream: bool = Field(False, description="Answer as Server-Sent Events: sources, deltas, done.")
     generator: str | None = Field(
         None, min_length=1, max_length=100,
-        description="The generator plugin (see `esrag plugins`; `none` for the passages only). Default: the "
-                    "server's.")
+        description="One of the generators the server offers (esrag serve --generators; `none` for the "
+                    "passages only). Default: the server's.")
 
     _question = field_validator("question")(_not_blank)
 
