@@ -57,6 +57,9 @@ class ServerOptions:
     #: load the embedding model at startup (in the background; /readyz waits for it)
     preload: bool = True
     threads: int = 64
+    #: the generators a request may name besides the configured one (esrag serve --generators); None:
+    #: only the configured generator and ``none``
+    generators: tuple[str, ...] | None = None
 
 
 @dataclass

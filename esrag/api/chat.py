@@ -27,11 +27,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from esrag.api import sse
 from esrag.api.app import request_id_var
-from esrag.api.models import MAX_K, RetrievalOptions
+from esrag.api.models import RetrievalOptions
 from esrag.api.problems import ApiProblem, problem_body, status_for
-from esrag.api.routes import READ_ERRORS, Reader, engine_of
+from esrag.api.routes import READ_ERRORS, Reader, check_generator, engine_of
 from esrag.errors import EsragError
-from esrag.rag import finish
+from esrag.rag import MAX_ANSWER_K, finish
 from esrag.schemas import AskResponse, CitationModel, PassageModel
 
 router = APIRouter()
@@ -58,8 +58,9 @@ class StreamOptions(BaseModel):
 class ChatOptions(RetrievalOptions):
     """esrag's retrieval options for the chat route (the ``esrag`` field of the request)."""
 
-    k: int | None = Field(None, ge=1, le=MAX_K, description="Passages retrieved for the prompt.")
-    generator: str | None = Field(None, min_length=1, max_length=100)
+    k: int | None = Field(None, ge=1, le=MAX_ANSWER_K, description="Passages retrieved for the prompt.")
+    generator: str | None = Field(None, min_length=1, max_length=100,
+                                  description="One of the generators the server offers (esrag serve --generators).")
 
 
 class ChatCompletionRequest(BaseModel):
@@ -161,6 +162,7 @@ def chat_completions(body: ChatCompletionRequest, request: Request, svc: Reader)
     sources and citations are in the `esrag` field."""
     question = question_of(body.messages)
     opts = body.esrag or ChatOptions.model_validate({})
+    check_generator(svc, opts.generator, "esrag.generator")
     engine = engine_of(svc, request)
     engine.check_plugins(generator=opts.generator, need_generator=True)
     overrides: dict[str, Any] = opts.overrides()
