@@ -37,7 +37,8 @@ from esrag.errors import ConfigError, IndexNotFoundError
 from esrag.types import Document, Filters, MetadataValue
 
 if TYPE_CHECKING:
-    from esrag.generators.base import Generator
+    from esrag.conversation import Standalone
+    from esrag.generators.base import Generator, Message
     from esrag.ingest import Ingestor, IngestReport
     from esrag.rag import Answer, AnswerStream
     from esrag.search import HybridSearcher, SearchResult
@@ -203,6 +204,15 @@ class Engine:
         if lock is not None:
             stream = _Locked(stream, lock)  # type: ignore[assignment]
         return stream
+
+    def standalone_question(self, question: str, history: Sequence[Message],
+                            generator: str | None = None) -> Standalone:
+        """What to retrieve for and answer when ``question`` follows the turns of ``history`` (a chat):
+        rewritten by the generator when it can (an LLM server), else with the earlier questions added
+        (esrag.conversation)."""
+        from esrag.conversation import standalone_question
+
+        return standalone_question(question, history, self.generator(generator))
 
     def ask(self, question: str, generator: str | None = None, filters: Filters | None = None,
             **overrides: Any) -> Answer:
