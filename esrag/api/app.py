@@ -173,6 +173,11 @@ def _install_error_handlers(app: FastAPI, service: Service) -> None:
         errs = list(exc.errors())
         if any(e.get("type") == "json_invalid" for e in errs):
             return problem_response(request, 400, "invalid-json", "the request body is not valid JSON")
+        if "json" not in request.headers.get("content-type", "").lower() and any(
+                tuple(e.get("loc", ())) == ("body",) for e in errs):  # curl -d sends a form content type
+            message = "the request body must be JSON: send the header `Content-Type: application/json`"
+            return problem_response(request, 422, "invalid-request", f"body: {message}",
+                                    errors=[FieldError(field="body", message=message)])
         fields = field_errors(errs)
         detail = "; ".join(f"{f.field}: {f.message}" for f in fields)
         return problem_response(request, 422, "invalid-request", detail, errors=fields)
