@@ -16,6 +16,11 @@ Thread safety (the API calls the engine from worker threads):
 - generation with an in-process model (a generator whose ``concurrent`` attribute is False) runs one answer
   at a time: further ``ask`` calls wait their turn (a queue, not an error), retrieval included;
 - ``ingest_*`` and ``delete_*`` may run while searches run; the store serialises writers.
+
+Round trips: an engine checks that its index exists once, before its first search or answer (so a missing
+index is reported before a model loads); after that, a search is one store request (one ``_msearch`` on
+Elasticsearch), and an index dropped meanwhile is learnt from that request's own answer, with the same
+IndexNotFoundError.
 """
 
 from __future__ import annotations
@@ -32,7 +37,8 @@ from esrag.errors import ConfigError, IndexNotFoundError, setting
 from esrag.types import Document, Filters, MetadataValue
 
 if TYPE_CHECKING:
-    from esrag.generators.base import Generator
+    from esrag.conversation import Standalone
+    from esrag.generators.base import Generator, Message
     from esrag.ingest import Ingestor, IngestReport
     from esrag.rag import Answer, AnswerStream
     from esrag.search import HybridSearcher, SearchResult
@@ -54,6 +60,7 @@ class Engine:
         self._generators: dict[str, Generator] = {}
         self._generation_locks: dict[str, threading.Lock] = {}
         self._shares_parts = False
+        self._index_seen = False  # the index existed at the last search or answer
 
     def with_store_settings(self, **changes: Any) -> Engine:
         """An engine whose store is built from these changed settings (the API uses it for a caller's own
@@ -133,21 +140,40 @@ class Engine:
 
     # -- reading ---------------------------------------------------------------------------------------
 
+    def _index_missing(self) -> IndexNotFoundError:
+        where = self.store.describe()
+        return IndexNotFoundError(
+            f"index {where['index']!r} not found ({where['store']}: {where['location']}); ingest documents "
+            f"first, or point {setting('index')} at an existing one")
+
     def require_index(self) -> None:
         """IndexNotFoundError naming where the index was looked for, when it does not exist."""
         if not self.store.exists():
-            where = self.store.describe()
-            raise IndexNotFoundError(
-                f"index {where['index']!r} not found ({where['store']}: {where['location']}); ingest documents "
-                f"first, or point {setting('index')} at an existing one")
+            raise self._index_missing()
+
+    def _check_index(self) -> None:
+        """``require_index``, unless this engine's last search or answer found the index."""
+        if not self._index_seen:
+            self.require_index()
+            self._index_seen = True
+
+    def _reading(self, read: Callable[[], Any]) -> Any:
+        """``read()`` (a search, or retrieval for an answer) after the once-per-engine check that the index
+        exists; the store's own IndexNotFoundError (the index dropped since) becomes ``require_index``'s."""
+        self._check_index()
+        try:
+            return read()
+        except IndexNotFoundError as e:
+            self._index_seen = False
+            raise self._index_missing() from e
 
     def search(self, query: str, filters: Filters | None = None, **overrides: Any) -> SearchResult:
-        """Hybrid search. ``overrides``: k, mode, alpha, fusion, normalization, candidates, rrf_k,
-        doc_weight."""
+        """Hybrid search, in one store round trip once the engine has seen its index. ``overrides``: k,
+        mode, alpha, fusion, normalization, candidates, rrf_k, doc_weight."""
         if not query.strip():
             raise ConfigError("the query is empty", field="query")
-        self.require_index()
-        return self.searcher.search(query, filters=filters, **overrides)
+        result: SearchResult = self._reading(lambda: self.searcher.search(query, filters=filters, **overrides))
+        return result
 
     def explain(self, result: SearchResult) -> dict[str, Any]:
         return self.searcher.explain(result)
@@ -161,7 +187,7 @@ class Engine:
         """
         from esrag.rag import RagPipeline
 
-        self.require_index()
+        self._check_index()  # before a generator loads
         g = self.generator(generator)
         lock = None
         if g is not None and not getattr(g, "concurrent", False):
@@ -169,7 +195,8 @@ class Engine:
         if lock is not None:
             lock.acquire()
         try:
-            stream = RagPipeline(self.searcher, g, self.settings).stream(question, filters=filters, **overrides)
+            stream = self._reading(
+                lambda: RagPipeline(self.searcher, g, self.settings).stream(question, filters=filters, **overrides))
         except BaseException:
             if lock is not None:
                 lock.release()
@@ -177,6 +204,15 @@ class Engine:
         if lock is not None:
             stream = _Locked(stream, lock)  # type: ignore[assignment]
         return stream
+
+    def standalone_question(self, question: str, history: Sequence[Message],
+                            generator: str | None = None) -> Standalone:
+        """What to retrieve for and answer when ``question`` follows the turns of ``history`` (a chat):
+        rewritten by the generator when it can (an LLM server), else with the earlier questions added
+        (esrag.conversation)."""
+        from esrag.conversation import standalone_question
+
+        return standalone_question(question, history, self.generator(generator))
 
     def ask(self, question: str, generator: str | None = None, filters: Filters | None = None,
             **overrides: Any) -> Answer:
@@ -254,6 +290,7 @@ class Engine:
                 self._store.close()
                 self._store = None
                 self._searcher = None
+                self._index_seen = False
 
 
 def _flag(settings: Settings, name: str) -> str:

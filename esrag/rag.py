@@ -59,6 +59,9 @@ CUT_NOTE = "The answer was cut where it started repeating itself."
 NOT_SUPPORTED_NOTE = ("The model's text is not supported by the sources: none of its sentences is backed by the "
                       "passage it cites. Read the sources below instead.")
 TRUNCATION_MARK = " …"
+#: The most passages one answer retrieves (``k``): what a caller can make one answer cost is bounded
+#: by this and by the generator's context budget, which decides how many of them the answer reads.
+MAX_ANSWER_K = 50
 
 
 
@@ -519,8 +522,12 @@ class RagPipeline:
 
     def retrieve(self, question: str, **search_kwargs: Any) -> list[Hit]:
         """The top ``settings.rag_k`` hits (``k=`` overrides), best first. Other keyword arguments go to
-        ``HybridSearcher.search`` (mode, alpha, fusion, normalization, doc_weight, filters, candidates)."""
-        search_kwargs.setdefault("k", self.settings.rag_k)
+        ``HybridSearcher.search`` (mode, alpha, fusion, normalization, doc_weight, filters, candidates).
+        ConfigError when k is over ``MAX_ANSWER_K``."""
+        k = search_kwargs.get("k") or self.settings.rag_k
+        if k > MAX_ANSWER_K:
+            raise ConfigError(f"k: an answer retrieves at most {MAX_ANSWER_K} passages (got {k})")
+        search_kwargs["k"] = k
         return self.searcher.search(question, **search_kwargs).hits
 
     def prepare(self, question: str, hits: Sequence[Hit]) -> Prepared:

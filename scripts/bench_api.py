@@ -10,13 +10,20 @@
 4. ``POST /v1/ask`` with ``"stream": true`` (generator none: the sources then done): how long after
    retrieval finished the client has the sources event: the client's time to that event minus the
    ``retrieval_ms`` the event reports (an upper bound: it includes the HTTP round trip and parsing).
+5. Mixed load (``--mixed-rounds``): ``--mixed-clients`` clients search without pause while, in every other
+   window of ``--mixed-window`` seconds, one more client sends ``/v1/ask`` with ``"k": 50`` and the
+   extractive generator back to back (it embeds its passages' sentences with the model searches need). A
+   search counts as under load when an ask ran when it was sent and when it returned, as idle when no ask
+   ran at any time in between. Target: search p99 under load at most 3x its idle p99.
 
 Both sides share the machine's cores; the API side also runs its client threads. Targets (issue #11):
 API p50 at most +2 ms over in-process at concurrency 1; at 16 clients API q/s >= 0.7x in-process and API
-p99 <= 4x its own p50; the sources event within 10 ms of retrieval; no errors.
+p99 <= 4x its own p50; the sources event within 10 ms of retrieval; no errors. Issue #19: search p99
+under a concurrent large ask <= 3x idle.
 
     HF_HUB_OFFLINE=1 python scripts/bench_api.py                 # 1,000 sections, 1/4/16 clients
     python scripts/bench_api.py --docs 0 --requests 400           # the whole corpus
+    python scripts/bench_api.py --concurrency 1 --sse 0 --mixed-rounds 10   # mostly the mixed load
 
 Prints a table and one JSON object (also written to --json-out).
 """
@@ -122,6 +129,72 @@ def sse_sources_latency(url: str, queries: list[str], n: int) -> dict[str, float
             "client_upper_bound_p99_ms": round(percentile(after, 99), 2), "n": n}
 
 
+def mixed_load(url: str, queries: list[str], rounds: int, window_s: float, clients: int) -> dict[str, Any]:
+    """Search latency without and with a concurrent large ask (step 5 of the module docstring)."""
+    ask_body = {"question": "", "k": 50, "generator": "extractive"}
+    lock = threading.Lock()
+    state = {"running": 0, "started": 0}
+    samples: dict[str, list[float]] = {"idle": [], "load": []}
+    asks: list[float] = []
+    errors = [0]
+    asks_wanted, stop = threading.Event(), threading.Event()
+
+    def searcher(n: int) -> None:
+        with httpx.Client(base_url=url, timeout=120) as client:
+            i = 0
+            while not stop.is_set():
+                with lock:
+                    before = dict(state)
+                t0 = time.perf_counter()
+                r = client.post("/v1/search", json={"query": queries[(n * 7919 + i) % len(queries)], "k": 10})
+                ms = (time.perf_counter() - t0) * 1e3
+                with lock:
+                    after = dict(state)
+                i += 1
+                if r.status_code != 200:
+                    errors[0] += 1
+                elif before["started"] == after["started"] and bool(before["running"]) == bool(after["running"]):
+                    samples["load" if before["running"] else "idle"].append(ms)
+
+    def asker() -> None:
+        with httpx.Client(base_url=url, timeout=300) as client:
+            i = 0
+            while not stop.is_set():
+                if not asks_wanted.wait(0.05):
+                    continue
+                with lock:
+                    state["running"] += 1
+                    state["started"] += 1
+                t0 = time.perf_counter()
+                r = client.post("/v1/ask", json={**ask_body, "question": queries[i % len(queries)]})
+                asks.append(time.perf_counter() - t0)
+                with lock:
+                    state["running"] -= 1
+                i += 1
+                if r.status_code != 200:
+                    errors[0] += 1
+
+    threads = [threading.Thread(target=searcher, args=(n,)) for n in range(clients)]
+    threads.append(threading.Thread(target=asker))
+    for t in threads:
+        t.start()
+    try:
+        for _ in range(rounds):
+            time.sleep(window_s)
+            asks_wanted.set()
+            time.sleep(window_s)
+            asks_wanted.clear()
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(600)
+    idle, load = (summary(samples[k], 1.0, 0) for k in ("idle", "load"))
+    return {"clients": clients, "rounds": rounds, "window_s": window_s, "idle": idle, "load": load,
+            "asks": len(asks), "ask_p50_s": round(percentile(asks, 50), 2) if asks else None,
+            "errors": errors[0],
+            "p99_ratio": round(load["p99_ms"] / idle["p99_ms"], 2) if idle["p99_ms"] else None}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="BEIR dataset dir (corpus.jsonl, queries.jsonl)")
@@ -129,6 +202,10 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=200, help="searches per side and concurrency level")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     ap.add_argument("--sse", type=int, default=30, help="streamed asks for the sources-event latency")
+    ap.add_argument("--mixed-rounds", type=int, default=5,
+                    help="idle/ask window pairs of the mixed-load case (0: skip it)")
+    ap.add_argument("--mixed-window", type=float, default=3.0, help="seconds of each mixed-load window")
+    ap.add_argument("--mixed-clients", type=int, default=2, help="searching clients in the mixed-load case")
     ap.add_argument("--workdir", type=Path,
                     help="keep the store here (default: a new temp dir); a rerun on the same dir re-ingests "
                          "nothing (the ingest is incremental)")
@@ -158,7 +235,8 @@ def main() -> None:
     log = (tmp / "server.log").open("wb")
     proc = subprocess.Popen([sys.executable, "-m", "esrag.cli", "serve", "--port", str(port), "--sqlite-dir",
                              str(tmp / "db"), "--index", "faq", "--generator", "none", "--device", "cpu",
-                             "--log-level", "warning"], stdout=log, stderr=subprocess.STDOUT)
+                             "--generators", "extractive", "--log-level", "warning"],
+                            stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -190,7 +268,11 @@ def main() -> None:
         for c in args.concurrency:
             results["levels"][c] = {"in_process": run_level(c, args.requests, queries, in_process),
                                     "api": run_level(c, args.requests, queries, over_http, client)}
-        results["sse_sources_after_retrieval"] = sse_sources_latency(url, queries, args.sse)
+        if args.sse:
+            results["sse_sources_after_retrieval"] = sse_sources_latency(url, queries, args.sse)
+        if args.mixed_rounds:
+            results["mixed_load"] = mixed_load(url, queries, args.mixed_rounds, args.mixed_window,
+                                               args.mixed_clients)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(20)
@@ -210,10 +292,19 @@ def main() -> None:
         checks["api_p99_over_p50_at_16"] = round(lv[16]["api"]["p99_ms"] / lv[16]["api"]["p50_ms"], 2)
     results["checks"] = checks
     results["load_avg_after"] = os.getloadavg()[0]
-    sse = results["sse_sources_after_retrieval"]
-    print(f"sources event after retrieval (server): p50 {sse['p50_ms']:.2f} ms, p99 {sse['p99_ms']:.2f} ms; "
-          f"client-side upper bound p50 {sse['client_upper_bound_p50_ms']:.2f} ms, "
-          f"p99 {sse['client_upper_bound_p99_ms']:.2f} ms")
+    sse = results.get("sse_sources_after_retrieval")
+    if sse:
+        print(f"sources event after retrieval (server): p50 {sse['p50_ms']:.2f} ms, p99 {sse['p99_ms']:.2f} ms; "
+              f"client-side upper bound p50 {sse['client_upper_bound_p50_ms']:.2f} ms, "
+              f"p99 {sse['client_upper_bound_p99_ms']:.2f} ms")
+    mixed = results.get("mixed_load")
+    if mixed:
+        checks["search_p99_under_ask_over_idle"] = mixed["p99_ratio"]
+        print(f"search with {mixed['clients']} clients: idle p50 {mixed['idle']['p50_ms']:.1f} / p99 "
+              f"{mixed['idle']['p99_ms']:.1f} ms ({mixed['idle']['requests']}); under k=50 asks p50 "
+              f"{mixed['load']['p50_ms']:.1f} / p99 {mixed['load']['p99_ms']:.1f} ms ({mixed['load']['requests']}); "
+              f"p99 ratio {mixed['p99_ratio']} (target <= 3); {mixed['asks']} asks, p50 {mixed['ask_p50_s']} s; "
+              f"{mixed['errors']} errors")
     print(json.dumps(checks))
     out = json.dumps(results, indent=2)
     print(out)

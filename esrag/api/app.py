@@ -77,6 +77,9 @@ class ServerOptions:
     #: load the embedding model at startup (in the background; /readyz waits for it)
     preload: bool = True
     threads: int = 64
+    #: the generators a request may name besides the configured one (esrag serve --generators); None:
+    #: only the configured generator and ``none``
+    generators: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -229,6 +232,11 @@ def _install_error_handlers(app: FastAPI, service: Service) -> None:
         errs = list(exc.errors())
         if any(e.get("type") == "json_invalid" for e in errs):
             return problem_response(request, 400, "invalid-json", "the request body is not valid JSON")
+        if "json" not in request.headers.get("content-type", "").lower() and any(
+                tuple(e.get("loc", ())) == ("body",) for e in errs):  # curl -d sends a form content type
+            message = "the request body must be JSON: send the header `Content-Type: application/json`"
+            return problem_response(request, 422, "invalid-request", f"body: {message}",
+                                    errors=[FieldError(field="body", message=message)])
         fields = field_errors(errs)
         detail = "; ".join(f"{f.field}: {f.message}" for f in fields)
         return problem_response(request, 422, "invalid-request", detail, errors=fields)

@@ -1,9 +1,13 @@
 """``POST /v1/chat/completions``: esrag as an OpenAI-compatible RAG model.
 
 The request and response follow OpenAI's Chat Completions shapes, so the official client and chat UIs work
-unmodified. The last ``user`` message is the question (text parts of a multi-part content are joined);
-earlier messages and client system prompts are not used: every answer is grounded in retrieval. ``model``
-is ignored for retrieval (the server's index answers) and echoed back. Sampling options (``temperature``,
+unmodified. The last ``user`` message is the question (text parts of a multi-part content are joined).
+The conversation before it decides what is retrieved for a follow-up ("Which command does that?"): the
+server's LLM rewrites the question into a standalone one when the generator is ``openai_compat``, else the
+earlier user questions are added to it (esrag.conversation); the response's ``esrag.query`` says what was
+retrieved for and answered, and ``esrag.query_from`` how (``question``, ``llm`` or ``rule``). Client system
+prompts are not used: every answer is grounded in retrieval. ``model`` is ignored for retrieval (the
+server's index answers) and echoed back. Sampling options (``temperature``,
 ``max_tokens``...) are accepted and ignored: the server's generator settings apply.
 
 esrag's extras travel in an ``esrag`` field: in the request (optional, e.g. the openai client's
@@ -27,11 +31,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from esrag.api import sse
 from esrag.api.app import instance_of, request_id_var
-from esrag.api.models import MAX_CHAT_MESSAGES, MAX_K, CheckedBody, RetrievalOptions, chat_limits
+from esrag.api.models import MAX_CHAT_MESSAGES, CheckedBody, RetrievalOptions, chat_limits
 from esrag.api.problems import ApiProblem, problem_body, status_for
-from esrag.api.routes import READ_ERRORS, Reader, engine_of
+from esrag.api.routes import READ_ERRORS, Reader, check_generator, engine_of
+from esrag.conversation import Standalone
 from esrag.errors import EsragError
-from esrag.rag import finish
+from esrag.generators.base import Message
+from esrag.rag import MAX_ANSWER_K, finish
 from esrag.schemas import AskResponse, CitationModel, PassageModel
 
 router = APIRouter()
@@ -58,8 +64,9 @@ class StreamOptions(BaseModel):
 class ChatOptions(RetrievalOptions):
     """esrag's retrieval options for the chat route (the ``esrag`` field of the request)."""
 
-    k: int | None = Field(None, ge=1, le=MAX_K, description="Passages retrieved for the prompt.")
-    generator: str | None = Field(None, min_length=1, max_length=100)
+    k: int | None = Field(None, ge=1, le=MAX_ANSWER_K, description="Passages retrieved for the prompt.")
+    generator: str | None = Field(None, min_length=1, max_length=100,
+                                  description="One of the generators the server offers (esrag serve --generators).")
 
 
 class ChatCompletionRequest(CheckedBody):
@@ -106,6 +113,11 @@ class EsragExtra(BaseModel):
     passages: list[PassageModel]
     no_context: bool
     timings: dict[str, float | int | None]
+    query: str = Field(description="What was retrieved for and answered: the last user message, or for a "
+                                   "follow-up its standalone form.")
+    query_from: Literal["question", "llm", "rule"] = Field(
+        description="question: the last user message as it is (nothing came before it); llm: rewritten by the "
+                    "server's LLM; rule: the earlier user questions added to it.")
 
 
 class ChatCompletion(BaseModel):
@@ -130,17 +142,22 @@ CHAT_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def question_of(messages: list[ChatMessage]) -> str:
-    """The text of the last user message; ApiProblem 422 naming ``messages`` when there is none."""
-    for m in reversed(messages):
-        if m.role != "user":
+def _text(m: ChatMessage) -> str:
+    if isinstance(m.content, str):
+        return m.content
+    return "\n".join(p.text for p in m.content or [] if p.type == "text" and p.text)
+
+
+def conversation_of(messages: list[ChatMessage]) -> tuple[str, list[Message]]:
+    """The last user message's text and the user and assistant turns before it (the history a follow-up is
+    read in); ApiProblem 422 naming ``messages`` when the last user message has no text."""
+    for i in range(len(messages) - 1, -1, -1):
+        if messages[i].role != "user":
             continue
-        if isinstance(m.content, str):
-            text = m.content
-        else:
-            text = "\n".join(p.text for p in m.content or [] if p.type == "text" and p.text)
+        text = _text(messages[i])
         if text.strip():
-            return text
+            history = [Message(m.role, _text(m)) for m in messages[:i] if m.role in ("user", "assistant")]
+            return text, history
         break
     raise ApiProblem(422, "messages: the last user message has no text (esrag answers the last user message)",
                      "invalid-request")
@@ -152,23 +169,25 @@ def _usage(answer: AskResponse) -> Usage:
     return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
 
 
-def _extra(answer: AskResponse) -> EsragExtra:
+def _extra(answer: AskResponse, asked: Standalone) -> EsragExtra:
     return EsragExtra(citations=answer.citations, passages=answer.passages, no_context=answer.no_context,
-                      timings=answer.timings)
+                      timings=answer.timings, query=asked.text, query_from=asked.how)
 
 
 @router.post("/v1/chat/completions", response_model=ChatCompletion, responses=CHAT_RESPONSES, tags=["chat"])
 def chat_completions(body: ChatCompletionRequest, request: Request, svc: Reader) -> Response:
-    """OpenAI-compatible chat: the last user message is answered from retrieval, with [n] citations; the
-    sources and citations are in the `esrag` field."""
-    question = question_of(body.messages)
+    """OpenAI-compatible chat: the last user message, read in the conversation before it, is answered from
+    retrieval, with [n] citations; the sources and citations are in the `esrag` field."""
+    question, history = conversation_of(body.messages)
     opts = body.esrag or ChatOptions.model_validate({})
+    check_generator(svc, opts.generator, "esrag.generator")
     engine = engine_of(svc, request)
     engine.check_plugins(generator=opts.generator, need_generator=True)
     overrides: dict[str, Any] = opts.overrides()
     if opts.k is not None:
         overrides["k"] = opts.k
-    stream = engine.ask_stream(question, generator=opts.generator, filters=opts.filter_dict(), **overrides)
+    asked = engine.standalone_question(question, history, opts.generator)
+    stream = engine.ask_stream(asked.text, generator=opts.generator, filters=opts.filter_dict(), **overrides)
     generator = engine.generator(opts.generator)
     max_new = getattr(generator, "max_new_tokens", None)
     cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
@@ -180,7 +199,7 @@ def chat_completions(body: ChatCompletionRequest, request: Request, svc: Reader)
     if not body.stream:
         answer = AskResponse.of(finish(stream))
         completion = ChatCompletion(
-            id=cid, created=created, model=body.model, usage=_usage(answer), esrag=_extra(answer),
+            id=cid, created=created, model=body.model, usage=_usage(answer), esrag=_extra(answer, asked),
             choices=[Choice(message=AssistantMessage(content=answer.answer), finish_reason=finish_reason(answer))])
         return Response(completion.model_dump_json(), media_type="application/json")
 
@@ -195,7 +214,8 @@ def chat_completions(body: ChatCompletionRequest, request: Request, svc: Reader)
 
     async def events() -> AsyncIterator[bytes]:
         passages = [PassageModel(**p.to_dict()).model_dump(mode="json") for p in stream.passages]
-        yield chunk({"role": "assistant", "content": ""}, esrag={"passages": passages})
+        yield chunk({"role": "assistant", "content": ""},
+                    esrag={"passages": passages, "query": asked.text, "query_from": asked.how})
         try:
             async for piece in sse.pieces(stream):
                 if piece:
@@ -208,7 +228,7 @@ def chat_completions(body: ChatCompletionRequest, request: Request, svc: Reader)
             yield sse.event(None, "[DONE]")
             return
         answer = AskResponse.of(stream.answer)
-        yield chunk({}, finish_reason(answer), esrag=_extra(answer).model_dump(mode="json"))
+        yield chunk({}, finish_reason(answer), esrag=_extra(answer, asked).model_dump(mode="json"))
         if include_usage:
             yield sse.event(None, {"id": cid, "object": "chat.completion.chunk", "created": created,
                                    "model": body.model, "system_fingerprint": None, "choices": [],

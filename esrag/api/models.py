@@ -17,6 +17,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
 
 from esrag import validation as v
 from esrag.config import Fusion, Mode, Normalization
+from esrag.rag import MAX_ANSWER_K
 
 MAX_K = 1000
 MAX_CANDIDATES = 10_000
@@ -167,12 +168,12 @@ class SearchBody(RetrievalOptions):
 
 class AskBody(RetrievalOptions):
     question: str = Field(min_length=1, max_length=MAX_QUERY_CHARS)
-    k: int | None = Field(None, ge=1, le=MAX_K, description="Passages retrieved for the prompt.")
+    k: int | None = Field(None, ge=1, le=MAX_ANSWER_K, description="Passages retrieved for the prompt.")
     stream: bool = Field(False, description="Answer as Server-Sent Events: sources, deltas, done.")
     generator: str | None = Field(
         None, min_length=1, max_length=100,
-        description="The generator plugin (see `esrag plugins`; `none` for the passages only). Default: the "
-                    "server's.")
+        description="One of the generators the server offers (esrag serve --generators; `none` for the "
+                    "passages only). Default: the server's.")
 
     _question = field_validator("question")(_not_blank)
 

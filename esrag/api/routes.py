@@ -30,7 +30,7 @@ from esrag.api.models import (
     SearchBody,
 )
 from esrag.api.problems import ApiProblem, FieldError, problem_body, problem_responses, status_for
-from esrag.engine import Engine
+from esrag.engine import NO_GENERATOR, Engine
 from esrag.errors import EsragError
 from esrag.rag import finish
 from esrag.schemas import AskResponse, SearchResponse, StatusResponse
@@ -91,6 +91,26 @@ def engine_of(svc: Service, request: Request) -> Engine:
     return svc.engine_for(key)
 
 
+def offered_generators(svc: Service) -> list[str]:
+    """The generators a request may name: the configured one, and those of ``esrag serve --generators``
+    (default: ``none``, the passages only)."""
+    extra = svc.options.generators if svc.options.generators is not None else (NO_GENERATOR,)
+    return sorted({svc.engine.settings.generator_name, *extra})
+
+
+def check_generator(svc: Service, name: str | None, field: str) -> None:
+    """422 naming ``field`` when a request names a generator this server does not offer (loading a model
+    is the operator's choice, not a caller's)."""
+    if name is None or name == svc.engine.settings.generator_name:
+        return
+    offered = offered_generators(svc)
+    if name not in offered:
+        message = (f"this server does not offer the generator {name!r}; it offers {', '.join(offered)} (the "
+                   "operator chooses with esrag serve --generators)")
+        raise ApiProblem(422, f"{field}: {message}", "invalid-request",
+                         errors=[FieldError(field=field, message=message)])
+
+
 def _json(model: BaseModel, status: int = 200) -> Response:
     return Response(model.model_dump_json(), status_code=status, media_type="application/json")
 
@@ -124,6 +144,7 @@ ASK_RESPONSES: dict[int | str, dict[str, Any]] = {
 def ask(body: AskBody, request: Request, svc: Reader) -> Response:
     """Answer a question from the retrieved passages, citing them as [n]; the document is the one
     `esrag ask --json` prints. With an in-process model, concurrent questions queue."""
+    check_generator(svc, body.generator, "generator")
     engine = engine_of(svc, request)
     engine.check_plugins(generator=body.generator, need_generator=True)
     overrides: dict[str, Any] = body.overrides()

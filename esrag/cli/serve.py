@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import click
@@ -26,6 +27,10 @@ from esrag.cli.common import generation_options, model_options, retrieval_option
               help="Larger request bodies get 413.")
 @click.option("--threads", default=64, show_default=True, type=click.IntRange(1),
               help="Worker threads for blocking work (searches, ingest, generation).")
+@click.option("--generators", metavar="NAMES", envvar="ESRAG_API_GENERATORS",
+              help="Generators a request may choose with its `generator` field, comma-separated (`none`: the "
+                   "passages only). The configured --generator is always offered. Also ESRAG_API_GENERATORS. "
+                   "[default: none]")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]), help="Server log level.")
 @setting_option("k", "-k", metavar="N", help="Default number of search hits. [default: 10]")
@@ -35,7 +40,8 @@ from esrag.cli.common import generation_options, model_options, retrieval_option
 @store_options
 @model_options
 def serve(host: str, port: int, api_key_file: str | None, no_auth: bool, es_key_passthrough: bool,
-          max_body_bytes: int, threads: int, log_level: str, filters: tuple[str, ...], **opts: Any) -> None:
+          max_body_bytes: int, threads: int, generators: str | None, log_level: str, filters: tuple[str, ...],
+          **opts: Any) -> None:
     """Serve the HTTP API: search, cited answers (streamed as SSE), an OpenAI-compatible chat endpoint,
     document ingest and delete, status. OpenAPI schema at /openapi.json, docs at /docs.
 
@@ -47,8 +53,13 @@ def serve(host: str, port: int, api_key_file: str | None, no_auth: bool, es_key_
       curl -s localhost:8000/v1/search -d '{"query": "reset a password", "k": 3}' \\
            -H 'content-type: application/json'
     """
+    # Torch's OpenMP workers spin while they wait for work by default: in a server, whose request threads
+    # need the cores between two model calls, that spinning starves them (a search measured 10-40x slower
+    # on a busy 2-core machine). Passive waiting leaves the cores to them; set OMP_WAIT_POLICY to override.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import uvicorn
 
+    from esrag import plugins
     from esrag.api import ServerOptions, create_app
     from esrag.api.auth import is_loopback, load_keys
     from esrag.cli.common import engine_from
@@ -64,10 +75,16 @@ def serve(host: str, port: int, api_key_file: str | None, no_auth: bool, es_key_
                           "or pass --no-auth to serve it open")
     engine = engine_from(**opts)
     engine.check_plugins(need_generator=True)
+    offered = None
+    if generators is not None:
+        offered = tuple(dict.fromkeys(n.strip() for n in generators.split(",") if n.strip()))
+        for name in offered:
+            if name != "none":
+                plugins.check(plugins.GENERATORS, name, "--generators")
     if es_key_passthrough and engine.settings.store_name != "elasticsearch":
         raise ConfigError("--es-key-passthrough needs the elasticsearch store (--es-url)")
     app = create_app(engine, keys, ServerOptions(max_body_bytes=max_body_bytes, es_key_passthrough=es_key_passthrough,
-                                                 threads=threads))
+                                                 threads=threads, generators=offered))
     logging.getLogger("esrag").setLevel(log_level.upper())
     auth = "API keys" if keys.enabled else "no authentication"
     where = engine.store.describe()

@@ -35,16 +35,24 @@ class Embedder(ABC):
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Number of model tokens (special tokens excluded) of each text."""
 
+    def embed_urgent(self, texts: Sequence[str]) -> np.ndarray:
+        """Like ``embed_batch``, for texts a user is waiting on (queries). An embedder that runs one model
+        call at a time serves these before its waiting bulk work (see esrag.embedders.lanes); the default is
+        ``embed_batch``."""
+        return self.embed_batch(texts)
+
     def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
+        """Passages (chunks, sentences): bulk work, with the passage prefix."""
         if not texts:
             return np.zeros((0, self.dims), dtype=np.float32)
         return self.embed_batch([self.passage_prefix + t for t in texts])
 
     def embed_query(self, text: str) -> np.ndarray:
-        return self.embed_batch([self.query_prefix + text])[0]
+        """One query, with the query prefix, in the urgent lane (``embed_urgent``)."""
+        return self.embed_urgent([self.query_prefix + text])[0]
 
     def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
         """Many queries at once (evaluation), with the query prefix, like ``embed_query``."""
         if not texts:
             return np.zeros((0, self.dims), dtype=np.float32)
-        return self.embed_batch([self.query_prefix + t for t in texts])
+        return self.embed_urgent([self.query_prefix + t for t in texts])

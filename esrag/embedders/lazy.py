@@ -67,6 +67,9 @@ class LazyEmbedder(Embedder):
     def embed_batch(self, texts: Sequence[str]) -> np.ndarray:
         return self.get().embed_batch(texts)
 
+    def embed_urgent(self, texts: Sequence[str]) -> np.ndarray:
+        return self.get().embed_urgent(texts)
+
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         return self.get().count_tokens(texts)
 

@@ -1,9 +1,14 @@
 """sentence-transformers embedder: batched, L2-normalised, fp16 on CUDA.
 
-Thread safety: every method may be called from any thread at once. ``embed_batch`` runs one ``encode`` at
-a time (a lock: the model's Hugging Face tokenizer reconfigures its Rust backend's truncation and padding
-on every call, which breaks an encode running in another thread, and torch already uses every core for
-one batch). ``count_tokens`` never touches that tokenizer: it uses a private copy of the Rust tokenizer
+Thread safety: every method may be called from any thread at once. The model runs one ``encode`` at a time
+(a lock: the model's Hugging Face tokenizer reconfigures its Rust backend's truncation and padding on every
+call, which breaks an encode running in another thread, and torch already uses every core for one batch).
+That lock has two lanes (esrag.embedders.lanes): queries (``embed_query``, ``embed_queries``) go before
+waiting bulk work (``embed_documents``, ``embed_batch``), and while queries are about every call is cut
+into slices of about ``SLICE_SECONDS`` of model time, longest texts first, the lock taken per slice; so a
+search waits for at most one slice of an ingest or of the sentences an answer ranks, not for the whole
+call. ``count_tokens``
+never touches that tokenizer: it uses a private copy of the Rust tokenizer
 that is configured once, without truncation or padding, and then only read, so chunking in one thread
 and embedding in another never race.
 
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,6 +30,7 @@ import numpy as np
 from esrag.config import DEFAULT_MODEL
 from esrag.devices import pick_device
 from esrag.embedders.base import Embedder
+from esrag.embedders.lanes import LaneLock, SlicePacer
 from esrag.errors import EmbeddingError
 
 log = logging.getLogger(__name__)
@@ -68,24 +75,52 @@ class SentenceTransformerEmbedder(Embedder):
             self._model.half()
         get_dims = getattr(self._model, "get_embedding_dimension", None) or self._model.get_sentence_embedding_dimension
         self.dims = int(get_dims() or 0)
-        self._lock = threading.Lock()
+        self._lock = LaneLock()
+        self._pacer = SlicePacer(max_rows=batch_size)
         tokenizer = self._model.tokenizer
         special = int(tokenizer.num_special_tokens_to_add())
         self.max_tokens = int(self._model.max_seq_length or 512) - special
         self._counter = _private_counter(tokenizer)
 
     def embed_batch(self, texts: Sequence[str]) -> np.ndarray:
+        """Bulk work: sliced, each slice waiting behind the queries that wait (see the module docstring)."""
+        return self._encode(texts, urgent=False)
+
+    def embed_urgent(self, texts: Sequence[str]) -> np.ndarray:
+        """Queries: sliced like bulk work, and served before it."""
+        return self._encode(texts, urgent=True)
+
+    def _encode(self, texts: Sequence[str], urgent: bool) -> np.ndarray:
+        """Embed ``texts`` longest first in slices (``SlicePacer``), holding the model per slice; rows come
+        back in the order of ``texts``. Each slice is timed to size the next ones."""
         if not texts:
             return np.zeros((0, self.dims), dtype=np.float32)
-        with self._lock:
-            vectors = self._model.encode(
-                list(texts),
-                batch_size=self.batch_size,
-                normalize_embeddings=True,
-                convert_to_numpy=True,
-                show_progress_bar=False,
-            )
-        return np.asarray(vectors, dtype=np.float32)
+        texts = list(texts)
+        if len(texts) == 1:
+            lengths = [self.max_tokens]
+        else:  # +2: the special tokens; the model reads at most max_tokens of a text
+            lengths = [min(n, self.max_tokens) + 2 for n in self._counter(texts)]
+        order = sorted(range(len(texts)), key=lengths.__getitem__, reverse=True)
+        ordered = [lengths[i] for i in order]
+        out = np.empty((len(texts), self.dims), dtype=np.float32)
+        start = 0
+        while start < len(order):
+            end = self._pacer.slice_end(ordered, start, fine=urgent or self._lock.queries_about())
+            rows = order[start:end]
+            with self._lock.hold(urgent):
+                t0 = time.perf_counter()
+                vectors = self._model.encode(
+                    [texts[i] for i in rows],
+                    batch_size=self.batch_size,
+                    normalize_embeddings=True,
+                    convert_to_numpy=True,
+                    show_progress_bar=False,
+                )
+                if len(texts) > 1:  # a lone text's length is not counted: it would skew the estimate
+                    self._pacer.observe(ordered[start] * len(rows), time.perf_counter() - t0)
+            out[rows] = vectors
+            start = end
+        return out
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         if not texts:

@@ -14,9 +14,13 @@ How sentences are picked (``select_sentences``, pure):
    without an embedder), so the answer is not five copies of one idea. A sentence scoring under
    ``MIN_RELEVANCE``, or under ``RELATIVE_CUTOFF`` of the best one, is never picked after the first.
 
-Sentences are quoted verbatim, so every one is supported by the passage it cites. On a CPU, the cost is one
-embedding batch of the passages' sentences (~30-100 short texts with MiniLM: tens to a few hundred ms).
-Thread-safe: it holds no state besides the embedder, which serialises its own calls.
+Sentences are quoted verbatim, so every one is supported by the passage it cites. The answerer reads only
+the passages that fit its context budget (``CONTEXT_TOKENS``, enforced by esrag.rag before anything is
+embedded: about 8 chunks of 256 tokens, every passage at the default ``rag_k`` of 5), so the work one answer
+causes is bounded whatever ``k`` retrieved. On a CPU, that is one embedding call of at most ~100 short
+sentences with MiniLM (tens to a few hundred ms), which the embedder runs in short slices behind waiting
+queries (esrag.embedders.lanes), so searches do not wait for it. Thread-safe: it holds no state besides the
+embedder, which serialises its own calls.
 """
 
 from __future__ import annotations
@@ -33,6 +37,10 @@ from esrag.config import Settings
 from esrag.generators.base import Generator, Message
 
 MAX_SENTENCES = 4
+#: the context the answerer reads, in estimated tokens (esrag.generators.base.estimate_tokens): its
+#: ``context_tokens`` is this plus ``max_new_tokens`` (which esrag.rag reserves for the answer), and
+#: esrag.rag fits the passages into it, less the question and a margin, before anything is embedded
+CONTEXT_TOKENS = 4096
 LAMBDA = 0.7
 MIN_WORDS = 4
 MIN_RELEVANCE = 0.25
@@ -174,10 +182,11 @@ class ExtractiveGenerator(Generator):
     constrains_citations = True
     wants_embedder = True
     concurrent = True
-    context_tokens = 1_000_000  # every retrieved passage fits: nothing is sent to a model
 
     def __init__(self, settings: Settings) -> None:
         self.max_new_tokens = settings.max_new_tokens
+        #: bounds the sentences embedded per answer (see the module docstring)
+        self.context_tokens = CONTEXT_TOKENS + self.max_new_tokens
         self.embedder = None
 
     def stream(self, messages: Sequence[Message], sources: int = 0, passage_texts: Sequence[str] | None = None,

@@ -85,6 +85,8 @@ class OpenAICompatGenerator(Generator):
 
     name = "openai_compat"
     exact_token_counts = False
+    #: a chat's follow-up question is rewritten into a standalone one with ``rewrite`` (esrag.conversation)
+    rewrites_questions = True
 
     def __init__(self, settings: Settings, *, context_tokens: int | None = None) -> None:
         if not settings.llm_url:
@@ -243,6 +245,20 @@ class OpenAICompatGenerator(Generator):
         self.last_completion_tokens = int(usage.completion_tokens) if usage is not None and getattr(
             usage, "completion_tokens", None) is not None else self.count_tokens(text)
         return text
+
+    def rewrite(self, messages: Sequence[Message], max_tokens: int) -> str:
+        """One short, deterministic completion (temperature 0, at most ``max_tokens``) for the pipeline's
+        own use: a follow-up question rewritten (esrag.conversation). Not an answer: it leaves
+        ``last_completion_tokens`` alone. GeneratorError naming the URL on any failure."""
+        client = self._client()
+        try:
+            out = client.chat_completion(messages_to_dicts(messages), stream=False, max_tokens=max_tokens,
+                                         temperature=0.0, model=self.model or None)
+        except Exception as e:
+            raise self._error(e, "") from e
+        finally:
+            client.close()
+        return (out.choices[0].message.content or "") if out.choices else ""
 
     def _error(self, e: Exception, partial: str) -> GeneratorError:
         """Turn any client-side exception into a GeneratorError that names the server and what went wrong."""

@@ -157,7 +157,8 @@ def test_every_bad_input_is_a_problem_naming_the_field(api: ApiServer) -> None:
     assert _problem(nan, 422, "alpha")["errors"][0]["field"] == "alpha"
     _problem(httpx.post(f"{api.url}/v1/search", content=b"{not json", headers={"content-type": "application/json"}),
              400, "JSON")
-    _problem(post(api, "/v1/ask", {"question": "x", "generator": "nosuch"}), 422, "nosuch")
+    assert _problem(post(api, "/v1/ask", {"question": "x", "generator": "nosuch"}), 422,
+                    "nosuch")["errors"][0]["field"] == "generator"
     _problem(httpx.get(f"{api.url}/v1/nowhere"), 404)
     _problem(httpx.get(f"{api.url}/v1/search"), 405)
     _problem(httpx.put(f"{api.url}/v1/documents/big", json={"text": "word " * 3_000_000}), 413, "limit")

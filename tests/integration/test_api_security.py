@@ -123,6 +123,7 @@ def test_upstream_failures_are_502_and_504_naming_the_url_without_credentials(
     assert r.status_code == 504, r.text
 
     llm = serve("--sqlite-dir", str(tmp_path / "db"), "--embedder", "hashed", "--generator", "echo",
+                "--generators", "openai_compat",
                 "--llm-url", f"http://user:llmsecret@127.0.0.1:{closed}", "--llm-timeout", "1",
                 env={"ESRAG_LLM_API_KEY": "sk-llm-secret-123456"})
     assert httpx.put(f"{llm.url}/v1/documents/tower", json={"text": TOWER}).status_code == 200

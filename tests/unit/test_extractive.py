@@ -3,6 +3,11 @@ no embedder)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
 from esrag.config import Settings
 from esrag.generators.base import Message
 from esrag.generators.extractive import (
@@ -89,3 +94,50 @@ def test_two_threads_answer_at_once_with_one_generator() -> None:
     with ThreadPoolExecutor(2) as pool:
         both = list(pool.map(lambda a: "".join(g.stream([], sources=1, passage_texts=a[1], question=a[0])), asks))
     assert both == alone and alone[1].startswith("The sky is blue")
+
+
+class CountingEmbedder:
+    """Counts the texts it embeds (bag of words vectors: enough for the selection to run)."""
+
+    def __init__(self) -> None:
+        self.documents = 0
+
+    def _vec(self, text: str) -> np.ndarray:
+        v = np.zeros(64, dtype=np.float32)
+        for w in text.lower().split():
+            v[hash(w) % 64] += 1.0
+        return v / max(float(np.linalg.norm(v)), 1e-9)
+
+    def embed_query(self, text: str) -> np.ndarray:
+        return self._vec(text)
+
+    def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
+        self.documents += len(texts)
+        return np.stack([self._vec(t) for t in texts])
+
+
+def test_a_large_k_embeds_only_the_sentences_of_the_passages_that_fit_the_budget() -> None:
+    """k = 50 long passages: the answerer's context budget keeps a best-ranked prefix of them (every one of
+    the default five), and only their sentences are embedded."""
+    from esrag.rag import RagPipeline
+    from esrag.types import Hit
+
+    text = " ".join(f"Passage sentence number {j} explains how the keys are rotated by the operator."
+                    for j in range(12))
+    hits = [Hit(id=f"c{i}", doc_id=f"d{i}", source=f"docs/{i}.md", title="", text=text, chunk_index=0,
+                score=1.0 - i / 100, bm25_score=None, dense_score=None, bm25_rank=None, dense_rank=None,
+                bm25_norm=0.0, dense_norm=0.0) for i in range(50)]
+
+    class Searcher:
+        embedder = None
+
+        def search(self, query: str, **kwargs: Any) -> Any:
+            return type("R", (), {"hits": hits[: kwargs["k"]]})()
+
+    g = ExtractiveGenerator(Settings())
+    g.embedder = CountingEmbedder()
+    answer = RagPipeline(Searcher(), g, Settings()).ask("How are the keys rotated?", k=50)  # type: ignore[arg-type]
+    assert len(answer.retrieved) == 50
+    assert 5 <= len(answer.passages) <= 12
+    assert g.embedder.documents == len(candidate_sentences([p.text for p in answer.passages])) <= 12 * 12
+    assert answer.citations and {c.n for c in answer.citations} <= {p.n for p in answer.passages}

@@ -353,3 +353,15 @@ def _consumed(stream: Any) -> Any:
     for _ in stream:
         pass
     return stream
+
+
+def test_an_answer_retrieves_at_most_max_answer_k_passages() -> None:
+    from esrag.rag import MAX_ANSWER_K
+
+    p = pipeline([hit(i) for i in range(1, 80)], ScriptedGenerator(["ok [1]."]))
+    assert len(p.ask("q", k=MAX_ANSWER_K).retrieved) == MAX_ANSWER_K
+    with pytest.raises(ConfigError, match=rf"^k: an answer retrieves at most {MAX_ANSWER_K} passages \(got 51\)"):
+        p.ask("q", k=MAX_ANSWER_K + 1)
+    with pytest.raises(ConfigError, match="got 60"):
+        pipeline([hit(1)], ScriptedGenerator(["ok"]), rag_k=60).ask("q")
+    assert not p.searcher.calls[1:]  # type: ignore[attr-defined]  # refused before retrieval
