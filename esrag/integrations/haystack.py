@@ -13,7 +13,7 @@ The component takes an ``Engine`` (``engine=``) or the settings to build one (``
 names and values, layered over esrag.toml and ``ESRAG_*`` variables as ``Settings.load`` does).
 ``to_dict``/``from_dict`` serialise it as Haystack serialises components (``Pipeline.dumps`` and
 ``loads`` included): the settings are written without secrets (``es_api_key``, ``es_password``,
-``llm_api_key``, an ``es_url`` holding a password, and plugin tables), which the loaded component reads
+``llm_api_key``, a URL holding a password, and plugin tables), which the loaded component reads
 from ``ESRAG_*`` variables and esrag.toml, as the CLI does.
 
 ``run(query, filters, top_k)`` returns ``{"documents": [...]}``; ``run_async`` runs the same (blocking)
@@ -27,7 +27,7 @@ import asyncio
 from collections.abc import Mapping
 from typing import Any
 
-from esrag.config import SECRETS, Settings
+from esrag.config import SECRETS, URL_SETTINGS, Settings
 from esrag.engine import Engine
 from esrag.errors import ConfigError
 from esrag.integrations._common import (
@@ -100,14 +100,15 @@ def _add(condition: Mapping[str, Any], out: Conjunction) -> None:
 
 
 def saved_settings(settings: Settings) -> dict[str, Any]:
-    """The settings that differ from the defaults, as ``to_dict`` writes them: no secret, no ``es_url`` that
-    holds a password (both come from ``ESRAG_*`` variables or esrag.toml when loaded), no plugin tables."""
+    """The settings that differ from the defaults, as ``to_dict`` writes them: no secret, no URL that holds a
+    password (both come from ``ESRAG_*`` variables or esrag.toml when loaded), no plugin tables."""
     values = settings.model_dump(exclude_defaults=True, exclude={"plugin_options", "sources"})
     for name in SECRETS:
         values.pop(name, None)
-    url = values.get("es_url")
-    if isinstance(url, str) and redact_url(url) != url:
-        del values["es_url"]
+    for name in URL_SETTINGS:
+        url = values.get(name)
+        if isinstance(url, str) and redact_url(url) != url:
+            del values[name]
     return values
 
 
