@@ -47,6 +47,17 @@ if TYPE_CHECKING:
 NO_GENERATOR = "none"
 
 
+
+#: filters as callers give them: a key to one value or to several (any of which matches)
+FilterArg = Mapping[str, str | Sequence[str]]
+
+def filter_values(filters: FilterArg | None) -> Filters | None:
+    """``filters`` with each value a tuple: a bare string is one value (``{"team": "db"}`` means
+    ``{"team": ("db",)}``), never the characters of it."""
+    if not filters:
+        return None
+    return {k: (v,) if isinstance(v, str) else tuple(v) for k, v in filters.items()}
+
 class Engine:
     """esrag's parts and operations for one Settings. Close it (or use it as a context manager) to release
     the store's connections and the generators' models."""
@@ -167,18 +178,19 @@ class Engine:
             self._index_seen = False
             raise self._index_missing() from e
 
-    def search(self, query: str, filters: Filters | None = None, **overrides: Any) -> SearchResult:
+    def search(self, query: str, filters: FilterArg | None = None, **overrides: Any) -> SearchResult:
         """Hybrid search, in one store round trip once the engine has seen its index. ``overrides``: k,
         mode, alpha, fusion, normalization, candidates, rrf_k, doc_weight."""
         if not query.strip():
             raise ConfigError("the query is empty", field="query")
-        result: SearchResult = self._reading(lambda: self.searcher.search(query, filters=filters, **overrides))
+        wanted = filter_values(filters)
+        result: SearchResult = self._reading(lambda: self.searcher.search(query, filters=wanted, **overrides))
         return result
 
     def explain(self, result: SearchResult) -> dict[str, Any]:
         return self.searcher.explain(result)
 
-    def ask_stream(self, question: str, generator: str | None = None, filters: Filters | None = None,
+    def ask_stream(self, question: str, generator: str | None = None, filters: FilterArg | None = None,
                    **overrides: Any) -> AnswerStream:
         """Retrieve now (errors surface here) and return a stream that generates as it is iterated.
 
@@ -196,7 +208,8 @@ class Engine:
             lock.acquire()
         try:
             stream = self._reading(
-                lambda: RagPipeline(self.searcher, g, self.settings).stream(question, filters=filters, **overrides))
+                lambda: RagPipeline(self.searcher, g, self.settings).stream(question, filters=filter_values(filters),
+                                                                           **overrides))
         except BaseException:
             if lock is not None:
                 lock.release()
@@ -214,7 +227,7 @@ class Engine:
 
         return standalone_question(question, history, self.generator(generator))
 
-    def ask(self, question: str, generator: str | None = None, filters: Filters | None = None,
+    def ask(self, question: str, generator: str | None = None, filters: FilterArg | None = None,
             **overrides: Any) -> Answer:
         from esrag.rag import finish
 

@@ -106,7 +106,7 @@ def check_generator(svc: Service, name: str | None, field: str) -> None:
     offered = offered_generators(svc)
     if name not in offered:
         message = (f"this server does not offer the generator {name!r}; it offers {', '.join(offered)} (the "
-                   "operator chooses with esrag serve --generators)")
+                   "server's operator chooses which)")
         raise ApiProblem(422, f"{field}: {message}", "invalid-request",
                          errors=[FieldError(field=field, message=message)])
 

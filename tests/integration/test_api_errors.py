@@ -110,7 +110,7 @@ def test_errors_speak_http(keyed: ApiServer, serve: Callable[..., ApiServer], tm
     assert httpx.put(f"{url}/v1/documents/tower", json={"text": TOWER}, headers=write, timeout=30).status_code == 200
     body = check(httpx.post(f"{url}/v1/ask", json={"question": "x", "generator": "nosuch"}, headers=read,
                             timeout=30), 422, "invalid-request", "generator")
-    assert body["detail"].startswith("generator: no generator named 'nosuch'")
+    assert body["detail"].startswith("generator: this server does not offer the generator 'nosuch'")
     check(httpx.post(f"{url}/v1/search", json={"query": "x", "alpha": 2}, headers=read, timeout=30), 422,
           "invalid-request", "alpha")
     check(httpx.post(f"{url}/v1/search", content=b"{nope", headers={**read, "content-type": "application/json"},

@@ -86,3 +86,13 @@ def test_a_closed_stream_releases_the_generator_for_the_next_question(engine: En
     t.start()
     t.join(timeout=20)
     assert done.is_set()
+
+
+def test_a_filter_value_given_as_a_bare_string_is_one_value(engine: Engine) -> None:
+    """``{"source": "d3.md"}`` means that one source, as ``("d3.md",)`` does, never its characters."""
+    as_tuple = [h.id for h in engine.search("topic", filters={"source": ("d3.md",)}).hits]
+    as_str = [h.id for h in engine.search("topic", filters={"source": "d3.md"}).hits]
+    assert as_str == as_tuple and {h.source for h in engine.search("topic", filters={"source": "d3.md"}).hits} == {
+        "d3.md"}
+    answer = engine.ask("topic", generator="none", filters={"source": "d3.md"})
+    assert {p.hit.source for p in answer.passages} == {"d3.md"}

@@ -86,7 +86,8 @@ def test_the_unique_word_corpus_has_one_bm25_hit_per_word(
     assert engine.store.count().chunks > FILES  # several chunks per file: a word sits in one of them
     for word, name in words.items():
         hits = engine.search(word, mode="bm25").hits
-        assert [h.doc_id for h in hits] == [name], word
+        # one file; two of its chunks when the word falls in their overlap
+        assert hits and {h.doc_id for h in hits} == {name}, word
 
 
 def test_the_file_holding_the_word_ranks_first_at_the_defaults(
@@ -104,7 +105,7 @@ def test_the_file_holding_the_word_ranks_first_at_the_defaults(
         has_digit = any(c.isdigit() for c in word)
         assert result.lookup == has_digit
         assert result.alpha == (s.lookup_alpha if has_digit else s.alpha)
-        assert all(h.bm25_norm == 0.0 for h in result.hits[1:])
+        assert all(h.bm25_norm == 0.0 for h in result.hits if h.doc_id != name)
         # ask's sources are the same retrieval: the file comes first there too
         answer = engine.ask(word, generator="none")
         assert answer.passages[0].hit.doc_id == name, word

@@ -75,4 +75,4 @@ def test_a_missing_index_is_the_same_clear_error_before_and_after_searches(setti
     eng.close()
     assert str(dropped.value) == str(never_there.value) == str(asked.value)
     assert f"index '{settings.index}' not found (elasticsearch: {fault_proxy.url})" in str(dropped.value)
-    assert "run `esrag ingest PATH` first" in str(dropped.value)
+    assert "ingest documents first" in str(dropped.value)
