@@ -262,9 +262,20 @@ def put_document(doc_id: DocIdPath, body: DocumentBody, request: Request, svc: W
     return _put(_writable(request, "doc_id", doc_id), body, request, svc)
 
 
+def _only_id(request: Request) -> None:
+    """422 naming the first query parameter other than ``id``: a misspelt one (``?ids=``) is refused, not
+    ignored, on the routes whose query names the document."""
+    extra = next((k for k in request.query_params if k != "id"), None)
+    if extra is not None:
+        message = f"unknown query parameter {validation.printable(extra)!r}; these routes take only `id`"
+        raise ApiProblem(422, f"{validation.printable(extra)}: {message}", "invalid-request",
+                         errors=[FieldError(field=validation.printable(extra), message=message)])
+
+
 @router.put(DOCUMENTS, response_model=IngestResponse, responses=WRITE_ERRORS, tags=["documents"])
 def put_document_by_query(id: DocIdQuery, body: DocumentBody, request: Request, svc: Writer) -> Response:  # noqa: A002
-    """`PUT /v1/documents/{doc_id}` with the id in the query (`?id=docs%2Fapi.md`)."""
+    """`PUT /v1/documents/{doc_id}` with the id in the query (`?id=docs%2Fapi.md`); no other parameter."""
+    _only_id(request)
     return _put(_writable(request, "id", id), body, request, svc)
 
 
@@ -291,7 +302,8 @@ def delete_document(doc_id: DocIdPath, request: Request, svc: Writer) -> Respons
 
 @router.delete(DOCUMENTS, response_model=DeleteResponse, responses=WRITE_ERRORS, tags=["documents"])
 def delete_document_by_query(id: DocIdQuery, request: Request, svc: Writer) -> Response:  # noqa: A002
-    """`DELETE /v1/documents/{doc_id}` with the id in the query (`?id=docs%2Fapi.md`)."""
+    """`DELETE /v1/documents/{doc_id}` with the id in the query (`?id=docs%2Fapi.md`); no other parameter."""
+    _only_id(request)
     return _delete(request_doc_id(request, "id", id), request, svc)
 
 

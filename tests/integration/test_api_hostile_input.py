@@ -287,3 +287,12 @@ def test_chat_caps_the_question_and_the_conversation_like_ask(api: ApiServer) ->
     assert r.status_code in (413, 422)  # the body limit (10 MiB by default) or the question's
     r = chat([{"role": "user", "content": "q" * MAX_QUERY_CHARS}])
     assert r.status_code == 404  # within the limits: answered (no index yet), not refused
+
+
+def test_the_id_query_routes_refuse_other_query_parameters(api: ApiServer) -> None:
+    """`?ids=` (a typo) or any parameter beside `id` is a 422 naming it, not silently ignored."""
+    r = httpx.put(f"{api.url}/v1/documents?id=a&ids=b", json={"text": "x"}, timeout=30)
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "ids"
+    r = httpx.delete(f"{api.url}/v1/documents?id=a&S=null", timeout=30)
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "S"
+    assert httpx.put(f"{api.url}/v1/documents?id=a", json={"text": "x"}, timeout=30).status_code == 200
