@@ -64,6 +64,8 @@ log = logging.getLogger(__name__)
 _DONE = object()
 #: documents per store lookup in the producer
 _LOOKUP_BATCH = 64
+#: stubs per store lookup (an id and a version each: an unchanged re-run is mostly these lookups)
+_STUB_BATCH = 1000
 #: chunks per store write
 _WRITE_BATCH = 500
 
@@ -253,14 +255,15 @@ class Ingestor:
             # about a window of chunks' worth of text (4 characters a token), so that embedding starts early
             window_chars = self.window * self.settings.chunk_size * 4
             batch_chars = 0
+            stubs = 0
 
             def flush(at: int) -> None:
-                nonlocal window, window_chunks, batch_chars
+                nonlocal window, window_chunks, batch_chars, stubs
                 for plan in self._plan(batch, exists, report, produced, source):
                     window.append(plan)
                     window_chunks += len(plan.chunks)
                 batch.clear()
-                batch_chars = 0
+                batch_chars = stubs = 0
                 if window_chunks >= self.window or not window:
                     out.put((at, window))
                     window, window_chunks = [], 0
@@ -278,10 +281,12 @@ class Ingestor:
                     if isinstance(item, Document):
                         report.decode_errors += item.decode_errors
                         batch_chars += len(item.text)
+                    else:
+                        stubs += 1
                     batch.append(item)
                 else:
                     _note(item, report)
-                if len(batch) >= _LOOKUP_BATCH or batch_chars >= window_chars:
+                if len(batch) - stubs >= _LOOKUP_BATCH or stubs >= _STUB_BATCH or batch_chars >= window_chars:
                     flush(position)
             flush(position)
             if window:
