@@ -64,7 +64,7 @@ SECRETS = frozenset({"es_password", "es_api_key", "llm_api_key"})
 #: URL settings that may carry ``user:password@``: shown without it (``esrag.redact``)
 URL_SETTINGS = frozenset({"es_url", "llm_url"})
 #: the plugin kinds whose settings tables are passed through to plugins
-PLUGIN_KINDS = ("store", "embedder", "generator")
+PLUGIN_KINDS = ("store", "embedder", "generator", "source")
 
 def check_alpha(alpha: float) -> float:
     """``alpha`` if it is a number in [0, 1]; ConfigError (a ValueError) otherwise, NaN included. The one

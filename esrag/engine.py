@@ -15,7 +15,8 @@ Thread safety (the API calls the engine from worker threads):
   stores allow concurrent readers, the embedder serialises its own model calls;
 - generation with an in-process model (a generator whose ``concurrent`` attribute is False) runs one answer
   at a time: further ``ask`` calls wait their turn (a queue, not an error), retrieval included;
-- ``ingest_*`` and ``delete_*`` may run while searches run; the store serialises writers.
+- ``ingest`` (and its shortcuts ``ingest_paths``/``ingest_documents``) and ``delete_*`` may run while
+  searches run; the store serialises writers. One source is ingested by one ``ingest`` at a time.
 
 Round trips: an engine checks that its index exists once, before its first search or answer (so a missing
 index is reported before a model loads); after that, a search is one store request (one ``_msearch`` on
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
     from esrag.ingest import Ingestor, IngestReport
     from esrag.rag import Answer, AnswerStream
     from esrag.search import HybridSearcher, SearchResult
+    from esrag.sources.base import Source
     from esrag.stores.base import Store
 
 NO_GENERATOR = "none"
@@ -257,23 +259,45 @@ class Engine:
 
     def init_index(self) -> tuple[bool, dict[str, Any]]:
         """Create the index if missing; (created, store description)."""
-        created = self.store.ensure_index(self.ingestor().index_meta(self.store.read_meta()))
+        from esrag.ingest import index_meta
+
+        created = self.store.ensure_index(index_meta(self.embedder, self.settings, self.store.read_meta()))
         return created, dict(self.store.describe())
+
+    def source(self, name: str, **options: Any) -> Source:
+        """The ``esrag.sources`` plugin ``name`` built with these settings and ``options`` (``files``:
+        paths, glob, exclude...; ``elasticsearch``: index, text_fields... see each source). No I/O."""
+        source: Source = plugins.load(plugins.SOURCES, name)(self.settings, **options)
+        return source
+
+    def ingest(self, source: Source, prune: bool = False, progress: bool = False) -> IngestReport:
+        """Ingest ``source`` into the index (see ``esrag.ingest``): incremental, and with ``prune`` the
+        source's stored documents that are gone from it are deleted (never another source's). Closes the
+        source. Raises IngestAborted (with the partial report) when the store or the source fails."""
+        try:
+            return self.ingestor(progress).ingest(source, prune=prune)
+        finally:
+            source.close()
 
     def ingest_paths(self, paths: Sequence[str | Path], glob: Sequence[str] = (), exclude: Sequence[str] = (),
                      metadata: Mapping[str, MetadataValue] | None = None, progress: bool = False,
-                     **options: Any) -> IngestReport:
-        return self.ingestor(progress).ingest_paths(list(paths), glob=glob, exclude=exclude,
-                                                     metadata=metadata, **options)
+                     prune: bool = False, **options: Any) -> IngestReport:
+        """``ingest`` of the ``files`` source over ``paths`` (options: follow_symlinks, max_file_size,
+        doc_prefix)."""
+        source = self.source("files", paths=list(paths), glob=glob, exclude=exclude, metadata=metadata, **options)
+        return self.ingest(source, prune=prune, progress=progress)
 
     def ingest_documents(self, docs: Iterable[Document], total: int | None = None,
                          progress: bool = False) -> IngestReport:
-        return self.ingestor(progress).ingest_documents(docs, total=total)
+        """``ingest`` of documents already loaded (the API, BEIR corpora): upserts, nothing is pruned."""
+        from esrag.sources.documents import DocumentsSource
+
+        return self.ingest(DocumentsSource(docs, total=total), progress=progress)
 
     def delete_documents(self, refs: Sequence[str]) -> int:
         """Delete documents by doc_id or by the file given at ingest (every record of a JSON/JSONL file;
-        see ``ingest.documents_for_path``); returns the chunks deleted."""
-        from esrag.ingest import documents_for_path
+        see ``sources.files.documents_for_path``); returns the chunks deleted."""
+        from esrag.sources.files import documents_for_path
 
         self.require_index()
         ids = sorted({doc_id for r in refs for doc_id in documents_for_path(self.store, r)})

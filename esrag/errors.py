@@ -106,6 +106,14 @@ class StoreForbiddenError(StoreConnectionError):
     problem = "store-forbidden"
 
 
+class SourceError(EsragError):
+    """An ingest source failed as a whole: its index is missing, it refuses the credentials, or it could not
+    be read to the end (502: the source is an upstream). What was written before stays consistent."""
+
+    http_status = 502
+    problem = "source-failed"
+
+
 class IndexNotFoundError(StoreError):
     """The index does not exist (run ``esrag ingest`` or ``esrag init`` first)."""
 

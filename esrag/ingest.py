@@ -1,37 +1,37 @@
-"""Ingestion: discover -> load -> (skip unchanged) -> chunk -> embed -> write + delete stale -> prune.
+"""Ingestion of one source: plan -> embed -> write -> prune.
 
-Three stages overlap so the embedder, the expensive part, is never idle waiting on I/O:
+Where documents come from is the source's business (``esrag.sources``: files, an Elasticsearch index,
+documents in memory); this module knows nothing of files. Three stages overlap so the embedder, the
+expensive part, is never idle waiting on I/O:
 
-- a producer thread loads files, compares each document's content hash with the store, chunks only the
-  documents that changed, and looks up which of their chunks the index already holds;
+- a producer thread reads the source, compares each document's version hash with the store, chunks only
+  the documents that changed, and looks up which of their chunks the index already holds;
 - the calling thread embeds, in batches sorted by length within a window;
 - a writer thread writes to the store.
 
 Incremental rules (exact, because chunk ids are content-addressed from the document version):
 
 - A document is *unchanged* when the store holds exactly one complete version with its current hash
-  (``doc_sha``: text, title, metadata, chunking parameters and model). It is neither chunked nor embedded:
-  an unchanged re-run never touches the embedder, so a lazily loaded model is never loaded.
+  (``doc_sha``: text, title, metadata, chunking parameters and model; or the source's ``version`` instead
+  of the content). It is neither chunked nor embedded: an unchanged re-run never touches the embedder, so
+  a lazily loaded model is never loaded. A source may yield a ``Stub`` (id and version only): its content
+  is fetched only when the version differs from the stored one.
 - Otherwise the missing chunks are written; a chunk whose text (``chunk_sha``) the index already holds, in
   this document or any other (a moved or renamed file), reuses the stored vector instead of being embedded
   again. A document's stale chunks are deleted in the same store request (``Store.write(...,
   delete_ids=...)``) as the last of its new chunks, and not at all if an earlier batch of its chunks
   failed. A crash at any point leaves old and/or new chunks, never neither, and the next run completes
   the job.
-- ``prune``: documents under the given paths that the store holds but this run did not produce (deleted,
-  moved, now empty, skipped or unreadable files) are deleted. Without it they are only counted
-  (``documents_gone``). Only documents under the given paths are considered, never another root's.
-- A large text file is loaded as segments ``<doc_id>#part-<hash>`` (``esrag.loaders``). Once such a file
-  has been read to the end, its stored forms that this run did not produce are deleted, with or without
-  ``prune``: the old version of each edited segment, and the whole-file document of a file that has grown
-  into segments (or the segments of one that has shrunk below the threshold). They are the file's earlier
-  version, as the stale chunks of an edited document are; their chunks count in ``chunks_deleted``.
+- After a complete read, the stored documents of the source (``Source.scopes``/``owns``) that this run did
+  not produce are either superseded (``Source.superseded``: an earlier form of a document it did produce,
+  deleted in any case, their chunks counted in ``chunks_deleted``) or, if ``Source.gone`` says so, gone:
+  counted (``documents_gone``) and, with ``prune``, deleted. Another source's documents are never looked at.
 - The store is refreshed once, at the end (``Store.refresh``).
 
-Failures: a file that cannot be loaded or chunked is a ``Skipped`` entry and the run goes on; a chunk the
-store rejects is a ``WriteError`` (``ok`` False, exit 1). A failure of the store itself (or any other
-exception) stops every stage promptly and raises ``IngestAborted``, whose ``report`` says what was written
-and what was not.
+Failures: a document that cannot be loaded or chunked is a ``Skipped`` entry and the run goes on; a chunk
+the store rejects is a ``WriteError`` (``ok`` False, exit 1). A failure of the store or the source itself
+(or any other exception) stops every stage promptly and raises ``IngestAborted``, whose ``report`` says
+what was written and what was not; nothing is pruned then.
 """
 
 from __future__ import annotations
@@ -41,9 +41,8 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -55,25 +54,18 @@ from esrag.context import ContextTemplate
 from esrag.embedders.base import Embedder
 from esrag.errors import EsragError, ModelMismatchError, setting
 from esrag.ingest_report import IngestAborted, IngestReport
-from esrag.loaders import (
-    MAX_FILE_BYTES,
-    STREAM_EXTENSIONS,
-    Notice,
-    Skipped,
-    SourceFile,
-    discover_sources,
-    doc_id_candidates,
-    iter_file,
-)
+from esrag.loaders import Notice, Skipped
+from esrag.sources.base import Progress, Source, Stub
 from esrag.stores.base import Store
-from esrag.text_stream import part_owner
-from esrag.types import Chunk, ChunkRef, Document, EmbeddedChunk, IndexMeta, MetadataValue
+from esrag.types import Chunk, ChunkRef, Document, EmbeddedChunk, IndexMeta, version_sha
 
 log = logging.getLogger(__name__)
 
 _DONE = object()
 #: documents per store lookup in the producer
 _LOOKUP_BATCH = 64
+#: stubs per store lookup (an id and a version each: an unchanged re-run is mostly these lookups)
+_STUB_BATCH = 1000
 #: chunks per store write
 _WRITE_BATCH = 500
 
@@ -90,12 +82,30 @@ class _DocPlan:
     is_new: bool
 
 
+def build_params(settings: Settings, meta: IndexMeta | None = None) -> dict[str, Any]:
+    """The IndexMeta build parameters an ingest with ``settings`` uses. The analyzer is the existing index's
+    (``meta``) unless one was chosen explicitly: it belongs to the index (on Elasticsearch it cannot change)."""
+    analyzer = settings.analyzer
+    if meta is not None and "analyzer" not in settings.sources:
+        analyzer = meta.analyzer
+    return {"chunk_size": settings.chunk_size, "chunk_overlap": settings.chunk_overlap,
+            "embed_template": settings.embed_template, "analyzer": analyzer}
+
+
+def index_meta(embedder: Embedder, settings: Settings, existing: IndexMeta | None = None) -> IndexMeta:
+    """What a new index records (for an ``existing`` one: what it should record now). Reads the embedder's
+    ``dims`` (which may load its model)."""
+    return IndexMeta(model=embedder.model_name, dims=embedder.dims, similarity=settings.similarity,
+                     normalized=True, esrag_version=__version__, **build_params(settings, existing))
+
+
 class Ingestor:
-    """Ingest files or Documents into one store with one embedder.
+    """Ingest one source into one store with one embedder.
 
     The embedder is used only for documents that changed: its ``count_tokens``, ``max_tokens``, ``dims``
-    and ``embed_*`` are not touched by a run in which nothing changed. ``on_progress(files_done,
-    files_total, report)`` is called from the embedding thread after each window.
+    and ``embed_*`` are not touched by a run in which nothing changed. ``on_progress(units_done,
+    units_total, report)`` is called from the embedding thread after each window (units: the source's,
+    files or records; total 0 when unknown).
     """
 
     def __init__(
@@ -138,67 +148,23 @@ class Ingestor:
                      f"overlap={self.settings.chunk_overlap}")
         return signature if self.template.plain else f"{signature}:{self.template.signature}"
 
-    def index_meta(self, existing: IndexMeta | None = None) -> IndexMeta:
-        """What a new index records (for an ``existing`` one: what it should record now)."""
-        return IndexMeta(model=self.embedder.model_name, dims=self.embedder.dims,
-                         similarity=self.settings.similarity, normalized=True, esrag_version=__version__,
-                         **self._build_params(existing))
+    # -- entry point ----------------------------------------------------------------------------------
 
-    # -- entry points ---------------------------------------------------------------------------------
-
-    def ingest_paths(
-        self,
-        paths: Sequence[str | Path],
-        glob: Sequence[str] = (),
-        exclude: Sequence[str] = (),
-        metadata: Mapping[str, MetadataValue] | None = None,
-        prune: bool = False,
-        follow_symlinks: bool = False,
-        max_file_size: int | None = MAX_FILE_BYTES,
-        doc_prefix: str = "",
-    ) -> IngestReport:
-        """Discover files under ``paths`` and ingest them (doc ids: see ``esrag.loaders``). Missing paths
-        raise LoaderError before any write; files that cannot be loaded are skipped and listed. When no
-        file at all is found, nothing is created and the report says so (``nothing_found``)."""
-        files, skipped = discover_sources(paths, glob=glob, exclude=exclude, follow_symlinks=follow_symlinks,
-                                          prefix=doc_prefix)
-        report = IngestReport(files=len(files), skipped=list(skipped))
-        scopes = _scopes(paths, doc_prefix)
-        if not files:
-            where = ", ".join(str(p) for p in paths)
-            selection = f" matching --glob {' '.join(glob)}" if glob else ""
-            report.warnings.append(f"nothing to ingest: no supported file{selection} under {where}")
-        if not files and not (prune and self._store_exists()):
+    def ingest(self, source: Source, prune: bool = False) -> IngestReport:
+        """Ingest ``source``: write what changed, then delete what it supersedes and count (with ``prune``,
+        delete) its stored documents that are gone. ``source.start()`` errors (a missing path or index)
+        are raised before any write. When the source has nothing at all, nothing is created and the report
+        says so (``nothing_found``)."""
+        total = source.start()
+        report = IngestReport(files=total or 0 if source.unit == "file" else 0)
+        if total == 0 and not (prune and self._store_exists()):
+            for item in source.items():
+                _note(item, report)
             return report
         produced: set[str] = set()
-        read_whole: dict[str, bool] = {}  # text files read to the end: doc id -> loaded as segments
-
-        def documents() -> Iterator[tuple[int, Document]]:
-            for i, source in enumerate(files):
-                noticed = failed = in_parts = False
-                for item in iter_file(source.path, metadata or {}, source.doc_id, max_file_size):
-                    if isinstance(item, Skipped):
-                        report.skipped.append(item)
-                        failed = True
-                    elif isinstance(item, Notice):
-                        report.warnings.append(f"{item.path}: {item.message}")
-                    else:
-                        noticed = True
-                        in_parts = in_parts or item.doc_id != source.doc_id
-                        yield i + 1, item
-                if not noticed:
-                    yield i + 1, _NO_DOC
-                elif not failed and source.path.suffix.lower() in STREAM_EXTENSIONS:
-                    read_whole[source.doc_id] = in_parts
-
-        report = self._run(documents(), len(files), report, produced)
-        self._prune(scopes, produced, prune, report, read_whole)
+        report = self._run(source, total or 0, report, produced)
+        self._prune(source, produced, prune, report)
         return report
-
-    def ingest_documents(self, docs: Iterable[Document], total: int | None = None) -> IngestReport:
-        """Ingest Documents that are already loaded (BEIR corpora, API callers). Nothing is pruned."""
-        report = IngestReport()
-        return self._run(((i + 1, d) for i, d in enumerate(docs)), total or 0, report, set())
 
     # -- pipeline -------------------------------------------------------------------------------------
 
@@ -210,7 +176,7 @@ class Ingestor:
                 f"configured model is {self.embedder.model_name!r}; set {setting('model')} to {meta.model!r} or "
                 f"ingest into a new index ({setting('index')})")
         if meta is not None:
-            wanted, recorded = self._build_params(meta), meta.build_params()
+            wanted, recorded = build_params(self.settings, meta), meta.build_params()
             if recorded != wanted:
                 changed = sorted(k for k, v in wanted.items() if recorded[k] != v)
                 self.store.ensure_index(dataclasses.replace(meta, **wanted))
@@ -221,23 +187,13 @@ class Ingestor:
         self._index_ready = meta is not None
         return meta is not None
 
-    def _build_params(self, meta: IndexMeta | None = None) -> dict[str, Any]:
-        """The IndexMeta build parameters this ingest uses. The analyzer is the existing index's unless one
-        was chosen explicitly: it belongs to the index (on Elasticsearch it cannot change)."""
-        analyzer = self.settings.analyzer
-        if meta is not None and "analyzer" not in self.settings.sources:
-            analyzer = meta.analyzer
-        return {"chunk_size": self.settings.chunk_size, "chunk_overlap": self.settings.chunk_overlap,
-                "embed_template": self.settings.embed_template, "analyzer": analyzer}
-
     def _ensure_index(self) -> None:
         """Create the index on the first write (so a run that writes nothing creates nothing)."""
         if not self._index_ready:
-            self.store.ensure_index(self.index_meta())
+            self.store.ensure_index(index_meta(self.embedder, self.settings))
             self._index_ready = True
 
-    def _run(self, docs: Iterator[tuple[int, Document]], total: int, report: IngestReport,
-             produced: set[str]) -> IngestReport:
+    def _run(self, source: Source, total: int, report: IngestReport, produced: set[str]) -> IngestReport:
         start = time.perf_counter()
         exists = self._store_exists(report)
         plans: queue.Queue[Any] = queue.Queue(maxsize=4)
@@ -245,11 +201,11 @@ class Ingestor:
         stop = threading.Event()
         failures: list[BaseException] = []
         pending: dict[str, int] = {}  # doc_id -> chunks handed to the writer and not yet written
-        producer = threading.Thread(target=self._produce, args=(docs, exists, report, produced, plans, stop,
-                                                                 failures), name="esrag-load", daemon=True)
+        producer = threading.Thread(target=self._produce, args=(source, exists, report, produced, plans, stop,
+                                                                   failures), name="esrag-load", daemon=True)
         writer = threading.Thread(target=self._write, args=(writes, report, pending, stop, failures),
                                   name="esrag-write", daemon=True)
-        bar = _progress_bar(total, self.progress and total > 0)
+        bar = _progress_bar(total, source.unit, self.progress and total > 0)
         producer.start()
         writer.start()
         try:
@@ -288,36 +244,49 @@ class Ingestor:
             self.store.refresh()
         return report
 
-    def _produce(self, docs: Iterator[tuple[int, Document]], exists: bool, report: IngestReport,
-                 produced: set[str], out: queue.Queue[Any], stop: threading.Event,
-                 failures: list[BaseException]) -> None:
-        """Load documents, skip the unchanged ones, chunk and plan the rest; emit windows of plans."""
+    def _produce(self, source: Source, exists: bool, report: IngestReport, produced: set[str],
+                 out: queue.Queue[Any], stop: threading.Event, failures: list[BaseException]) -> None:
+        """Read the source, skip the unchanged documents, chunk and plan the rest; emit windows of plans."""
         try:
-            batch: list[Document] = []
+            batch: list[Document | Stub] = []
             window: list[_DocPlan] = []
             window_chunks = 0
             position = 0
             # about a window of chunks' worth of text (4 characters a token), so that embedding starts early
             window_chars = self.window * self.settings.chunk_size * 4
+            batch_chars = 0
+            stubs = 0
 
             def flush(at: int) -> None:
-                nonlocal window, window_chunks
-                for plan in self._plan(batch, exists, report, produced):
+                nonlocal window, window_chunks, batch_chars, stubs
+                for plan in self._plan(batch, exists, report, produced, source):
                     window.append(plan)
                     window_chunks += len(plan.chunks)
                 batch.clear()
+                batch_chars = stubs = 0
                 if window_chunks >= self.window or not window:
                     out.put((at, window))
                     window, window_chunks = [], 0
 
-            for position, doc in docs:
+            for item in source.items():
                 if stop.is_set():
                     return
-                if doc is not _NO_DOC:
+                if isinstance(item, Progress):
+                    position = item.done
+                    if not batch:
+                        out.put((position, []))  # progress of units without documents
+                    continue
+                if isinstance(item, Document | Stub):
                     report.documents += 1
-                    report.decode_errors += doc.decode_errors
-                    batch.append(doc)
-                if len(batch) >= _LOOKUP_BATCH or sum(len(d.text) for d in batch) >= window_chars:
+                    if isinstance(item, Document):
+                        report.decode_errors += item.decode_errors
+                        batch_chars += len(item.text)
+                    else:
+                        stubs += 1
+                    batch.append(item)
+                else:
+                    _note(item, report)
+                if len(batch) - stubs >= _LOOKUP_BATCH or stubs >= _STUB_BATCH or batch_chars >= window_chars:
                     flush(position)
             flush(position)
             if window:
@@ -328,23 +297,47 @@ class Ingestor:
         finally:
             out.put(_DONE)
 
-    def _plan(self, batch: list[Document], exists: bool, report: IngestReport, produced: set[str]
-              ) -> list[_DocPlan]:
-        """Decide, for a batch of documents, what to skip, chunk, embed, reuse, write and delete."""
+    def _plan(self, batch: list[Document | Stub], exists: bool, report: IngestReport, produced: set[str],
+              source: Source) -> list[_DocPlan]:
+        """Decide, for a batch of documents, what to skip, fetch, chunk, embed, reuse, write and delete."""
         if not batch:
             return []
         stored: dict[str, list[ChunkRef]] = self.store.list_chunks([d.doc_id for d in batch]) if exists else {}
-        changed: list[tuple[Document, list[Chunk], list[ChunkRef]]] = []
-        for doc in batch:
-            refs = stored.get(doc.doc_id, [])
-            sha = doc.sha(self.signature)
-            if refs and all(r.doc_sha == sha for r in refs) and len(refs) == refs[0].chunk_count:
+        docs: list[Document] = []
+        stubs: list[Stub] = []
+        for item in batch:
+            refs = stored.get(item.doc_id, [])
+            if isinstance(item, Stub):
+                sha = version_sha(item.doc_id, item.version, self.signature) if item.version else ""
+            else:
+                sha = item.sha(self.signature)
+            if sha and refs and all(r.doc_sha == sha for r in refs) and len(refs) == refs[0].chunk_count:
                 report.documents_unchanged += 1
                 report.chunks_unchanged += len(refs)
-                produced.add(doc.doc_id)
-                continue
+                produced.add(item.doc_id)
+            elif isinstance(item, Stub):
+                stubs.append(item)
+            else:
+                docs.append(item)
+        if stubs:
+            for got in source.fetch(stubs):
+                if isinstance(got, Skipped):
+                    report.skipped.append(got)
+                    continue
+                report.decode_errors += got.decode_errors
+                refs = stored.get(got.doc_id, [])
+                sha = got.sha(self.signature)
+                if refs and all(r.doc_sha == sha for r in refs) and len(refs) == refs[0].chunk_count:
+                    report.documents_unchanged += 1  # fetched by content: it had no version
+                    report.chunks_unchanged += len(refs)
+                    produced.add(got.doc_id)
+                else:
+                    docs.append(got)
+        changed: list[tuple[Document, list[Chunk], list[ChunkRef]]] = []
+        for doc in docs:
+            refs = stored.get(doc.doc_id, [])
             try:
-                chunks = chunk_document(doc, self.chunker, doc_sha=sha, template=self.template)
+                chunks = chunk_document(doc, self.chunker, doc_sha=doc.sha(self.signature), template=self.template)
             except Exception as e:  # a tokenizer error on odd input: skip this document, go on
                 report.skipped.append(Skipped(doc.source, f"cannot chunk: {type(e).__name__}: {e}"))
                 continue
@@ -455,19 +448,17 @@ class Ingestor:
                 failures.append(e)
                 stop.set()
 
-    def _prune(self, scopes: list[tuple[str, bool]], produced: set[str], prune: bool, report: IngestReport,
-               read_whole: Mapping[str, bool]) -> None:
-        """Count (and with ``prune`` delete) the stored documents under ``scopes`` not produced by this run;
-        delete those that are earlier forms of a text file in ``read_whole`` (see the module docstring)."""
+    def _prune(self, source: Source, produced: set[str], prune: bool, report: IngestReport) -> None:
+        """Delete the source's stored documents that this run superseded; count (with ``prune``, delete)
+        those that are gone from it (see the module docstring). Only the source's own scopes are read."""
         if not self._index_ready and not self._store_exists():
             return
-        gone: list[str] = []
-        for prefix, is_dir in scopes:
-            for doc_id in self.store.list_documents(prefix):
-                if doc_id not in produced and (is_dir or doc_id == prefix or doc_id.startswith(prefix + "#")):
-                    gone.append(doc_id)
-        replaced = sorted({d for d in gone if _superseded(d, read_whole)})
-        gone = sorted(set(gone) - set(replaced))
+        candidates: set[str] = set()
+        for prefix in source.scopes():
+            candidates.update(d for d in self.store.list_documents(prefix) if d not in produced and source.owns(d))
+        replaced = sorted(d for d in candidates if source.superseded(d))
+        rest = sorted(candidates - set(replaced))
+        gone = sorted(source.gone(rest)) if rest else []
         report.documents_gone = len(gone)
         doomed = replaced + (gone if prune else [])
         if not doomed:
@@ -479,39 +470,12 @@ class Ingestor:
         self.store.refresh()
 
 
-def _superseded(doc_id: str, read_whole: Mapping[str, bool]) -> bool:
-    """Whether a stored document that this run did not produce is an earlier form of a text file that it
-    read to the end: one of the file's segments, or the whole-file document of a file now in segments."""
-    owner = part_owner(doc_id)
-    return owner in read_whole if owner is not None else read_whole.get(doc_id, False)
-
-
-def _scopes(paths: Sequence[str | Path], prefix: str) -> list[tuple[str, bool]]:
-    """(doc id prefix, is a directory) of each given path: what ``prune`` may consider."""
-    out = []
-    for given in paths:
-        path = Path(given).expanduser().resolve()
-        if path.is_dir():
-            out.append((prefix + (path.name + "/" if path.name else ""), True))
-        else:
-            out.append((prefix + path.name, False))
-    return out
-
-
-def documents_for_path(store: Store, path: str | Path, prefix: str = "") -> list[str]:
-    """The doc ids the index holds for a file (all records of a JSON/JSONL file), for ``delete --doc``: the
-    most specific of ``loaders.doc_id_candidates`` (with ``prefix``) that the index has, as an exact id
-    or as ``<id>#<record>``. [] when none matches. Raises IndexNotFoundError (from ``list_documents``) when
-    there is no index."""
-    for candidate in doc_id_candidates(path):
-        for doc_id in dict.fromkeys([prefix + candidate, candidate]):
-            found = [d for d in store.list_documents(doc_id) if d == doc_id or d.startswith(doc_id + "#")]
-            if found:
-                return sorted(found)
-    return []
-
-
-_NO_DOC = Document(doc_id="", source="", text="")
+def _note(item: object, report: IngestReport) -> None:
+    """Record a Skipped or Notice item of a source in the report (other items are not notes)."""
+    if isinstance(item, Skipped):
+        report.skipped.append(item)
+    elif isinstance(item, Notice):
+        report.warnings.append(f"{item.path}: {item.message}" if item.path else item.message)
 
 
 def _drain(q: queue.Queue[Any]) -> None:
@@ -522,12 +486,12 @@ def _drain(q: queue.Queue[Any]) -> None:
         pass
 
 
-def _progress_bar(total: int, enabled: bool) -> Any:
+def _progress_bar(total: int, unit: str, enabled: bool) -> Any:
     if not enabled:
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, unit="file", desc="ingest", dynamic_ncols=True, leave=False)
+    return tqdm(total=total, unit=unit, desc="ingest", dynamic_ncols=True, leave=False)
 
 
-__all__ = ["IngestAborted", "IngestReport", "Ingestor", "SourceFile", "documents_for_path"]
+__all__ = ["IngestAborted", "IngestReport", "Ingestor", "build_params", "index_meta"]

@@ -14,10 +14,12 @@ from esrag.types import WriteError
 class IngestReport:
     """What an ingest did. ``ok`` is False when any chunk failed to write or the run was aborted.
 
-    ``documents_gone`` counts stored documents under the given paths that this run did not produce (gone,
-    moved, now empty, skipped or unreadable); ``documents_removed`` those of them deleted by ``prune``. The
-    earlier forms of a large text file read in segments are not gone but replaced (see ``esrag.ingest``):
-    deleted in any case, their chunks counted in ``chunks_deleted``.
+    ``files`` counts the files a files source found (0 for other sources); ``documents`` the documents
+    (or records) the source yielded. ``documents_gone`` counts the source's stored documents that this run
+    did not produce and that are gone from it (files gone, moved, now empty, skipped or unreadable; records
+    deleted or no longer matching the query); ``documents_removed`` those of them deleted by ``prune``.
+    Documents a source supersedes (the earlier forms of a large text file read in segments) are not gone but
+    replaced (see ``esrag.ingest``): deleted in any case, their chunks counted in ``chunks_deleted``.
     ``aborted`` is the reason a run stopped early ("" if it did not); ``documents_not_written`` are then the
     documents whose new chunks were planned but not (all) written.
     """

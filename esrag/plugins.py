@@ -7,7 +7,10 @@ Built-ins register exactly as third-party packages do, in their ``pyproject.toml
 
 - ``esrag.stores``: a callable ``(settings) -> Store`` (``esrag.stores.base.Store``);
 - ``esrag.embedders``: ``(settings) -> Embedder`` (``esrag.embedders.base.Embedder``);
-- ``esrag.generators``: ``(settings) -> Generator`` (``esrag.generators.base.Generator``).
+- ``esrag.generators``: ``(settings) -> Generator`` (``esrag.generators.base.Generator``);
+- ``esrag.sources``: ``(settings, **options) -> Source`` (``esrag.sources.base.Source``): where an ingest's
+  documents come from (built-ins: ``files``, ``elasticsearch``); ``options`` are the source's own
+  arguments (paths, an index name...), its settings a ``[source.NAME]`` table.
 
 Nothing is imported until a plugin is asked for by name (``esrag --help`` and ``esrag plugins`` import no
 plugin). A plugin with settings of its own declares a pydantic model and reads them with
@@ -31,8 +34,9 @@ if TYPE_CHECKING:
 STORES = "esrag.stores"
 EMBEDDERS = "esrag.embedders"
 GENERATORS = "esrag.generators"
+SOURCES = "esrag.sources"
 #: group -> the singular kind used in messages, settings tables and ``esrag plugins`` output keys
-GROUPS = {STORES: "store", EMBEDDERS: "embedder", GENERATORS: "generator"}
+GROUPS = {STORES: "store", EMBEDDERS: "embedder", GENERATORS: "generator", SOURCES: "source"}
 
 M = TypeVar("M", bound=BaseModel)
 

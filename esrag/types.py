@@ -67,14 +67,27 @@ class Document:
     #: the title is the file's name (the content names none): it is not embedded as context, so that
     #: renaming the file re-embeds nothing
     title_is_name: bool = False
+    #: a token from the source that changes whenever this document's content does (an Elasticsearch
+    #: record's index, primary term and sequence number, with the source's field choices); "" for none.
+    #: When set, ``sha`` hashes it instead of the content, so a source can tell an unchanged document
+    #: from its version alone, without reading it (``esrag.sources.base.Stub``)
+    version: str = ""
 
     def sha(self, chunker_signature: str = "") -> str:
         """Hash of everything that determines this document's chunks: text, title, metadata, outline and
-        the chunking parameters. Equal hashes mean re-ingesting would produce identical chunks."""
+        the chunking parameters (or, for a document with a ``version``, that version and the chunking
+        parameters: ``version_sha``). Equal hashes mean re-ingesting would produce identical chunks."""
+        if self.version:
+            return version_sha(self.doc_id, self.version, chunker_signature)
         parts = [self.doc_id, self.title, self.text, canonical_json(dict(self.metadata)), chunker_signature]
         if self.outline:
             parts.append(canonical_json([list(h) for h in self.outline]))
         return sha256_hex(*parts)
+
+
+def version_sha(doc_id: str, version: str, chunker_signature: str = "") -> str:
+    """``Document.sha`` of a document that carries a source ``version``: known before its content is read."""
+    return sha256_hex(doc_id, "version", version, chunker_signature)
 
 
 @dataclass(frozen=True)

@@ -65,13 +65,14 @@ def build_index(workdir: Path) -> tuple[Any, Any, Any]:
     from esrag.config import Settings
     from esrag.embedders.sentence_transformers import SentenceTransformerEmbedder
     from esrag.ingest import Ingestor
+    from esrag.sources.documents import DocumentsSource
     from esrag.types import Document
 
     settings = Settings(store="sqlite", sqlite_dir=str(workdir / "store"), index="bench", device="cpu")
     store = plugins.load(plugins.STORES, "sqlite")(settings)
     embedder = SentenceTransformerEmbedder(device="cpu")
     docs = [Document(doc_id=k, source=f"docs/{k}.md", title=t, text=x) for k, (t, x) in DOCS.items()]
-    Ingestor(store, embedder, settings).ingest_documents(docs)
+    Ingestor(store, embedder, settings).ingest(DocumentsSource(docs))
     return settings, store, embedder
 
 

@@ -5,7 +5,8 @@
 
 1. Load the documents and chunk them exactly as ``esrag ingest`` does.
 2. Baseline: ``SentenceTransformer.encode`` on those chunk texts (same batch size, normalised), chunks/s.
-3. esrag: ``Ingestor.ingest_documents`` into a fresh index (load+chunk, embed, write, all overlapped), chunks/s.
+3. esrag: ``Ingestor.ingest`` of a ``DocumentsSource`` into a fresh index (load+chunk, embed, write, all
+   overlapped), chunks/s.
 4. Baseline again, and steps 3-4 ``--rounds`` times. Each round's ratio is its ingest over the mean of the
    baseline runs just before and after it (drift on a noisy machine shows); the median round is reported.
 
@@ -31,6 +32,7 @@ from esrag.chunking import chunk_document  # noqa: E402
 from esrag.config import Settings  # noqa: E402
 from esrag.embedders.sentence_transformers import SentenceTransformerEmbedder  # noqa: E402
 from esrag.ingest import Ingestor  # noqa: E402
+from esrag.sources.documents import DocumentsSource  # noqa: E402
 from esrag.types import Document  # noqa: E402
 
 
@@ -68,7 +70,7 @@ def main() -> None:
         ingests = []
         for _ in range(args.rounds):
             ingestor.store.drop()
-            report = ingestor.ingest_documents(docs)
+            report = ingestor.ingest(DocumentsSource(docs))
             assert report.ok and report.chunks_written == len(texts), report.to_dict()
             ingests.append(report.chunks_per_s)
             raws.append(raw())

@@ -34,6 +34,7 @@ from esrag.engine import NO_GENERATOR, Engine
 from esrag.errors import EsragError
 from esrag.rag import finish
 from esrag.schemas import AskResponse, SearchResponse, StatusResponse
+from esrag.sources.documents import DocumentsSource
 from esrag.types import Document
 
 router = APIRouter()
@@ -189,7 +190,9 @@ register_url_convertor("rest", _RestOfPath())
 
 
 def _ingest(engine: Engine, docs: list[Document]) -> IngestResponse:
-    report = engine.ingest_documents(docs, total=len(docs))
+    """Upsert ``docs`` through the engine's one ingest path (a source of documents in memory: nothing is
+    pruned)."""
+    report = engine.ingest(DocumentsSource(docs, total=len(docs)))
     out = IngestResponse.model_validate(report.to_dict())
     if report.errors:
         raise ApiProblem(502, f"{len(report.errors)} chunk(s) failed to write: {report.errors[0].reason}",

@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from esrag import plugins
 from esrag.cli.common import (
     chunk_options,
     engine_from,
@@ -56,16 +57,50 @@ class _Size(click.ParamType):
         return int(size)
 
 
+def _source_options(f: Any) -> Any:
+    """The options of ``ingest --from-index`` (the elasticsearch source)."""
+    for option in reversed([
+        click.option("--source", "source_name", metavar="NAME",
+                     help="Ingest from a source plugin (see `esrag plugins`) configured by its [source.NAME] table "
+                          "in esrag.toml. [default: files for PATHS, elasticsearch for --from-index]"),
+        click.option("--from-index", "from_index", metavar="NAME",
+                     help="Ingest the records of this Elasticsearch index (or alias) instead of files."),
+        click.option("--text-field", "text_fields", multiple=True, metavar="FIELD",
+                     help="Field holding text to search (dotted path). Repeatable: the fields are joined, each "
+                          "under its own heading."),
+        click.option("--title-field", metavar="FIELD", help="Field holding the record's title."),
+        click.option("--metadata-field", "metadata_fields", multiple=True, metavar="FIELD",
+                     help="Field copied onto the chunks, for search --filter FIELD=VALUE. Repeatable."),
+        click.option("--id-field", metavar="FIELD",
+                     help="Field holding the record id (a keyword or integer). [default: _id]"),
+        click.option("--query", metavar="JSON", help="Only records matching this query (a JSON query object)."),
+        click.option("--source-es-url", metavar="URL",
+                     help="The source cluster, if not the store's (--es-url). Its credentials are separate."),
+        click.option("--source-es-api-key", metavar="KEY",
+                     help="API key for the source cluster. Prefer --source-es-api-key-file or "
+                          "ESRAG_SOURCE_ELASTICSEARCH_ES_API_KEY (flags show in `ps`)."),
+        click.option("--source-es-api-key-file", metavar="FILE", help="Read the source's API key from FILE."),
+        click.option("--slice", "slice_", metavar="I/N",
+                     help="Read only slice I (0 to N-1) of N: N processes split the index between them."),
+        click.option("--source-keep-alive", metavar="DURATION",
+                     help="How long the source's point in time stays open between two pages. [default: 5m]"),
+    ]):
+        f = option(f)
+    return f
+
+
 @click.command()
-@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=str))
+@click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=str))
+@_source_options
 @click.option("--glob", "globs", multiple=True, metavar="PATTERN",
               help="Only files matching PATTERN (relative to the directory given, '**' ok). Repeatable.")
 @click.option("--exclude", "excludes", multiple=True, metavar="PATTERN", help="Skip files matching. Repeatable.")
 @click.option("--metadata", "metadata", multiple=True, metavar="KEY=VALUE",
               help="Metadata added to every chunk, usable with search --filter. Repeatable.")
 @click.option("--prune", is_flag=True,
-              help="Also delete from the index the documents under PATHS that this run did not produce: files "
-                   "deleted, moved or renamed, now empty, skipped or unreadable. Never touches other paths.")
+              help="Also delete from the index the documents of this source that this run did not produce: files "
+                   "under PATHS deleted, moved, renamed, now empty, skipped or unreadable; records deleted from "
+                   "the index or no longer matching --query. Never touches another source's documents.")
 @click.option("--follow-symlinks", is_flag=True,
               help="Follow symlinks that lead outside PATHS (by default they are skipped and listed).")
 @click.option("--max-file-size", type=_Size(), default="100MB", show_default=True, metavar="SIZE",
@@ -80,8 +115,11 @@ class _Size(click.ParamType):
 @index_settings_options
 def ingest(paths: tuple[str, ...], globs: tuple[str, ...], excludes: tuple[str, ...], metadata: tuple[str, ...],
            prune: bool, follow_symlinks: bool, max_file_size: int, doc_prefix: str, as_json: bool,
-           progress: bool | None, **opts: Any) -> None:
-    """Load, chunk, embed and index files or directories.
+           progress: bool | None, from_index: str | None, text_fields: tuple[str, ...], title_field: str | None,
+           metadata_fields: tuple[str, ...], id_field: str | None, query: str | None, source_es_url: str | None,
+           source_es_api_key: str | None, source_es_api_key_file: str | None, slice_: str | None,
+           source_keep_alive: str | None, source_name: str | None, **opts: Any) -> None:
+    """Load, chunk, embed and index files or directories, or the records of an Elasticsearch index.
 
     \b
     Supported: .txt .md .rst .html .htm .pdf .json .jsonl
@@ -95,6 +133,11 @@ def ingest(paths: tuple[str, ...], globs: tuple[str, ...], excludes: tuple[str, 
     already in the index (a moved or renamed file) reuses its vectors. Files that cannot be loaded are
     listed as skipped and the run goes on.
 
+    With --from-index NAME, the records of an existing Elasticsearch index are the documents (ids
+    es:NAME/<record id>; every hit names its source_index and source_id). The index is only read: a point
+    in time paged with search_after, record versions first and the full record only when it changed.
+    Also configurable as a [source.elasticsearch] table in esrag.toml.
+
     Exit codes: 0 done (skipped files are listed), 1 a chunk failed to write or the run was aborted
     (--json still prints what was written), 2 nothing to ingest (no supported file under PATHS).
 
@@ -103,45 +146,78 @@ def ingest(paths: tuple[str, ...], globs: tuple[str, ...], excludes: tuple[str, 
       esrag ingest docs/ --prune
       esrag ingest notes/ --glob '**/*.md' --exclude 'drafts/**' --metadata team=search
       ESRAG_ES_URL=http://localhost:9200 esrag ingest handbook.pdf --index handbook
+      esrag ingest --from-index products --text-field description --title-field name \\
+          --metadata-field brand --query '{"term": {"status": "published"}}' --prune
     """
     from esrag.ingest import IngestAborted
 
+    es_options = {"index": from_index, "text_fields": text_fields, "title_field": title_field,
+                  "metadata_fields": metadata_fields, "id_field": id_field, "query": query,
+                  "es_url": source_es_url, "es_api_key": source_es_api_key,
+                  "es_api_key_file": source_es_api_key_file, "slice": slice_, "keep_alive": source_keep_alive}
+    from_es = any(v not in (None, ()) for v in es_options.values())
+    if paths and (from_es or source_name not in (None, "files")):
+        raise click.UsageError("give PATHS, or --from-index or --source (and their options), not both")
+    if from_es and source_name not in (None, "elasticsearch"):
+        raise click.UsageError(f"--from-index and its options belong to the elasticsearch source, not {source_name!r}")
+    if from_es and (globs or excludes or metadata or doc_prefix or follow_symlinks):
+        raise click.UsageError("--glob, --exclude, --metadata, --doc-prefix and --follow-symlinks are for files; "
+                               "with --from-index use --metadata-field and --query")
     meta = dict(parse_pairs(metadata, "--metadata"))
     with engine_from(**opts) as engine:
         where = engine.store.describe()
+        if paths:
+            source = engine.source("files", paths=list(paths), glob=globs, exclude=excludes, metadata=meta,
+                                   follow_symlinks=follow_symlinks, max_file_size=max_file_size,
+                                   doc_prefix=doc_prefix)
+        elif source_name not in (None, "elasticsearch"):
+            plugins.check(plugins.SOURCES, source_name, "--source")
+            source = engine.source(source_name)
+        else:
+            if not from_es and source_name is None and not engine.settings.plugin_options.get("source.elasticsearch"):
+                raise click.UsageError("give PATHS to ingest, --from-index NAME or --source NAME")
+            source = engine.source("elasticsearch", **es_options)
+        described = source.describe()
         try:
-            report = engine.ingest_paths(list(paths), glob=globs, exclude=excludes, metadata=meta,
-                                         progress=progress_flag(progress), prune=prune,
-                                         follow_symlinks=follow_symlinks, max_file_size=max_file_size,
-                                         doc_prefix=doc_prefix)
+            report = engine.ingest(source, prune=prune, progress=progress_flag(progress))
         except IngestAborted as e:
-            _show(e.report, where, as_json, prune)
+            _show(e.report, where, described, as_json, prune)
             raise
-    _show(report, where, as_json, prune)
+    _show(report, where, described, as_json, prune)
     if report.exit_code:
         raise SystemExit(report.exit_code)
 
 
-def _show(report: Any, where: dict[str, Any], as_json: bool, prune: bool) -> None:
+def _show(report: Any, where: dict[str, Any], source: dict[str, Any], as_json: bool, prune: bool) -> None:
     if as_json:
-        click.echo(json.dumps({"store": where, **report.to_dict()}, indent=2))
+        click.echo(json.dumps({"store": where, "source": source, **report.to_dict()}, indent=2))
     else:
-        _print_report(report, where, prune)
+        _print_report(report, where, source, prune)
     for warning in report.warnings:
         click.secho(f"Warning: {warning}", fg="yellow", err=True)
 
 
-def _print_report(report: Any, where: dict[str, Any], prune: bool) -> None:
+def _print_report(report: Any, where: dict[str, Any], source: dict[str, Any], prune: bool) -> None:
     verb = ("Aborted ingest into" if report.aborted else "Nothing ingested into" if report.nothing_found
             else "Ingested into")
     click.echo(f"{verb} {where['index']} ({where['store']}: {where['location']})")
-    click.echo(f"  files        {report.files}  ({report.documents} documents: {report.documents_new} new, "
-               f"{report.documents_changed} changed, {report.documents_unchanged} unchanged)")
+    counts = (f"{report.documents_new} new, {report.documents_changed} changed, {report.documents_unchanged} "
+              "unchanged")
+    if source.get("source") == "elasticsearch":
+        scope = f"of index {source['index']}"
+        sliced = f" (slice {source['slice']})" if "slice" in source else ""
+        click.echo(f"  from         {source['index']} at {source['location']}{sliced}")
+        click.echo(f"  records      {report.documents}  ({counts})")
+        lost = "deleted from it or no longer matching --query"
+    else:
+        scope = "under the given paths"
+        click.echo(f"  files        {report.files}  ({report.documents} documents: {counts})")
+        lost = "deleted, moved, empty or skipped"
     if prune:
-        click.echo(f"  removed      {report.documents_removed} document(s) no longer under the given paths")
+        click.echo(f"  removed      {report.documents_removed} document(s) no longer {scope}")
     elif report.documents_gone:
-        click.echo(f"  gone         {report.documents_gone} indexed document(s) under the given paths are no longer "
-                   "there (deleted, moved, empty or skipped); --prune removes them")
+        click.echo(f"  gone         {report.documents_gone} indexed document(s) {scope} are no longer there "
+                   f"({lost}); --prune removes them")
     click.echo(f"  chunks       {report.chunks_written} written ({report.chunks_embedded} embedded, "
                f"{report.chunks_reused} reused), {report.chunks_unchanged} unchanged, "
                f"{report.chunks_deleted} deleted")

@@ -70,6 +70,9 @@ def search(query: str, filters: tuple[str, ...], explain: bool, as_json: bool, *
         click.echo(textwrap.indent(textwrap.shorten(" ".join(hit.text.split()), 300), "    "))
         if explain:
             click.echo(_arithmetic(hit, result))
+            if "source_index" in hit.metadata:  # a record of an Elasticsearch source: where it lives
+                click.echo(f"    record: {hit.source} (source_index {hit.metadata['source_index']}, source_id "
+                           f"{hit.metadata.get('source_id')})")
     if explain and result.hits:
         click.echo("\n" + textwrap.fill(normalization_meaning(result), 110))
         if result.lookup:

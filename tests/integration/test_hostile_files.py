@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from esrag.ingest import Ingestor
+from esrag.sources.files import FilesSource
 from esrag.stores.base import Store
 from esrag.types import SearchRequest
 
@@ -67,8 +68,8 @@ def test_a_hostile_corpus_is_ingested_with_every_bad_file_listed(make_store: Mak
     root, outside = tmp_path / "corpus", tmp_path / "outside"
     expected = hostile_corpus(root, outside)
     store = make_store()
-    report = Ingestor(store, embedder, store.settings).ingest_paths(  # type: ignore[attr-defined]
-        [root], max_file_size=4096)
+    report = Ingestor(store, embedder, store.settings).ingest(  # type: ignore[attr-defined]
+        FilesSource([root], max_file_size=4096))
     assert report.ok and report.exit_code == 0, report.to_dict()
     reasons = [f"{s.path}: {s.reason}" for s in report.skipped]
     assert len(reasons) == len(expected), "\n".join(reasons)
@@ -99,7 +100,7 @@ def test_follow_symlinks_follows_links_out_of_the_roots_and_loops_still_end(make
     (root / "loop" / "again").symlink_to(root)
     (root / "loop" / "note.md").write_text("a note inside the loop")
     store = make_store()
-    report = Ingestor(store, embedder, store.settings).ingest_paths(  # type: ignore[attr-defined]
-        [root], follow_symlinks=True)
+    report = Ingestor(store, embedder, store.settings).ingest(  # type: ignore[attr-defined]
+        FilesSource([root], follow_symlinks=True))
     assert report.ok and report.skipped == []
     assert set(store.list_documents()) == {"corpus/link.md", "corpus/loop/note.md"}

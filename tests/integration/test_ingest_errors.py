@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from esrag.ingest import Ingestor
+from esrag.sources.documents import DocumentsSource
 from esrag.stores.base import Store
 from esrag.types import Document
 
@@ -68,7 +69,7 @@ def test_text_the_tokenizer_refuses_is_a_skipped_document(make_store: MakeStore,
     store = make_store()
     docs = [Document("ok", "api", "A well-formed note about orchards."),
             Document("bad", "api:bad", "A note with a lone surrogate \ud800 inside.")]
-    report = Ingestor(store, embedder, store.settings).ingest_documents(docs)  # type: ignore[attr-defined]
+    report = Ingestor(store, embedder, store.settings).ingest(DocumentsSource(docs))  # type: ignore[attr-defined]
     assert report.ok and report.exit_code == 0
     assert [(s.path, s.reason.split(":")[0]) for s in report.skipped] == [("api:bad", "cannot chunk")]
     assert set(store.list_documents()) == {"ok"}

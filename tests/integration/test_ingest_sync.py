@@ -18,7 +18,8 @@ from esrag import loaders
 from esrag.config import Settings
 from esrag.context import TITLE_AND_HEADINGS
 from esrag.errors import ConfigError, StoreError
-from esrag.ingest import IngestAborted, Ingestor, IngestReport, documents_for_path
+from esrag.ingest import IngestAborted, Ingestor, IngestReport
+from esrag.sources.files import FilesSource, documents_for_path
 from esrag.stores.base import Store
 from esrag.types import EmbeddedChunk, SearchRequest, WriteResult
 
@@ -68,7 +69,8 @@ def ingest(make_store: MakeStore, embedder: Any) -> Callable[..., tuple[IngestRe
     def run(*paths: Path, **kwargs: Any) -> tuple[IngestReport, Spy]:
         spy = Spy(embedder)
         ingestor = Ingestor(store, spy, store.settings)  # type: ignore[arg-type, attr-defined]
-        return ingestor.ingest_paths(list(paths), **kwargs), spy
+        prune = kwargs.pop("prune", False)
+        return ingestor.ingest(FilesSource(list(paths), **kwargs), prune=prune), spy
 
     run.store = store  # type: ignore[attr-defined]
     run.embedder = embedder  # type: ignore[attr-defined]
@@ -110,7 +112,7 @@ def test_embedded_text_carries_the_context_while_the_stored_text_is_the_chunk(
     chosen = {} if template == "default" else {"embed_template": template}
     store = make_store(chunk_size=48, chunk_overlap=0, **chosen)
     spy = Spy(embedder)
-    report = Ingestor(store, spy, store.settings).ingest_paths([root])  # type: ignore[attr-defined]
+    report = Ingestor(store, spy, store.settings).ingest(FilesSource([root]))  # type: ignore[attr-defined]
     assert report.ok
     title = "Operations\n" if template == TITLE_AND_HEADINGS else ""  # the default names the headings only
     assert sorted(spy.texts) == sorted([
@@ -133,8 +135,8 @@ def test_a_new_embed_template_re_embeds_what_is_ingested_and_is_recorded(ingest:
     store = ingest.store
 
     def run(template: str) -> IngestReport:
-        return Ingestor(store, Spy(ingest.embedder), store.settings.replace(embed_template=template)).ingest_paths(
-            [root])
+        return Ingestor(store, Spy(ingest.embedder), store.settings.replace(embed_template=template)).ingest(
+            FilesSource([root]))
 
     titled = run(TITLE_AND_HEADINGS)  # a new embedded text: "Alpha\n\n# Alpha..."
     assert titled.documents_changed == 1 and titled.chunks_embedded == 1 and titled.chunks_deleted == 1
@@ -152,20 +154,20 @@ def test_a_new_analyzer_rebuilds_the_bm25_index_on_sqlite_and_is_refused_on_elas
     root.mkdir()
     (root / "a.md").write_text("Connecting to the cluster.")
     store = make_store(analyzer="standard")
-    Ingestor(store, Spy(embedder), store.settings).ingest_paths([root])  # type: ignore[attr-defined]
+    Ingestor(store, Spy(embedder), store.settings).ingest(FilesSource([root]))  # type: ignore[attr-defined]
     assert store.search(SearchRequest(text="connect", vector=None, candidates=5)).bm25 == []
     data = {k: v for k, v in store.settings.model_dump(exclude={"sources"}).items()  # type: ignore[attr-defined]
             if k != "analyzer"}
     default = Settings(**data)  # the default analyzer (english), not chosen explicitly
     assert default.analyzer == "english" and "analyzer" not in default.sources
-    kept = Ingestor(store, Spy(embedder), default).ingest_paths([root])
+    kept = Ingestor(store, Spy(embedder), default).ingest(FilesSource([root]))
     assert kept.warnings == [] and store.read_meta().analyzer == "standard"  # the index keeps its own
     english = Ingestor(store, Spy(embedder), store.settings.replace(analyzer="english"))  # type: ignore[attr-defined]
     if store.name == "elasticsearch":
         with pytest.raises(ConfigError, match="cannot change its analyzer; set analyzer to 'standard'"):
-            english.ingest_paths([root])
+            english.ingest(FilesSource([root]))
         return
-    report = english.ingest_paths([root])
+    report = english.ingest(FilesSource([root]))
     assert report.chunks_embedded == 0 and any("other analyzer" in w for w in report.warnings)
     assert store.read_meta().analyzer == "english"
     assert len(store.search(SearchRequest(text="connect", vector=None, candidates=5)).bm25) == 1
@@ -374,7 +376,7 @@ def test_a_writer_failure_stops_the_embedder_and_reports_what_was_written(
     spy = Spy(embedder)
     ingestor = Ingestor(FailingStore(inner), spy, inner.settings, window=16)  # type: ignore[arg-type, attr-defined]
     with pytest.raises(IngestAborted, match="the store went away") as raised:
-        ingestor.ingest_paths([root])
+        ingestor.ingest(FilesSource([root]))
     report = raised.value.report
     assert report.aborted and not report.ok and report.exit_code == 1
     assert report.chunks_written > 0 and report.documents_not_written

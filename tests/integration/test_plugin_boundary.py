@@ -39,12 +39,46 @@ def test_plugins_lists_third_party_entries_with_their_package(fake_distribution:
     code, out = run("plugins", "--json")
     assert code == 0, out
     listing = json.loads(out)
-    assert set(listing) == {"stores", "embedders", "generators"}
+    assert set(listing) == {"stores", "embedders", "generators", "sources"}
     assert {"name": "hashed", "package": "esrag-fakes", "version": "1.2.3"} in listing["embedders"]
+    assert {"name": "notes", "package": "esrag-fakes", "version": "1.2.3"} in listing["sources"]
     assert {"name": "echo", "package": "esrag-fakes", "version": "1.2.3"} in listing["generators"]
     builtin = {r["name"]: r["package"] for r in listing["stores"] + listing["embedders"] + listing["generators"]}
     assert builtin["sqlite"] == builtin["elasticsearch"] == builtin["sentence_transformers"] == "esrag"
     assert builtin["openai_compat"] == builtin["transformers_local"] == "esrag"
+    sources = {r["name"]: r["package"] for r in listing["sources"]}
+    assert sources["files"] == sources["elasticsearch"] == "esrag"  # built-ins register like third parties
+
+
+def test_a_third_party_source_coexists_with_files_and_each_prunes_only_its_own(
+    fake_distribution: Path, corpus: Path, store_name: str, store_settings: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = store_settings()  # type: ignore[operator]
+    where = ["--store", store_name, "--index", settings.index]
+    where += ["--es-url", settings.es_url] if store_name == "elasticsearch" else ["--sqlite-dir", settings.sqlite_dir]
+    args = [*where, "--embedder", "hashed", "--no-progress", "--json"]
+    try:
+        monkeypatch.setenv("ESRAG_SOURCE_NOTES_COUNT", "4")
+        code, out = run("ingest", "--source", "notes", *args)
+        assert code == 0, out
+        assert json.loads(out)["source"] == {"source": "notes", "count": 4}
+        code, out = run("ingest", str(corpus), *args)
+        assert code == 0 and json.loads(out)["documents_new"] == 3, out
+        code, out = run("search", "lighthouse keeper number 2", "--json", *where, "--embedder", "hashed")
+        assert json.loads(out)["hits"][0]["doc_id"] == "notes:2"
+
+        monkeypatch.setenv("ESRAG_SOURCE_NOTES_COUNT", "2")
+        code, out = run("ingest", "--source", "notes", "--prune", *args)
+        report = json.loads(out)
+        assert code == 0 and (report["documents_unchanged"], report["documents_removed"]) == (2, 2), out
+        (corpus / "rust.md").unlink()
+        code, out = run("ingest", str(corpus), "--prune", *args)
+        report = json.loads(out)
+        assert code == 0 and (report["documents_unchanged"], report["documents_removed"]) == (2, 1), out
+        code, out = run("status", "--json", *where)
+        assert json.loads(out)["documents"] == 4  # 2 notes + 2 files: neither prune touched the other's
+    finally:
+        run("delete", "--all", "--yes", *where)
 
 
 def test_ingest_search_ask_status_through_third_party_plugins(

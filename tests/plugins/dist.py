@@ -15,6 +15,9 @@ hashed = tests.plugins.fake_plugins:HashedBagOfWords
 echo = tests.plugins.fake_plugins:EchoCiter
 echo_serial = tests.plugins.fake_plugins:SerialEchoCiter
 slow = tests.plugins.fake_plugins:SlowCounter
+
+[esrag.sources]
+notes = tests.plugins.fake_plugins:NotesSource
 """
 
 

@@ -1,7 +1,8 @@
 """Deterministic third-party plugins for tests, installed through a .dist-info (see ``fake_distribution``).
 
 ``HashedBagOfWords``: an embedder with no model, vectors from hashed lowercase words (so texts sharing
-words are near each other). ``EchoCiter``: a generator that answers with the first sentence of its first
+words are near each other). ``NotesSource``: a source of ``count`` numbered notes under ``notes:``.
+``EchoCiter``: a generator that answers with the first sentence of its first
 source and cites it, so a test can check the whole ask path without an LLM.
 """
 
@@ -18,6 +19,8 @@ from pydantic import BaseModel
 from esrag import plugins
 from esrag.embedders.base import Embedder
 from esrag.generators.base import Generator, Message
+from esrag.sources.base import BaseSource, Item, Progress
+from esrag.types import Document
 
 WORD = re.compile(r"\w+")
 
@@ -140,3 +143,36 @@ class SlowCounter(Generator):
         except GeneratorExit:
             self._note(f"{produced} closed")
             raise
+
+
+class NotesSettings(BaseModel):
+    count: int = 3
+
+
+class NotesSource(BaseSource):
+    """``count`` notes ``notes:0`` ... (its ``[source.notes]`` table): a third-party source whose documents
+    live beside other sources' in one index. Its prune scope is ``notes:``."""
+
+    name = "notes"
+    unit = "note"
+
+    def __init__(self, settings: Any, **options: Any) -> None:
+        self.count = plugins.plugin_settings(settings, plugins.SOURCES, "notes", NotesSettings).count
+
+    def describe(self) -> dict[str, Any]:
+        return {"source": self.name, "count": self.count}
+
+    def start(self) -> int:
+        return self.count
+
+    def items(self) -> Iterator[Item]:
+        for i in range(self.count):
+            yield Document(doc_id=f"notes:{i}", source=f"notes://{i}", title=f"Note {i}",
+                           text=f"Note number {i} is about lighthouse keeper number {i} and the harbour.")
+            yield Progress(i + 1, self.count)
+
+    def scopes(self) -> list[str]:
+        return ["notes:"]
+
+    def owns(self, doc_id: str) -> bool:
+        return doc_id.startswith("notes:")
