@@ -27,6 +27,7 @@ from esrag.config import Settings
 from esrag.engine import Engine
 from esrag.errors import ConfigError, SourceError
 from esrag.ingest import IngestAborted, IngestReport
+from tests.fixtures.api import ApiServer
 from tests.fixtures.es import free_port, wait_http
 from tests.fixtures.fault_proxy import FaultProxy
 
@@ -362,5 +363,30 @@ def test_the_cli_ingests_from_an_index_and_hits_name_their_record(
     assert f"record: {index}/_doc/p17 (source_index {index}, source_id p17)" in out.output
     out = runner.invoke(main, ["ingest", str(tmp_path), "--from-index", index, *where])
     assert out.exit_code == 2 and "not both" in out.output
+    es.indices.delete(index=index)
+    es.close()
+
+
+def test_api_hits_name_their_source_record(hashed: None, es_url: str, tmp_path: Path,
+                                           serve: Callable[..., ApiServer]) -> None:
+    """An application reading hits through `esrag serve` gets the source index and record id of each hit, so
+    it can fetch the full record."""
+    index = f"api-{os.getpid()}"
+    es = fill(es_url, index, n=30)
+    where = ["--sqlite-dir", str(tmp_path / "db"), "--index", "products"]
+    out = CliRunner().invoke(main, ["ingest", "--from-index", index, "--source-es-url", es_url,
+                                    "--text-field", "description", "--title-field", "name", "--no-progress",
+                                    "--embedder", "hashed", *where])
+    assert out.exit_code == 0, out.output
+    server = serve("--store", "sqlite", *where, "--embedder", "hashed", "--generator", "echo",
+                   env={"ESRAG_EMBEDDER_HASHED_DIMS": "32"})
+    import httpx
+
+    r = httpx.post(server.url + "/v1/search", json={"query": "Product 17 lantern", "mode": "bm25", "k": 3},
+                   timeout=30)
+    assert r.status_code == 200, r.text
+    hit = r.json()["hits"][0]
+    assert (hit["doc_id"], hit["metadata"]["source_index"], hit["metadata"]["source_id"]) == (
+        f"es:{index}/p17", index, "p17")
     es.indices.delete(index=index)
     es.close()
