@@ -503,11 +503,10 @@ class DenseIndex:
             return {"kind": "exact", "vectors_in_index": 0, "bytes": 0, "current": True,
                     "note": f"exact kNN until the store holds {self.ann_min} chunks"}
         file = self.path.parent / pointer.file
-        ok = self._stale is None and file.is_file()
+        problem = self.check(pointer)
         return {"kind": "exact (exact_knn set)" if self.exact else KIND, "vectors_in_index": pointer.count,
                 "bytes": file.stat().st_size if file.is_file() else 0, "generation": pointer.generation,
-                "changes_since": pending, "current": ok and pending == 0,
-                "stale": None if ok else (self._stale or f"{file.name} is missing")}
+                "changes_since": pending, "current": problem is None and pending == 0, "stale": problem}
 
     def needs_repair(self) -> bool:
         """Whether the last view found the pointer's file unusable (and no repair is running)."""
