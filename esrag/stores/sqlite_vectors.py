@@ -491,7 +491,9 @@ class DenseIndex:
         return sorted(self.path.parent.glob(f"{self.path.name}.vectors-*"))
 
     def status(self, conn: sqlite3.Connection) -> dict[str, Any]:
-        """kind, vectors, file size and whether the HNSW file is current (holds every change) or stale."""
+        """kind, vectors, file size, the changes logged since the HNSW file (searched exactly until the next
+        merge folds them in) and whether the file is current (usable: present, readable, of the recorded
+        count) or stale (and why)."""
         conn.execute("BEGIN")
         try:
             generation, pointer = read_state(conn)
@@ -506,7 +508,7 @@ class DenseIndex:
         problem = self.check(pointer)
         return {"kind": "exact (exact_knn set)" if self.exact else KIND, "vectors_in_index": pointer.count,
                 "bytes": file.stat().st_size if file.is_file() else 0, "generation": pointer.generation,
-                "changes_since": pending, "current": problem is None and pending == 0, "stale": problem}
+                "changes_since": pending, "current": problem is None, "stale": problem}
 
     def needs_repair(self) -> bool:
         """Whether the last view found the pointer's file unusable (and no repair is running)."""
