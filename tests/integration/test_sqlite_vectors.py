@@ -295,9 +295,9 @@ def test_readers_in_threads_run_while_a_thread_writes_and_merges(ann_store: SQLi
         try:
             for b in range(12):
                 ann_store.write([chunk(f"w{b}-{i}", v) for i, v in enumerate(unit(40, seed=100 + b))])
-                with lock:
-                    deleted.update(f"base{i}" for i in range(b, 300, 12))
                 ann_store.delete_chunks([f"base{i}" for i in range(b, 300, 12)])
+                with lock:  # committed: no search that starts from now on may return them
+                    deleted.update(f"base{i}" for i in range(b, 300, 12))
         except BaseException as e:  # noqa: BLE001 - reported below
             failures.append(e)
         finally:
