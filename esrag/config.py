@@ -100,6 +100,9 @@ class StoreSettings(BaseModel):
     store: str | None = None  # None: elasticsearch if es_url is set, else sqlite
     index: str = "esrag"
     sqlite_dir: str = PROJECT_DIR  # the embedded store's directory
+    # the embedded store's kNN: exact always (for evaluation), else an HNSW index from this many chunks on
+    exact_knn: bool = False
+    ann_min_chunks: int = Field(50_000, ge=0)
 
 
 class ElasticsearchSettings(BaseModel):

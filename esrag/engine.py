@@ -248,6 +248,9 @@ class Engine:
                         chunk_size=meta.chunk_size, chunk_overlap=meta.chunk_overlap,
                         embed_template=meta.embed_template, analyzer=meta.analyzer,
                         esrag_version=meta.esrag_version, documents=counts.documents, chunks=counts.chunks)
+            vector_index = getattr(store, "vector_index", None)  # the embedded store's kNN side
+            if callable(vector_index):
+                info["vector_index"] = vector_index()
         return info
 
     # -- writing ---------------------------------------------------------------------------------------

@@ -1,18 +1,25 @@
 """Benchmark the embedded SQLite store alone: write throughput, hybrid query latency, query-process memory.
 
-    python scripts/bench_store.py [--n 126000] [--dims 384] [--corpus CORPUS_JSONL] [--dir DIR]
+    python scripts/bench_store.py [--n 126000] [--dims 384] [--corpus CORPUS_JSONL] [--dir DIR [--reuse]]
+                                  [--vectors random|VECTORS.npy --query-vectors QUERIES.npy]
                                   [--langchain [--langchain-queries 50]]
 
 Texts come from a BEIR ``corpus.jsonl`` (``_id``, ``title``, ``text``; cycled when shorter than ``--n``) or,
-without ``--corpus``, from Zipf-distributed random words. Vectors are random unit float32 vectors, so the
-numbers exclude embedding. Measured:
+without ``--corpus``, from Zipf-distributed random words. Vectors are random unit float32 vectors (the worst
+case for an approximate index) or real embeddings from a ``.npy`` file (n, dims), cycled with a small
+Gaussian perturbation (sigma ``--perturb``) to reach ``--n``, with query vectors from another ``.npy`` (also
+perturbed per query); the numbers exclude embedding. ``--reuse`` keeps a store already built in ``--dir``
+(the same ``--n``) instead of writing it again. Measured:
 
 - write: chunks/s of ``store.write`` with vectors (ensure_index and data generation not timed);
 - query: p50/p95 of one hybrid query at k=10 with ``--candidates`` per side: BM25 + exact kNN + linear
   fusion (``esrag.fusion.linear_fusion``), excluding the query embedding; in this process, after a warm-up
   query that loads the vector matrix, and again in a fresh process;
 - memory: peak RSS (VmHWM, else ``ru_maxrss``) of a fresh process that opens the store and runs the queries, over the
-  raw vector bytes (n * dims * 4).
+  raw vector bytes (n * dims * 4);
+- approximate against exact, in the same run: a second fresh process with ``exact_knn`` answers the same
+  queries; recall@10 of the dense side (approximate hits among the exact top 10) and both latencies;
+- update: a 1% update (n/100 new chunks written, n/100 deleted), timed with the index maintained.
 
 With ``--langchain`` (needs ``pip install -e '.[compare]'``), the baseline in the same run: LangChain's
 ``BM25Retriever`` (rank_bm25) over the same ``title + text``, a dense retriever over the same vectors (Chroma,
@@ -75,17 +82,26 @@ def texts(n: int, corpus: Path | None, rng: np.random.Generator) -> list[tuple[s
     return out
 
 
-def unit_vectors(n: int, dims: int, rng: np.random.Generator) -> np.ndarray:
-    v = rng.standard_normal((n, dims), dtype=np.float32)
+def unit_vectors(n: int, dims: int, rng: np.random.Generator, source: np.ndarray | None = None,
+                 perturb: float = 0.02) -> np.ndarray:
+    """``n`` unit vectors: random, or the rows of ``source`` cycled, each with Gaussian noise of ``perturb``."""
+    if source is None:
+        v = rng.standard_normal((n, dims), dtype=np.float32)
+    else:
+        v = np.empty((n, source.shape[1]), dtype=np.float32)
+        for at in range(0, n, len(source)):
+            part = source[:min(len(source), n - at)]
+            v[at:at + len(part)] = part + rng.standard_normal(part.shape, dtype=np.float32) * perturb
     v /= np.linalg.norm(v, axis=1, keepdims=True)
     return v
 
 
-def make_queries(pairs: list[tuple[str, str]], count: int, dims: int, seed: int
-                 ) -> list[tuple[str, np.ndarray]]:
-    """Query texts: 2-6 words taken from random documents; vectors: random unit vectors."""
+def make_queries(pairs: list[tuple[str, str]], count: int, dims: int, seed: int,
+                 source: np.ndarray | None = None) -> list[tuple[str, np.ndarray]]:
+    """Query texts: 2-6 words taken from random documents; vectors: random unit vectors, or the rows of
+    ``source`` (cycled, perturbed)."""
     rng = np.random.default_rng(seed)
-    vectors = unit_vectors(count, dims, rng)
+    vectors = unit_vectors(count, dims, rng, source)
     out = []
     for i in range(count):
         words = pairs[int(rng.integers(len(pairs)))][1].split()
@@ -120,17 +136,62 @@ def peak_rss_bytes() -> int:
 
 
 def child(args: argparse.Namespace) -> None:
-    """The fresh query process: open, load (first query), run the queries, report timings and peak RSS."""
-    store = SQLiteStore(Settings(sqlite_dir=args.dir, index=INDEX))
+    """The fresh query process: open, load (first query), run the queries, report timings, peak RSS and the
+    dense side's top k of each query."""
+    store = SQLiteStore(Settings(sqlite_dir=args.dir, index=INDEX, exact_knn=args.exact))
     queries = [(t, np.asarray(v, dtype=np.float32)) for t, v in json.loads(sys.stdin.read())]
     t0 = time.perf_counter()
     first = run_queries(store, queries[:1], args.k, args.candidates)
     load_s = time.perf_counter() - t0
     times = run_queries(store, queries, args.k, args.candidates)
     rss = peak_rss_bytes()
+    dense = [[h.id for h in store.search(SearchRequest(text=None, vector=v, candidates=args.k)).dense]
+             for _, v in queries]
     print(json.dumps({"first_query_ms": first[0], "load_s": load_s, "p50_ms": percentile(times, 50),
-                      "p95_ms": percentile(times, 95), "peak_rss_bytes": rss}))
+                      "p95_ms": percentile(times, 95), "peak_rss_bytes": rss, "dense": dense,
+                      "vector_index": store.vector_index()}))
     store.close()
+
+
+def fresh_process(args: argparse.Namespace, payload: str, exact: bool) -> dict[str, Any]:
+    proc = subprocess.run([sys.executable, __file__, "--child", "--dir", args.dir, "--k", str(args.k),
+                           "--candidates", str(args.candidates), *(["--exact"] if exact else [])],
+                          input=payload, capture_output=True, text=True, check=True)
+    out: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return out
+
+
+def one_chunk(pairs: list[tuple[str, str]], i: int, vector: np.ndarray, prefix: str = "") -> EmbeddedChunk:
+    """Chunk ``i`` of the benchmark (ids, documents of 4 chunks, metadata part = i % 10)."""
+    title, text = pairs[i % len(pairs)]
+    return EmbeddedChunk(Chunk(id=sha256_hex(prefix + str(i))[:40], doc_id=f"{prefix}doc{i // 4}",
+                               source=f"{prefix}doc{i // 4}.txt", title=title, text=text, chunk_index=i % 4,
+                               chunk_count=4, start=0, end=len(text), chunk_sha=sha256_hex(text),
+                               doc_sha=sha256_hex(prefix + str(i // 4)), metadata={"part": str(i % 10)}), vector)
+
+
+def make_chunks(pairs: list[tuple[str, str]], vectors: np.ndarray, start: int, stop: int) -> list[EmbeddedChunk]:
+    return [one_chunk(pairs, i, vectors[i]) for i in range(start, stop)]
+
+
+def one_percent_update(args: argparse.Namespace, pairs: list[tuple[str, str]], rng: np.random.Generator,
+                       source: np.ndarray | None) -> float:
+    """Seconds to write n/100 new chunks and delete n/100 old ones, index maintained (then undone, untimed,
+    so that a reused store keeps its content)."""
+    n = max(1, args.n // 100)
+    store = SQLiteStore(Settings(sqlite_dir=args.dir, index=INDEX))
+    vectors = unit_vectors(n, args.dims, rng, source, args.perturb)
+    new = [one_chunk(pairs, i, vectors[i], prefix="upd") for i in range(n)]
+    old_rows = list(range(0, args.n, 100))[:n]
+    saved = store.get_embeddings([sha256_hex(str(i))[:40] for i in old_rows])
+    t0 = time.perf_counter()
+    store.write(new)
+    store.delete_chunks(list(saved))
+    took = time.perf_counter() - t0
+    store.delete_chunks([c.chunk.id for c in new])
+    store.write([one_chunk(pairs, i, saved[cid]) for i in old_rows if (cid := sha256_hex(str(i))[:40]) in saved])
+    store.close()
+    return took
 
 
 def langchain_baseline(store: SQLiteStore, pairs: list[tuple[str, str]], vectors: np.ndarray,
@@ -174,7 +235,12 @@ def main() -> None:
                     help="also time LangChain's BM25Retriever + EnsembleRetriever as the baseline")
     ap.add_argument("--langchain-queries", type=int, default=50,
                     help="queries timed on both sides for the LangChain ratios (default 50)")
+    ap.add_argument("--vectors", default="random", help="random, or an .npy of real embeddings (n, dims)")
+    ap.add_argument("--query-vectors", type=Path, default=None, help=".npy of real query embeddings")
+    ap.add_argument("--perturb", type=float, default=0.02, help="noise added to each cycled real vector")
+    ap.add_argument("--reuse", action="store_true", help="keep a store of --n chunks already in --dir")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--exact", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         child(args)
@@ -186,28 +252,30 @@ def main() -> None:
         tmp = tempfile.TemporaryDirectory(prefix="esrag-bench-")
         args.dir = tmp.name
     rng = np.random.default_rng(args.seed)
+    source = None if args.vectors == "random" else np.load(args.vectors).astype(np.float32)
+    if source is not None:
+        args.dims = source.shape[1]
+    qsource = np.load(args.query_vectors).astype(np.float32) if args.query_vectors else source
     t0 = time.perf_counter()
     pairs = texts(args.n, args.corpus, rng)
-    vectors = unit_vectors(args.n, args.dims, rng)
-    lc_vectors = vectors if args.langchain else None
-    chunks = [EmbeddedChunk(Chunk(id=sha256_hex(str(i))[:40], doc_id=f"doc{i // 4}",
-                                  source=f"doc{i // 4}.txt", title=title, text=text, chunk_index=i % 4,
-                                  chunk_count=4, start=0, end=len(text), chunk_sha=sha256_hex(text),
-                                  doc_sha=sha256_hex(str(i // 4)), metadata={"part": str(i % 10)}),
-                            vectors[i])
-              for i, (title, text) in enumerate(pairs)]
-    gen_s = time.perf_counter() - t0
-
     store = SQLiteStore(Settings(sqlite_dir=args.dir, index=INDEX))
-    store.drop()
-    store.ensure_index(IndexMeta(model="bench-random", dims=args.dims))
-    t0 = time.perf_counter()
-    result = store.write(chunks)
-    write_s = time.perf_counter() - t0
-    assert not result.errors, result.errors[:3]
-    del chunks, vectors
+    reused = args.reuse and store.exists() and store.count().chunks == args.n
+    lc_vectors = None
+    write_s = gen_s = float("nan")
+    if not reused:
+        vectors = unit_vectors(args.n, args.dims, rng, source, args.perturb)
+        lc_vectors = vectors if args.langchain else None
+        store.drop()
+        store.ensure_index(IndexMeta(model=f"bench-{'random' if source is None else 'real'}", dims=args.dims))
+        gen_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for at in range(0, args.n, 100_000):  # bounded memory: chunk objects are built per 100k
+            result = store.write(make_chunks(pairs, vectors, at, min(args.n, at + 100_000)))
+            assert not result.errors, result.errors[:3]
+        write_s = time.perf_counter() - t0
+        del vectors
 
-    queries = make_queries(pairs, args.queries, args.dims, args.seed + 1)
+    queries = make_queries(pairs, args.queries, args.dims, args.seed + 1, qsource)
     t0 = time.perf_counter()
     run_queries(store, queries[:1], args.k, args.candidates)
     load_s = time.perf_counter() - t0
@@ -225,10 +293,11 @@ def main() -> None:
     store.close()
 
     payload = json.dumps([[t, v.tolist()] for t, v in queries])
-    proc = subprocess.run([sys.executable, __file__, "--child", "--dir", args.dir, "--k", str(args.k),
-                           "--candidates", str(args.candidates)], input=payload, capture_output=True,
-                          text=True, check=True)
-    fresh: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    fresh = fresh_process(args, payload, exact=False)
+    exact = fresh_process(args, payload, exact=True)
+    recall = float(np.mean([len(set(a) & set(e)) / max(1, len(e))
+                            for a, e in zip(fresh.pop("dense"), exact.pop("dense"), strict=True)]))
+    update_s = one_percent_update(args, pairs, rng, source)
     raw = args.n * args.dims * 4
     db_bytes = sum(p.stat().st_size for p in Path(args.dir).glob(f"{INDEX}.db*"))
     out = {
@@ -238,6 +307,8 @@ def main() -> None:
         "query_p50_ms": percentile(times, 50), "query_p95_ms": percentile(times, 95),
         "filtered_query_p50_ms": percentile(filtered, 50),
         "fresh_process": fresh, "peak_rss_over_raw": fresh["peak_rss_bytes"] / raw,
+        "exact_fresh_process": exact, "dense_recall_at_k": recall, "update_1pct_s": update_s,
+        "vectors": args.vectors, "reused_store": reused,
         "cpus": os.cpu_count(), "queries": len(queries), "candidates": args.candidates, "k": args.k,
     }
     if lc is not None:
@@ -254,6 +325,11 @@ def main() -> None:
           f"(first query {fresh['first_query_ms']:.0f} ms)")
     print(f"{'fresh process peak RSS':<32}{fresh['peak_rss_bytes'] / mb:.0f} MiB = "
           f"{out['peak_rss_over_raw']:.2f} x raw vectors")
+    print(f"{'vector index':<32}{fresh['vector_index']}")
+    print(f"{'exact: fresh p50 / p95':<32}{exact['p50_ms']:.1f} / {exact['p95_ms']:.1f} ms "
+          f"(first query {exact['first_query_ms']:.0f} ms, peak RSS {exact['peak_rss_bytes'] / mb:.0f} MiB)")
+    print(f"{'dense recall@k vs exact':<32}{recall:.4f}")
+    print(f"{'1% update (add + delete)':<32}{update_s:.1f} s")
     if lc is not None:
         print(f"-- LangChain baseline, {lc['queries']} queries timed interleaved with esrag --")
         print(f"{'LangChain build':<32}{lc['build_s']:.1f} s (BM25Retriever {lc['bm25_build_s']:.1f} s, "

@@ -254,6 +254,8 @@ def status(as_json: bool, **opts: Any) -> None:
         click.echo(json.dumps(StatusResponse.of(info).to_json(), indent=2))
         return
     for key, value in info.items():
+        if isinstance(value, dict):  # the vector index: kind, vectors, bytes, current
+            value = ", ".join(f"{k} {v}" for k, v in value.items() if v is not None)
         click.echo(f"{key:14} {value!r}" if isinstance(value, str) and "\n" in value else f"{key:14} {value}")
     if not info["exists"]:
         click.echo("The index does not exist yet: run `esrag ingest PATH` to create it.")

@@ -1,4 +1,4 @@
-"""The embedded default store: one SQLite file per index, BM25 with FTS5, exact cosine kNN with numpy.
+"""The embedded default store: one SQLite file per index, BM25 with FTS5, kNN exact or with an HNSW index.
 
 File: ``<sqlite_dir>/<index>.db`` (default ``./.esrag/esrag.db``), plus SQLite's ``-wal``/``-shm`` files.
 
@@ -16,18 +16,18 @@ scores row by row, too slowly for words found in much of the index, so queries a
 scores; the plain FTS5 query remains for terms it cannot read the same way). FTS5's idf differs from
 Lucene's for terms in more than half the chunks.
 
-Dense: exact cosine kNN over an in-memory (n, dims) float32 matrix of L2-normalised vectors, loaded from the
-file on the first dense search and reloaded after any write, by this process or another one (see
-Concurrency). Scores follow ES cosine: ``(1 + cos) / 2``. Filters become a boolean mask before
-the top-k cut (a covering index makes the filter scan cheap). Only the rows of the hits are read back from
-SQL, so a query process holds about one copy of the raw vectors.
+Dense: ``sqlite_vectors.DenseIndex``: exact cosine kNN over an in-memory matrix below
+``ann_min_chunks`` chunks (or with ``exact_knn``), a memory-mapped int8 HNSW index with float re-scoring
+above, both kept current by a change log that triggers write in the same transaction as the chunks (a
+write never reloads the vectors). Scores follow ES cosine: ``(1 + cos) / 2``.
 
 Concurrency: safe to share between threads. Each thread reads through a connection of its own (WAL lets
 them all read while one writes, so a search never waits for an ingest and never sees "database is
-locked"), and one write connection serialises writers under a lock. The dense matrix and the BM25 postings
+locked"), and one write connection serialises writers under a lock. The dense index and the BM25 postings
 are cached once per store object and shared by every thread; they are keyed by a ``generation`` counter in
 the ``meta`` table that every write transaction increments, so a commit by any connection or process
-invalidates them. Other processes may use the same file: a 30 s busy timeout makes writers queue, and a
+reaches them (the postings are reloaded, the dense side applies the logged changes). Other processes may
+use the same file: a 30 s busy timeout makes writers queue, and a
 write (or refresh) after another process deleted the file fails loudly instead of writing to a lost file.
 
 Durability: WAL with ``synchronous=NORMAL``: every transaction is atomic and survives a process crash; an OS
@@ -53,8 +53,10 @@ import numpy as np
 from esrag.config import Settings
 from esrag.errors import CorruptStoreError, IndexNotFoundError, ModelMismatchError, StoreError
 from esrag.stores import sqlite_sql as sql
-from esrag.stores.sqlite_bm25 import Bm25Index, attach_vocab, positions_of
+from esrag.stores import sqlite_vectors as vectors
+from esrag.stores.sqlite_bm25 import Bm25Index, attach_vocab
 from esrag.stores.sqlite_sql import bm25_sql, match_expression, query_terms
+from esrag.stores.sqlite_vectors import DenseIndex, read_state
 from esrag.types import (
     ChunkRef,
     Counts,
@@ -71,7 +73,7 @@ from esrag.types import (
 
 __all__ = ["MARKER", "SCHEMA_VERSION", "SQLiteStore", "match_expression", "query_terms", "bm25_sql"]
 
-SCHEMA_VERSION = 2  # 2: chunks.section
+SCHEMA_VERSION = 3  # 2: chunks.section; 3: the vector change log (sqlite_vectors)
 MARKER = "esrag-sqlite-store"
 
 
@@ -94,7 +96,7 @@ class SQLiteStore:
         self._file_id: tuple[int, int] | None = None  # (device, inode) of the file _wconn writes to
         self._meta: IndexMeta | None = None
         # shared caches, each tagged with the generation it was read at
-        self._dense: tuple[int, np.ndarray, np.ndarray] | None = None  # (generation, matrix, rowids)
+        self._dense: DenseIndex | None = None
         self._bm25: tuple[int, Bm25Index] | None = None
 
     # --- connection and errors -------------------------------------------------------------------------
@@ -153,18 +155,21 @@ class SQLiteStore:
                              f"version reads up to {SCHEMA_VERSION}): upgrade esrag")
         if not {"chunks", "chunks_fts"} <= tables:
             raise CorruptStoreError(f"{self.path}: esrag store is missing its chunks tables")
-        if version < 2:
-            self._add_section_column(conn)
+        if version < SCHEMA_VERSION:
+            self._upgrade(conn)
         return meta
 
-    def _add_section_column(self, conn: sqlite3.Connection) -> None:
-        """Schema 1 -> 2 in one write transaction (another process may have done it already): the chunks
-        written before record section -1, which search treats as a chunk that stands for itself."""
+    def _upgrade(self, conn: sqlite3.Connection) -> None:
+        """Schema 1 or 2 -> 3 in one write transaction (another process may have done it already): the
+        chunks written before schema 2 record section -1, which search treats as a chunk that stands for
+        itself; schema 3 adds the vector change log (the current vectors are the base it starts from)."""
         conn.execute("BEGIN IMMEDIATE")
         try:
             columns = {r[1] for r in conn.execute("PRAGMA table_info(chunks)")}
             if "section" not in columns:
                 conn.execute(sql.ADD_SECTION)
+            for stmt in vectors.SCHEMA:
+                conn.execute(stmt)
             conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
             conn.execute("COMMIT")
         except BaseException:
@@ -236,11 +241,6 @@ class SQLiteStore:
                 conn.execute("ROLLBACK")
             raise
 
-    @staticmethod
-    def _generation(conn: sqlite3.Connection) -> int:
-        row = conn.execute(sql.GENERATION).fetchone()
-        return int(row[0]) if row else 0
-
     # --- Store protocol --------------------------------------------------------------------------------
 
     def describe(self) -> dict[str, Any]:
@@ -309,7 +309,7 @@ class SQLiteStore:
 
     @staticmethod
     def _create_schema(conn: sqlite3.Connection, meta: IndexMeta) -> None:
-        for stmt in (*sql.schema(meta.analyzer), sql.SHA_INDEX):
+        for stmt in (*sql.schema(meta.analyzer), sql.SHA_INDEX, *vectors.SCHEMA):
             conn.execute(stmt)
         conn.executemany("INSERT INTO meta(key, value) VALUES (?, ?)", [
             ("marker", MARKER), ("schema_version", str(SCHEMA_VERSION)),
@@ -369,6 +369,7 @@ class SQLiteStore:
                                                  reason=f"{type(e).__name__}: {e}"))
                 deleted = self._delete_in(conn, "id", delete_ids)
             self._check_still_there()  # a delete during this transaction: what it wrote is gone
+            self._dense_index().maintain(conn)
         return WriteResult(written=written, errors=tuple(errors), deleted=deleted)
 
     def refresh(self) -> None:
@@ -442,7 +443,9 @@ class SQLiteStore:
             if not values:
                 return 0
             with self._guard("delete from"), self._transaction(conn):
-                return self._delete_in(conn, column, values)
+                deleted = self._delete_in(conn, column, values)
+            self._dense_index().maintain(conn)
+            return deleted
 
     @staticmethod
     def _delete_in(conn: sqlite3.Connection, column: str, values: Sequence[str]) -> int:
@@ -460,18 +463,26 @@ class SQLiteStore:
         dense: list[ScoredChunk] = []
         with self._guard("search"):
             conn = self._reader()
-            conn.execute("BEGIN")
-            try:
-                generation = self._generation(conn)
-                wanted: np.ndarray | None = None
-                if limit and (filtered := sql.dense_filter_sql(request.filters)) is not None:
-                    wanted = np.sort(np.fromiter((r for (r,) in conn.execute(*filtered)), dtype=np.int64))
-                if request.text is not None and limit:
-                    bm25 = self._bm25_side(conn, generation, request.text, request.filters, wanted, limit)
-                if request.vector is not None and limit:
-                    dense = self._hits(conn, self._knn(conn, generation, request.vector, wanted, limit))
-            finally:
-                conn.execute("COMMIT")
+            for _ in range(100):
+                conn.execute("BEGIN")
+                try:
+                    generation, pointer = read_state(conn)
+                    view = self._dense_index().view(conn, generation, pointer) if request.vector is not None else None
+                    if request.vector is not None and view is None:
+                        continue  # another thread's view is newer than this snapshot: take a newer one
+                    wanted: np.ndarray | None = None
+                    if limit and (filtered := sql.dense_filter_sql(request.filters)) is not None:
+                        wanted = np.sort(np.fromiter((r for (r,) in conn.execute(*filtered)), dtype=np.int64))
+                    if request.text is not None and limit:
+                        bm25 = self._bm25_side(conn, generation, request.text, request.filters, wanted, limit)
+                    if view is not None and limit:
+                        assert request.vector is not None
+                        dense = self._hits(conn, self._dense_index().knn(conn, view, request.vector, wanted, limit))
+                    break
+                finally:
+                    conn.execute("COMMIT")
+            if self._dense is not None and self._dense.needs_repair():
+                self._dense.repair_in_background(lambda: self._open(create=False))
         return SearchResponse(bm25=bm25, dense=dense, took_ms=(time.perf_counter() - t0) * 1e3)
 
     def _bm25_side(self, conn: sqlite3.Connection, generation: int, text: str, filters: Any,
@@ -494,39 +505,6 @@ class SQLiteStore:
         assert built is not None
         return [sql.scored(r, float(r[9])) for r in conn.execute(*built)]
 
-    def _knn(self, conn: sqlite3.Connection, generation: int, query: np.ndarray, wanted: np.ndarray | None,
-             limit: int) -> list[tuple[int, float]]:
-        """Exact kNN: ``(rowid, (1 + cos) / 2)`` best first, ties by rowid; only ``wanted`` rowids (sorted)
-        when given.
-
-        ``einsum`` rather than ``@``: numpy's own loop is single-threaded and on this workload about twice
-        as fast as BLAS sgemv, whose threads also contend with the caller's (measured: 8 vs 15 ms for
-        126k x 384)."""
-        matrix, rowids = self._vectors(conn, generation)
-        q = np.asarray(query, dtype=np.float32).reshape(-1)
-        if q.shape[0] != matrix.shape[1]:
-            raise ModelMismatchError(f"query vector has {q.shape[0]} dims but the index at {self.path} "
-                                     f"holds {matrix.shape[1]}-dim vectors")
-        norm = float(np.linalg.norm(q))
-        if not np.isfinite(norm) or norm == 0.0:
-            return []
-        q = q / norm
-        positions: np.ndarray | None = None
-        if wanted is None:
-            cos = np.einsum("ij,j->i", matrix, q)
-        else:
-            positions = positions_of(rowids, wanted)
-            # a selective filter scores only its rows; a broad one scores all and picks (no big copy)
-            cos = (np.einsum("ij,j->i", matrix[positions], q) if 4 * len(positions) < len(rowids)
-                   else np.einsum("ij,j->i", matrix, q)[positions])
-        k = min(limit, len(cos))
-        if k == 0:
-            return []
-        top = np.argpartition(-cos, k - 1)[:k] if k < len(cos) else np.arange(len(cos))
-        top_rows = rowids[top] if positions is None else rowids[positions[top]]
-        order = np.lexsort((top_rows, -cos[top]))
-        return [(int(top_rows[i]), min(1.0, max(0.0, (1.0 + float(cos[top[i]])) / 2.0))) for i in order]
-
     @staticmethod
     def _hits(conn: sqlite3.Connection, ranked: list[tuple[int, float]]) -> list[ScoredChunk]:
         """The rows of ranked ``(rowid, score)`` pairs, in order (rows deleted meanwhile are skipped)."""
@@ -536,35 +514,23 @@ class SQLiteStore:
                 rows[int(r[0])] = r
         return [sql.scored(rows[rid], score) for rid, score in ranked if rid in rows]
 
-    def _vectors(self, conn: sqlite3.Connection, generation: int) -> tuple[np.ndarray, np.ndarray]:
-        """The normalised (n, dims) matrix and its rowids as of ``generation`` (read in the caller's
-        snapshot), shared by all threads and reloaded when the generation moved."""
-        cached = self._dense
-        if cached is not None and cached[0] == generation:
-            return cached[1], cached[2]
-        with self._cache_lock:
-            cached = self._dense
-            if cached is not None and cached[0] == generation:
-                return cached[1], cached[2]
-            self._dense = None  # free the old copy before loading the new one
-            assert self._meta is not None
-            dims = self._meta.dims
-            n = int(conn.execute("SELECT count(*) FROM chunks").fetchone()[0])
-            matrix = np.empty((n, dims), dtype=np.float32)
-            rowids = np.empty(n, dtype=np.int64)
-            i = 0
-            for rid, blob in conn.execute(sql.LOAD_SQL):
-                if len(blob) != 4 * dims:
-                    raise CorruptStoreError(f"{self.path}: chunk rowid {rid} has a {len(blob)}-byte sql.vector, "
-                                            f"expected {4 * dims}")
-                matrix[i] = np.frombuffer(blob, dtype=np.float32)
-                rowids[i] = rid
-                i += 1
-            norms = np.sqrt(np.einsum("ij,ij->i", matrix, matrix))
-            norms[norms == 0.0] = 1.0
-            np.divide(matrix, norms[:, None], out=matrix)
-            self._dense = (generation, matrix, rowids)
-        return matrix, rowids
+    def _dense_index(self) -> DenseIndex:
+        """The dense side (sqlite_vectors), made on first use, once the store's dims are known."""
+        dense = self._dense
+        if dense is None:
+            with self._state:
+                if self._dense is None:
+                    assert self._meta is not None
+                    self._dense = DenseIndex(self.path, self._meta.dims, exact=self.settings.exact_knn,
+                                             ann_min=self.settings.ann_min_chunks)
+                dense = self._dense
+        return dense
+
+    def vector_index(self) -> dict[str, Any]:
+        """The dense side's state for ``esrag status``: kind, vectors, bytes, whether it is current."""
+        conn = self._reader()
+        with self._guard("read"):
+            return self._dense_index().status(conn)
 
     def explain_request(self, request: SearchRequest) -> dict[str, Any]:
         """The SQL ``search`` runs, with parameters; the kNN side is numpy, described with its filter SQL.
@@ -580,8 +546,10 @@ class SQLiteStore:
         if request.vector is not None:
             filtered = sql.dense_filter_sql(request.filters)
             out["dense"] = {
-                "method": "exact cosine kNN (numpy) over the L2-normalised float32 matrix loaded with "
-                          f"`{sql.LOAD_SQL}`; score = (1 + cos) / 2; filters mask rows before the top-k cut",
+                "method": "exact cosine kNN (numpy) over the L2-normalised vectors below "
+                          f"{self.settings.ann_min_chunks} chunks or with exact_knn, else an int8 HNSW index "
+                          "(esrag.stores.sqlite_vectors) whose candidates are re-scored with the float vectors; "
+                          "score = (1 + cos) / 2; filters restrict the rows before the top-k cut",
                 "vector": f"<{int(np.asarray(request.vector).size)} floats>",
                 "k": limit,
                 "filter_sql": filtered[0] if filtered else None,
@@ -607,11 +575,12 @@ class SQLiteStore:
                 except IndexNotFoundError:
                     existed = False  # an empty database: nothing was indexed
             self.close()
-            for suffix in ("", "-wal", "-shm", "-journal"):
+            for path in [*(Path(f"{self.path}{s}") for s in ("", "-wal", "-shm", "-journal")),
+                         *DenseIndex(self.path, 0).files()]:
                 try:
-                    Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+                    path.unlink(missing_ok=True)
                 except OSError as e:
-                    raise StoreError(f"cannot delete {self.path}{suffix}: {e.strerror or e}") from e
+                    raise StoreError(f"cannot delete {path}: {e.strerror or e}") from e
             return existed
 
     def close(self) -> None:
@@ -620,7 +589,9 @@ class SQLiteStore:
             conns = [c for c in (self._wconn, *self._readers) if c is not None]
             self._wconn, self._readers = None, []
             self._epoch += 1
-            self._meta = self._dense = self._bm25 = None
+            dense, self._meta, self._dense, self._bm25 = self._dense, None, None, None
+        if dense is not None:
+            dense.forget()
         for conn in conns:
             conn.close()
 

@@ -425,8 +425,8 @@ def test_each_thread_reads_through_its_own_connection_and_shares_the_matrix(stor
     def search() -> None:
         store.search(SearchRequest(text=None, vector=vec(1), candidates=3))
         conns.append(store._reader())
-        assert store._dense is not None
-        matrices.append(store._dense[1])
+        assert store._dense is not None and store._dense._view is not None
+        matrices.append(store._dense._view.matrix)
 
     for _ in range(3):
         t = threading.Thread(target=search)
@@ -644,6 +644,9 @@ def schema_1_store(tmp_path: Path) -> Path:
     path = next((tmp_path / "store").glob("*.db"))
     with sqlite3.connect(path) as conn:
         conn.execute("ALTER TABLE chunks DROP COLUMN section")
+        for trigger in ("chunks_vi", "chunks_vd", "chunks_vu"):  # schema 3's vector change log
+            conn.execute(f"DROP TRIGGER {trigger}")
+        conn.execute("DROP TABLE vector_changes")
         conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
     conn.close()
     return path
@@ -661,7 +664,8 @@ def test_a_store_of_schema_1_gains_the_section_column_and_its_old_chunks_read_as
     finally:
         store.close()
     with sqlite3.connect(path) as conn:
-        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("2",)
+        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("3",)
+        assert conn.execute("SELECT count(*) FROM vector_changes").fetchone() == (1,)  # "new" is logged
     conn.close()
 
 
