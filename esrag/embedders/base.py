@@ -38,6 +38,7 @@ class Embedder(ABC):
     def ready(self) -> None:
         """Raise EmbeddingError when the embedder cannot embed now (a remote one: its server does not
         answer); nothing for an in-process model, which is ready once loaded."""
+        return None
 
     def embed_urgent(self, texts: Sequence[str]) -> np.ndarray:
         """Like ``embed_batch``, for texts a user is waiting on (queries). An embedder that runs one model
