@@ -28,6 +28,7 @@ import http.client
 import json
 import math
 import random
+import re
 import threading
 import time
 from abc import abstractmethod
@@ -49,6 +50,7 @@ RETRY_STATUSES = frozenset({429, 502, 503, 504})
 #: first backoff and its cap, in seconds
 BACKOFF_FIRST_S = 0.1
 BACKOFF_MAX_S = 5.0
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class RemoteSettings(BaseModel):
@@ -130,7 +132,7 @@ def sendable(text: str) -> str:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+        return _SURROGATE.sub("\ufffd", text)
     return text
 
 
