@@ -152,3 +152,12 @@ def test_embedders_without_in_flight_get_one_request_at_a_time() -> None:
 
     assert inflight.requests_in_flight(Local()) == 1 and inflight.request_size(Local(), 16) == 16
     assert inflight.requests_in_flight(Remote()) == 4 and inflight.request_size(Remote(), 16) == 32
+
+
+def test_a_missing_tokenizer_is_a_clear_error_naming_it_and_the_setting(tmp_path: object) -> None:
+    from esrag.embedders.tokenizer import load_tokenizer
+
+    with pytest.raises(ConfigError, match=r"cannot load the tokenizer '/nonexistent/model' locally.*\[embedder.tei\]"):
+        load_tokenizer("/nonexistent/model", where="[embedder.tei] tokenizer")
+    with pytest.raises(ConfigError, match="locally"):
+        load_tokenizer("some-org/not-in-the-cache")  # a hub id is never downloaded
