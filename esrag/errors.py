@@ -159,6 +159,13 @@ class EmbeddingError(EsragError):
     problem = "embedding-failed"
 
 
+class EmbeddingTimeoutError(EmbeddingError):
+    """The embedding server did not answer in time (or kept refusing with 429/503 past the retry budget)."""
+
+    http_status = 504
+    problem = "embedding-timeout"
+
+
 class GeneratorError(EsragError):
     """The LLM could not be reached or failed. ``partial`` holds any answer text streamed before it did."""
 

@@ -45,19 +45,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from esrag import __version__
 from esrag.chunking import Chunker, chunk_document
 from esrag.config import Settings
 from esrag.context import ContextTemplate
+from esrag.embedders import fingerprint, inflight
 from esrag.embedders.base import Embedder
 from esrag.errors import EsragError, ModelMismatchError, setting
 from esrag.ingest_report import IngestAborted, IngestReport
 from esrag.loaders import Notice, Skipped
 from esrag.sources.base import Progress, Source, Stub
 from esrag.stores.base import Store
-from esrag.types import Chunk, ChunkRef, Document, EmbeddedChunk, IndexMeta, version_sha
+from esrag.types import Chunk, ChunkRef, Document, EmbeddedChunk, IndexMeta, WriteError, version_sha
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +88,8 @@ def build_params(settings: Settings, meta: IndexMeta | None = None) -> dict[str,
     if meta is not None and "analyzer" not in settings.sources:
         analyzer = meta.analyzer
     return {"chunk_size": settings.chunk_size, "chunk_overlap": settings.chunk_overlap,
-            "embed_template": settings.embed_template, "analyzer": analyzer}
+            "embed_template": settings.embed_template, "analyzer": analyzer,
+            "fingerprint": meta.fingerprint if meta is not None else ""}  # recorded by _embed_window
 
 
 def index_meta(embedder: Embedder, settings: Settings, existing: IndexMeta | None = None) -> IndexMeta:
@@ -362,24 +362,31 @@ class Ingestor:
 
     def _embed_window(self, plans: list[_DocPlan], report: IngestReport, writes: queue.Queue[Any],
                       pending: dict[str, int], stop: threading.Event) -> None:
-        """Embed the window's chunks (longest first, so batches pad little) and hand each document, with its
-        stale chunk ids, to the writer. Stops between batches once another stage failed."""
+        """Embed the window's chunks, several requests in flight for a remote embedder
+        (``esrag.embedders.inflight``), and hand each document, with its stale chunk ids, to the writer, in
+        order. Stops once another stage failed. A failed request fails only its own chunks: each is a
+        ``WriteError`` naming its source; the document's other chunks are written and its old chunks kept,
+        so the next run embeds exactly the failed ones. Before the first embedding, the embedder's
+        fingerprint is checked against the index's (recorded when the index has none)."""
         if not plans:
             return
         self._ensure_index()
         todo = [c for p in plans for c in p.to_embed]
-        order = sorted(range(len(todo)), key=lambda i: len(todo[i].text), reverse=True)
-        vectors: list[np.ndarray | None] = [None] * len(todo)
-        step = self.embedder_batch()
-        for lo in range(0, len(order), step):
-            if stop.is_set():
-                return
-            idx = order[lo:lo + step]
-            embedded = self.embedder.embed_documents([todo[i].embed_text for i in idx])
-            for i, vec in zip(idx, embedded, strict=True):
-                vectors[i] = vec
-            report.chunks_embedded += len(idx)
-        vec_by_id = {c.id: v for c, v in zip(todo, vectors, strict=True) if v is not None}
+        if todo:
+            fingerprint.check_once(self, self.store, self.embedder)
+        result = inflight.embed_window(self.embedder.embed_documents, [c.embed_text for c in todo],
+                                       inflight.request_size(self.embedder, self.embedder_batch()),
+                                       inflight.requests_in_flight(self.embedder), stop)
+        if stop.is_set():
+            return
+        report.chunks_embedded += result.embedded
+        failed: dict[str, str] = {}
+        for idx, err in result.failed:
+            log.warning("embedding %d chunks failed: %s", len(idx), err)
+            for i in idx:
+                failed[todo[i].id] = f"embedding failed: {err}"
+                report.errors.append(WriteError(todo[i].id, todo[i].source, failed[todo[i].id]))
+        vec_by_id = {c.id: v for c, v in zip(todo, result.vectors, strict=True) if v is not None}
         for plan in plans:
             if stop.is_set():
                 return
@@ -388,9 +395,10 @@ class Ingestor:
             else:
                 report.documents_changed += 1
             report.chunks_reused += len(plan.reused)
-            items = [*plan.reused, *(EmbeddedChunk(c, vec_by_id[c.id]) for c in plan.to_embed)]
+            items = [*plan.reused, *(EmbeddedChunk(c, vec_by_id[c.id]) for c in plan.to_embed if c.id in vec_by_id)]
+            stale = [] if any(c.id in failed for c in plan.to_embed) else plan.stale_ids
             pending[plan.doc.doc_id] = pending.get(plan.doc.doc_id, 0) + len(items)
-            writes.put(("doc", plan.doc.doc_id, items, plan.stale_ids))
+            writes.put(("doc", plan.doc.doc_id, items, stale))
         writes.put(("flush",))  # one write per window at least: progress is durable as it is made
 
     def embedder_batch(self) -> int:

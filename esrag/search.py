@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from esrag.config import Settings, check_alpha, check_doc_weight
+from esrag.embedders import fingerprint
 from esrag.embedders.base import Embedder
 from esrag.errors import ConfigError, ModelMismatchError
 from esrag.fusion import Fused, linear_fusion, ranked, rrf_fusion, with_document_evidence
@@ -49,14 +50,16 @@ def is_lookup(query: str) -> bool:
 
 
 def check_model(store: Store, embedder: Embedder) -> None:
-    """Raise ModelMismatchError if the index was built with another model or dims than ``embedder``."""
+    """Raise ModelMismatchError if the index was built with another model or dims than ``embedder``, or
+    records a fingerprint that the embedder's does not match (esrag.embedders.fingerprint)."""
     meta = store.read_meta()
     if meta is None:
         return
+    d = store.describe()
     if meta.model != embedder.model_name or meta.dims != embedder.dims:
-        d = store.describe()
         raise ModelMismatchError.of(f"{d.get('index', '')!r} at {d.get('location', '')}", meta.model, meta.dims,
                                     embedder.model_name, embedder.dims)
+    fingerprint.check(meta, embedder, f"{d.get('index', '')!r} at {d.get('location', '')}")
 
 
 def fuse(

@@ -259,6 +259,9 @@ class IndexMeta:
     embed_template: str = "{text}"
     #: the text analyzer of the BM25 side ("standard", "english", or an ES analyzer's name)
     analyzer: str = "standard"
+    #: the model's vectors of fixed probe texts (esrag.embedders.fingerprint); "" for an index made before
+    #: fingerprints, which records one on its next ingest
+    fingerprint: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -271,13 +274,15 @@ class IndexMeta:
             "esrag_version": self.esrag_version,
             "embed_template": self.embed_template,
             "analyzer": self.analyzer,
+            "fingerprint": self.fingerprint,
         }
 
     def build_params(self) -> dict[str, Any]:
         """The parameters that may change on an existing index (the model and dims may not): the chunking,
-        the embed template and the analyzer."""
+        the embed template, the analyzer, and the fingerprint (recorded once on an index that has none; a
+        different one is refused before it gets here: esrag.embedders.fingerprint)."""
         return {"chunk_size": self.chunk_size, "chunk_overlap": self.chunk_overlap,
-                "embed_template": self.embed_template, "analyzer": self.analyzer}
+                "embed_template": self.embed_template, "analyzer": self.analyzer, "fingerprint": self.fingerprint}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> IndexMeta:
@@ -291,6 +296,7 @@ class IndexMeta:
             esrag_version=str(d.get("esrag_version", "")),
             embed_template=str(d.get("embed_template", "{text}")),
             analyzer=str(d.get("analyzer", "standard")),
+            fingerprint=str(d.get("fingerprint", "")),
         )
 
 

@@ -18,6 +18,17 @@ if [[ "$extras" == *test* ]]; then
       .venv/bin/pip wheel -q --no-deps --no-cache-dir -w "$wheels" llama-cpp-python==0.3.36
   fi
   .venv/bin/pip install -q --find-links "$wheels" --only-binary llama-cpp-python "llama-cpp-python[server]==0.3.36"
+  # The tests' embedding server: infinity-emb pins numpy<2 and an older click, so it lives in a venv of its
+  # own, cached per machine beside the wheels (~1.5 GB with CPU torch, ~1 min; tests/fixtures/embed_server.py).
+  infinity="${XDG_CACHE_HOME:-$HOME/.cache}/esrag/infinity-0.0.77"
+  if [ ! -x "$infinity/bin/infinity_emb" ]; then
+    echo "==> creating the infinity-emb 0.0.77 venv in $infinity (once per machine: ~1 min)"
+    rm -rf "$infinity"
+    python3 -m venv "$infinity"
+    "$infinity/bin/pip" install -q torch==2.13.0
+    # click 8.2 breaks the typer 0.12 that infinity-emb pins
+    "$infinity/bin/pip" install -q "infinity-emb[server,torch]==0.0.77" "click==8.1.8"
+  fi
 fi
 if [ -n "$extras" ]; then
   .venv/bin/pip install -q -e ".[$extras]"

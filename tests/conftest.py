@@ -12,6 +12,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 pytest_plugins = [
     "tests.fixtures.es", "tests.fixtures.llm", "tests.fixtures.fault_proxy", "tests.plugins.dist", "tests.fixtures.api",
+    "tests.fixtures.embed_server",
 ]
 
 from esrag import plugins  # noqa: E402

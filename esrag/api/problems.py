@@ -69,10 +69,11 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
     "store-failed": ProblemType(502, None, "The store (Elasticsearch or SQLite) failed."),
     "store-unreachable": ProblemType(502, None, "Elasticsearch cannot be reached."),
     "write-failed": ProblemType(502, None, "Some chunks could not be written."),
-    "embedding-failed": ProblemType(502, None, "The embedding model failed or could not be loaded."),
+    "embedding-failed": ProblemType(502, None, "The embedding model or server failed, or cannot be reached."),
     "llm-failed": ProblemType(502, None, "The LLM server failed or cannot be reached."),
     "store-timeout": ProblemType(504, None, "Elasticsearch did not answer in time."),
     "llm-timeout": ProblemType(504, None, "The LLM server did not answer in time."),
+    "embedding-timeout": ProblemType(504, None, "The embedding server did not answer in time."),
 }
 
 #: the problem type of an HTTP error raised by the framework itself (an unknown route, a wrong method...)

@@ -326,7 +326,8 @@ async def healthz() -> Health:
 
 @router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}}, tags=["status"])
 def readyz(request: Request) -> Response:
-    """Ready to serve: the embedding model is loaded and the store answers. 503 with the reason when not."""
+    """Ready to serve: the embedding model is loaded (a remote embedder: its server embeds a probe text) and
+    the store answers. 503 with the reason when not."""
     svc: Service = request.app.state.service
     store = svc.engine.settings.store_name
     loaded = svc.engine.embedder.loaded
@@ -340,5 +341,10 @@ def readyz(request: Request) -> Response:
             svc.engine.store.exists()
         except EsragError as e:
             reason = svc.redact(f"the store does not answer: {e}")
+        if reason is None:
+            try:  # a remote embedder: its server answers (an in-process model is ready once loaded)
+                svc.engine.embedder.ready()
+            except EsragError as e:
+                reason = svc.redact(f"the embedder is not ready: {e}")
     ready = Readiness(ready=reason is None, store=store, model_loaded=loaded, reason=reason)
     return _json(ready, 200 if ready.ready else 503)

@@ -35,6 +35,11 @@ class Embedder(ABC):
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Number of model tokens (special tokens excluded) of each text."""
 
+    def ready(self) -> None:
+        """Raise EmbeddingError when the embedder cannot embed now (a remote one: its server does not
+        answer); nothing for an in-process model, which is ready once loaded."""
+        return None
+
     def embed_urgent(self, texts: Sequence[str]) -> np.ndarray:
         """Like ``embed_batch``, for texts a user is waiting on (queries). An embedder that runs one model
         call at a time serves these before its waiting bulk work (see esrag.embedders.lanes); the default is

@@ -67,6 +67,9 @@ class LazyEmbedder(Embedder):
     def embed_batch(self, texts: Sequence[str]) -> np.ndarray:
         return self.get().embed_batch(texts)
 
+    def ready(self) -> None:
+        self.get().ready()
+
     def embed_urgent(self, texts: Sequence[str]) -> np.ndarray:
         return self.get().embed_urgent(texts)
 

