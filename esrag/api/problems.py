@@ -74,6 +74,8 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
     "store-timeout": ProblemType(504, None, "Elasticsearch did not answer in time."),
     "llm-timeout": ProblemType(504, None, "The LLM server did not answer in time."),
     "embedding-timeout": ProblemType(504, None, "The embedding server did not answer in time."),
+    "source-failed": ProblemType(502, None, "An ingest source (such as another Elasticsearch index) is missing, refuses "
+                                          "the credentials, or could not be read to the end."),
 }
 
 #: the problem type of an HTTP error raised by the framework itself (an unknown route, a wrong method...)

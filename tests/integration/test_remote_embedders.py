@@ -23,6 +23,7 @@ from esrag.embedders.remote import sendable
 from esrag.engine import Engine
 from esrag.errors import EmbeddingError, EmbeddingTimeoutError, ModelMismatchError
 from esrag.ingest import IngestAborted, Ingestor
+from esrag.sources.documents import DocumentsSource
 from esrag.types import Document, IndexMeta
 from tests.fixtures.embed_server import EmbedServer, TeiShim, minilm_path
 from tests.fixtures.es import free_port
@@ -169,7 +170,7 @@ def test_a_server_killed_mid_ingest_fails_only_its_chunks_and_the_rerun_embeds_e
                 killed.set()
 
         ingestor = Ingestor(engine.store, engine.embedder, settings, window=8, on_progress=kill_after_first_window)
-        report = ingestor.ingest_documents(docs)
+        report = ingestor.ingest(DocumentsSource(docs))
         assert killed.is_set() and not report.ok and report.exit_code == 1
         failed = {e.chunk_id for e in report.errors}
         assert failed and all(e.reason.startswith("embedding failed: cannot reach the embedding server")

@@ -44,6 +44,7 @@ def test_build_index_body_fills_vector_analyzer_and_meta() -> None:
             "_meta": {
                 "model": "m", "dims": 8, "similarity": "dot_product", "normalized": True, "chunk_size": 256,
                 "chunk_overlap": 32, "esrag_version": "0.1.0", "embed_template": "{text}", "analyzer": "english",
+                "fingerprint": "",
             },
             "properties": {
                 "doc_id": {"type": "keyword"},
