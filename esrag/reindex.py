@@ -362,8 +362,8 @@ class Reindexer:
         return deleted
 
     def abort(self) -> list[str]:
-        """Clean up after a reindex that died (``IndexVersions.cleanup``)."""
-        return self.versions.cleanup()
+        """Clean up after a reindex that died (``IndexVersions.cleanup``, forced: the caller says it died)."""
+        return self.versions.cleanup(force=True)
 
 
 def _default_embedder(s: Settings) -> Embedder:

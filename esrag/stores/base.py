@@ -188,7 +188,8 @@ class IndexVersions(Protocol):
         """Delete version ``number`` (never the live one: ConfigError)."""
         ...
 
-    def cleanup(self) -> list[str]:
+    def cleanup(self, force: bool = False) -> list[str]:
         """Delete half-built versions and release a freeze left by a killed reindex; what was done, one
-        line each."""
+        line each. A freeze whose process still runs (or runs on another host) is a reindex under way:
+        ReindexInProgressError, unless ``force`` (``esrag reindex --abort``: the user says it died)."""
         ...

@@ -179,7 +179,15 @@ class ElasticsearchStore:
         return self._errors.missing()
 
     def _translate(self, e: Exception, action: str, timeout: float | None = None) -> EsragError:
+        if isinstance(e, ApiError) and "index write (api)" in str(e.body):
+            return self._frozen(action)
         return self._errors.translate(e, action, timeout)
+
+    def _frozen(self, action: str) -> ReindexInProgressError:
+        return ReindexInProgressError(
+            f"index '{self.alias}' at {self.location} is being rebuilt by `esrag reindex`: its writes are "
+            f"refused ({action}); write again once the new version is live, or run `esrag reindex --abort` "
+            f"if that reindex died")
 
     @contextmanager
     def _api(self, action: str) -> Iterator[None]:
@@ -384,12 +392,8 @@ class ElasticsearchStore:
         writer = BulkWriter(self.client, self._errors, self.retry, self.bulk_stats, self.settings.es_timeout)
         try:
             result = writer.run(target, noted(), delete_ids, require_alias=is_alias)
-            blocked = next((e for e in result.errors if "index write (api)" in e.reason), None)
-            if blocked is not None:
-                raise ReindexInProgressError(
-                    f"index '{self.alias}' at {self.location} is being rebuilt by `esrag reindex` (its writes "
-                    f"are blocked: {blocked.reason}); write again once the new version is live, or run "
-                    f"`esrag reindex --abort` if that reindex died")
+            if any("index write (api)" in e.reason for e in result.errors):
+                raise self._frozen("writing chunks")
             return result
         finally:
             with self._lock:
@@ -443,6 +447,8 @@ class ElasticsearchStore:
                     index=self.alias, query={"terms": {"doc_id": unique[start : start + DOC_ID_BATCH]}},
                     conflicts="proceed", refresh=True,
                 )
+                if resp.get("failures") and "index write (api)" in str(resp["failures"][0]):
+                    raise self._frozen(action)
                 if resp.get("failures"):
                     raise StoreError(
                         f"Elasticsearch at {self.location} failed {action} in '{self.alias}': "

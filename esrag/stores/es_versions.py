@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from esrag.errors import ConfigError, ReindexInProgressError, StoreError
 from esrag.stores.base import IndexVersion
+from esrag.stores.sqlite_files import holder_alive
 
 if TYPE_CHECKING:
     from esrag.config import Settings
@@ -146,9 +147,8 @@ class EsVersions:
             self._thaw(name)
 
     def _thaw(self, name: str) -> None:
-        meta = self._meta_of(name)
-        meta.pop(NOTE_KEY, None)
-        self._put_meta(name, meta)
+        # null rather than absent: Elasticsearch replaces _meta, some compatible servers merge it
+        self._put_meta(name, {**self._meta_of(name), NOTE_KEY: None})
         self._block(name, False)
 
     # -- changing -------------------------------------------------------------------------------------
@@ -170,14 +170,21 @@ class EsVersions:
         with self.store._api(f"deleting '{name}'"):
             self.store.client.options(ignore_status=404).indices.delete(index=name)
 
-    def cleanup(self) -> list[str]:
+    def cleanup(self, force: bool = False) -> list[str]:
+        for name in self._live_names():
+            note = self._meta_of(name).get(NOTE_KEY)
+            if note and holder_alive(note) and not force:
+                raise ReindexInProgressError(
+                    f"index '{self.alias}' at {self.store.location} is being rebuilt (into {note.get('target')!r} "
+                    f"by pid {note.get('pid')} on {note.get('host')}); if that reindex died, run "
+                    f"`esrag reindex --abort`")
         done = []
         for v in self.listing():
             if v.state == BUILDING and not v.live:
                 self.delete(v.number)
                 done.append(f"deleted the half-built version {v.name}")
         for name in self._live_names():
-            if NOTE_KEY in self._meta_of(name):
+            if self._meta_of(name).get(NOTE_KEY):
                 self._thaw(name)
                 done.append(f"released the write block a reindex left on {name}")
         return done

@@ -75,7 +75,7 @@ def file_token(path: Path) -> str | None:
     return f"{st.st_dev}:{st.st_ino}"
 
 
-def _holder_alive(note: dict[str, Any]) -> bool:
+def holder_alive(note: dict[str, Any]) -> bool:
     """Whether the process that wrote a freeze note still runs (one on another host is assumed to)."""
     if note.get("host") != socket.gethostname():
         return True
@@ -100,7 +100,7 @@ def check_writable(live: Path) -> None:
     """ReindexInProgressError when a running reindex froze the index at ``live`` (see the module
     docstring); a note left by a process that died is ignored."""
     note = read_note(live)
-    if note is not None and _holder_alive(note):
+    if note is not None and holder_alive(note):
         raise ReindexInProgressError(
             f"the index at {live} is being rebuilt by `esrag reindex` (pid {note.get('pid')}, into "
             f"{note.get('target')}): writes are refused until the new version is live; write again then")
@@ -206,7 +206,7 @@ class SqliteVersions:
     @contextlib.contextmanager
     def freeze(self, purpose: str) -> Iterator[None]:
         note = read_note(self.live)
-        if note is not None and _holder_alive(note):
+        if note is not None and holder_alive(note):
             raise ReindexInProgressError(
                 f"the index at {self.live} is already being rebuilt (pid {note.get('pid')}, into "
                 f"{note.get('target')}); wait for it, or stop it first")
@@ -263,14 +263,18 @@ class SqliteVersions:
         remove_files(path)
         remove_files(version_file(self.live, number, building=True))
 
-    def cleanup(self) -> list[str]:
-        done = []
-        for n, (path, building) in sorted(self._files().items()):
-            if building:
-                remove_files(path)
-                done.append(f"deleted the half-built version {path.name} (version {n})")
+    def cleanup(self, force: bool = False) -> list[str]:
         note = read_note(self.live)
-        if note is not None and not _holder_alive(note):
+        if note is not None and holder_alive(note) and not force:
+            raise ReindexInProgressError(f"the index at {self.live} is being rebuilt (pid {note.get('pid')}, "
+                                         f"into {note.get('target')}); wait for it, or stop it first")
+        done = []
+        for entry in sorted(self.live.parent.iterdir()) if self.live.parent.is_dir() else []:
+            parsed = parse_version(self.live, entry.name)
+            if parsed is not None and parsed[1]:
+                remove_files(entry)
+                done.append(f"deleted the half-built version {entry.name} (version {parsed[0]})")
+        if note is not None:
             note_file(self.live).unlink(missing_ok=True)
             done.append(f"removed the note of a reindex that died (pid {note.get('pid')})")
         return done
