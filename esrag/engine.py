@@ -236,10 +236,7 @@ class Engine:
             last = attempt == 2
             try:
                 result = read()
-            except IndexNotFoundError as e:
-                if not last and self._swapped(fresh=True):
-                    self._renew()
-                    continue
+            except IndexNotFoundError as e:  # a swap never hides the index: it was dropped
                 self._index_seen = False
                 raise self._index_missing() from e
             except StoreError:
