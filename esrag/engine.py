@@ -22,6 +22,16 @@ Round trips: an engine checks that its index exists once, before its first searc
 index is reported before a model loads); after that, a search is one store request (one ``_msearch`` on
 Elasticsearch), and an index dropped meanwhile is learnt from that request's own answer, with the same
 IndexNotFoundError.
+
+Index versions (``esrag reindex``): reading follows the live version. At the first search the engine reads
+the index meta and, unless the model was set explicitly, embeds queries with the model the index records.
+After every search it compares the live version with the one its store and searcher were built for (a
+stat of the SQLite file; on Elasticsearch the ``_index`` of the hits, so no request is added): when a
+reindex swapped it, the result is discarded, the store is opened again, the new version's model and build
+parameters are adopted (a new embedder, loaded before it answers) and the search runs again; a store
+error during a swap is retried the same way. The old store is closed at the next swap or with the engine,
+so searches still running on it finish there. No query vector of one model is answered against
+another's index.
 """
 
 from __future__ import annotations
@@ -34,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 from esrag import plugins
 from esrag.config import Settings
 from esrag.embedders.lazy import LazyEmbedder
-from esrag.errors import ConfigError, IndexNotFoundError, setting
+from esrag.errors import ConfigError, IndexNotFoundError, StoreError, setting
 from esrag.types import Document, Filters, MetadataValue
 
 if TYPE_CHECKING:
@@ -42,6 +52,7 @@ if TYPE_CHECKING:
     from esrag.generators.base import Generator, Message
     from esrag.ingest import Ingestor, IngestReport
     from esrag.rag import Answer, AnswerStream
+    from esrag.reindex import ReindexReport
     from esrag.search import HybridSearcher, SearchResult
     from esrag.sources.base import Source
     from esrag.stores.base import Store
@@ -74,6 +85,8 @@ class Engine:
         self._generation_locks: dict[str, threading.Lock] = {}
         self._shares_parts = False
         self._index_seen = False  # the index existed at the last search or answer
+        self._live: str | None = None  # the index version the store and searcher were built for
+        self._retired: list[Store] = []  # stores of versions swapped out, closed at the next swap
 
     def with_store_settings(self, **changes: Any) -> Engine:
         """An engine whose store is built from these changed settings (the API uses it for a caller's own
@@ -165,20 +178,79 @@ class Engine:
             raise self._index_missing()
 
     def _check_index(self) -> None:
-        """``require_index``, unless this engine's last search or answer found the index."""
+        """``require_index``, unless this engine's last search or answer found the index; the first time,
+        also adopt the index's model (``_adopt``) and note its live version."""
         if not self._index_seen:
             self.require_index()
+            if self._live is None:
+                self._adopt(self.store.read_meta(), explicit_wins=True)
+                self._live = self._version_token()
             self._index_seen = True
+
+    # -- index versions --------------------------------------------------------------------------------
+
+    def _version_token(self, fresh: bool = False) -> str | None:
+        """The store's cheap identity of its live index version (``IndexVersions.token``); None for a store
+        without versions."""
+        versions = getattr(self._store, "versions", None) if self._store is not None else None
+        return versions().token(fresh) if versions is not None else None
+
+    def _swapped(self, fresh: bool = False) -> bool:
+        """Whether the live version is no longer the one the store and searcher were built for."""
+        if self._live is None:
+            self._live = self._version_token()
+            return False
+        now = self._version_token(fresh)
+        return now is not None and now != self._live
+
+    def _adopt(self, meta: Any, explicit_wins: bool = False) -> None:
+        """Take the index's recorded model and build parameters (after a swap; at the first search only
+        when the model was not set explicitly). A new model means a new embedder, loaded on first use."""
+        s = self.settings
+        if meta is None or (explicit_wins and "model" in s.sources and s.model != meta.model):
+            return
+        wanted = {"model": meta.model, "embed_template": meta.embed_template, "chunk_size": meta.chunk_size,
+                  "chunk_overlap": meta.chunk_overlap, "analyzer": meta.analyzer}
+        if all(getattr(s, k) == v for k, v in wanted.items()):
+            return
+        self.settings = s.replace(**wanted)
+        if s.model != meta.model and not self._shares_parts:
+            self._embedder = None
+        self._searcher = None
+
+    def _renew(self) -> None:
+        """Open the live version again after a swap: a new store, the new meta adopted, a new searcher."""
+        with self._lock:
+            if not self._swapped(fresh=True):
+                return  # another thread renewed already
+            for old in self._retired:
+                old.close()
+            self._retired = [self._store] if self._store is not None else []
+            self._store = self._searcher = None
+            self._adopt(self.store.read_meta())
+            self._live = self._version_token()
 
     def _reading(self, read: Callable[[], Any]) -> Any:
         """``read()`` (a search, or retrieval for an answer) after the once-per-engine check that the index
         exists; the store's own IndexNotFoundError (the index dropped since) becomes ``require_index``'s."""
         self._check_index()
-        try:
-            return read()
-        except IndexNotFoundError as e:
-            self._index_seen = False
-            raise self._index_missing() from e
+        for attempt in range(3):
+            last = attempt == 2
+            try:
+                result = read()
+            except IndexNotFoundError as e:  # a swap never hides the index: it was dropped
+                self._index_seen = False
+                raise self._index_missing() from e
+            except StoreError:
+                if not last and self._swapped(fresh=True):
+                    self._renew()
+                    continue
+                raise
+            if not last and self._swapped():
+                self._renew()
+                continue
+            return result
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def search(self, query: str, filters: FilterArg | None = None, **overrides: Any) -> SearchResult:
         """Hybrid search, in one store round trip once the engine has seen its index. ``overrides``: k,
@@ -242,6 +314,10 @@ class Engine:
         meta = store.read_meta()  # first: it resolves the concrete index behind an ES alias
         info: dict[str, Any] = dict(store.describe())
         info["exists"] = meta is not None
+        versions = getattr(store, "versions", None)
+        if meta is not None and versions is not None:
+            info["versions"] = [{"number": v.number, "name": v.name, "live": v.live, "state": v.state}
+                                for v in versions().listing()]
         if meta is not None:
             counts = store.count()
             info.update(model=meta.model, dims=meta.dims, similarity=meta.similarity,
@@ -316,6 +392,40 @@ class Engine:
         self.store.refresh()
         return deleted
 
+    def reindexer(self, on_progress: Any = None) -> Any:
+        from esrag.embedders.lazy import LazyEmbedder
+        from esrag.reindex import Reindexer
+
+        def embedder_for(s: Settings) -> LazyEmbedder:
+            if s.model == self.settings.model and s.embedder == self.settings.embedder:
+                return self.embedder
+            return LazyEmbedder(plugins.load(plugins.EMBEDDERS, s.embedder), s)
+
+        return Reindexer(self.store, self.settings, embedder_for, on_progress)
+
+    def reindex(self, changes: Mapping[str, Any], sources: Sequence[str] = (), delete_old: bool = False,
+                force: bool = False) -> ReindexReport:
+        """Build a new version of the index with ``changes`` (settings), check it and swap it in
+        (``esrag.reindex``); this engine then reads the new version."""
+        report: ReindexReport = self.reindexer().run(changes, sources, delete_old=delete_old, force=force)
+        self._after_swap()
+        return report
+
+    def rollback(self) -> tuple[str, str]:
+        """Make the previous version live again; (from, to)."""
+        moved: tuple[str, str] = self.reindexer().rollback()
+        self._after_swap()
+        return moved
+
+    def _after_swap(self) -> None:
+        with self._lock:
+            self._index_seen = False
+            self._live = None
+            if self._store is not None:
+                self._retired.append(self._store)
+            self._store = self._searcher = None
+            self._adopt(self.store.read_meta())
+
     def drop(self) -> bool:
         """Delete the whole index; whether it existed."""
         return self.store.drop()
@@ -326,6 +436,9 @@ class Engine:
                 for g in self._generators.values():
                     g.close()
                 self._generators.clear()
+            for old in self._retired:
+                old.close()
+            self._retired = []
             if self._store is not None:
                 self._store.close()
                 self._store = None

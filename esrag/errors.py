@@ -135,6 +135,14 @@ class ModelMismatchError(StoreError):
                    f"ingest into a new index ({setting('index')})")
 
 
+class ReindexInProgressError(StoreError):
+    """A write to an index that ``esrag reindex`` is rebuilding, or a second reindex of it: refused, so that
+    nothing written meanwhile is missing from the rebuilt index."""
+
+    http_status = 409
+    problem = "reindex-in-progress"
+
+
 class CorruptStoreError(StoreError):
     """The store file exists but is not a valid esrag store."""
 

@@ -135,6 +135,15 @@ class AskResponse(BaseModel):
         return cls.model_validate(answer.to_dict())
 
 
+class IndexVersionInfo(BaseModel):
+    """One version of the index: ``<index>-vN`` on Elasticsearch, ``<index>.vN.db`` on SQLite."""
+
+    number: int = Field(description="N, compared as a number.")
+    name: str = Field(description="The concrete index or file.")
+    live: bool = Field(description="Whether searches read this version now.")
+    state: str = Field(description="complete, or building (being filled, or left half-built by a killed reindex).")
+
+
 class StatusResponse(BaseModel):
     """``GET /v1/status`` and ``esrag status --json``. The counts and the model are present when the index
     exists. Never holds a secret."""
@@ -148,6 +157,8 @@ class StatusResponse(BaseModel):
     dims: int | None = None
     documents: int | None = None
     chunks: int | None = None
+    versions: list[IndexVersionInfo] | None = Field(
+        None, description="The versions of the index (esrag reindex), oldest first; one is live.")
 
     @classmethod
     def of(cls, status: Mapping[str, Any]) -> StatusResponse:

@@ -58,6 +58,9 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
     "model-mismatch": ProblemType(
         409, "path", "The index was built with another embedding model or other index settings than the "
                      "server's."),
+    "reindex-in-progress": ProblemType(
+        409, "path", "The index is being rebuilt (esrag reindex): writes are refused until the new version is "
+                     "live; send them again then."),
     "body-too-large": ProblemType(413, "body", "The body is larger than the server's limit."),
     "invalid-request": ProblemType(
         422, "body", "A value is out of bounds, of the wrong type, or refused by the engine; each entry of "
@@ -74,8 +77,8 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
     "store-timeout": ProblemType(504, None, "Elasticsearch did not answer in time."),
     "llm-timeout": ProblemType(504, None, "The LLM server did not answer in time."),
     "embedding-timeout": ProblemType(504, None, "The embedding server did not answer in time."),
-    "source-failed": ProblemType(502, None, "An ingest source (such as another Elasticsearch index) is missing, refuses "
-                                          "the credentials, or could not be read to the end."),
+    "source-failed": ProblemType(502, None, "An ingest source (such as another Elasticsearch index) is missing, "
+                                          "refuses the credentials, or could not be read to the end."),
 }
 
 #: the problem type of an HTTP error raised by the framework itself (an unknown route, a wrong method...)

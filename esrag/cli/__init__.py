@@ -19,6 +19,7 @@ COMMANDS = {
     "init": "esrag.cli.index:init",
     "ingest": "esrag.cli.index:ingest",
     "status": "esrag.cli.index:status",
+    "reindex": "esrag.cli.reindex:reindex",
     "delete": "esrag.cli.index:delete",
     "search": "esrag.cli.search:search",
     "ask": "esrag.cli.ask:ask",

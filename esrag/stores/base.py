@@ -16,11 +16,21 @@ store:
   write at once (ES reads them with realtime gets or a refresh of its own). ``search`` and ``count`` may lag
   until ``refresh()``: an ingest refreshes once at its end, not after every batch.
 - Constructing a store performs no I/O; the first operation connects.
+- ``iter_chunks`` streams every stored chunk (text, bookkeeping fields and vector) from one consistent
+  snapshot: Elasticsearch reads a point in time, SQLite one read transaction on a connection of its own;
+  writes made after the stream started are not seen, and memory holds one batch at a time.
+
+Stores that can be rebuilt behind their name (``esrag reindex``) also offer ``versions()``, an
+``IndexVersions``: the numbered versions of the index (ES: concrete indices ``<index>-vN`` behind the alias;
+SQLite: files ``<index>.vN.db`` behind ``<index>.db``), a store bound to one of them, the atomic swap of
+the live one, and the write freeze that keeps an ingest from writing to an index being rebuilt.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -110,8 +120,76 @@ class Store(Protocol):
         """Distinct documents and chunks in the index."""
         ...
 
+    def iter_chunks(self, batch_size: int = 500) -> Iterator[list[EmbeddedChunk]]:
+        """Every stored chunk with its text, bookkeeping fields (``doc_sha``, ``chunk_sha``, offsets,
+        section, metadata) and vector, in batches of at most ``batch_size``, from one snapshot taken when
+        the first batch is read (see the module docstring). ``Chunk.context`` is "" (it is not stored).
+        The order is the store's own (stable within one snapshot). IndexNotFoundError when there is no
+        index. Closing the iterator early releases the snapshot."""
+        ...
+
     def drop(self) -> bool:
         """Delete the whole index; returns whether it existed."""
         ...
 
     def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class IndexVersion:
+    """One numbered version of an index (see ``IndexVersions``).
+
+    ``name`` is the concrete index (ES) or the file (SQLite); ``state`` is ``"complete"`` for a version that
+    was filled and checked (it may be live, or kept for rollback) or ``"building"`` for one a reindex is
+    filling or left half-built when it died."""
+
+    number: int
+    name: str
+    live: bool
+    state: str = "complete"
+
+
+class IndexVersions(Protocol):
+    """The versions of one store's index, for ``esrag reindex`` (``esrag.reindex``) and ``esrag status``.
+
+    Version numbers are integers compared as numbers (``-v10`` is newer than ``-v9``). Thread-safe as far as
+    the store is; two reindexes of one index at once are refused by ``freeze``."""
+
+    def listing(self) -> list[IndexVersion]:
+        """Every version, oldest first; [] when the index does not exist or is not versioned (an ES index
+        that has the alias's own name)."""
+        ...
+
+    def token(self, fresh: bool = False) -> str | None:
+        """A cheap identity of the version that is live now, to notice a swap: SQLite stats the live file's
+        path; ES answers from what this store last saw (its resolved alias, or the ``_index`` of a search's
+        hits) and, with ``fresh``, asks the cluster. None when there is no index."""
+        ...
+
+    def open(self, number: int, settings: Any) -> Store:
+        """A store bound to version ``number`` (created by its ``ensure_index``, in state building), with
+        the index settings of ``settings`` (index_options, analyzer...). Reads and writes go to that version
+        only, never through the alias."""
+        ...
+
+    def freeze(self, purpose: str) -> AbstractContextManager[None]:
+        """Refuse writes to the live version while the block runs (an ingest gets ReindexInProgressError),
+        so that nothing written meanwhile is missing from the version being built. A second freeze of the
+        same index while one is held raises ReindexInProgressError. A process killed inside the block
+        leaves the freeze (ES: a write block on the old index) until ``cleanup`` or the next reindex."""
+        ...
+
+    def promote(self, number: int) -> None:
+        """Mark version ``number`` complete and make it the live one in one atomic step (ES: one
+        ``_aliases`` request; SQLite: a rename of the live file's name). Searches never see no index."""
+        ...
+
+    def delete(self, number: int) -> None:
+        """Delete version ``number`` (never the live one: ConfigError)."""
+        ...
+
+    def cleanup(self, force: bool = False) -> list[str]:
+        """Delete half-built versions and release a freeze left by a killed reindex; what was done, one
+        line each. A freeze whose process still runs (or runs on another host) is a reindex under way:
+        ReindexInProgressError, unless ``force`` (``esrag reindex --abort``: the user says it died)."""
+        ...

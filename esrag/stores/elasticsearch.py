@@ -1,8 +1,14 @@
 """ElasticsearchStore: the Store protocol over an Elasticsearch 8.x cluster (or an ES-compatible server).
 
 Users address the alias ``settings.index``; ``ensure_index`` creates the concrete index ``<index>-v1`` behind
-it, so that a later rebuild can fill a new concrete index and swap the alias atomically. A plain index that
-already carries the alias's name is used as is, provided it was created by esrag (has esrag ``_meta``).
+it, so that ``esrag reindex`` can fill a new concrete index ``<index>-vN`` and swap the alias atomically
+(``es_versions``; ``bound`` makes a store that reads and writes one version, not through the alias). A
+plain index that already carries the alias's name is used as is, provided it was created by esrag (has
+esrag ``_meta``); it cannot be reindexed behind its own name.
+
+A search notices a swap from its own answer: every hit names its concrete index (``_index``), and one
+that is not the version this store resolved is recorded (``served_index``), so the engine can load the
+new version's model and search again, without a request of its own per search.
 
 Request bodies come from the pure builders in ``esrag.stores.es_queries``; this module only runs them and
 turns every client or transport exception into an ``esrag.errors.StoreError`` subclass whose message names
@@ -31,11 +37,13 @@ from esrag.errors import (
     EsragError,
     IndexNotFoundError,
     ModelMismatchError,
+    ReindexInProgressError,
     StoreError,
     setting,
 )
 from esrag.redact import redact_url
 from esrag.stores import es_queries as q
+from esrag.stores import es_versions
 from esrag.stores.es_bulk import BulkStats, BulkWriter
 from esrag.stores.es_client import (
     DEFAULT_RETRY_SECONDS,
@@ -50,6 +58,7 @@ from esrag.stores.es_client import (
     retry_after_s,
 )
 from esrag.types import (
+    Chunk,
     ChunkRef,
     Counts,
     DocRef,
@@ -105,6 +114,32 @@ class ElasticsearchStore:
         self._unrefreshed_docs: set[str] = set()  # doc ids written since the last refresh
         self._unrefreshed_deletes: set[str] = set()  # chunk ids deleted since the last refresh
         self._unrefreshed_shas: set[str] = set()  # chunk_shas written since the last refresh
+        self._bound = False  # reads and writes one concrete version, not through the alias
+        self._seen: str | None = None  # a concrete index a search answered from that is not _concrete
+
+    @classmethod
+    def bound(cls, settings: Settings, concrete: str) -> ElasticsearchStore:
+        """A store over the concrete index ``concrete`` itself (a version being built by a reindex): its
+        ``ensure_index`` creates that index without the alias, in state building (``es_versions``)."""
+        store = cls(settings)
+        store.alias = store.concrete_name = concrete
+        store._errors = ErrorTranslator(settings, store.location, concrete)
+        store._bound = True
+        return store
+
+    def versions(self) -> es_versions.EsVersions:
+        """The versions of this index behind its alias (``esrag reindex``, ``esrag status``)."""
+        return es_versions.EsVersions(self)
+
+    def served_index(self) -> str | None:
+        """The concrete index (comma-joined, if several) that answers for the alias as last seen: resolved
+        by ``read_meta``, or named by the hits of a later search. None before either. No I/O."""
+        return self._seen or (",".join(self._concrete) if self._concrete else None)
+
+    def forget_alias(self) -> None:
+        """Resolve the alias again on next use (after this process moved it)."""
+        with self._lock:
+            self._concrete = self._write_target = self._seen = None
 
     def __repr__(self) -> str:
         return f"ElasticsearchStore({self.location!r}, index={self.alias!r})"
@@ -144,7 +179,15 @@ class ElasticsearchStore:
         return self._errors.missing()
 
     def _translate(self, e: Exception, action: str, timeout: float | None = None) -> EsragError:
+        if isinstance(e, ApiError) and "index write (api)" in str(e.body):
+            return self._frozen(action)
         return self._errors.translate(e, action, timeout)
+
+    def _frozen(self, action: str) -> ReindexInProgressError:
+        return ReindexInProgressError(
+            f"index '{self.alias}' at {self.location} is being rebuilt by `esrag reindex`: its writes are "
+            f"refused ({action}); write again once the new version is live, or run `esrag reindex --abort` "
+            f"if that reindex died")
 
     @contextmanager
     def _api(self, action: str) -> Iterator[None]:
@@ -197,6 +240,7 @@ class ElasticsearchStore:
             return None
         found = dict(resp.body)
         self._concrete = sorted(found)
+        self._seen = None
         return found
 
     def _meta_of(self, found: dict[str, Any]) -> IndexMeta:
@@ -245,9 +289,13 @@ class ElasticsearchStore:
         found = self._get_index()
         if found is None:
             body = q.build_index_body(self.settings, meta)
+            aliases: dict[str, Any] = {self.alias: {}}
+            if self._bound:
+                aliases = {}
+                body["mappings"]["_meta"][es_versions.BUILD_KEY] = es_versions.BUILDING
             with self._api(f"creating index '{self.concrete_name}'"):
                 resp = self.client.options(ignore_status=400).indices.create(
-                    index=self.concrete_name, aliases={self.alias: {}}, **body
+                    index=self.concrete_name, aliases=aliases, **body
                 )
             if resp.meta.status == 200:
                 self._concrete = [self.concrete_name]
@@ -343,7 +391,10 @@ class ElasticsearchStore:
 
         writer = BulkWriter(self.client, self._errors, self.retry, self.bulk_stats, self.settings.es_timeout)
         try:
-            return writer.run(target, noted(), delete_ids, require_alias=is_alias)
+            result = writer.run(target, noted(), delete_ids, require_alias=is_alias)
+            if any("index write (api)" in e.reason for e in result.errors):
+                raise self._frozen("writing chunks")
+            return result
         finally:
             with self._lock:
                 self._unrefreshed_docs |= doc_ids
@@ -396,6 +447,8 @@ class ElasticsearchStore:
                     index=self.alias, query={"terms": {"doc_id": unique[start : start + DOC_ID_BATCH]}},
                     conflicts="proceed", refresh=True,
                 )
+                if resp.get("failures") and "index write (api)" in str(resp["failures"][0]):
+                    raise self._frozen(action)
                 if resp.get("failures"):
                     raise StoreError(
                         f"Elasticsearch at {self.location} failed {action} in '{self.alias}': "
@@ -519,6 +572,20 @@ class ElasticsearchStore:
                         out[doc["_id"]] = np.asarray(vector, dtype=np.float32)
         return out
 
+    def iter_chunks(self, batch_size: int = 500) -> Iterator[list[EmbeddedChunk]]:
+        """Every chunk with its vector, read in one point in time (``_pit_pages``, ``batch_size`` hits a
+        page, the order of ``_shard_doc``): the index as it was when the first page was asked for."""
+        self._require_index()
+        batch: list[EmbeddedChunk] = []
+        for h in self._pit_pages({"match_all": {}}, q.STORED_FIELDS, "reading the stored chunks",
+                                 max(1, batch_size)):
+            batch.append(_stored(h))
+            if len(batch) >= batch_size:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
     def count(self) -> Counts:
         """Chunks (exact) and distinct documents (exact up to 40,000, approximate above; see
         ``es_queries.build_count_body``), in one request."""
@@ -558,12 +625,37 @@ class ElasticsearchStore:
                 raise self._errors.item(
                     r, f"searching '{self.alias}': the {side} side failed (HTTP {r.get('status', '?')})"
                 )
-            results.append([_scored(h) for h in r.get("hits", {}).get("hits", [])])
+            hits = r.get("hits", {}).get("hits", [])
+            self._note_served(hits)
+            results.append([_scored(h) for h in hits])
         if len(results) != len(sides):
             raise StoreError(f"Elasticsearch at {self.location} answered {len(results)} of {len(sides)} searches")
         bm25 = results.pop(0) if request.text is not None else []
         dense = results.pop(0) if request.vector is not None else []
         return SearchResponse(bm25=bm25, dense=dense, took_ms=float(resp.get("took", 0.0)))
+
+
+    def _note_served(self, hits: list[dict[str, Any]]) -> None:
+        """Record a concrete index the hits came from that is not the resolved one (the alias moved)."""
+        known = self._concrete
+        if known and not self._bound:
+            other = next((str(h["_index"]) for h in hits if h.get("_index") and h["_index"] not in known), None)
+            if other is not None:
+                self._seen = other
+
+
+def _stored(hit: dict[str, Any]) -> EmbeddedChunk:
+    """A stored chunk read back (``iter_chunks``): the hit's ``_source`` as a Chunk and its vector."""
+    src = hit.get("_source") or {}
+    chunk = Chunk(
+        id=hit["_id"], doc_id=str(src.get("doc_id", "")), source=str(src.get("source", "")),
+        title=str(src.get("title", "")), text=str(src.get("text", "")),
+        chunk_index=int(src.get("chunk_index", 0) or 0), chunk_count=int(src.get("chunk_count", 0) or 0),
+        start=int(src.get("start", 0) or 0), end=int(src.get("end", 0) or 0),
+        chunk_sha=str(src.get("chunk_sha", "")), doc_sha=str(src.get("doc_sha", "")),
+        metadata=clean_metadata(src.get("metadata")), section=int(src.get("section", -1)),
+    )
+    return EmbeddedChunk(chunk, np.asarray(src.get(q.VECTOR_FIELD) or [], dtype=np.float32))
 
 
 def _scored(hit: dict[str, Any]) -> ScoredChunk:

@@ -34,13 +34,16 @@ SEARCH_SOURCE: list[str] = ["doc_id", "source", "title", "text", "chunk_index", 
 #: ``filter_path`` of ``_msearch``: only what the searcher parses.
 MSEARCH_FILTER_PATH = (
     "took,responses.status,responses.error,responses.hits.hits._id,responses.hits.hits._score,"
-    "responses.hits.hits._source"
+    "responses.hits.hits._source,responses.hits.hits._index"
 )
 #: Elasticsearch's default ``index.max_result_window`` and its hard ``num_candidates`` limit.
 MAX_RESULT_WINDOW = 10_000
 MAX_NUM_CANDIDATES = 10_000
 #: Fields ``list_chunks`` reads (everything a ChunkRef needs besides the id, and the position to sort by).
 REF_FIELDS = ("doc_id", "doc_sha", "chunk_sha", "chunk_count", "chunk_index")
+#: Fields ``iter_chunks`` reads: everything a stored chunk holds but ``ingested_at``.
+STORED_FIELDS = ("doc_id", "source", "title", "text", "chunk_index", "chunk_count", "section", "start", "end",
+                 "doc_sha", "chunk_sha", "metadata", VECTOR_FIELD)
 #: How long a ``list_chunks`` point in time stays open between pages.
 PIT_KEEP_ALIVE = "2m"
 

@@ -52,6 +52,7 @@ import numpy as np
 
 from esrag.config import Settings
 from esrag.errors import CorruptStoreError, IndexNotFoundError, ModelMismatchError, StoreError
+from esrag.stores import sqlite_files
 from esrag.stores import sqlite_sql as sql
 from esrag.stores import sqlite_vectors as vectors
 from esrag.stores.sqlite_bm25 import Bm25Index, attach_vocab
@@ -345,6 +346,7 @@ class SQLiteStore:
         errors: list[WriteError] = []
         written = deleted = 0
         with self._write_lock:
+            sqlite_files.check_writable(self.path)
             conn = self._writer()
             self._check_still_there()
             assert self._meta is not None
@@ -442,6 +444,7 @@ class SQLiteStore:
             conn = self._writer()
             if not values:
                 return 0
+            sqlite_files.check_writable(self.path)
             with self._guard("delete from"), self._transaction(conn):
                 deleted = self._delete_in(conn, column, values)
             self._dense_index().maintain(conn)
@@ -558,6 +561,22 @@ class SQLiteStore:
             }
         return out
 
+    def iter_chunks(self, batch_size: int = 500) -> Iterator[list[EmbeddedChunk]]:
+        """Every chunk, in rowid order, from one read transaction on a connection of its own (closed when
+        the stream ends or is closed)."""
+        conn = self._open_existing()
+        try:
+            with self._guard("read"):
+                conn.execute("BEGIN")
+                assert self._meta is not None
+                yield from sqlite_files.stream_chunks(conn, self._meta.dims, max(1, batch_size))
+        finally:
+            conn.close()
+
+    def versions(self) -> sqlite_files.SqliteVersions:
+        """The versions of this index's file (``esrag reindex``, ``esrag status``)."""
+        return sqlite_files.SqliteVersions(self)
+
     def count(self) -> Counts:
         with self._guard("read"):
             docs, chunks = self._reader().execute(
@@ -575,6 +594,7 @@ class SQLiteStore:
                 except IndexNotFoundError:
                     existed = False  # an empty database: nothing was indexed
             self.close()
+            sqlite_files.drop_versions(self.path)
             for path in [*(Path(f"{self.path}{s}") for s in ("", "-wal", "-shm", "-journal")),
                          *DenseIndex(self.path, 0).files()]:
                 try:
