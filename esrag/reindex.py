@@ -44,6 +44,7 @@ import numpy as np
 from esrag import __version__, plugins
 from esrag.config import Settings
 from esrag.context import ContextTemplate
+from esrag.embedders import fingerprint
 from esrag.embedders.base import Embedder
 from esrag.errors import ConfigError, EsragError, StoreError
 from esrag.stores.base import IndexVersion, IndexVersions, Store
@@ -89,9 +90,13 @@ class ReindexReport:
 
 
 def model_changed(old: IndexMeta, new: IndexMeta) -> bool:
-    """Whether vectors of ``old`` cannot serve ``new``: the one comparison of embedding models (name and
-    dims today; a model fingerprint, when IndexMeta records one, belongs here too)."""
-    return (old.model, old.dims) != (new.model, new.dims)
+    """Whether vectors of ``old`` cannot serve ``new``: the one comparison of embedding models. Another name
+    or dims, or (when both record one) fingerprints of different models, even under the same name
+    (esrag.embedders.fingerprint): a server that now serves other weights under the old name re-embeds."""
+    if (old.model, old.dims) != (new.model, new.dims):
+        return True
+    return bool(old.fingerprint and new.fingerprint) and not fingerprint.same_model(old.fingerprint,
+                                                                                    new.fingerprint)
 
 
 def plan(old: IndexMeta, new: IndexMeta) -> Plan:
@@ -225,19 +230,23 @@ class Reindexer:
         return report
 
     def _target_meta(self, old: IndexMeta, s: Settings) -> IndexMeta:
-        dims = old.dims
+        """The new version's meta. Its model's dims and fingerprint are read from the new embedder only when
+        the model or embedder changes (loading it); otherwise the old ones stand (nothing is loaded)."""
+        dims, fp = old.dims, old.fingerprint
         if s.model != old.model or s.embedder != self.settings.embedder:
-            dims = self.embedder_for(s).dims
+            embedder = self.embedder_for(s)
+            dims, fp = embedder.dims, fingerprint.compute(embedder)
         return IndexMeta(model=s.model, dims=dims, similarity=s.similarity, normalized=True,
                          chunk_size=s.chunk_size, chunk_overlap=s.chunk_overlap, esrag_version=__version__,
-                         embed_template=s.embed_template, analyzer=s.analyzer)
+                         embed_template=s.embed_template, analyzer=s.analyzer, fingerprint=fp)
 
     def _from_sources(self, target: Store, s: Settings, sources: Sequence[str], report: ReindexReport) -> None:
         from esrag.embedders.lazy import LazyEmbedder
         from esrag.ingest import Ingestor
+        from esrag.sources.files import FilesSource
 
         embedder = LazyEmbedder(plugins.load(plugins.EMBEDDERS, s.embedder), s)
-        ingest = Ingestor(target, embedder, s).ingest_paths(list(sources))
+        ingest = Ingestor(target, embedder, s).ingest(FilesSource(list(sources)))
         if ingest.errors:
             raise StoreError(f"{len(ingest.errors)} chunk(s) failed to write to {report.new}: "
                              f"{ingest.errors[0].reason}")

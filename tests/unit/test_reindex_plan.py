@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from esrag.config import Settings
 from esrag.context import ContextTemplate
+from esrag.embedders import fingerprint
 from esrag.errors import ConfigError
 from esrag.reindex import COPY, EMBED, RECHUNK, embedded_text, model_changed, next_number, plan, target_settings
 from esrag.stores.base import IndexVersion
@@ -67,6 +69,16 @@ def test_a_new_model_or_dims_re_embeds_and_a_new_chunking_needs_the_sources() ->
     for change in ({"chunk_size": 128}, {"chunk_overlap": 0}, {"embed_template": "{title}\n\n{text}"},
                    {"chunk_size": 128, "model": "n"}):
         assert plan(OLD, IndexMeta(**{**OLD.to_dict(), **change})).mode == RECHUNK, change
+
+
+def test_fingerprints_of_different_models_under_one_name_re_embed_and_a_missing_one_does_not() -> None:
+    one = fingerprint.encode(np.eye(3, 8, dtype=np.float32))
+    same = fingerprint.encode(np.eye(3, 8, dtype=np.float32) * 2)  # same directions: the same model
+    other = fingerprint.encode(np.eye(3, 8, k=1, dtype=np.float32))
+    base = IndexMeta(**{**OLD.to_dict(), "fingerprint": one})
+    assert model_changed(base, IndexMeta(**{**OLD.to_dict(), "fingerprint": other}))
+    assert not model_changed(base, IndexMeta(**{**OLD.to_dict(), "fingerprint": same}))
+    assert not model_changed(base, OLD) and not model_changed(OLD, base)  # an index made before fingerprints
 
 
 def test_the_target_keeps_the_index_s_settings_and_takes_only_index_settings() -> None:
