@@ -19,17 +19,14 @@
 
 from __future__ import annotations
 
-import contextvars
 import functools
 import logging
 import re
 import threading
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
@@ -38,7 +35,9 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from esrag import __version__
+from esrag.api import chat, routes
 from esrag.api.auth import ApiKeys, bearer_token
+from esrag.api.deps import ES_KEY_HEADER, ServerOptions, Service, instance_of, request_id_var, request_secrets_var
 from esrag.api.problems import (
     FRAMEWORK_TYPES,
     PROBLEM_JSON,
@@ -49,99 +48,17 @@ from esrag.api.problems import (
     problems_page,
     slug,
 )
-from esrag.config import SECRETS
 from esrag.engine import Engine
 from esrag.errors import EsragError
-from esrag.redact import mask_secrets, redact_text
+from esrag.redact import mask_secrets
 
 log = logging.getLogger("esrag.api")
-request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("esrag_request_id", default="-")
-#: the credentials the caller sent with this request (bearer token, X-ES-API-Key): masked in what it gets back
-request_secrets_var: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("esrag_request_secrets",
-                                                                                      default=())
 #: a client's X-Request-ID is used when it is a plain token like this (and holds no secret)
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-ES_KEY_HEADER = "X-ES-API-Key"
-PASSTHROUGH_CACHE = 16
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-
-
-@dataclass
-class ServerOptions:
-    max_body_bytes: int = 10 * 1024 * 1024
-    #: accept X-ES-API-Key and query Elasticsearch with the caller's key for that request
-    es_key_passthrough: bool = False
-    #: load the embedding model at startup (in the background; /readyz waits for it)
-    preload: bool = True
-    threads: int = 64
-    #: the generators a request may name besides the configured one (esrag serve --generators); None:
-    #: only the configured generator and ``none``
-    generators: tuple[str, ...] | None = None
-
-
-@dataclass
-class Service:
-    """What the routes share: the engine, the keys, the options and the model-loading state."""
-
-    engine: Engine
-    keys: ApiKeys
-    options: ServerOptions
-    load_error: str | None = None
-    loaded: threading.Event = field(default_factory=threading.Event)
-    _derived: OrderedDict[str, Engine] = field(default_factory=OrderedDict)
-    _derived_lock: threading.Lock = field(default_factory=threading.Lock)
-
-    @functools.cached_property
-    def secrets(self) -> frozenset[str]:
-        """The server's secrets: its API keys and the configured credentials (Elasticsearch, LLM)."""
-        s = self.engine.settings
-        out = {v for v in (getattr(s, name) for name in SECRETS) if isinstance(v, str)}
-        return frozenset(out | set(self.keys.secrets))
-
-    def redact(self, text: str, extra: tuple[str, ...] = ()) -> str:
-        """``text`` without URL credentials, the server's secrets, ``extra``, or the credentials the caller
-        sent with the current request."""
-        return redact_text(text, self.secrets | set(extra) | set(request_secrets_var.get()))
-
-    def engine_for(self, es_api_key: str | None) -> Engine:
-        """The engine for one request: the shared one, or (pass-through) one whose Elasticsearch client uses
-        the caller's API key. Those are cached by key digest, the least recently used closed beyond
-        PASSTHROUGH_CACHE."""
-        if es_api_key is None:
-            return self.engine
-        import hashlib
-
-        digest = hashlib.sha256(es_api_key.encode()).hexdigest()
-        with self._derived_lock:
-            eng = self._derived.get(digest)
-            if eng is not None:
-                self._derived.move_to_end(digest)
-                return eng
-            eng = self.engine.with_store_settings(es_api_key=es_api_key)
-            self._derived[digest] = eng
-            while len(self._derived) > PASSTHROUGH_CACHE:
-                _, old = self._derived.popitem(last=False)
-                old.close()
-            return eng
-
-    def load_model(self) -> None:
-        try:
-            self.engine.embedder.get()
-        except Exception as e:  # noqa: BLE001 - reported by /readyz
-            self.load_error = self.redact(f"the embedding model failed to load: {type(e).__name__}: {e}")
-            log.error("%s", self.load_error)
-        finally:
-            self.loaded.set()
-
-    def close(self) -> None:
-        with self._derived_lock:
-            for eng in self._derived.values():
-                eng.close()
-            self._derived.clear()
-        self.engine.close()
 
 
 def create_app(engine: Engine, keys: ApiKeys | None = None, options: ServerOptions | None = None) -> FastAPI:
@@ -170,8 +87,6 @@ def create_app(engine: Engine, keys: ApiKeys | None = None, options: ServerOptio
     app.state.service = service
     _install_error_handlers(app, service)
 
-    from esrag.api import chat, routes
-
     app.include_router(routes.router)
     app.include_router(chat.router)
 
@@ -182,12 +97,6 @@ def create_app(engine: Engine, keys: ApiKeys | None = None, options: ServerOptio
 
     app.add_middleware(RequestContext, service=service)  # type: ignore[arg-type]
     return app
-
-
-def instance_of(request: Request) -> str:
-    """The request's path as problem bodies show it (``instance``): redacted like every message."""
-    service: Service = request.app.state.service
-    return service.redact(request.url.path)
 
 
 @functools.lru_cache(maxsize=8)

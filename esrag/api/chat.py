@@ -30,10 +30,9 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from esrag.api import sse
-from esrag.api.app import instance_of, request_id_var
+from esrag.api.deps import READ_ERRORS, Reader, check_generator, engine_of, instance_of, request_id_var
 from esrag.api.models import MAX_CHAT_MESSAGES, CheckedBody, RetrievalOptions, chat_limits
 from esrag.api.problems import ApiProblem, problem_body, status_for
-from esrag.api.routes import READ_ERRORS, Reader, check_generator, engine_of
 from esrag.conversation import Standalone
 from esrag.errors import EsragError
 from esrag.generators.base import Message

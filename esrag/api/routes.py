@@ -9,16 +9,24 @@ from __future__ import annotations
 import urllib.parse
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 from starlette.convertors import Convertor, register_url_convertor
 
 from esrag import validation
 from esrag.api import sse
-from esrag.api.app import ES_KEY_HEADER, Service, instance_of, request_id_var
-from esrag.api.auth import Scope
+from esrag.api.deps import (
+    READ_ERRORS,
+    WRITE_ERRORS,
+    Reader,
+    Service,
+    Writer,
+    check_generator,
+    engine_of,
+    instance_of,
+    request_id_var,
+)
 from esrag.api.models import (
     AskBody,
     DeleteResponse,
@@ -30,7 +38,7 @@ from esrag.api.models import (
     SearchBody,
 )
 from esrag.api.problems import ApiProblem, FieldError, problem_body, problem_responses, status_for
-from esrag.engine import NO_GENERATOR, Engine
+from esrag.engine import Engine
 from esrag.errors import EsragError
 from esrag.rag import finish
 from esrag.schemas import AskResponse, SearchResponse, StatusResponse
@@ -38,80 +46,6 @@ from esrag.sources.documents import DocumentsSource
 from esrag.types import Document
 
 router = APIRouter()
-bearer = HTTPBearer(auto_error=False, description="An esrag API key (ESRAG_API_KEYS or --api-key-file).")
-Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
-
-READ_ERRORS = problem_responses(400, 401, 403, 404, 409, 413, 422, 502, 504)
-WRITE_ERRORS = problem_responses(400, 401, 403, 404, 409, 413, 422, 502, 504)
-
-
-def _authorize(request: Request, credentials: HTTPAuthorizationCredentials | None, needed: Scope) -> Service:
-    svc: Service = request.app.state.service
-    if not svc.keys.enabled:
-        return svc
-    challenge = {"WWW-Authenticate": 'Bearer realm="esrag"'}
-    if credentials is None or credentials.scheme.lower() != "bearer":
-        raise ApiProblem(401, "missing API key: send the header `Authorization: Bearer KEY`", "unauthorized",
-                         headers=challenge)
-    scope = svc.keys.scope_of(credentials.credentials)
-    if scope is None:
-        raise ApiProblem(401, "the API key is not valid", "unauthorized", headers=challenge)
-    if needed is Scope.WRITE and scope is not Scope.WRITE:
-        raise ApiProblem(403, "this API key is read-only; writing documents needs a read-write (rw:) key",
-                         "forbidden")
-    return svc
-
-
-def reader(request: Request, credentials: Credentials = None) -> Service:
-    return _authorize(request, credentials, Scope.READ)
-
-
-def writer(request: Request, credentials: Credentials = None) -> Service:
-    return _authorize(request, credentials, Scope.WRITE)
-
-
-Reader = Annotated[Service, Depends(reader)]
-Writer = Annotated[Service, Depends(writer)]
-
-
-def engine_of(svc: Service, request: Request) -> Engine:
-    """The shared engine, or with X-ES-API-Key (and pass-through on) one that queries ES as the caller."""
-    key = request.headers.get(ES_KEY_HEADER)
-    if key is None:
-        return svc.engine
-    if not svc.options.es_key_passthrough:
-        raise ApiProblem(400, f"{ES_KEY_HEADER} was sent, but this server does not pass Elasticsearch keys "
-                              "through", "passthrough-disabled")
-    if svc.engine.settings.store_name != "elasticsearch":
-        raise ApiProblem(400, f"{ES_KEY_HEADER} needs the elasticsearch store; this server uses "
-                              f"{svc.engine.settings.store_name!r}", "passthrough-disabled")
-    key = key.strip()
-    if not key or not key.isascii() or any(c.isspace() for c in key):
-        raise ApiProblem(400, f"{ES_KEY_HEADER} must be an Elasticsearch API key (base64 id:key)",
-                         "invalid-header")
-    return svc.engine_for(key)
-
-
-def offered_generators(svc: Service) -> list[str]:
-    """The generators a request may name: the configured one, and those of ``esrag serve --generators``
-    (default: ``none``, the passages only)."""
-    extra = svc.options.generators if svc.options.generators is not None else (NO_GENERATOR,)
-    return sorted({svc.engine.settings.generator_name, *extra})
-
-
-def check_generator(svc: Service, name: str | None, field: str) -> None:
-    """422 naming ``field`` when a request names a generator this server does not offer (loading a model
-    is the operator's choice, not a caller's)."""
-    if name is None or name == svc.engine.settings.generator_name:
-        return
-    offered = offered_generators(svc)
-    if name not in offered:
-        message = (f"this server does not offer the generator {name!r}; it offers {', '.join(offered)} (the "
-                   "server's operator chooses which)")
-        raise ApiProblem(422, f"{field}: {message}", "invalid-request",
-                         errors=[FieldError(field=field, message=message)])
-
-
 def _json(model: BaseModel, status: int = 200) -> Response:
     return Response(model.model_dump_json(), status_code=status, media_type="application/json")
 
