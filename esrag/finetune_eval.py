@@ -182,26 +182,28 @@ def cross_validate(
         base = score_model(dataset, settings, qids, candidates, progress, log=log)
     root = Path(tempfile.mkdtemp(prefix="esrag-finetune-cv-", dir=workdir))
     folds: list[Fold] = []
-    shared: tuple[Path, TrainReport] | None = None
     try:
-        for i, (train_qids, heldout) in enumerate(splits):
-            pairs = [*query_pairs(train_qids), *other_pairs]
+        fold_pairs = [[*query_pairs(train_qids), *other_pairs] for train_qids, _ in splits]
+        for pairs, (_, heldout) in zip(fold_pairs, splits, strict=True):
             check_disjoint(pairs, {q: dataset.queries[q] for q in heldout})
-            from_queries = any(p.query_id for p in pairs)
-            if shared is not None and not from_queries:
-                model_dir, report = shared
-            else:
+        if not any(p.query_id for pairs in fold_pairs for p in pairs):  # the same pairs in every fold
+            if log:
+                log(f"training one model on {len(other_pairs)} pairs (no fold trains on judged queries)")
+            report = train(list(other_pairs), config, root / "all", progress=progress)
+            scores = score_tuned(dataset, settings, root / "all", qids, candidates, progress, log=log)
+            for i, (train_qids, heldout) in enumerate(splits):
+                tuned = {m: {q: scores[m][q] for q in heldout} for m in scores}
+                folds.append(Fold(i, tuple(train_qids), tuple(heldout), tuned, report))
+        else:
+            for i, (train_qids, heldout) in enumerate(splits):
                 model_dir = root / f"fold-{i}"
                 if log:
-                    log(f"fold {i + 1}/{k}: training on {len(pairs)} pairs ({len(train_qids)} queries), "
+                    log(f"fold {i + 1}/{k}: training on {len(fold_pairs[i])} pairs ({len(train_qids)} queries), "
                         f"{len(heldout)} held out")
-                report = train(pairs, config, model_dir, progress=progress,
+                report = train(fold_pairs[i], config, model_dir, progress=progress,
                                provenance={"fold": i, "train_queries": list(train_qids)})
-                if not from_queries:
-                    shared = (model_dir, report)
-            tuned = score_tuned(dataset, settings, model_dir, heldout, candidates, progress, log=log)
-            folds.append(Fold(i, tuple(train_qids), tuple(heldout), tuned, report))
-            if shared is None or shared[0] != model_dir:
+                tuned = score_tuned(dataset, settings, model_dir, heldout, candidates, progress, log=log)
+                folds.append(Fold(i, tuple(train_qids), tuple(heldout), tuned, report))
                 shutil.rmtree(model_dir, ignore_errors=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
