@@ -99,18 +99,20 @@ def main() -> None:
     p.add_argument("--json", type=Path, help="write the results here too")
     args = p.parse_args()
     args.kinds = [k for k in args.kinds.split(",") if k]
-    results = []
+    results: list[dict[str, Any]] = []
     t0 = time.perf_counter()
+    params = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("sets", "json")}
+
+    def report() -> str:
+        return json.dumps({"params": params, "seconds": round(time.perf_counter() - t0, 1), "sets": results},
+                          indent=2)
+
     with tempfile.TemporaryDirectory(prefix="bench-finetune-") as store:
         for path in args.sets:
             results.append(run_set(path, args, Path(store)))
-    report = {"params": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-                         if k not in ("sets", "json")},
-              "seconds": round(time.perf_counter() - t0, 1), "sets": results}
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.json:
-        args.json.write_text(text, encoding="utf-8")
+            if args.json:  # after each set: a long run that is stopped keeps what it measured
+                args.json.write_text(report(), encoding="utf-8")
+    print(report())
 
 
 if __name__ == "__main__":
