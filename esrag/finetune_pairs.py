@@ -12,7 +12,7 @@ A pair is (anchor, positive): a query and a passage that answers it. Two kinds:
 
 Guards, each a ConfigError with a one-line message: ``check_enough`` (fewer pairs than one batch: the
 in-batch negatives need a full batch) and ``check_disjoint`` (a held-out query among the training pairs,
-by id, or by text for unlabelled pairs).
+by id, or by text among the anchors of unlabelled pairs).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def _clean(text: str) -> str:
     return " ".join(text.split())
 
 
-def _key(text: str) -> str:
+def text_key(text: str) -> str:
     """How texts are compared for overlap: whitespace collapsed, case folded."""
     return _clean(text).casefold()
 
@@ -113,8 +113,8 @@ def heading_pairs(
             passage = passage[:max_chars]
             if len(passage) >= min_chars:
                 found.append(Pair(anchor, passage, "", doc.doc_id, "headings"))
-    counts = Counter(_key(p.anchor) for p in found)
-    return [p for p in found if counts[_key(p.anchor)] == 1]
+    counts = Counter(text_key(p.anchor) for p in found)
+    return [p for p in found if counts[text_key(p.anchor)] == 1]
 
 
 def split_heldout(query_ids: Iterable[str], fraction: float, seed: int = 0) -> tuple[list[str], list[str]]:
@@ -153,14 +153,16 @@ def check_enough(pairs: Sequence[Pair], batch_size: int) -> None:
 
 def check_disjoint(pairs: Sequence[Pair], heldout: Mapping[str, str]) -> None:
     """A ConfigError when a held-out query (id -> text) is among the training pairs: by query id for
-    qrels pairs, by text (whitespace and case ignored) for any pair's anchor."""
+    qrels pairs, by text (whitespace and case ignored) for the anchors of pairs that come from no judged
+    query (a heading that is also a held-out query). Two judged queries with the same text and different
+    ids are two queries (a dataset may ask one question of two documents): they may fall on either side."""
     ids = {p.query_id for p in pairs if p.query_id}
     by_id = sorted(ids & set(heldout))
     if by_id:
         raise ConfigError(f"the held-out split overlaps the training data: {len(by_id)} held-out queries are "
                           f"among the training pairs (first: {by_id[0]!r})")
-    anchors = {_key(p.anchor) for p in pairs}
-    by_text = sorted(q for q, text in heldout.items() if _key(text) in anchors)
+    anchors = {text_key(p.anchor) for p in pairs if not p.query_id}
+    by_text = sorted(q for q, text in heldout.items() if text_key(text) in anchors)
     if by_text:
         raise ConfigError(f"the held-out split overlaps the training data: {len(by_text)} held-out queries "
                           f"are, word for word, anchors of training pairs (first: {by_text[0]!r}: "

@@ -130,6 +130,8 @@ def test_check_disjoint_by_id_and_by_text() -> None:
     with pytest.raises(ConfigError, match="word for word.*'q9'"):
         check_disjoint(pairs, {"q9": "  setup "})
     check_disjoint([], {"q1": "x"})
+    # another judged query that asks the same words is another query
+    check_disjoint(pairs, {"q7": "how do I install it?"})
 
 
 def test_subsample_keeps_input_order_and_is_seeded() -> None:
