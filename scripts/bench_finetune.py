@@ -30,7 +30,7 @@ from esrag.config import Settings
 from esrag.evaluation import BeirDataset, load_beir
 from esrag.finetune import TrainConfig
 from esrag.finetune_eval import base_settings, cross_validate, score_model
-from esrag.finetune_pairs import heading_pairs, qrels_pairs, subsample
+from esrag.finetune_pairs import heading_pairs, qrels_pairs, subsample, text_key
 
 
 def cut(dataset: BeirDataset, max_docs: int | None, seed: int) -> BeirDataset:
@@ -59,7 +59,13 @@ def run_set(path: Path, args: argparse.Namespace, store: Path) -> dict[str, Any]
     out: dict[str, Any] = {"set": dataset.name, "documents": len(dataset.documents),
                            "documents_full": len(full.documents), "queries": len(dataset.queries),
                            "base_index_seconds": round(base_seconds, 1)}
-    headings = subsample(heading_pairs(full.documents), args.max_heading_pairs, args.seed)
+    # a heading that is word for word a judged query would leak it (esrag finetune refuses such pairs):
+    # left out here, and counted
+    asked = {text_key(q) for q in full.queries.values()}
+    found = heading_pairs(full.documents)
+    clean = [p for p in found if text_key(p.anchor) not in asked]
+    out["heading_pairs_found"], out["heading_pairs_dropped_as_queries"] = len(found), len(found) - len(clean)
+    headings = subsample(clean, args.max_heading_pairs, args.seed)
     for kind in args.kinds:
         if kind == "qrels":
             def query_pairs(qids: Any) -> Any:
