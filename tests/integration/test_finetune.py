@@ -242,3 +242,24 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
     assert prov["training"]["resumed_from"] >= 2
     assert prov["training"]["steps"] == 6
     assert "resumed from step" in done.stderr
+
+
+def test_cross_validation_scores_every_query_once_then_trains_on_all(cli: Callable[..., Any],
+                                                                   tmp_path: Path) -> None:
+    data = write_dataset(tmp_path / "tiny")
+    out = tmp_path / "model"
+    r = cli("finetune", "--qrels", str(data), "-o", str(out), "--cv", "2", "--max-steps", "2", *TRAIN,
+            "--sqlite-dir", str(tmp_path / "s"), "--json")
+    report = json.loads(r.stdout)
+    results = report["evaluation"]["results"]
+    for method in ("dense", "hybrid"):
+        assert [f["queries"] for f in results[method]["per_fold"]] == [12, 12]
+        assert results[method]["gain_std"] >= 0.0
+        assert results[method]["gain"] == pytest.approx(np.mean([f["gain"] for f in results[method]["per_fold"]]))
+    assert report["data"]["train_queries"] == sorted(f"q{i}" for i in range(len(TOPICS)))
+    assert report["training"]["steps"] == 2
+    prov = json.loads((out / PROVENANCE).read_text(encoding="utf-8"))
+    assert prov["evaluation"]["cv"] == 2
+    # the fold models and their indexes are gone: only the base model's evaluation index stays
+    assert sorted(p.name for p in (tmp_path / "s").iterdir() if p.suffix == ".db") == ["eval-tiny.db"]
+    assert not list(tmp_path.glob("esrag-finetune-cv-*"))
