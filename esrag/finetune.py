@@ -238,11 +238,15 @@ def train(
             SentenceTransformerTrainer,
             SentenceTransformerTrainingArguments,
         )
-        from sentence_transformers.base.sampler import BatchSamplers
-        from sentence_transformers.sentence_transformer import losses
         from transformers import PrinterCallback, TrainerCallback
     except ImportError as e:
         raise MissingDependencyError(e.name or "datasets", "finetune", "esrag finetune") from e
+    try:  # sentence-transformers >= 6.1 moved these
+        from sentence_transformers.base.sampler import BatchSamplers
+        from sentence_transformers.sentence_transformer import losses
+    except ImportError:
+        from sentence_transformers import losses  # type: ignore[no-redef,attr-defined]
+        from sentence_transformers.training_args import BatchSamplers  # type: ignore[no-redef]
 
     device = _pick_device(config.device)
     bf16_ok = device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
