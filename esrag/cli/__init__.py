@@ -26,6 +26,7 @@ COMMANDS = {
     "serve": "esrag.cli.serve:serve",
     "eval": "esrag.cli.evaluate:eval_cmd",
     "tune": "esrag.cli.evaluate:tune",
+    "finetune": "esrag.cli.finetune:finetune",
     "plugins": "esrag.cli.info:plugins",
     "config": "esrag.cli.info:config",
 }

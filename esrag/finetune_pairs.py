@@ -1,0 +1,177 @@
+"""Training pairs for ``esrag finetune``, the held-out split and the folds. Pure: no I/O, no model.
+
+A pair is (anchor, positive): a query and a passage that answers it. Two kinds:
+
+- **qrels pairs**: one per judged (query, relevant document) of a BEIR split; the passage is the
+  document's title and text (``esrag.evaluation.document_text``), cut to ``max_chars``.
+- **heading pairs** (no labels): one per section of a document that has a heading: the heading is the
+  anchor and the section's text the passage. A document without an outline gives (its title, its text)
+  when its title is not just its file name. A heading shared by several sections names none of them and
+  is dropped (with in-batch negatives, two passages under one anchor would teach the model to push each
+  away from its own heading).
+
+Guards, each a ConfigError with a one-line message: ``check_enough`` (fewer pairs than one batch: the
+in-batch negatives need a full batch) and ``check_disjoint`` (a held-out query among the training pairs,
+by id, or by text among the anchors of unlabelled pairs).
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from esrag.context import sections
+from esrag.errors import ConfigError
+
+if TYPE_CHECKING:  # esrag.evaluation imports the settings (pydantic): kept off the training-only path
+    from esrag.types import Document
+
+#: passages are cut to this many characters (the model reads at most its max_seq_length tokens anyway;
+#: the cut only bounds memory and tokenisation time for very long sections)
+MAX_PASSAGE_CHARS = 4000
+#: a heading pair's passage needs at least this many characters to say something
+MIN_PASSAGE_CHARS = 40
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One training example. ``query_id`` is the judged query it came from ("" for a heading pair);
+    ``doc_id`` the document of the passage."""
+
+    anchor: str
+    positive: str
+    query_id: str = ""
+    doc_id: str = ""
+    kind: str = "qrels"
+
+
+def _clean(text: str) -> str:
+    return " ".join(text.split())
+
+
+def text_key(text: str) -> str:
+    """How texts are compared for overlap: whitespace collapsed, case folded."""
+    return _clean(text).casefold()
+
+
+def qrels_pairs(
+    queries: Mapping[str, str],
+    qrels: Mapping[str, Mapping[str, int]],
+    documents: Mapping[str, Document],
+    query_ids: Iterable[str] | None = None,
+    max_chars: int = MAX_PASSAGE_CHARS,
+) -> list[Pair]:
+    """One pair per positive judgment of the queries ``query_ids`` (all judged queries when None), in
+    sorted (query id, doc id) order. Judgments of documents missing from ``documents`` and queries with
+    a blank text are left out."""
+    from esrag.evaluation import document_text
+
+    wanted = sorted(set(qrels) if query_ids is None else set(query_ids) & set(qrels))
+    out: list[Pair] = []
+    for qid in wanted:
+        anchor = _clean(queries.get(qid, ""))
+        if not anchor:
+            continue
+        for doc_id in sorted(qrels[qid]):
+            doc = documents.get(doc_id)
+            if doc is None:
+                continue
+            passage = document_text(doc).strip()[:max_chars]
+            if passage:
+                out.append(Pair(anchor, passage, qid, doc_id, "qrels"))
+    return out
+
+
+def heading_pairs(
+    documents: Iterable[Document],
+    max_chars: int = MAX_PASSAGE_CHARS,
+    min_chars: int = MIN_PASSAGE_CHARS,
+) -> list[Pair]:
+    """(heading, section text) pairs of ``documents``, in document and section order.
+
+    A section's anchor is its deepest heading (``esrag.context.sections``); a document without an outline
+    gives its title when the title is not the file name. The heading line is removed from the start of
+    the passage, so the model cannot match the two by copying. Passages shorter than ``min_chars`` after
+    that, and anchors held by more than one passage, are dropped.
+    """
+    found: list[Pair] = []
+    for doc in documents:
+        title = "" if doc.title_is_name else _clean(doc.title)
+        for start, end, path in sections(doc, title):
+            anchor = _clean(path[-1]) if path else title
+            if not anchor:
+                continue
+            passage = doc.text[start:end].strip()
+            first, _, rest = passage.partition("\n")
+            if anchor in _clean(first) and len(_clean(first)) <= len(anchor) + 8:  # the heading line (+ marks)
+                passage = rest.strip()
+                if set(passage.split("\n", 1)[0].strip()) <= set("=-~^*#+`'\"."):  # an RST underline
+                    passage = passage.partition("\n")[2].strip()
+            passage = passage[:max_chars]
+            if len(passage) >= min_chars:
+                found.append(Pair(anchor, passage, "", doc.doc_id, "headings"))
+    counts = Counter(text_key(p.anchor) for p in found)
+    return [p for p in found if counts[text_key(p.anchor)] == 1]
+
+
+def split_heldout(query_ids: Iterable[str], fraction: float, seed: int = 0) -> tuple[list[str], list[str]]:
+    """(training ids, held-out ids): a seeded shuffle of the sorted distinct ids, the last
+    ``round(fraction * n)`` (at least 1, at most n - 1) held out. Deterministic whatever the input order."""
+    ids = sorted(set(query_ids))
+    if not 0.0 < fraction < 1.0:
+        raise ConfigError(f"the held-out fraction must be in (0, 1), got {fraction}")
+    if len(ids) < 2:
+        raise ConfigError(f"need at least 2 judged queries to hold some out, got {len(ids)}")
+    random.Random(seed).shuffle(ids)
+    n_out = min(max(1, round(fraction * len(ids))), len(ids) - 1)
+    return sorted(ids[:-n_out]), sorted(ids[-n_out:])
+
+
+def kfolds(query_ids: Iterable[str], k: int, seed: int = 0) -> list[tuple[list[str], list[str]]]:
+    """``k`` (training ids, held-out ids) splits: the held-out parts are disjoint, near-equal and cover
+    every id once (``esrag.tuning.kfold_split``, the folds of ``esrag tune``)."""
+    from esrag.tuning import kfold_split
+
+    folds = kfold_split(list(query_ids), k, seed)
+    return [(sorted(q for j, f in enumerate(folds) if j != i for q in f), sorted(fold))
+            for i, fold in enumerate(folds)]
+
+
+def check_enough(pairs: Sequence[Pair], batch_size: int) -> None:
+    """A ConfigError when there are fewer pairs than one batch: in-batch negatives need the batch full
+    (the last, partial batch is dropped)."""
+    if batch_size < 2:
+        raise ConfigError(f"the training batch size must be at least 2 (in-batch negatives), got {batch_size}")
+    distinct = len({(p.anchor, p.positive) for p in pairs})
+    if distinct < batch_size:
+        raise ConfigError(f"too few training pairs: {distinct} distinct, fewer than one batch of {batch_size}; "
+                          "lower --train-batch-size or give more data")
+
+
+def check_disjoint(pairs: Sequence[Pair], heldout: Mapping[str, str]) -> None:
+    """A ConfigError when a held-out query (id -> text) is among the training pairs: by query id for
+    qrels pairs, by text (whitespace and case ignored) for the anchors of pairs that come from no judged
+    query (a heading that is also a held-out query). Two judged queries with the same text and different
+    ids are two queries (a dataset may ask one question of two documents): they may fall on either side."""
+    ids = {p.query_id for p in pairs if p.query_id}
+    by_id = sorted(ids & set(heldout))
+    if by_id:
+        raise ConfigError(f"the held-out split overlaps the training data: {len(by_id)} held-out queries are "
+                          f"among the training pairs (first: {by_id[0]!r})")
+    anchors = {text_key(p.anchor) for p in pairs if not p.query_id}
+    by_text = sorted(q for q, text in heldout.items() if text_key(text) in anchors)
+    if by_text:
+        raise ConfigError(f"the held-out split overlaps the training data: {len(by_text)} held-out queries "
+                          f"are, word for word, anchors of training pairs (first: {by_text[0]!r}: "
+                          f"{_clean(heldout[by_text[0]])[:60]!r})")
+
+
+def subsample(pairs: Sequence[Pair], limit: int | None, seed: int = 0) -> list[Pair]:
+    """At most ``limit`` pairs, a seeded sample kept in input order; all of them when None or fewer."""
+    if limit is None or len(pairs) <= limit:
+        return list(pairs)
+    keep = sorted(random.Random(seed).sample(range(len(pairs)), limit))
+    return [pairs[i] for i in keep]

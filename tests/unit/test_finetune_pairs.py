@@ -1,0 +1,217 @@
+"""Training pairs, held-out split, folds and guards of ``esrag finetune`` (pure), and the pure parts of
+esrag.finetune and esrag.finetune_eval."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from esrag.errors import ConfigError
+from esrag.finetune import (
+    CHECKPOINTS,
+    PROVENANCE,
+    RUN_FILE,
+    TrainConfig,
+    pairs_fingerprint,
+    precision_for,
+    prepare_output,
+)
+from esrag.finetune_eval import summarize
+from esrag.finetune_pairs import (
+    Pair,
+    check_disjoint,
+    check_enough,
+    heading_pairs,
+    kfolds,
+    qrels_pairs,
+    split_heldout,
+    subsample,
+)
+from esrag.types import Document, Heading
+
+DOCS = {
+    "d1": Document("d1", "s1", "Tides follow the moon.", title="Tides"),
+    "d2": Document("d2", "s2", "Bees dance.", title=""),
+}
+
+
+def test_qrels_pairs_one_per_judged_document_in_sorted_order() -> None:
+    queries = {"q2": "why do bees dance", "q1": "  sea   rises ", "q3": " "}
+    qrels = {"q2": {"d2": 1}, "q1": {"d2": 2, "d1": 1, "missing": 1}, "q3": {"d1": 1}}
+    pairs = qrels_pairs(queries, qrels, DOCS)
+    assert pairs == [
+        Pair("sea rises", "Tides\n\nTides follow the moon.", "q1", "d1", "qrels"),
+        Pair("sea rises", "Bees dance.", "q1", "d2", "qrels"),
+        Pair("why do bees dance", "Bees dance.", "q2", "d2", "qrels"),
+    ]
+    assert [p.query_id for p in qrels_pairs(queries, qrels, DOCS, ["q2", "unknown"])] == ["q2"]
+    assert qrels_pairs(queries, qrels, DOCS, []) == []
+    assert qrels_pairs(queries, qrels, DOCS, max_chars=5)[0].positive == "Tides"
+
+
+def _markdown(doc_id: str, text: str, title: str = "", title_is_name: bool = False) -> Document:
+    outline = []
+    pos = 0
+    for line in text.splitlines(keepends=True):
+        if line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            outline.append(Heading(pos, level, line.strip("# \n")))
+        pos += len(line)
+    return Document(doc_id, doc_id, text, title=title, outline=tuple(outline), title_is_name=title_is_name)
+
+
+def test_heading_pairs_take_each_heading_to_its_section_without_the_heading_line() -> None:
+    body = "Words enough to make a passage worth training on, and then some more."
+    doc = _markdown("a.md", f"# Guide\n\nIntro {body}\n\n## Install\n\nRun pip. {body}\n\n## Tiny\n\nshort\n",
+                    title="Guide")
+    pairs = heading_pairs([doc])
+    # "Guide" is the title: the first section's path is empty, so its anchor is the title
+    assert [(p.anchor, p.positive[:12], p.kind, p.query_id) for p in pairs] == [
+        ("Guide", "Intro Words ", "headings", ""), ("Install", "Run pip. Wor", "headings", "")]
+
+
+def test_heading_pairs_drop_shared_headings_file_names_and_rst_underlines() -> None:
+    body = "A section with enough words to count as a passage of its own, surely."
+    a = _markdown("a.md", f"## Usage\n\n{body}\n")
+    b = _markdown("b.md", f"## usage\n\n{body} b\n")  # the same heading, case aside: names neither
+    named = Document("c.txt", "c", body, title="c.txt", title_is_name=True)
+    rst = Document("d.rst", "d", f"Setup\n=====\n\n{body}", title="Setup")
+    untitled = Document("e", "e", body, title="")
+    pairs = heading_pairs([a, b, named, rst, untitled])
+    assert [(p.anchor, p.positive) for p in pairs] == [("Setup", body)]
+
+
+def test_split_heldout_is_seeded_disjoint_and_order_free() -> None:
+    ids = [f"q{i}" for i in range(10)]
+    train, heldout = split_heldout(ids, 0.2, seed=3)
+    assert len(heldout) == 2 and len(train) == 8 and not set(train) & set(heldout)
+    assert set(train) | set(heldout) == set(ids)
+    assert split_heldout(reversed(ids + ids), 0.2, seed=3) == (train, heldout)
+    assert split_heldout(ids, 0.2, seed=4) != (train, heldout)
+    two = split_heldout(["a", "b"], 0.01)  # at least one query is held out
+    assert len(two[0]) == len(two[1]) == 1 and sorted(two[0] + two[1]) == ["a", "b"]
+    assert len(split_heldout(ids, 0.99)[0]) == 1  # at least one query stays to train on
+    for bad in (0.0, 1.0, math.nan):
+        with pytest.raises(ConfigError, match="fraction"):
+            split_heldout(ids, bad)
+    with pytest.raises(ConfigError, match="at least 2"):
+        split_heldout(["only"], 0.5)
+
+
+def test_kfolds_hold_every_query_out_exactly_once() -> None:
+    ids = [f"q{i}" for i in range(11)]
+    folds = kfolds(ids, 5, seed=1)
+    assert len(folds) == 5
+    heldout = [q for _, h in folds for q in h]
+    assert sorted(heldout) == sorted(ids)
+    for train, held in folds:
+        assert not set(train) & set(held) and set(train) | set(held) == set(ids)
+    with pytest.raises(ConfigError):
+        kfolds(ids[:3], 5)
+
+
+def test_check_enough_counts_distinct_pairs_against_one_batch() -> None:
+    pairs = [Pair("a", "x"), Pair("a", "x"), Pair("b", "y")]
+    with pytest.raises(ConfigError, match="too few training pairs: 2 distinct, fewer than one batch of 4"):
+        check_enough(pairs, 4)
+    check_enough(pairs, 2)
+    with pytest.raises(ConfigError, match="at least 2"):
+        check_enough(pairs, 1)
+
+
+def test_check_disjoint_by_id_and_by_text() -> None:
+    pairs = [Pair("How do I install it?", "p", "q1"), Pair("Setup", "p", "", "d", "headings")]
+    check_disjoint(pairs, {"q2": "something else"})
+    with pytest.raises(ConfigError, match="1 held-out queries are among the training pairs .first: 'q1'"):
+        check_disjoint(pairs, {"q1": "other words"})
+    with pytest.raises(ConfigError, match="word for word.*'q9'"):
+        check_disjoint(pairs, {"q9": "  setup "})
+    check_disjoint([], {"q1": "x"})
+    # another judged query that asks the same words is another query
+    check_disjoint(pairs, {"q7": "how do I install it?"})
+
+
+def test_subsample_keeps_input_order_and_is_seeded() -> None:
+    pairs = [Pair(str(i), "p") for i in range(10)]
+    a = subsample(pairs, 4, seed=0)
+    assert len(a) == 4 and a == sorted(a, key=lambda p: int(p.anchor)) and a == subsample(pairs, 4, seed=0)
+    assert subsample(pairs, None) == pairs and subsample(pairs, 50) == pairs
+
+
+def test_precision_follows_the_device() -> None:
+    assert precision_for("cpu", "auto", False) == "fp32"
+    assert precision_for("cpu", "bf16", True) == "fp32"
+    assert precision_for("mps", "fp16", True) == "fp32"
+    assert precision_for("cuda", "auto", True) == "bf16"
+    assert precision_for("cuda:1", "auto", False) == "fp16"
+    assert precision_for("cuda", "fp32", True) == "fp32"
+    with pytest.raises(ConfigError, match="does not support it"):
+        precision_for("cuda", "bf16", False)
+    with pytest.raises(ConfigError, match="precision must be one of"):
+        precision_for("cuda", "int4", True)
+
+
+@pytest.mark.parametrize("bad", [
+    {"learning_rate": math.nan}, {"learning_rate": 0.0}, {"epochs": math.inf}, {"epochs": 0},
+    {"warmup": 1.0}, {"batch_size": 1}, {"mini_batch_size": -1}, {"max_seq_length": 10**9},
+    {"save_steps": 0}, {"max_steps": -1}, {"precision": "fp8"},
+])
+def test_train_config_refuses_nonsense(bad: dict[str, object]) -> None:
+    with pytest.raises(ConfigError):
+        TrainConfig("m", **bad)  # type: ignore[arg-type]
+
+
+def test_train_config_names_its_loss() -> None:
+    assert TrainConfig("m").loss == "mnrl"
+    assert TrainConfig("m", mini_batch_size=8).to_dict()["loss"] == "cached-mnrl"
+
+
+def test_pairs_fingerprint_orders_and_takes_any_text() -> None:
+    a, b = Pair("x", "y"), Pair("\ud800 lone", "z\x00")
+    assert pairs_fingerprint([a, b]) != pairs_fingerprint([b, a])
+    assert pairs_fingerprint([Pair("ab", "c")]) != pairs_fingerprint([Pair("a", "bc")])
+
+
+def test_prepare_output_refuses_models_strangers_and_changed_resumes(tmp_path: Path) -> None:
+    run = {"pairs": "h", "n_pairs": 2, "config": {"seed": 0}}
+    assert prepare_output(tmp_path / "new", run, resume=False) is None
+    assert prepare_output(tmp_path, run, resume=False) is None  # empty
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(ConfigError, match="exists and is not a directory"):
+        prepare_output(tmp_path / "f", run, False)
+    with pytest.raises(ConfigError, match="exists and is not empty"):
+        prepare_output(tmp_path, run, False)
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / PROVENANCE).write_text("{}")
+    with pytest.raises(ConfigError, match="already holds a fine-tuned model"):
+        prepare_output(model, run, True)
+    partial = tmp_path / "partial"
+    (partial / CHECKPOINTS / "checkpoint-4").mkdir(parents=True)
+    (partial / CHECKPOINTS / "checkpoint-2").mkdir(parents=True)
+    (partial / CHECKPOINTS / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    (partial / CHECKPOINTS / RUN_FILE).write_text(json.dumps(run))
+    with pytest.raises(ConfigError, match="pass --resume"):
+        prepare_output(partial, run, False)
+    # checkpoint-4 was being written when the run was killed: no trainer state yet
+    assert prepare_output(partial, run, True) == partial / CHECKPOINTS / "checkpoint-2"
+    with pytest.raises(ConfigError, match="cannot resume .* other config, pairs"):
+        prepare_output(partial, {**run, "pairs": "other", "config": {"seed": 1}}, True)
+
+
+def test_summarize_scores_each_held_out_query_once() -> None:
+    base = {"dense": {"a": 0.5, "b": 1.0, "c": 0.0}, "hybrid": {"a": 1.0, "b": 1.0, "c": 1.0}}
+    folds = [(["a", "b"], {"dense": {"a": 1.0, "b": 1.0}, "hybrid": {"a": 1.0, "b": 0.5}}),
+             (["c"], {"dense": {"c": 0.5}, "hybrid": {}})]
+    s = summarize(base, folds)
+    assert s["dense"]["base"] == pytest.approx(0.5) and s["dense"]["tuned"] == pytest.approx(2.5 / 3)
+    assert s["dense"]["gain"] == pytest.approx(2.5 / 3 - 0.5)
+    assert [f["gain"] for f in s["dense"]["per_fold"]] == pytest.approx([0.25, 0.5])
+    assert s["dense"]["gain_std"] == pytest.approx(math.sqrt(2) * 0.125)
+    assert s["hybrid"]["tuned"] == pytest.approx(0.5)  # c is missing from the fold: it counts 0
+    assert [f["queries"] for f in s["hybrid"]["per_fold"]] == [2, 1]
+    one = summarize(base, [(["a"], {"dense": {"a": 0.0}})])
+    assert one["dense"]["gain_std"] == 0.0 and one["dense"]["gain"] == -0.5
