@@ -218,6 +218,7 @@ class SQLiteStore:
         """The write connection. Hold ``_write_lock``."""
         if self._wconn is None:
             self._wconn = self._open_existing()
+            self._wconn.execute(sql.WRITE_CACHE)
             self._file_id = _file_id(self.path)
         return self._wconn
 
@@ -279,6 +280,7 @@ class SQLiteStore:
                 except BaseException:
                     conn.close()
                     raise
+                conn.execute(sql.WRITE_CACHE)
                 with self._state:
                     self._wconn = conn
                     self._file_id = _file_id(self.path)

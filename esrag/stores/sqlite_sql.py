@@ -24,6 +24,10 @@ IN_BATCH = 500
 #: title, text (Bm25Index weighs both 1.0, as here)
 BM25_WEIGHTS = (1.0, 1.0)
 BUSY_TIMEOUT_S = 30.0
+#: page cache of the write connection (SQLite's default is 2 MiB): a write into a large store updates the
+#: id, sha and filter B-trees at random places, and would otherwise re-read most of their pages from the
+#: OS on every transaction
+WRITE_CACHE = "PRAGMA cache_size = -65536"
 
 FTS_TABLE = ("CREATE VIRTUAL TABLE chunks_fts USING fts5(title, text, content='chunks', content_rowid='rowid', "
              "tokenize='{tokenizer}')")
