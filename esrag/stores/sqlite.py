@@ -535,30 +535,8 @@ class SQLiteStore:
             return self._dense_index().status(conn)
 
     def explain_request(self, request: SearchRequest) -> dict[str, Any]:
-        """The SQL ``search`` runs, with parameters; the kNN side is numpy, described with its filter SQL.
-        Pure: no I/O."""
-        limit = max(0, int(request.candidates))
-        out: dict[str, Any] = {"store": self.name, "database": str(self.path), "bm25": None, "dense": None}
-        if request.text is not None:
-            built = bm25_sql(request.text, request.filters, limit)
-            out["bm25"] = ({"sql": built[0], "params": built[1],
-                              "note": "search computes the same hits and scores with numpy from FTS5's postings "
-                                      "(esrag.stores.sqlite_bm25); this is the equivalent FTS5 query"}
-                             if built else {"sql": None, "note": "no terms in the query text: no BM25 hits"})
-        if request.vector is not None:
-            filtered = sql.dense_filter_sql(request.filters)
-            out["dense"] = {
-                "method": "exact cosine kNN (numpy) over the L2-normalised vectors below "
-                          f"{self.settings.ann_min_chunks} chunks or with exact_knn, else an int8 HNSW index "
-                          "(esrag.stores.sqlite_vectors) whose candidates are re-scored with the float vectors; "
-                          "score = (1 + cos) / 2; filters restrict the rows before the top-k cut",
-                "vector": f"<{int(np.asarray(request.vector).size)} floats>",
-                "k": limit,
-                "filter_sql": filtered[0] if filtered else None,
-                "filter_params": filtered[1] if filtered else [],
-                "fetch_sql": sql.fetch_sql(limit) if limit else None,
-            }
-        return out
+        """The SQL ``search`` runs, with parameters (``sqlite_sql.explain``). Pure: no I/O."""
+        return sql.explain(request, str(self.path), self.settings.ann_min_chunks)
 
     def count(self) -> Counts:
         with self._guard("read"):
