@@ -129,6 +129,10 @@ store_options = stack(
     setting_option("sqlite_dir", "--sqlite-dir", metavar="DIR",
                    help="Where the embedded store's files live. [default: the project's .esrag/: the nearest "
                         "directory upwards holding esrag.toml or .esrag/, else ./.esrag]"),
+    setting_option("exact_knn", "--exact/--no-exact", default=None,
+                   help="Embedded store: answer kNN exactly over every vector (loaded into memory) instead of "
+                        "through its HNSW index, e.g. to measure the index's recall. [default: off; the index "
+                        "serves from 50,000 chunks]"),
 )
 
 model_options = stack(

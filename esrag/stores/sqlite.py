@@ -219,6 +219,7 @@ class SQLiteStore:
         """The write connection. Hold ``_write_lock``."""
         if self._wconn is None:
             self._wconn = self._open_existing()
+            self._wconn.execute(sql.WRITE_CACHE)
             self._file_id = _file_id(self.path)
         return self._wconn
 
@@ -280,6 +281,7 @@ class SQLiteStore:
                 except BaseException:
                     conn.close()
                     raise
+                conn.execute(sql.WRITE_CACHE)
                 with self._state:
                     self._wconn = conn
                     self._file_id = _file_id(self.path)
@@ -536,30 +538,8 @@ class SQLiteStore:
             return self._dense_index().status(conn)
 
     def explain_request(self, request: SearchRequest) -> dict[str, Any]:
-        """The SQL ``search`` runs, with parameters; the kNN side is numpy, described with its filter SQL.
-        Pure: no I/O."""
-        limit = max(0, int(request.candidates))
-        out: dict[str, Any] = {"store": self.name, "database": str(self.path), "bm25": None, "dense": None}
-        if request.text is not None:
-            built = bm25_sql(request.text, request.filters, limit)
-            out["bm25"] = ({"sql": built[0], "params": built[1],
-                              "note": "search computes the same hits and scores with numpy from FTS5's postings "
-                                      "(esrag.stores.sqlite_bm25); this is the equivalent FTS5 query"}
-                             if built else {"sql": None, "note": "no terms in the query text: no BM25 hits"})
-        if request.vector is not None:
-            filtered = sql.dense_filter_sql(request.filters)
-            out["dense"] = {
-                "method": "exact cosine kNN (numpy) over the L2-normalised vectors below "
-                          f"{self.settings.ann_min_chunks} chunks or with exact_knn, else an int8 HNSW index "
-                          "(esrag.stores.sqlite_vectors) whose candidates are re-scored with the float vectors; "
-                          "score = (1 + cos) / 2; filters restrict the rows before the top-k cut",
-                "vector": f"<{int(np.asarray(request.vector).size)} floats>",
-                "k": limit,
-                "filter_sql": filtered[0] if filtered else None,
-                "filter_params": filtered[1] if filtered else [],
-                "fetch_sql": sql.fetch_sql(limit) if limit else None,
-            }
-        return out
+        """The SQL ``search`` runs, with parameters (``sqlite_sql.explain``). Pure: no I/O."""
+        return sql.explain(request, str(self.path), self.settings.ann_min_chunks)
 
     def iter_chunks(self, batch_size: int = 500) -> Iterator[list[EmbeddedChunk]]:
         """Every chunk, in rowid order, from one read transaction on a connection of its own (closed when

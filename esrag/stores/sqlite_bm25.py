@@ -22,8 +22,22 @@ Terms are looked up by their folded form, folded by a table read from ``unicode6
 FTS5's own MATCH count when it is loaded: a term that FTS5 would tokenise or fold differently is flagged,
 and its queries go to FTS5.
 
-Memory: a cached term costs 12 bytes per row holding it (int32 position + float64 part); the cache is
-bounded by ``MAX_POSTINGS`` entries in all (least recently used terms go first) and dropped on any write.
+Top k without scoring every matching row (``Bm25Index.top``): a term's rows are also kept ordered by their
+part, highest first. A query first scores, exactly, only the union of each term's ``PREFIX`` highest-part rows
+(the candidates; ``cut`` rows per term, fourfold more each round). A row outside every prefix scores at most
+the sum of each term's first part left out (its bound; float addition is monotone, so summed in the same order
+the bound holds for the rounded scores too). When the k-th best candidate scores strictly above that bound, no
+other row can reach the top k, nor tie with its last member, so the top k and their scores are exactly the
+exhaustive ones (a query whose terms are all short lists is exhaustive at once). Otherwise the prefixes grow,
+until they would hold 1/``GROW_MAX`` of the rows: then (typically a query of words found in most rows, whose
+parts are all alike) every row is scored, and only the rows scoring at least that k-th candidate score (a
+lower bound of the true k-th) are ranked. Terms in more than ``1 / DENSE_SHARE`` of the rows also keep their
+parts as one float64 per row (0.0 where absent), added to the scores as one contiguous array rather than
+scattered. ``exhaustive`` is the plain scorer, the reference the tests compare ``top`` with.
+
+Memory: a cached term costs 12 bytes per row holding it (int32 position + float64 part), 16 for a term in
+more than ``PREFIX`` rows (plus its int32 order by part), and 8 more per row of the index for a dense term;
+the cache is bounded by ``MAX_BYTES`` in all (least recently used terms go first) and dropped on any write.
 """
 
 from __future__ import annotations
@@ -34,12 +48,19 @@ import sqlite3
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
 K1, B = 1.2, 0.75
-#: postings kept in memory across all cached terms (12 bytes each: ~96 MB)
-MAX_POSTINGS = 8_000_000
+#: rows per term scored first by ``Bm25Index.top`` (the highest parts), grown fourfold until the top k is proven
+PREFIX = 1024
+#: bytes of postings kept in memory across all cached terms
+MAX_BYTES = 192 << 20
+#: ``top`` grows its prefixes while they hold under 1/GROW_MAX of the rows in all, then scores every row
+GROW_MAX = 8
+#: a term in more than 1/DENSE_SHARE of the rows also keeps a dense array of parts
+DENSE_SHARE = 4
 _VOCAB = "temp.esrag_vocab_instance"
 
 
@@ -138,13 +159,13 @@ class Bm25Index:
         self.lengths = np.asarray(lengths, dtype=np.float64)
         self.n_rows = len(ids)
         self.avgdl = float(int(self.lengths.sum())) / self.n_rows if self.n_rows else 0.0
-        #: folded term -> (positions into rowids, bm25 part per position); None: FTS5 disagrees on the term
-        self._terms: OrderedDict[str, tuple[np.ndarray, np.ndarray] | None] = OrderedDict()
+        #: folded term -> its Postings; None: FTS5 disagrees on the term
+        self._terms: OrderedDict[str, Postings | None] = OrderedDict()
         self._size = 0
         self._lock = threading.Lock()  # the term cache is shared by the threads that search
         attach_vocab(conn, table)
 
-    def _load(self, conn: sqlite3.Connection, term: str) -> tuple[np.ndarray, np.ndarray] | None:
+    def _load(self, conn: sqlite3.Connection, term: str) -> Postings | None:
         folded = self._key(term)
         text = conn.execute(f"SELECT group_concat(doc) FROM {_VOCAB} WHERE term = ?", (folded,)).fetchone()[0]
         docs = np.fromstring(text, dtype=np.int64, sep=",") if text else np.empty(0, dtype=np.int64)
@@ -165,10 +186,16 @@ class Bm25Index:
             idf = 1e-6
         dl = self.lengths[positions]
         part = idf * ((freq * (K1 + 1.0)) / (freq + K1 * (1 - B + B * dl / self.avgdl)))
-        return positions.astype(np.int32), part
+        # by part, highest first (ties by position): only for lists that top() may cut
+        order = np.lexsort((positions, -part)).astype(np.int32) if len(part) > PREFIX else None
+        dense = None
+        if DENSE_SHARE * len(part) > self.n_rows:
+            dense = np.zeros(self.n_rows, dtype=np.float64)
+            dense[positions] = part
+        return Postings(positions.astype(np.int32), part, order, dense)
 
-    def postings(self, conn: sqlite3.Connection, term: str) -> tuple[np.ndarray, np.ndarray] | None:
-        """The term's (positions, parts), cached; None when FTS5 would read the term differently."""
+    def postings(self, conn: sqlite3.Connection, term: str) -> Postings | None:
+        """The term's postings, cached; None when FTS5 would read the term differently."""
         key = self._key(term)
         with self._lock:
             if key in self._terms:
@@ -178,35 +205,111 @@ class Bm25Index:
         with self._lock:
             if key not in self._terms:
                 self._terms[key] = entry
-                self._size += len(entry[0]) if entry else 0
-            while self._size > MAX_POSTINGS and len(self._terms) > 1:
+                self._size += entry.nbytes() if entry else 0
+            while self._size > MAX_BYTES and len(self._terms) > 1:
                 _, old = self._terms.popitem(last=False)
-                self._size -= len(old[0]) if old else 0
+                self._size -= old.nbytes() if old else 0
         return entry
 
     def top(self, conn: sqlite3.Connection, terms: Sequence[str], limit: int,
             allowed: np.ndarray | None = None) -> list[tuple[int, float]] | None:
         """The ``limit`` best ``(rowid, score)`` among rows matching any term (and, given sorted ``allowed``
-        rowids, only those), best first, ties by rowid, as FTS5 ranks them. None when a term must go to
-        FTS5 instead."""
+        rowids, only those), best first, ties by rowid, as FTS5 ranks them: exactly ``exhaustive``'s answer,
+        by the prefix bound of the module docstring. None when a term must go to FTS5 instead."""
         if not self.n_rows or not terms or limit <= 0:
             return []
         loaded = [self.postings(conn, t) for t in terms]
         if any(entry is None for entry in loaded):
             return None
-        scores = np.zeros(self.n_rows, dtype=np.float64)
-        for entry in loaded:
-            assert entry is not None
-            positions, part = entry
-            scores[positions] += part  # positions are unique within a term
+        entries = [e for e in loaded if e is not None]
+        mask: np.ndarray | None = None
         if allowed is not None:
+            wanted = positions_of(self.rowids, allowed)
+            if 8 * len(wanted) <= self.n_rows:  # a selective filter: score its rows, all of them
+                return self._ranked(wanted, self._scores(entries, wanted), limit)
             mask = np.zeros(self.n_rows, dtype=bool)
-            mask[positions_of(self.rowids, allowed)] = True
-            scores[~mask] = 0.0
-        hits = np.flatnonzero(scores)  # every matching row scores > 0
-        if len(hits) > limit:
+            mask[wanted] = True
+        cut = PREFIX
+        while True:
+            bound, parts = 0.0, []
+            for e in entries:  # in query order, as the scores are summed
+                if e.order is None or cut >= len(e.order):
+                    parts.append(e.positions)
+                else:
+                    parts.append(e.positions[e.order[:cut]])
+                    bound += float(e.part[e.order[cut]])
+            candidates = np.sort(np.concatenate(parts))  # (np.unique hashes: ~50x slower here)
+            candidates = candidates[np.r_[True, candidates[1:] != candidates[:-1]]] if len(candidates) else candidates
+            if mask is not None:
+                candidates = candidates[mask[candidates]]
+            scores = self._scores(entries, candidates)
+            kth = np.partition(scores, len(scores) - limit)[len(scores) - limit] if len(scores) >= limit else 0.0
+            if bound == 0.0 or kth > bound:
+                return self._ranked(candidates, scores, limit)
+            cut *= 4
+            if GROW_MAX * sum(min(cut, len(e.positions)) for e in entries) > self.n_rows:
+                # a longer prefix would cost about what scoring every row does
+                return self.exhaustive(entries, limit, mask, floor=float(kth))
+
+    @staticmethod
+    def _scores(entries: Sequence[Postings], positions: np.ndarray) -> np.ndarray:
+        """The exact scores of the sorted ``positions``: each term's part added in query order (0.0 plus the
+        first part is that part, so the sums are bit for bit those of ``exhaustive``)."""
+        scores = np.zeros(len(positions), dtype=np.float64)
+        if not len(positions):
+            return scores
+        for e in entries:
+            if e.dense is not None:
+                scores += e.dense[positions]
+                continue
+            if not len(e.positions):  # a term no row holds
+                continue
+            at = np.searchsorted(e.positions, positions)
+            at[at >= len(e.positions)] = 0
+            hit = e.positions[at] == positions
+            scores[hit] += e.part[at[hit]]
+        return scores
+
+    def _ranked(self, positions: np.ndarray, scores: np.ndarray, limit: int) -> list[tuple[int, float]]:
+        """The ``limit`` best of ``positions`` (sorted) with their ``scores``, ties by rowid; rows scoring 0
+        (holding no term) are left out."""
+        keep = scores > 0.0
+        positions, scores = positions[keep], scores[keep]
+        if len(scores) > limit:
             # everything at or above the limit-th best score, so that ties at the cut go by rowid
-            kth = np.partition(scores[hits], len(hits) - limit)[len(hits) - limit]
-            hits = hits[scores[hits] >= kth]
-        order = np.lexsort((hits, -scores[hits]))[:limit]  # positions ascend with rowids
-        return [(int(self.rowids[p]), float(scores[p])) for p in hits[order]]
+            kth = np.partition(scores, len(scores) - limit)[len(scores) - limit]
+            top = scores >= kth
+            positions, scores = positions[top], scores[top]
+        order = np.lexsort((positions, -scores))[:limit]  # positions ascend with rowids
+        return [(int(self.rowids[p]), float(s)) for p, s in zip(positions[order], scores[order], strict=True)]
+
+    def exhaustive(self, entries: Sequence[Postings], limit: int, mask: np.ndarray | None = None,
+                   floor: float = 0.0) -> list[tuple[int, float]]:
+        """The plain scorer: every posting of every term added into one score per row (rows outside
+        ``mask``, a boolean per position, left out), then the top ``limit``. ``floor``: a score the k-th
+        best is known to reach; only the rows scoring at least that are ranked."""
+        scores = np.zeros(self.n_rows, dtype=np.float64)
+        for e in entries:
+            if e.dense is not None:
+                scores += e.dense  # 0.0 where absent: the same sums as the scatter below
+            else:
+                scores[e.positions] += e.part  # positions are unique within a term
+        if mask is not None:
+            scores[~mask] = 0.0
+        hits = np.flatnonzero(scores >= floor) if floor > 0.0 else np.flatnonzero(scores)  # matches score > 0
+        return self._ranked(hits, scores[hits], limit)
+
+
+class Postings(NamedTuple):
+    """One term's postings: ``positions`` into ``Bm25Index.rowids`` (ascending), each row's bm25 ``part``,
+    ``order``, the indexes of the parts from highest to lowest (ties by position), or None for a list of
+    at most ``PREFIX`` rows (always read whole), and ``dense``, the parts as one value per row of the index
+    (0.0 where absent) for a term in more than 1/DENSE_SHARE of the rows, else None."""
+
+    positions: np.ndarray
+    part: np.ndarray
+    order: np.ndarray | None
+    dense: np.ndarray | None
+
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in (self.positions, self.part, self.order, self.dense) if a is not None)

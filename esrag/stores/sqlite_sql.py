@@ -14,7 +14,7 @@ import numpy as np
 
 from esrag.errors import ConfigError, setting
 from esrag.stores.sqlite_bm25 import TOKENIZERS
-from esrag.types import TOP_LEVEL_FILTER_FIELDS, Filters, MetadataValue, ScoredChunk
+from esrag.types import TOP_LEVEL_FILTER_FIELDS, Filters, MetadataValue, ScoredChunk, SearchRequest
 from esrag.validation import check_filters, clean_metadata
 
 #: chunks per write transaction
@@ -24,6 +24,10 @@ IN_BATCH = 500
 #: title, text (Bm25Index weighs both 1.0, as here)
 BM25_WEIGHTS = (1.0, 1.0)
 BUSY_TIMEOUT_S = 30.0
+#: page cache of the write connection (SQLite's default is 2 MiB): a write into a large store updates the
+#: id, sha and filter B-trees at random places, and would otherwise re-read most of their pages from the
+#: OS on every transaction
+WRITE_CACHE = "PRAGMA cache_size = -65536"
 
 FTS_TABLE = ("CREATE VIRTUAL TABLE chunks_fts USING fts5(title, text, content='chunks', content_rowid='rowid', "
              "tokenize='{tokenizer}')")
@@ -215,3 +219,31 @@ SHA_INDEX = "CREATE INDEX IF NOT EXISTS chunks_sha ON chunks(chunk_sha)"
 BUMP = ("INSERT INTO meta(key, value) VALUES ('generation', '1') "
          "ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1")
 GENERATION = "SELECT value FROM meta WHERE key = 'generation'"
+
+
+def explain(request: SearchRequest, database: str, ann_min_chunks: int) -> dict[str, Any]:
+    """What ``SQLiteStore.search`` runs for ``request`` (its ``explain_request``): the BM25 side as the
+    equivalent FTS5 query with its parameters, the kNN side described with its filter SQL (the vector
+    shown as its size only)."""
+    limit = max(0, int(request.candidates))
+    out: dict[str, Any] = {"store": "sqlite", "database": database, "bm25": None, "dense": None}
+    if request.text is not None:
+        built = bm25_sql(request.text, request.filters, limit)
+        out["bm25"] = ({"sql": built[0], "params": built[1],
+                          "note": "search computes the same hits and scores with numpy from FTS5's postings "
+                                  "(esrag.stores.sqlite_bm25); this is the equivalent FTS5 query"}
+                         if built else {"sql": None, "note": "no terms in the query text: no BM25 hits"})
+    if request.vector is not None:
+        filtered = dense_filter_sql(request.filters)
+        out["dense"] = {
+            "method": "exact cosine kNN (numpy) over the L2-normalised vectors below "
+                      f"{ann_min_chunks} chunks or with exact_knn, else an int8 HNSW index "
+                      "(esrag.stores.sqlite_vectors) whose candidates are re-scored with the float vectors; "
+                      "score = (1 + cos) / 2; filters restrict the rows before the top-k cut",
+            "vector": f"<{int(np.asarray(request.vector).size)} floats>",
+            "k": limit,
+            "filter_sql": filtered[0] if filtered else None,
+            "filter_params": filtered[1] if filtered else [],
+            "fetch_sql": fetch_sql(limit) if limit else None,
+        }
+    return out

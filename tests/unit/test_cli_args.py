@@ -82,3 +82,15 @@ def test_delete_needs_a_target(runner: CliRunner) -> None:
     result = runner.invoke(main, ["delete"])
     assert result.exit_code == 2
     assert "--doc" in result.output
+
+
+def test_exact_flag_sets_exact_knn_on_search_ask_and_eval(runner: CliRunner) -> None:
+    import json
+
+    for cmd in ("search", "ask", "eval"):
+        help_text = runner.invoke(main, [cmd, "--help"]).output
+        assert "--exact" in help_text, cmd
+    shown = json.loads(runner.invoke(main, ["config", "show", "--json", "--exact"]).output)["settings"]
+    assert shown["exact_knn"] == {"value": True, "source": "--exact"}
+    shown = json.loads(runner.invoke(main, ["config", "show", "--json", "--no-exact"]).output)["settings"]
+    assert shown["exact_knn"]["value"] is False
