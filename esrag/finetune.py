@@ -256,6 +256,10 @@ def train(
         model = SentenceTransformer(path, device=device)
     except Exception as e:  # OSError, HF errors, ValueError
         raise EmbeddingError(f"cannot load the base model {config.base_model!r} (from {path}): {e}") from e
+    # Master weights in fp32 whatever the checkpoint holds: transformers loads a model saved in fp16 as fp16,
+    # and mixed precision (autocast + gradient scaling) cannot unscale fp16 gradients (found on an H200 with
+    # an fp16 copy of MiniLM: "Attempting to unscale FP16 gradients").
+    model.float()
     model.max_seq_length = config.max_seq_length
     train_set = datasets.Dataset.from_dict({"anchor": [p.anchor for p in pairs],
                                             "positive": [p.positive for p in pairs]})
