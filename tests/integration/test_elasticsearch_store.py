@@ -262,10 +262,12 @@ def test_reads_and_deletes_page_and_batch_through_everything(
     es_store: MakeES, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import esrag.stores.elasticsearch as mod
+    import esrag.stores.es_reads as reads
 
-    monkeypatch.setattr(mod, "REFS_PAGE", 100)  # 1000 chunks of "big": 10 full pages and an empty one
+    monkeypatch.setattr(reads, "REFS_PAGE", 100)  # 1000 chunks of "big": 10 full pages and an empty one
+    monkeypatch.setattr(reads, "DOC_ID_BATCH", 2)
     monkeypatch.setattr(mod, "DOC_ID_BATCH", 2)
-    monkeypatch.setattr(mod, "ID_BATCH", 7)
+    monkeypatch.setattr(reads, "ID_BATCH", 7)
     store = es_store()
     store.ensure_index(META)
     vecs = unit_vectors(1005, seed=11)
@@ -374,9 +376,9 @@ def test_list_documents_reports_mixed_versions_with_no_sha(es_store: MakeES) -> 
 
 
 def test_list_documents_pages_through_more_than_one_page(es_store: MakeES, monkeypatch: pytest.MonkeyPatch) -> None:
-    import esrag.stores.elasticsearch as mod
+    import esrag.stores.es_reads as reads
 
-    monkeypatch.setattr(mod, "REFS_PAGE", 7)
+    monkeypatch.setattr(reads, "REFS_PAGE", 7)
     store = es_store()
     store.ensure_index(META)
     vecs = unit_vectors(50)
