@@ -315,11 +315,12 @@ class ElasticsearchStore(EsReads):
                 f"index '{self.alias}' at {self.location} analyses text with {recorded.analyzer!r}, not "
                 f"{meta.analyzer!r}: an Elasticsearch index cannot change its analyzer; set {setting('analyzer')} "
                 f"to {recorded.analyzer!r} or ingest into a new index ({setting('index')})")
-        lacking = sorted(name for name, d in found.items()
-                         if "section" not in ((d.get("mappings") or {}).get("properties") or {}))
-        if lacking:  # made before chunks recorded their section: add the field (existing chunks lack it)
-            with self._api("adding the section field to the mapping"):
-                self.client.indices.put_mapping(index=",".join(lacking), properties={"section": {"type": "integer"}})
+        for name, definition in sorted(found.items()):  # made before a field existed: add it (old chunks lack it)
+            have = (definition.get("mappings") or {}).get("properties") or {}
+            missing = {f: m for f, m in q.LATER_FIELDS.items() if f not in have}
+            if missing:
+                with self._api(f"adding the field(s) {', '.join(missing)} to the mapping of '{name}'"):
+                    self.client.indices.put_mapping(index=name, properties=missing)
         if recorded.build_params() != meta.build_params():
             new_meta = {**recorded.to_dict(), **meta.build_params(), "similarity": recorded.similarity}
             with self._api("recording the index's settings"):

@@ -197,7 +197,7 @@ def _stored(hit: dict[str, Any]) -> EmbeddedChunk:
     src = hit.get("_source") or {}
     chunk = Chunk(
         id=hit["_id"], doc_id=str(src.get("doc_id", "")), source=str(src.get("source", "")),
-        title=str(src.get("title", "")), text=str(src.get("text", "")),
+        title=str(src.get("title", "")), text=str(src.get("text", "")), context=str(src.get("context") or ""),
         chunk_index=int(src.get("chunk_index", 0) or 0), chunk_count=int(src.get("chunk_count", 0) or 0),
         start=int(src.get("start", 0) or 0), end=int(src.get("end", 0) or 0),
         chunk_sha=str(src.get("chunk_sha", "")), doc_sha=str(src.get("doc_sha", "")),
