@@ -65,7 +65,7 @@ def source_options(f: Any) -> Any:
                      help="Ingest from a source plugin (see `esrag plugins`) configured by its [source.NAME] table "
                           "in esrag.toml. [default: files for PATHS, elasticsearch for --from-index]"),
         click.option("--from-index", "from_index", metavar="NAME",
-                     help="Read the records of this Elasticsearch index (or alias) as the documents, instead of files."),
+                     help="Read the records of this Elasticsearch index (or alias) as the documents."),
         click.option("--text-field", "text_fields", multiple=True, metavar="FIELD",
                      help="Field holding text to search (dotted path). Repeatable: the fields are joined, each "
                           "under its own heading."),
