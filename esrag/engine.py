@@ -403,10 +403,11 @@ class Engine:
 
         return Reindexer(self.store, self.settings, embedder_for, on_progress)
 
-    def reindex(self, changes: Mapping[str, Any], sources: Sequence[str] = (), delete_old: bool = False,
+    def reindex(self, changes: Mapping[str, Any], sources: Sequence[Source | str] = (), delete_old: bool = False,
                 force: bool = False) -> ReindexReport:
         """Build a new version of the index with ``changes`` (settings), check it and swap it in
-        (``esrag.reindex``); this engine then reads the new version."""
+        (``esrag.reindex``); this engine then reads the new version. ``sources`` (Sources, e.g. from
+        ``source``, or paths) are read again instead of the stored chunks: a new chunking needs them."""
         report: ReindexReport = self.reindexer().run(changes, sources, delete_old=delete_old, force=force)
         self._after_swap()
         return report

@@ -9,10 +9,11 @@ A reindex, step by step (the store's mechanics are its ``IndexVersions``, ``esra
      copied with their vectors; nothing is embedded.
    - The model (name and dims; ``model_changed`` is the one place models are compared): the stored text
      is embedded again with the new model, each distinct text (``chunk_sha``) once. The embedded text is
-     the chunk with its context (``esrag.context``); the context is not stored, so it is recovered and
-     proved by the chunk's ``chunk_sha`` (the hash of the embedded text): the chunk alone, or the title
-     prefix. A chunk whose context named headings cannot be recovered: the reindex stops and says to give
-     the sources (``--from``).
+     the chunk with its context (``esrag.context``), which the stores keep beside the text; it is
+     proved by the chunk's ``chunk_sha`` (the hash of the embedded text). For chunks stored before the
+     stores kept contexts, it is recovered where the chunk's hash proves it: the chunk alone, or the
+     title prefix; a chunk whose context named headings cannot be recovered: the reindex stops and says
+     to give the sources (``--from``).
    - The chunking (size, overlap, embed template, which also sizes the chunks): chunks cannot be made
      from chunks, so the documents are read again from the sources given with ``--from`` (an ingest into
      the new version), or the reindex is refused with a message that says so.
@@ -47,6 +48,7 @@ from esrag.context import ContextTemplate
 from esrag.embedders import fingerprint
 from esrag.embedders.base import Embedder
 from esrag.errors import ConfigError, EsragError, StoreError
+from esrag.sources.base import Source
 from esrag.stores.base import IndexVersion, IndexVersions, Store
 from esrag.types import EmbeddedChunk, IndexMeta, sha256_hex
 
@@ -120,8 +122,12 @@ def next_number(versions: Sequence[IndexVersion]) -> int:
 
 
 def embedded_text(chunk: Any, template: ContextTemplate) -> str | None:
-    """The text a stored chunk's vector was made from, proved by its ``chunk_sha``: the chunk alone, or the
-    template's title prefix and the chunk; None when neither hashes to it (its context named headings)."""
+    """The text a stored chunk's vector was made from, proved by its ``chunk_sha`` (the hash of that text):
+    its stored context and the chunk; for a chunk stored before the stores kept contexts (read with ""),
+    the chunk alone or the template's title prefix and the chunk; None when none hashes to it (its context
+    named headings)."""
+    if chunk.context and sha256_hex(chunk.context + chunk.text) == chunk.chunk_sha:
+        return str(chunk.context + chunk.text)
     if sha256_hex(chunk.text) == chunk.chunk_sha:
         return str(chunk.text)
     prefix = template.prefix(chunk.title, ())
@@ -187,12 +193,22 @@ class Reindexer:
 
     # -- reindex --------------------------------------------------------------------------------------
 
-    def run(self, changes: Mapping[str, Any], sources: Sequence[str] = (), delete_old: bool = False,
+    def run(self, changes: Mapping[str, Any], sources: Sequence[Source | str] = (), delete_old: bool = False,
             force: bool = False) -> ReindexReport:
         """Build, check and swap in a new version with ``changes`` (settings names -> values); fill it from
-        ``sources`` (paths, as at ingest) when given, else from the stored chunks. Returns what was done;
-        raises (leaving the live version live) when the plan needs sources that were not given, or the new
-        version does not check out (unless ``force``)."""
+        ``sources`` when given (Sources, such as ``Engine.source("elasticsearch", index=...)``, and paths,
+        read as one files source: each is ingested into the new version in turn), else from the stored
+        chunks. Returns what was done; raises (leaving the live version live) when the plan needs sources
+        that were not given, or the new version does not check out (unless ``force``). Closes the sources."""
+        given = _as_sources(sources)
+        try:
+            return self._run(changes, given, delete_old, force)
+        finally:
+            for source in given:
+                source.close()
+
+    def _run(self, changes: Mapping[str, Any], sources: list[Source], delete_old: bool,
+             force: bool) -> ReindexReport:
         start = time.perf_counter()
         report = ReindexReport(index=str(self.store.describe()["index"]))
         versions = self.versions
@@ -206,7 +222,8 @@ class Reindexer:
         if p.mode == RECHUNK and not sources:
             raise ConfigError(
                 f"this reindex changes the chunking ({'; '.join(p.reasons)}): chunks cannot be cut again from "
-                f"chunks, so give the original sources with --from PATH (as given to `esrag ingest`)")
+                f"chunks, so give the original sources with --from PATH or --from-index NAME (as given to "
+                f"`esrag ingest`)")
         number = next_number(versions.listing())
         with versions.freeze(f"version {number}"):
             target = versions.open(number, new_settings)
@@ -240,18 +257,18 @@ class Reindexer:
                          chunk_size=s.chunk_size, chunk_overlap=s.chunk_overlap, esrag_version=__version__,
                          embed_template=s.embed_template, analyzer=s.analyzer, fingerprint=fp)
 
-    def _from_sources(self, target: Store, s: Settings, sources: Sequence[str], report: ReindexReport) -> None:
-        from esrag.embedders.lazy import LazyEmbedder
+    def _from_sources(self, target: Store, s: Settings, sources: Sequence[Source], report: ReindexReport) -> None:
+        """Ingest each source in turn into ``target`` with the new settings (``Ingestor.ingest``)."""
         from esrag.ingest import Ingestor
-        from esrag.sources.files import FilesSource
 
-        embedder = LazyEmbedder(plugins.load(plugins.EMBEDDERS, s.embedder), s)
-        ingest = Ingestor(target, embedder, s).ingest(FilesSource(list(sources)))
-        if ingest.errors:
-            raise StoreError(f"{len(ingest.errors)} chunk(s) failed to write to {report.new}: "
-                             f"{ingest.errors[0].reason}")
-        report.chunks_embedded = ingest.chunks_embedded
-        report.chunks_copied = ingest.chunks_reused
+        ingestor = Ingestor(target, self.embedder_for(s), s)
+        for source in sources:
+            ingest = ingestor.ingest(source)
+            if ingest.errors:
+                raise StoreError(f"{len(ingest.errors)} chunk(s) of the {source.name} source failed to write to "
+                                 f"{report.new}: {ingest.errors[0].reason}")
+            report.chunks_embedded += ingest.chunks_embedded
+            report.chunks_copied += ingest.chunks_reused
 
     def _from_chunks(self, target: Store, meta: IndexMeta, s: Settings, report: ReindexReport,
                      reembed: bool) -> None:
@@ -309,8 +326,9 @@ class Reindexer:
             if text is None:
                 raise ConfigError(
                     f"chunk {c.id} of {c.source!r} was embedded with a context (its heading path) that the index "
-                    f"does not store, so it cannot be embedded again from the index alone: give the original "
-                    f"sources with --from PATH (as given to `esrag ingest`)")
+                    f"does not hold (it was stored before esrag kept contexts), so it cannot be embedded again "
+                    f"from the index alone: give the original sources with --from PATH or --from-index NAME "
+                    f"(as given to `esrag ingest`), or ingest them again first")
             texts[c.chunk_sha] = text
         shas = sorted(texts, key=lambda sha: len(texts[sha]), reverse=True)
         vectors: dict[str, np.ndarray] = {}
@@ -379,6 +397,14 @@ def _default_embedder(s: Settings) -> Embedder:
     from esrag.embedders.lazy import LazyEmbedder
 
     return LazyEmbedder(plugins.load(plugins.EMBEDDERS, s.embedder), s)
+
+
+def _as_sources(sources: Sequence[Source | str]) -> list[Source]:
+    """``sources`` as Sources: the paths among them become one files source, after the others."""
+    from esrag.sources.files import FilesSource
+
+    paths = [str(x) for x in sources if isinstance(x, str)]
+    return [x for x in sources if not isinstance(x, str)] + ([FilesSource(paths)] if paths else [])
 
 
 def _close(stream: Iterator[Any]) -> None:

@@ -97,8 +97,10 @@ class Chunk:
     ``start``/``end`` are character offsets into the document text. ``chunk_count`` is the number of chunks
     of the whole document, stored on each chunk so that a store can tell a complete document from one whose
     write was interrupted. ``context`` is what the embedded text adds before ``text`` (title, headings;
-    see ``esrag.context``): it is embedded, not stored. ``chunk_sha`` hashes the embedded text, so a
-    vector is reused only for the very text it was computed from. ``section`` is the ``chunk_index`` of the
+    see ``esrag.context``): it is embedded and stored (not indexed: searches never match it), so that
+    ``esrag reindex`` can embed the same text with another model; chunks stored before esrag kept it read
+    back with "". ``chunk_sha`` hashes the embedded text, so a vector is reused only for the very text it
+    was computed from. ``section`` is the ``chunk_index`` of the
     first chunk of this chunk's section (the part of the document under one heading of its outline; 0 for
     every chunk of a document without headings): search weighs a chunk with its section's opening chunk.
     """

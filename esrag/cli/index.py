@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import click
@@ -57,14 +58,14 @@ class _Size(click.ParamType):
         return int(size)
 
 
-def _source_options(f: Any) -> Any:
-    """The options of ``ingest --from-index`` (the elasticsearch source)."""
+def source_options(f: Any) -> Any:
+    """The options of ``--from-index`` (the elasticsearch source) and ``--source``: ``ingest``, ``reindex``."""
     for option in reversed([
         click.option("--source", "source_name", metavar="NAME",
                      help="Ingest from a source plugin (see `esrag plugins`) configured by its [source.NAME] table "
                           "in esrag.toml. [default: files for PATHS, elasticsearch for --from-index]"),
         click.option("--from-index", "from_index", metavar="NAME",
-                     help="Ingest the records of this Elasticsearch index (or alias) instead of files."),
+                     help="Read the records of this Elasticsearch index (or alias) as the documents."),
         click.option("--text-field", "text_fields", multiple=True, metavar="FIELD",
                      help="Field holding text to search (dotted path). Repeatable: the fields are joined, each "
                           "under its own heading."),
@@ -89,36 +90,79 @@ def _source_options(f: Any) -> Any:
     return f
 
 
+def file_options(f: Any) -> Any:
+    """The options that choose and label files (the files source): ``ingest``, ``reindex``."""
+    for option in reversed([
+        click.option("--glob", "globs", multiple=True, metavar="PATTERN",
+                     help="Only files matching PATTERN (relative to the directory given, '**' ok). Repeatable."),
+        click.option("--exclude", "excludes", multiple=True, metavar="PATTERN",
+                     help="Skip files matching. Repeatable."),
+        click.option("--metadata", "metadata", multiple=True, metavar="KEY=VALUE",
+                     help="Metadata added to every chunk, usable with search --filter. Repeatable."),
+        click.option("--follow-symlinks", is_flag=True,
+                     help="Follow symlinks that lead outside PATHS (by default they are skipped and listed)."),
+        click.option("--max-file-size", type=_Size(), default="100MB", show_default=True, metavar="SIZE",
+                     help="Skip larger files, with a reason (a JSONL file: larger lines). Units: B, KB, MB, GB."),
+        click.option("--doc-prefix", default="", metavar="PREFIX",
+                     help="Put PREFIX before every doc id (ids are relative: 'docs/a.md' for docs/ given as PATH)."),
+    ]):
+        f = option(f)
+    return f
+
+
+#: the parameters ``file_options`` and ``source_options`` add to a command
+SOURCE_PARAMS = ("globs", "excludes", "metadata", "follow_symlinks", "max_file_size", "doc_prefix", "source_name",
+                 "from_index", "text_fields", "title_field", "metadata_fields", "id_field", "query", "source_es_url",
+                 "source_es_api_key", "source_es_api_key_file", "slice_", "source_keep_alive")
+
+
+def make_source(engine: Any, paths: Sequence[str], o: dict[str, Any], paths_flag: str = "PATHS") -> Any:
+    """The source that ``paths`` and the options of ``file_options``/``source_options`` (``o``, by
+    parameter name) name: files for paths, the elasticsearch source for --from-index and its options, the
+    ``--source`` plugin; None when they name none. UsageError for options that do not go together."""
+    es_options = {"index": o["from_index"], "text_fields": o["text_fields"], "title_field": o["title_field"],
+                  "metadata_fields": o["metadata_fields"], "id_field": o["id_field"], "query": o["query"],
+                  "es_url": o["source_es_url"], "es_api_key": o["source_es_api_key"],
+                  "es_api_key_file": o["source_es_api_key_file"], "slice": o["slice_"],
+                  "keep_alive": o["source_keep_alive"]}
+    from_es = any(v not in (None, ()) for v in es_options.values())
+    source_name = o["source_name"]
+    if paths and (from_es or source_name not in (None, "files")):
+        raise click.UsageError(f"give {paths_flag}, or --from-index or --source (and their options), not both")
+    if from_es and source_name not in (None, "elasticsearch"):
+        raise click.UsageError(f"--from-index and its options belong to the elasticsearch source, not {source_name!r}")
+    file_flags = o["globs"] or o["excludes"] or o["metadata"] or o["doc_prefix"] or o["follow_symlinks"]
+    if from_es and file_flags:
+        raise click.UsageError("--glob, --exclude, --metadata, --doc-prefix and --follow-symlinks are for files; "
+                               "with --from-index use --metadata-field and --query")
+    if paths:
+        meta = dict(parse_pairs(o["metadata"], "--metadata"))
+        return engine.source("files", paths=list(paths), glob=o["globs"], exclude=o["excludes"], metadata=meta,
+                             follow_symlinks=o["follow_symlinks"], max_file_size=o["max_file_size"],
+                             doc_prefix=o["doc_prefix"])
+    if source_name not in (None, "elasticsearch"):
+        plugins.check(plugins.SOURCES, source_name, "--source")
+        return engine.source(source_name)
+    if from_es or source_name == "elasticsearch":
+        return engine.source("elasticsearch", **es_options)
+    return None
+
+
 @click.command()
 @click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=str))
-@_source_options
-@click.option("--glob", "globs", multiple=True, metavar="PATTERN",
-              help="Only files matching PATTERN (relative to the directory given, '**' ok). Repeatable.")
-@click.option("--exclude", "excludes", multiple=True, metavar="PATTERN", help="Skip files matching. Repeatable.")
-@click.option("--metadata", "metadata", multiple=True, metavar="KEY=VALUE",
-              help="Metadata added to every chunk, usable with search --filter. Repeatable.")
+@source_options
+@file_options
 @click.option("--prune", is_flag=True,
               help="Also delete from the index the documents of this source that this run did not produce: files "
                    "under PATHS deleted, moved, renamed, now empty, skipped or unreadable; records deleted from "
                    "the index or no longer matching --query. Never touches another source's documents.")
-@click.option("--follow-symlinks", is_flag=True,
-              help="Follow symlinks that lead outside PATHS (by default they are skipped and listed).")
-@click.option("--max-file-size", type=_Size(), default="100MB", show_default=True, metavar="SIZE",
-              help="Skip larger files, with a reason (a JSONL file: larger lines). Units: B, KB, MB, GB.")
-@click.option("--doc-prefix", default="", metavar="PREFIX",
-              help="Put PREFIX before every doc id (ids are relative: 'docs/a.md' for docs/ given as PATH).")
 @chunk_options
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON (also for an aborted run).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar. [default: on when stderr is a terminal]")
 @store_options
 @model_options
 @index_settings_options
-def ingest(paths: tuple[str, ...], globs: tuple[str, ...], excludes: tuple[str, ...], metadata: tuple[str, ...],
-           prune: bool, follow_symlinks: bool, max_file_size: int, doc_prefix: str, as_json: bool,
-           progress: bool | None, from_index: str | None, text_fields: tuple[str, ...], title_field: str | None,
-           metadata_fields: tuple[str, ...], id_field: str | None, query: str | None, source_es_url: str | None,
-           source_es_api_key: str | None, source_es_api_key_file: str | None, slice_: str | None,
-           source_keep_alive: str | None, source_name: str | None, **opts: Any) -> None:
+def ingest(paths: tuple[str, ...], prune: bool, as_json: bool, progress: bool | None, **opts: Any) -> None:
     """Load, chunk, embed and index files or directories, or the records of an Elasticsearch index.
 
     \b
@@ -151,32 +195,14 @@ def ingest(paths: tuple[str, ...], globs: tuple[str, ...], excludes: tuple[str, 
     """
     from esrag.ingest import IngestAborted
 
-    es_options = {"index": from_index, "text_fields": text_fields, "title_field": title_field,
-                  "metadata_fields": metadata_fields, "id_field": id_field, "query": query,
-                  "es_url": source_es_url, "es_api_key": source_es_api_key,
-                  "es_api_key_file": source_es_api_key_file, "slice": slice_, "keep_alive": source_keep_alive}
-    from_es = any(v not in (None, ()) for v in es_options.values())
-    if paths and (from_es or source_name not in (None, "files")):
-        raise click.UsageError("give PATHS, or --from-index or --source (and their options), not both")
-    if from_es and source_name not in (None, "elasticsearch"):
-        raise click.UsageError(f"--from-index and its options belong to the elasticsearch source, not {source_name!r}")
-    if from_es and (globs or excludes or metadata or doc_prefix or follow_symlinks):
-        raise click.UsageError("--glob, --exclude, --metadata, --doc-prefix and --follow-symlinks are for files; "
-                               "with --from-index use --metadata-field and --query")
-    meta = dict(parse_pairs(metadata, "--metadata"))
+    chosen = {k: opts.pop(k) for k in SOURCE_PARAMS}
     with engine_from(**opts) as engine:
         where = engine.store.describe()
-        if paths:
-            source = engine.source("files", paths=list(paths), glob=globs, exclude=excludes, metadata=meta,
-                                   follow_symlinks=follow_symlinks, max_file_size=max_file_size,
-                                   doc_prefix=doc_prefix)
-        elif source_name not in (None, "elasticsearch"):
-            plugins.check(plugins.SOURCES, source_name, "--source")
-            source = engine.source(source_name)
-        else:
-            if not from_es and source_name is None and not engine.settings.plugin_options.get("source.elasticsearch"):
+        source = make_source(engine, paths, chosen)
+        if source is None:
+            if not engine.settings.plugin_options.get("source.elasticsearch"):
                 raise click.UsageError("give PATHS to ingest, --from-index NAME or --source NAME")
-            source = engine.source("elasticsearch", **es_options)
+            source = make_source(engine, paths, {**chosen, "source_name": "elasticsearch"})
         described = source.describe()
         try:
             report = engine.ingest(source, prune=prune, progress=progress_flag(progress))

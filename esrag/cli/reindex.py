@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from esrag.cli.common import chunk_options, engine_from, index_settings_options, model_options, store_options
+from esrag.cli.index import SOURCE_PARAMS, file_options, make_source, source_options
 
 #: the flags that change the new version (the rest choose the store and how to embed)
 CHANGES = ("model", "embedder", "analyzer", "index_options", "similarity", "embed_template", "chunk_size",
@@ -17,8 +18,11 @@ CHANGES = ("model", "embedder", "analyzer", "index_options", "similarity", "embe
 
 @click.command()
 @click.option("--from", "sources", multiple=True, metavar="PATH", type=click.Path(exists=True, path_type=str),
-              help="Read the documents again from these sources (as given to `esrag ingest`): needed when the "
-                   "chunking or the embed template changes. Repeatable.")
+              help="Read the documents again from these files or directories (as given to `esrag ingest`, with "
+                   "the same --glob, --exclude, --metadata, --doc-prefix): needed when the chunking or the embed "
+                   "template changes. Repeatable.")
+@source_options
+@file_options
 @click.option("--rollback", is_flag=True, help="Make the previous version live again.")
 @click.option("--delete-old", is_flag=True,
               help="Delete every version but the live one (after the swap, with a reindex).")
@@ -34,18 +38,31 @@ def reindex(sources: tuple[str, ...], rollback: bool, delete_old: bool, abort: b
             **opts: Any) -> None:
     """Build a new version of the index (NAME-vN on Elasticsearch, NAME.vN.db on SQLite) with the settings
     given here, fill it from the stored chunks (vectors copied, or embedded again when the model changes)
-    or from --from sources (a new chunking), check its counts, and make it live in one atomic step.
+    or from the sources read again (a new chunking): files with --from PATH, the records of an
+    Elasticsearch index with --from-index NAME (and the options of `esrag ingest --from-index`), a
+    --source plugin; --from and --from-index together read both. Check its counts, and make it live in
+    one atomic step.
 
     Searches go on during the rebuild; writes to the index are refused until the swap. The old version
     stays for --rollback until --delete-old. `esrag status` lists the versions.
     """
     changes = {k: opts.pop(k) for k in CHANGES if opts.get(k) is not None}
+    chosen = {k: opts.pop(k) for k in SOURCE_PARAMS}
     model = changes.get("model")
     if model is not None and Path(model).expanduser().is_dir():
         changes["model"] = str(Path(model).expanduser().resolve())  # a directory: usable from anywhere
-    if sum([rollback, abort, bool(changes or sources)]) > 1:
+    files_only = ("globs", "excludes", "metadata", "follow_symlinks", "max_file_size", "doc_prefix")
+    no_files = {**chosen, "globs": (), "excludes": (), "metadata": (), "follow_symlinks": False, "doc_prefix": ""}
+    other_given = any(chosen[k] not in (None, ()) for k in SOURCE_PARAMS if k not in files_only)
+    if not sources and any(chosen[k] for k in files_only if k != "max_file_size"):
+        raise click.UsageError("--glob, --exclude, --metadata, --doc-prefix and --follow-symlinks choose the files "
+                               "of --from PATH; give --from")
+    if sum([rollback, abort, bool(changes or sources or other_given)]) > 1:
         raise click.UsageError("--rollback and --abort take no other reindex settings, nor each other")
     with engine_from(**opts) as engine:
+        only_files = {k: (chosen[k] if k in files_only else None) for k in SOURCE_PARAMS}
+        given = [s for s in (make_source(engine, sources, only_files, "--from") if sources else None,
+                             make_source(engine, (), no_files) if other_given else None) if s is not None]
         reindexer = engine.reindexer()
         if abort:
             _say(as_json, {"cleaned": reindexer.abort()}, lambda r: r["cleaned"] or ["nothing to clean up"])
@@ -58,11 +75,11 @@ def reindex(sources: tuple[str, ...], rollback: bool, delete_old: bool, abort: b
             _say(as_json, out, lambda r: [f"rolled back: {r['from']} -> {r['to']} (live)",
                                           *(f"deleted {n}" for n in r.get("deleted", []))])
             return
-        if delete_old and not changes and not sources:
+        if delete_old and not changes and not given:
             _say(as_json, {"deleted": reindexer.delete_old()},
                  lambda r: [f"deleted {n}" for n in r["deleted"]] or ["no old version to delete"])
             return
-        report = engine.reindex(changes, sources, delete_old=delete_old, force=force)
+        report = engine.reindex(changes, given, delete_old=delete_old, force=force)
     _say(as_json, report.to_dict(), _lines)
 
 

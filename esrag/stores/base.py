@@ -122,8 +122,9 @@ class Store(Protocol):
 
     def iter_chunks(self, batch_size: int = 500) -> Iterator[list[EmbeddedChunk]]:
         """Every stored chunk with its text, bookkeeping fields (``doc_sha``, ``chunk_sha``, offsets,
-        section, metadata) and vector, in batches of at most ``batch_size``, from one snapshot taken when
-        the first batch is read (see the module docstring). ``Chunk.context`` is "" (it is not stored).
+        section, metadata, context) and vector, in batches of at most ``batch_size``, from one snapshot
+        taken when the first batch is read (see the module docstring). ``Chunk.context`` is "" for a chunk
+        stored before the stores kept it.
         The order is the store's own (stable within one snapshot). IndexNotFoundError when there is no
         index. Closing the iterator early releases the snapshot."""
         ...

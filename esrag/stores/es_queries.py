@@ -42,8 +42,12 @@ MAX_NUM_CANDIDATES = 10_000
 #: Fields ``list_chunks`` reads (everything a ChunkRef needs besides the id, and the position to sort by).
 REF_FIELDS = ("doc_id", "doc_sha", "chunk_sha", "chunk_count", "chunk_index")
 #: Fields ``iter_chunks`` reads: everything a stored chunk holds but ``ingested_at``.
-STORED_FIELDS = ("doc_id", "source", "title", "text", "chunk_index", "chunk_count", "section", "start", "end",
-                 "doc_sha", "chunk_sha", "metadata", VECTOR_FIELD)
+STORED_FIELDS = ("doc_id", "source", "title", "text", "context", "chunk_index", "chunk_count", "section", "start",
+                 "end", "doc_sha", "chunk_sha", "metadata", VECTOR_FIELD)
+#: Fields added to the mapping after its first release, with their mapping: an index made before one of
+#: them gets it by a put-mapping (``ensure_index``); its older chunks lack the value.
+LATER_FIELDS: dict[str, dict[str, Any]] = {"section": {"type": "integer"},
+                                           "context": {"type": "text", "index": False}}
 #: How long a ``list_chunks`` point in time stays open between pages.
 PIT_KEEP_ALIVE = "2m"
 
@@ -181,13 +185,16 @@ def build_msearch(index: str, request: SearchRequest) -> list[dict[str, Any]]:
 
 
 def chunk_source(ec: EmbeddedChunk, ingested_at: str) -> dict[str, Any]:
-    """The stored document of one chunk (everything but the id), embedding as a list of floats."""
+    """The stored document of one chunk (everything but the id), embedding as a list of floats. ``context``
+    (what the embedded text adds before the chunk, kept so that a reindex can embed it again; not indexed)
+    is left out when empty."""
     c = ec.chunk
-    return {
+    source = {
         "doc_id": c.doc_id,
         "source": c.source,
         "title": c.title,
         "text": c.text,
+        "context": c.context,
         "chunk_index": c.chunk_index,
         "chunk_count": c.chunk_count,
         "section": c.section,
@@ -199,6 +206,9 @@ def chunk_source(ec: EmbeddedChunk, ingested_at: str) -> dict[str, Any]:
         "ingested_at": ingested_at,
         VECTOR_FIELD: vector_to_list(ec.embedding),
     }
+    if not c.context:
+        del source["context"]
+    return source
 
 
 def bulk_actions(

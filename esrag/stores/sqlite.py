@@ -74,7 +74,7 @@ from esrag.types import (
 
 __all__ = ["MARKER", "SCHEMA_VERSION", "SQLiteStore", "match_expression", "query_terms", "bm25_sql"]
 
-SCHEMA_VERSION = 3  # 2: chunks.section; 3: the vector change log (sqlite_vectors)
+SCHEMA_VERSION = 4  # 2: chunks.section; 3: the vector change log (sqlite_vectors); 4: chunks.context
 MARKER = "esrag-sqlite-store"
 
 
@@ -161,14 +161,17 @@ class SQLiteStore:
         return meta
 
     def _upgrade(self, conn: sqlite3.Connection) -> None:
-        """Schema 1 or 2 -> 3 in one write transaction (another process may have done it already): the
+        """Schema 1, 2 or 3 -> 4 in one write transaction (another process may have done it already): the
         chunks written before schema 2 record section -1, which search treats as a chunk that stands for
-        itself; schema 3 adds the vector change log (the current vectors are the base it starts from)."""
+        itself; schema 3 adds the vector change log (the current vectors are the base it starts from);
+        schema 4 stores each chunk's context ('' for the chunks written before)."""
         conn.execute("BEGIN IMMEDIATE")
         try:
             columns = {r[1] for r in conn.execute("PRAGMA table_info(chunks)")}
             if "section" not in columns:
                 conn.execute(sql.ADD_SECTION)
+            if "context" not in columns:
+                conn.execute(sql.ADD_CONTEXT)
             for stmt in vectors.SCHEMA:
                 conn.execute(stmt)
             conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
@@ -362,7 +365,7 @@ class SQLiteStore:
                         row = (str(c.id), str(c.doc_id), str(c.source), str(c.title), int(c.chunk_index),
                                int(c.chunk_count), int(c.section), int(c.start), int(c.end), str(c.doc_sha),
                                str(c.chunk_sha), now, sql.metadata_json(c.metadata),
-                               sql.vector(item.embedding, dims).tobytes(), str(c.text))
+                               sql.vector(item.embedding, dims).tobytes(), str(c.context), str(c.text))
                         conn.execute(sql.UPSERT, row)
                         written += 1
                     except (ValueError, TypeError, AttributeError, OverflowError, sqlite3.IntegrityError,

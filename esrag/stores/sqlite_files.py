@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 
 #: the columns ``stream_chunks`` reads, in this order
 _STREAM_SQL = ('SELECT id, doc_id, source, title, chunk_index, chunk_count, section, start, "end", doc_sha, '
-               "chunk_sha, metadata, embedding, text FROM chunks ORDER BY rowid")
+               "chunk_sha, metadata, embedding, text, context FROM chunks ORDER BY rowid")
 
 
 def version_file(live: Path, number: int, building: bool = False) -> Path:
@@ -113,7 +113,7 @@ def stream_chunks(conn: sqlite3.Connection, dims: int, batch_size: int) -> Itera
     for r in conn.execute(_STREAM_SQL):
         chunk = Chunk(id=r[0], doc_id=r[1], source=r[2], title=r[3], chunk_index=int(r[4]),
                       chunk_count=int(r[5]), section=int(r[6]), start=int(r[7]), end=int(r[8]), doc_sha=r[9],
-                      chunk_sha=r[10], metadata=sql.stored_metadata(r[11]), text=r[13])
+                      chunk_sha=r[10], metadata=sql.stored_metadata(r[11]), text=r[13], context=r[14])
         vector = np.frombuffer(r[12], dtype=np.float32).copy()
         if vector.shape[0] != dims:
             raise StoreError(f"chunk {r[0]} has a {vector.shape[0]}-dim vector, the index {dims}")

@@ -43,7 +43,7 @@ SCHEMA = (
         title TEXT NOT NULL, chunk_index INTEGER NOT NULL, chunk_count INTEGER NOT NULL,
         section INTEGER NOT NULL DEFAULT -1, start INTEGER NOT NULL, "end" INTEGER NOT NULL,
         doc_sha TEXT NOT NULL, chunk_sha TEXT NOT NULL, ingested_at TEXT NOT NULL, metadata TEXT NOT NULL,
-        embedding BLOB NOT NULL, text TEXT NOT NULL)""",
+        embedding BLOB NOT NULL, context TEXT NOT NULL DEFAULT '', text TEXT NOT NULL)""",
     # doc_id lookups, and a covering index for filters: a filter scan reads this, not the chunk rows
     "CREATE INDEX chunks_filter ON chunks(doc_id, source, title, metadata)",
     FTS_TABLE,  # formatted with the analyzer's tokenizer by schema()
@@ -69,8 +69,10 @@ def tokenizer(analyzer: str) -> str:
 
 #: schema 1 -> 2: chunks record their section (-1 for the chunks written before)
 ADD_SECTION = "ALTER TABLE chunks ADD COLUMN section INTEGER NOT NULL DEFAULT -1"
+#: schema 3 -> 4: chunks keep the context their embedded text adds before the chunk ('' for those before)
+ADD_CONTEXT = "ALTER TABLE chunks ADD COLUMN context TEXT NOT NULL DEFAULT ''"
 COLUMNS = ("id", "doc_id", "source", "title", "chunk_index", "chunk_count", "section", "start", "end", "doc_sha",
-            "chunk_sha", "ingested_at", "metadata", "embedding", "text")
+            "chunk_sha", "ingested_at", "metadata", "embedding", "context", "text")
 _QUOTED = [f'"{c}"' for c in COLUMNS]
 UPSERT = (f"INSERT INTO chunks({', '.join(_QUOTED)}) VALUES ({', '.join('?' * len(COLUMNS))}) "
            f"ON CONFLICT(id) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in _QUOTED[1:])}")

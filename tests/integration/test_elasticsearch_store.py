@@ -3,6 +3,7 @@ the alias scheme, ``_meta``, bulk item errors and one round trip per search (cou
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
 import threading
@@ -186,10 +187,12 @@ def test_a_plain_esrag_index_under_the_name_is_used_as_is(es_store: MakeES) -> N
     assert store.drop() is True and store.exists() is False
 
 
-def test_an_index_made_before_sections_gets_the_field_and_its_old_chunks_read_as_unknown(es_store: MakeES) -> None:
+def test_an_index_made_before_sections_and_contexts_gets_the_fields_and_its_old_chunks_read_as_unknown(
+        es_store: MakeES) -> None:
     store = es_store()
     body = q.build_index_body(store.settings, META)
     del body["mappings"]["properties"]["section"]  # the mapping as esrag made it before sections
+    del body["mappings"]["properties"]["context"]  # ... and before chunks kept their context
     store.client.indices.create(index=store.alias, **body)
     old = make_chunk("old", 0, "sections of old", unit_vectors(1)[0])
     source = q.chunk_source(old, "2026-01-01T00:00:00+00:00")
@@ -198,11 +201,17 @@ def test_an_index_made_before_sections_gets_the_field_and_its_old_chunks_read_as
     assert store.ensure_index(META) is False
     props = store.client.indices.get_mapping(index=store.alias).body[store.alias]["mappings"]["properties"]
     assert props["section"] == {"type": "integer"}
-    result = store.write([make_chunk("new", 3, "sections of new", unit_vectors(2)[1], chunk_count=4, section=2)])
+    assert props["context"] == {"type": "text", "index": False}
+    new = make_chunk("new", 3, "sections of new", unit_vectors(2)[1], chunk_count=4, section=2)
+    new = EmbeddedChunk(dataclasses.replace(new.chunk, context="Guide > Sections\n\n"), new.embedding)
+    result = store.write([new])
     assert result.errors == ()
     store.refresh()
     hits = store.search(SearchRequest(text="sections", vector=None, candidates=5)).bm25
     assert {h.doc_id: h.section for h in hits} == {"old": -1, "new": 2}
+    assert {c.chunk.doc_id: c.chunk.context for b in store.iter_chunks() for c in b} == {
+        "old": "", "new": "Guide > Sections\n\n"}
+    assert store.search(SearchRequest(text="Guide", vector=None, candidates=5)).bm25 == []  # not indexed
 
 
 def test_a_foreign_index_under_the_name_is_a_clear_error(es_store: MakeES) -> None:
@@ -262,10 +271,12 @@ def test_reads_and_deletes_page_and_batch_through_everything(
     es_store: MakeES, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import esrag.stores.elasticsearch as mod
+    import esrag.stores.es_reads as reads
 
-    monkeypatch.setattr(mod, "REFS_PAGE", 100)  # 1000 chunks of "big": 10 full pages and an empty one
+    monkeypatch.setattr(reads, "REFS_PAGE", 100)  # 1000 chunks of "big": 10 full pages and an empty one
+    monkeypatch.setattr(reads, "DOC_ID_BATCH", 2)
     monkeypatch.setattr(mod, "DOC_ID_BATCH", 2)
-    monkeypatch.setattr(mod, "ID_BATCH", 7)
+    monkeypatch.setattr(reads, "ID_BATCH", 7)
     store = es_store()
     store.ensure_index(META)
     vecs = unit_vectors(1005, seed=11)
@@ -374,9 +385,9 @@ def test_list_documents_reports_mixed_versions_with_no_sha(es_store: MakeES) -> 
 
 
 def test_list_documents_pages_through_more_than_one_page(es_store: MakeES, monkeypatch: pytest.MonkeyPatch) -> None:
-    import esrag.stores.elasticsearch as mod
+    import esrag.stores.es_reads as reads
 
-    monkeypatch.setattr(mod, "REFS_PAGE", 7)
+    monkeypatch.setattr(reads, "REFS_PAGE", 7)
     store = es_store()
     store.ensure_index(META)
     vecs = unit_vectors(50)

@@ -9,6 +9,7 @@ and another name (its path), like a fine-tuned model deployed with ``--model DIR
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -25,9 +26,9 @@ import pytest
 
 from esrag.config import Settings
 from esrag.engine import Engine
-from esrag.errors import EsragError, ReindexInProgressError
+from esrag.errors import ConfigError, EsragError, ReindexInProgressError
 from esrag.ingest_report import IngestAborted
-from esrag.types import Document
+from esrag.types import Document, EmbeddedChunk
 from tests.fixtures.api import ROOT, ApiServer, store_args
 
 pytestmark = pytest.mark.integration
@@ -268,3 +269,120 @@ def test_esrag_serve_answers_through_a_model_change_and_then_with_the_new_model(
     with pytest.raises(EsragError):
         engine.reindex({"chunk_size": 64})  # a new chunking without --from: refused, nothing changes
     assert _live(engine) == next(v["name"] for v in info["versions"] if v["live"])
+
+
+GUIDE = """# Operations guide
+
+## Connecting
+
+Set the address of the cluster and the key that opens it. The client checks the server before the first
+request and names the address when it cannot reach it.
+
+### Timeouts
+
+A server that does not answer within the connect timeout is reported in seconds, not minutes.
+
+## Backups
+
+Snapshots go to a repository registered once. Each snapshot is incremental: only new segments are copied.
+"""
+
+
+def _markdown(root: Any) -> Any:
+    root.mkdir()
+    (root / "ops.md").write_text(GUIDE, encoding="utf-8")
+    (root / "garden.md").write_text("# Garden\n\n## Soil\n\nLoam holds water and air.\n\n## Light\n\n"
+                                    "Tomatoes want six hours of sun.\n", encoding="utf-8")
+    return root
+
+
+def _stored(eng: Engine) -> dict[str, Any]:
+    return {ec.chunk.id: ec for batch in eng.store.iter_chunks() for ec in batch}
+
+
+def test_a_model_change_re_embeds_chunks_with_headings_from_their_stored_context_without_the_sources(
+        settings: Settings, other_model: str, tmp_path: Any) -> None:
+    from esrag.context import DEFAULT_TEMPLATE
+    from esrag.embedders.sentence_transformers import SentenceTransformerEmbedder
+
+    assert settings.embed_template == DEFAULT_TEMPLATE  # the default: the heading path is embedded
+    eng = Engine(settings)
+    assert eng.ingest_paths([_markdown(tmp_path / "md")]).ok
+    before = _stored(eng)
+    assert any(" > " in ec.chunk.context for ec in before.values())  # e.g. "Connecting > Timeouts"
+    report = eng.reindex({"model": other_model})  # no sources given
+    assert (report.mode, report.swapped, report.chunks) == ("embed", True, len(before))
+    after = _stored(eng)
+    assert {i: ec.chunk.context for i, ec in after.items()} == {i: ec.chunk.context for i, ec in before.items()}
+    new_model = SentenceTransformerEmbedder(model=other_model, device="cpu")
+    texts = {i: ec.chunk.context + ec.chunk.text for i, ec in after.items()}
+    fresh = dict(zip(texts, new_model.embed_documents(list(texts.values())), strict=True))
+    for i, ec in after.items():  # the stored vector is the new model's vector of the embedded text
+        cos = float(ec.embedding @ fresh[i]) / float(np.linalg.norm(ec.embedding) * np.linalg.norm(fresh[i]))
+        assert cos == pytest.approx(1.0, abs=1e-5)
+    result = eng.search("connect timeout", k=5, mode="dense")
+    assert result.hits and eng.settings.model == other_model
+    expected = _expected_dense(other_model, "connect timeout", fresh)
+    assert [h.dense_score for h in result.hits] == pytest.approx([expected[h.id] for h in result.hits], abs=1e-5)
+    eng.drop()
+    eng.close()
+
+
+def test_chunks_stored_before_contexts_were_kept_still_need_the_sources_and_say_so(
+        settings: Settings, other_model: str, tmp_path: Any) -> None:
+    eng = Engine(settings)
+    corpus = _markdown(tmp_path / "md")
+    assert eng.ingest_paths([corpus]).ok
+    # as an older esrag stored them: no context (the chunk_sha still hashes the embedded text)
+    old = [EmbeddedChunk(dataclasses.replace(ec.chunk, context=""), ec.embedding) for ec in _stored(eng).values()]
+    assert not eng.store.write(old).errors
+    live = _live(eng)
+    with pytest.raises(ConfigError) as e:
+        eng.reindex({"model": other_model})
+    assert "--from PATH or --from-index NAME" in str(e.value) and "before esrag kept contexts" in str(e.value)
+    assert _live(eng) == live
+    report = eng.reindex({"model": other_model}, [str(corpus)])  # the sources, as today
+    assert (report.mode, report.swapped, report.chunks) == ("rechunk", True, len(old))
+    assert any(" > " in ec.chunk.context for ec in _stored(eng).values())  # read again: the contexts are kept
+    eng.drop()
+    eng.close()
+
+
+@pytest.mark.parametrize("store_name", ["sqlite"])
+def test_a_new_chunking_reads_an_elasticsearch_source_again_from_the_cli(
+        settings: Settings, es_url: str, store_name: str) -> None:
+    from click.testing import CliRunner
+    from elasticsearch import Elasticsearch, helpers
+
+    from esrag.cli import main
+
+    index = f"kb-{os.getpid()}"
+    es = Elasticsearch(es_url)
+    es.options(ignore_status=404).indices.delete(index=index)
+    records = [{"name": f"Note {i}", "body": f"Note {i} is about {TOPICS[i % 5]}. " * 12, "team": f"t{i % 2}"}
+               for i in range(12)]
+    helpers.bulk(es, ({"_index": index, "_id": f"n{i}", "_source": r} for i, r in enumerate(records)), refresh=True)
+    options = ["--from-index", index, "--source-es-url", es_url, "--text-field", "body", "--title-field", "name",
+               "--metadata-field", "team"]
+    where = store_args(store_name, settings)
+    runner = CliRunner()
+    out = runner.invoke(main, ["ingest", *options, *where, "--device", "cpu", "--chunk-size", "128", "--json"])
+    assert out.exit_code == 0, out.output
+    with Engine(settings) as eng:
+        before = eng.status()
+    refused = runner.invoke(main, ["reindex", *where, "--device", "cpu", "--chunk-size", "48"])
+    assert refused.exit_code != 0 and "--from-index NAME" in refused.output
+    out = runner.invoke(main, ["reindex", *where, "--device", "cpu", "--chunk-size", "48", *options, "--json"])
+    assert out.exit_code == 0, out.output
+    report = json.loads(out.output[out.output.index("{"):])
+    assert before["documents"] == 12
+    assert (report["mode"], report["swapped"], report["documents"]) == ("rechunk", True, 12)
+    assert report["chunks"] > before["chunks"] and report["chunks_embedded"] > 0
+    with Engine(settings) as eng:
+        hit = eng.search("astronomy", k=1, filters={"team": "t1"}).hits[0]
+        assert hit.doc_id.startswith(f"es:{index}/n") and hit.metadata["source_index"] == index
+        assert eng.status()["chunks"] == report["chunks"] and _live(eng).endswith(".v2.db")
+    bad = runner.invoke(main, ["reindex", *where, "--glob", "*.md", "--chunk-size", "40"])
+    assert bad.exit_code == 2 and "give --from" in bad.output
+    es.indices.delete(index=index)
+    es.close()

@@ -644,6 +644,7 @@ def schema_1_store(tmp_path: Path) -> Path:
     path = next((tmp_path / "store").glob("*.db"))
     with sqlite3.connect(path) as conn:
         conn.execute("ALTER TABLE chunks DROP COLUMN section")
+        conn.execute("ALTER TABLE chunks DROP COLUMN context")  # schema 4's
         for trigger in ("chunks_vi", "chunks_vd", "chunks_vu"):  # schema 3's vector change log
             conn.execute(f"DROP TRIGGER {trigger}")
         conn.execute("DROP TABLE vector_changes")
@@ -661,10 +662,11 @@ def test_a_store_of_schema_1_gains_the_section_column_and_its_old_chunks_read_as
         hits = store.search(SearchRequest(text="sections", vector=vec(3), candidates=5, num_candidates=10))
         for side in (hits.bm25, hits.dense):
             assert {h.id: h.section for h in side} == {"old": -1, new.id: 2}
+        assert {c.chunk.id: c.chunk.context for b in store.iter_chunks() for c in b} == {"old": "", new.id: ""}
     finally:
         store.close()
     with sqlite3.connect(path) as conn:
-        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("3",)
+        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("4",)
         assert conn.execute("SELECT count(*) FROM vector_changes").fetchone() == (1,)  # "new" is logged
     conn.close()
 

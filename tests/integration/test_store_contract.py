@@ -470,6 +470,35 @@ def test_get_embeddings_by_sha_finds_vectors_across_documents(make_store: MakeSt
     assert store.get_embeddings_by_sha([]) == {}
 
 
+def test_iter_chunks_streams_every_chunk_with_its_fields_context_and_vector_from_one_snapshot(
+        make_store: MakeStore) -> None:
+    store = ready(make_store)
+    v = unit_vectors(8, seed=9)
+    contexts = ["", "Guide > Setup\n\n", "Ünïcode — 🚀 > \"quoted\" <b>\n\n", "H" * 20_000 + "\n\n"]
+    chunks = []
+    for i in range(7):
+        ec = make_chunk(f"d{i % 3}", i, f"text {i}", v[i], metadata={"n": i, "ok": i % 2 == 0}, title=f"T{i}",
+                        section=i % 2)
+        context = contexts[i % len(contexts)]
+        chunks.append(EmbeddedChunk(dataclasses.replace(ec.chunk, context=context,
+                                                        chunk_sha=sha256_hex(context + ec.chunk.text)), v[i]))
+    written(store, chunks)
+    stream = store.iter_chunks(3)
+    first = next(stream)
+    written(store, [make_chunk("late", 0, "written after the snapshot", v[7])])
+    batches = [first, *stream]
+    assert [len(b) for b in batches] == [3, 3, 1]
+    got = {ec.chunk.id: ec for b in batches for ec in b}
+    assert set(got) == {ec.chunk.id for ec in chunks}  # not "late": the snapshot predates it
+    for ec in chunks:
+        assert got[ec.chunk.id].chunk == ec.chunk  # every field, the context included
+        np.testing.assert_allclose(got[ec.chunk.id].embedding, ec.embedding, atol=1e-6)
+    early = store.iter_chunks(2)
+    assert len(next(early)) == 2
+    early.close()  # releases the snapshot: the store goes on
+    assert sum(len(b) for b in store.iter_chunks(100)) == 8
+
+
 # -- missing index, explain --------------------------------------------------------------------------------
 
 OPERATIONS: dict[str, Callable[[Store], object]] = {

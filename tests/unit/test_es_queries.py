@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import UTC, datetime
 
@@ -24,8 +25,10 @@ def test_template_has_null_placeholders_and_strict_mapping() -> None:
     assert props["title"]["analyzer"] is None and props["text"]["analyzer"] is None
     assert set(props) == {
         "doc_id", "source", "title", "text", "chunk_index", "chunk_count", "section", "start", "end", "doc_sha",
-        "chunk_sha", "metadata", "ingested_at", "embedding",
+        "chunk_sha", "metadata", "ingested_at", "embedding", "context",
     }
+    assert props["context"] == {"type": "text", "index": False}  # kept for a reindex, never searched
+    assert {f: props[f] for f in q.LATER_FIELDS} == q.LATER_FIELDS  # what an older index is given
 
 
 def test_load_template_returns_independent_copies() -> None:
@@ -54,6 +57,7 @@ def test_build_index_body_fills_vector_analyzer_and_meta() -> None:
                     "fields": {"keyword": {"type": "keyword", "ignore_above": 1024}},
                 },
                 "text": {"type": "text", "analyzer": "english"},
+                "context": {"type": "text", "index": False},
                 "chunk_index": {"type": "integer"},
                 "chunk_count": {"type": "integer"},
                 "section": {"type": "integer"},
@@ -205,6 +209,10 @@ def test_bulk_actions_exact_upsert_actions() -> None:
     }
     assert actions[1]["_id"] == "id1" and actions[1]["_source"]["embedding"] == [1.0, 0.0]
     json.dumps(actions)  # serialisable as is
+    with_context = _chunk(0, [1.0])
+    with_context = EmbeddedChunk(dataclasses.replace(with_context.chunk, context="A > B\n\n"), with_context.embedding)
+    assert q.chunk_source(with_context, "now")["context"] == "A > B\n\n"  # left out only when empty
+    assert "context" in q.STORED_FIELDS and "context" not in q.SEARCH_SOURCE
 
 
 def test_bulk_actions_require_alias_and_laziness() -> None:

@@ -89,9 +89,9 @@ def test_the_target_keeps_the_index_s_settings_and_takes_only_index_settings() -
         target_settings(Settings(), OLD, {"alpha": 0.5})
 
 
-def _chunk(text: str, embedded: str, title: str = "T") -> Chunk:
+def _chunk(text: str, embedded: str, title: str = "T", context: str = "") -> Chunk:
     return Chunk(id="c", doc_id="d", source="s", title=title, text=text, chunk_index=0, chunk_count=1, start=0,
-                 end=len(text), chunk_sha=sha256_hex(embedded), doc_sha="x")
+                 end=len(text), chunk_sha=sha256_hex(embedded), doc_sha="x", context=context)
 
 
 def test_the_embedded_text_is_recovered_only_when_its_hash_proves_it() -> None:
@@ -100,3 +100,14 @@ def test_the_embedded_text_is_recovered_only_when_its_hash_proves_it() -> None:
     assert embedded_text(_chunk("body", "My title\n\nbody", "My title"), titled) == "My title\n\nbody"
     assert embedded_text(_chunk("body", "Intro > Setup\n\nbody"), plain) is None  # headings: not stored
     assert embedded_text(_chunk("body\ud800", "body\ud800"), plain) == "body\ud800"  # hashed surrogatepass
+
+
+def test_a_stored_context_gives_the_embedded_text_when_its_hash_proves_it() -> None:
+    plain = ContextTemplate("{headings}\n\n{text}")
+    ctx = "Intro > Setup\n\n"
+    assert embedded_text(_chunk("body", ctx + "body", context=ctx), plain) == ctx + "body"
+    # a context the hash does not prove (tampered, or of another template) is not trusted
+    assert embedded_text(_chunk("body", ctx + "body", context="Intro\n\n"), plain) is None
+    assert embedded_text(_chunk("body", "body", context=ctx), plain) == "body"  # the hash decides
+    surrogate = "H\ud800 > \U0001f680\n\n"
+    assert embedded_text(_chunk("b", surrogate + "b", context=surrogate), plain) == surrogate + "b"
