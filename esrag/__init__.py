@@ -38,12 +38,12 @@ _EXPORTS: dict[str, str] = {
     "Document": "esrag.types",
     "Hit": "esrag.types",
     "Filters": "esrag.types",
-    "SearchResult": "esrag.search",
-    "Answer": "esrag.rag",
-    "AnswerStream": "esrag.rag",
-    "Citation": "esrag.rag",
-    "Passage": "esrag.rag",
-    "IngestReport": "esrag.ingest_report",
+    "SearchResult": "esrag.retrieval.search",
+    "Answer": "esrag.answering.rag",
+    "AnswerStream": "esrag.answering.rag",
+    "Citation": "esrag.answering.rag",
+    "Passage": "esrag.answering.rag",
+    "IngestReport": "esrag.ingest.report",
     "EsragError": "esrag.errors",
     "ConfigError": "esrag.errors",
     "IndexNotFoundError": "esrag.errors",
@@ -59,12 +59,12 @@ __all__ = [  # written out, so that linters and type checkers read it; the same 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time ``__getattr__`` imports on demand
     from typing import Any
 
+    from esrag.answering.rag import Answer, AnswerStream, Citation, Passage
     from esrag.config import Settings
     from esrag.engine import Engine
     from esrag.errors import ConfigError, EsragError, IndexNotFoundError, MissingDependencyError
-    from esrag.ingest_report import IngestReport
-    from esrag.rag import Answer, AnswerStream, Citation, Passage
-    from esrag.search import SearchResult
+    from esrag.ingest.report import IngestReport
+    from esrag.retrieval.search import SearchResult
     from esrag.types import Document, Filters, Hit
 
 

@@ -38,8 +38,8 @@ from pydantic import (
     model_validator,
 )
 
-from esrag.context import DEFAULT_TEMPLATE, check_template
 from esrag.errors import ConfigError
+from esrag.ingest.context import DEFAULT_TEMPLATE, check_template
 from esrag.redact import redact_url
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -137,7 +137,7 @@ class EmbeddingSettings(BaseModel):
 
 
 class ChunkingSettings(BaseModel):
-    """Chunk sizes, in the embedder's tokens, and what each chunk's embedded text says (esrag/context.py)."""
+    """Chunk sizes, in the embedder's tokens, and what each chunk's embedded text says (esrag/ingest/context.py)."""
 
     model_config = _FROZEN
     chunk_size: int = Field(256, ge=1)
@@ -156,9 +156,9 @@ class RetrievalSettings(BaseModel):
     alpha: Alpha = 0.65
     fusion: Fusion = "linear"
     normalization: Normalization = "zscore"
-    # each chunk's score mixed with its section's opening chunk's (esrag/fusion.py); docs/evaluation.md
+    # each chunk's score mixed with its section's opening chunk's (esrag/retrieval/fusion.py); docs/evaluation.md
     doc_weight: DocWeight = 0.75
-    # a query that is one identifier or a quoted phrase (esrag.search.is_lookup): BM25 is the evidence there
+    # a query that is one identifier or a quoted phrase (esrag.retrieval.search.is_lookup): BM25 is the evidence there
     lookup_alpha: Alpha = 0.2
     rrf_k: int = Field(60, ge=1)
     candidates: int = Field(100, ge=1)
@@ -186,7 +186,7 @@ class GenerationSettings(BaseModel):
     # in-process decoding: ban repeating an n-gram of the answer's own tokens (0: off), penalise reused tokens
     no_repeat_ngram_size: int = Field(4, ge=0)
     repetition_penalty: float = Field(1.1, ge=1.0, allow_inf_nan=False)
-    # cut an answer where it starts repeating itself (esrag/answer_checks.py find_loop)
+    # cut an answer where it starts repeating itself (esrag/answering/checks.py find_loop)
     stop_on_loop: bool = True
     # a cited sentence is supported when its score against the cited passage reaches this (0..1)
     support_threshold: float = Field(0.5, ge=0.0, le=1.0)

@@ -48,12 +48,12 @@ from esrag.errors import ConfigError, IndexNotFoundError, StoreError, setting
 from esrag.types import Document, Filters, MetadataValue
 
 if TYPE_CHECKING:
-    from esrag.conversation import Standalone
+    from esrag.answering.conversation import Standalone
+    from esrag.answering.rag import Answer, AnswerStream
     from esrag.generators.base import Generator, Message
-    from esrag.ingest import Ingestor, IngestReport
-    from esrag.rag import Answer, AnswerStream
-    from esrag.reindex import ReindexReport
-    from esrag.search import HybridSearcher, SearchResult
+    from esrag.ingest.pipeline import Ingestor, IngestReport
+    from esrag.lifecycle.reindex import ReindexReport
+    from esrag.retrieval.search import HybridSearcher, SearchResult
     from esrag.sources.base import Source
     from esrag.stores.base import Store
 
@@ -130,7 +130,7 @@ class Engine:
 
     @property
     def searcher(self) -> HybridSearcher:
-        from esrag.search import HybridSearcher
+        from esrag.retrieval.search import HybridSearcher
 
         return self._once("_searcher", lambda: HybridSearcher(self.store, self.embedder, self.settings))
 
@@ -271,7 +271,7 @@ class Engine:
         With an in-process generator, the stream holds that generator's lock from its first piece until it
         is exhausted or closed, so concurrent answers queue instead of interleaving in one model.
         """
-        from esrag.rag import RagPipeline
+        from esrag.answering.rag import RagPipeline
 
         self._check_index()  # before a generator loads
         g = self.generator(generator)
@@ -296,14 +296,14 @@ class Engine:
                             generator: str | None = None) -> Standalone:
         """What to retrieve for and answer when ``question`` follows the turns of ``history`` (a chat):
         rewritten by the generator when it can (an LLM server), else with the earlier questions added
-        (esrag.conversation)."""
-        from esrag.conversation import standalone_question
+        (esrag.answering.conversation)."""
+        from esrag.answering.conversation import standalone_question
 
         return standalone_question(question, history, self.generator(generator))
 
     def ask(self, question: str, generator: str | None = None, filters: FilterArg | None = None,
             **overrides: Any) -> Answer:
-        from esrag.rag import finish
+        from esrag.answering.rag import finish
 
         return finish(self.ask_stream(question, generator, filters, **overrides))
 
@@ -332,13 +332,13 @@ class Engine:
     # -- writing ---------------------------------------------------------------------------------------
 
     def ingestor(self, progress: bool = False) -> Ingestor:
-        from esrag.ingest import Ingestor
+        from esrag.ingest.pipeline import Ingestor
 
         return Ingestor(self.store, self.embedder, self.settings, progress=progress)
 
     def init_index(self) -> tuple[bool, dict[str, Any]]:
         """Create the index if missing; (created, store description)."""
-        from esrag.ingest import index_meta
+        from esrag.ingest.pipeline import index_meta
 
         created = self.store.ensure_index(index_meta(self.embedder, self.settings, self.store.read_meta()))
         return created, dict(self.store.describe())
@@ -350,7 +350,7 @@ class Engine:
         return source
 
     def ingest(self, source: Source, prune: bool = False, progress: bool = False) -> IngestReport:
-        """Ingest ``source`` into the index (see ``esrag.ingest``): incremental, and with ``prune`` the
+        """Ingest ``source`` into the index (see ``esrag.ingest.pipeline``): incremental, and with ``prune`` the
         source's stored documents that are gone from it are deleted (never another source's). Closes the
         source. Raises IngestAborted (with the partial report) when the store or the source fails."""
         try:
@@ -394,7 +394,7 @@ class Engine:
 
     def reindexer(self, on_progress: Any = None) -> Any:
         from esrag.embedders.lazy import LazyEmbedder
-        from esrag.reindex import Reindexer
+        from esrag.lifecycle.reindex import Reindexer
 
         def embedder_for(s: Settings) -> LazyEmbedder:
             if s.model == self.settings.model and s.embedder == self.settings.embedder:
@@ -406,7 +406,7 @@ class Engine:
     def reindex(self, changes: Mapping[str, Any], sources: Sequence[Source | str] = (), delete_old: bool = False,
                 force: bool = False) -> ReindexReport:
         """Build a new version of the index with ``changes`` (settings), check it and swap it in
-        (``esrag.reindex``); this engine then reads the new version. ``sources`` (Sources, e.g. from
+        (``esrag.lifecycle.reindex``); this engine then reads the new version. ``sources`` (Sources, e.g. from
         ``source``, or paths) are read again instead of the stored chunks: a new chunking needs them."""
         report: ReindexReport = self.reindexer().run(changes, sources, delete_old=delete_old, force=force)
         self._after_swap()

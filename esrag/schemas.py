@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
-    from esrag.rag import Answer
-    from esrag.search import SearchResult
+    from esrag.answering.rag import Answer
+    from esrag.retrieval.search import SearchResult
 
 MetadataValue = str | int | float | bool
 

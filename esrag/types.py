@@ -54,7 +54,7 @@ class Document:
     ``doc_id`` is stable across runs (a normalised path, or the id given in JSONL). ``decode_errors`` counts
     bytes that were not valid UTF-8 and were replaced. ``outline`` holds the headings of a structured
     document (Markdown, reStructuredText, HTML) in text order; chunks do not straddle them, and each
-    chunk's embedded text can name the headings above it (see ``esrag.context``).
+    chunk's embedded text can name the headings above it (see ``esrag.ingest.context``).
     """
 
     doc_id: str
@@ -97,7 +97,7 @@ class Chunk:
     ``start``/``end`` are character offsets into the document text. ``chunk_count`` is the number of chunks
     of the whole document, stored on each chunk so that a store can tell a complete document from one whose
     write was interrupted. ``context`` is what the embedded text adds before ``text`` (title, headings;
-    see ``esrag.context``): it is embedded and stored (not indexed: searches never match it), so that
+    see ``esrag.ingest.context``): it is embedded and stored (not indexed: searches never match it), so that
     ``esrag reindex`` can embed the same text with another model; chunks stored before esrag kept it read
     back with "". ``chunk_sha`` hashes the embedded text, so a vector is reused only for the very text it
     was computed from. ``section`` is the ``chunk_index`` of the
@@ -200,7 +200,7 @@ class SearchResponse:
     dense: list[ScoredChunk]
     took_ms: float = 0.0
     #: how many candidates per side were asked for, when known: a BM25 list shorter than that holds every
-    #: chunk that matches the query, which fusion uses (``esrag.fusion.normalize``)
+    #: chunk that matches the query, which fusion uses (``esrag.retrieval.fusion.normalize``)
     candidates: int | None = None
 
 
@@ -257,7 +257,7 @@ class IndexMeta:
     chunk_size: int = 256
     chunk_overlap: int = 32
     esrag_version: str = ""
-    #: how each chunk's embedded text was made (esrag.context); "{text}" for the chunk alone
+    #: how each chunk's embedded text was made (esrag.ingest.context); "{text}" for the chunk alone
     embed_template: str = "{text}"
     #: the text analyzer of the BM25 side ("standard", "english", or an ES analyzer's name)
     analyzer: str = "standard"

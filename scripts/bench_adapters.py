@@ -46,7 +46,7 @@ from _bench_common import DEFAULT_DATA, dataset, percentile, read_jsonl  # noqa:
 
 from esrag.config import Settings  # noqa: E402
 from esrag.engine import Engine  # noqa: E402
-from esrag.search import SearchResult  # noqa: E402
+from esrag.retrieval.search import SearchResult  # noqa: E402
 from esrag.types import Document, Filters  # noqa: E402
 
 K = 10

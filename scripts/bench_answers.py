@@ -11,7 +11,7 @@ Per generator it reports:
   the judged doc that contains the judged substring); ``retrieved_answering``, the same for the passages
   given to the generator, is the ceiling retrieval allows;
 - ``key_facts``: share of answers containing every key fact;
-- ``supported``: share of cited sentences that the passage they cite supports (esrag.answer_checks);
+- ``supported``: share of cited sentences that the passage they cite supports (esrag.answering.checks);
 - ``repeated``: share of sentences that repeat an earlier sentence of the same answer; ``cut``: answers cut
   for looping;
 - median and p95 of time to first token and total time (retrieval + generation, model load excluded), and
@@ -59,7 +59,7 @@ def answering(passage: Any, judged: dict[str, Any]) -> bool:
 
 
 def score_answer(answer: Any, judged: dict[str, Any]) -> dict[str, Any]:
-    from esrag.answer_checks import repeated_sentences, split_sentences
+    from esrag.answering.checks import repeated_sentences, split_sentences
 
     by_n = {p.n: p for p in answer.passages}
     cited = [by_n[c.n] for c in answer.citations if c.n in by_n]

@@ -64,7 +64,7 @@ def build_index(workdir: Path) -> tuple[Any, Any, Any]:
     from esrag import plugins
     from esrag.config import Settings
     from esrag.embedders.sentence_transformers import SentenceTransformerEmbedder
-    from esrag.ingest import Ingestor
+    from esrag.ingest.pipeline import Ingestor
     from esrag.sources.documents import DocumentsSource
     from esrag.types import Document
 
@@ -98,7 +98,7 @@ def flush(pipeline: Any) -> None:
     """Generate one token for an unrelated prompt, so that a server's prompt cache (llama.cpp keeps the last
     prompt's KV state) holds only the shared system-prompt prefix before every measured call: otherwise
     whichever of ask/raw runs second skips its prompt processing."""
-    from esrag.rag import build_messages
+    from esrag.answering.rag import build_messages
 
     g = pipeline.generator
     keep, g.max_new_tokens = g.max_new_tokens, 1
@@ -170,8 +170,8 @@ def main() -> None:
 
     import torch
 
-    from esrag.rag import RagPipeline
-    from esrag.search import HybridSearcher
+    from esrag.answering.rag import RagPipeline
+    from esrag.retrieval.search import HybridSearcher
 
     if args.threads:
         torch.set_num_threads(args.threads)

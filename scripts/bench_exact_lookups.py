@@ -30,7 +30,7 @@ from pathlib import Path
 
 from esrag.config import Settings
 from esrag.engine import Engine
-from esrag.evaluation import eval_index_name, load_beir
+from esrag.quality.evaluation import eval_index_name, load_beir
 
 IDENTIFIER = re.compile(r"[A-Za-z0-9_]+(?:(?:::|[.\-])[A-Za-z0-9_]+)*")
 WORD = re.compile(r"[a-z]{3,}")

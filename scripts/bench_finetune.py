@@ -4,7 +4,7 @@ fine-tuned one, K-fold cross-validated over the judged queries, for two kinds of
 - ``qrels``: the judged (query, document) pairs of the other folds' queries (a model per fold);
 - ``headings``: (title or heading -> its section) of the corpus, no labels (one model, scored per fold).
 
-Everything goes through the library as ``esrag finetune --cv K`` does (esrag.finetune_eval.cross_validate):
+Everything goes through the library as ``esrag finetune --cv K`` does (esrag.quality.finetune_eval.cross_validate):
 the corpus is ingested into a throw-away SQLite store with each model, queries are retrieved as
 ``esrag eval`` retrieves them. The hyper-parameters are fixed up front (below), not tuned to any set.
 
@@ -27,10 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from esrag.config import Settings
-from esrag.evaluation import BeirDataset, load_beir
-from esrag.finetune import TrainConfig
-from esrag.finetune_eval import base_settings, cross_validate, score_model
-from esrag.finetune_pairs import heading_pairs, qrels_pairs, subsample, text_key
+from esrag.quality.evaluation import BeirDataset, load_beir
+from esrag.quality.finetune import TrainConfig
+from esrag.quality.finetune_eval import base_settings, cross_validate, score_model
+from esrag.quality.finetune_pairs import heading_pairs, qrels_pairs, subsample, text_key
 
 
 def cut(dataset: BeirDataset, max_docs: int | None, seed: int) -> BeirDataset:

@@ -1,4 +1,4 @@
-"""What a chat should retrieve for its second question: the rule of esrag.conversation, measured.
+"""What a chat should retrieve for its second question: the rule of esrag.answering.conversation, measured.
 
 Ingests esrag's own ``docs/`` (the packaged MiniLM, the embedded store) and runs the two-turn conversations
 of ``tests/data/answers/followups.json``: follow-ups, whose second question needs the first, and topic
@@ -9,7 +9,7 @@ of the first one:
 
 - ``question``: the second question alone (what the chat route did before);
 - ``always``: the previous user question then the question;
-- ``rule``: esrag.conversation's rule, the same when the question refers back (``refers_back``), else the
+- ``rule``: esrag.answering.conversation's rule, the same when the question refers back (``refers_back``), else the
   question alone;
 - ``rule+answer``: the previous question, the extractive answer given to it, then the question;
 - ``llm`` (with ``--llm-url``): the question rewritten by that OpenAI-compatible server.
@@ -59,8 +59,8 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, help="keep the store here (a rerun re-ingests nothing)")
     args = ap.parse_args()
 
+    from esrag.answering.conversation import refers_back, standalone_question, with_previous_questions
     from esrag.config import Settings
-    from esrag.conversation import refers_back, standalone_question, with_previous_questions
     from esrag.engine import Engine
     from esrag.generators.base import Message
 

@@ -28,10 +28,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from esrag import plugins  # noqa: E402
-from esrag.chunking import chunk_document  # noqa: E402
 from esrag.config import Settings  # noqa: E402
 from esrag.embedders.sentence_transformers import SentenceTransformerEmbedder  # noqa: E402
-from esrag.ingest import Ingestor  # noqa: E402
+from esrag.ingest.chunking import chunk_document  # noqa: E402
+from esrag.ingest.pipeline import Ingestor  # noqa: E402
 from esrag.sources.documents import DocumentsSource  # noqa: E402
 from esrag.types import Document  # noqa: E402
 

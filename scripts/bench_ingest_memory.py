@@ -75,9 +75,9 @@ def write_prose(path: Path, size: int, seed: int) -> None:
 
 def child(file: Path, sqlite_dir: Path, stream_bytes: int | None) -> None:
     """Ingest ``file`` into a new SQLite index (in this fresh process) and print the report as JSON."""
-    from esrag import loaders
     from esrag.config import Settings
     from esrag.engine import Engine
+    from esrag.sources import loaders
 
     if stream_bytes is not None:
         loaders.STREAM_BYTES = stream_bytes

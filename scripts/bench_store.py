@@ -13,7 +13,7 @@ perturbed per query); the numbers exclude embedding. ``--reuse`` keeps a store a
 
 - write: chunks/s of ``store.write`` with vectors (ensure_index and data generation not timed);
 - query: p50/p95 of one hybrid query at k=10 with ``--candidates`` per side: BM25 + exact kNN + linear
-  fusion (``esrag.fusion.linear_fusion``), excluding the query embedding; in this process, after a warm-up
+  fusion (``esrag.retrieval.fusion.linear_fusion``), excluding the query embedding; in this process, after a warm-up
   query that loads the vector matrix, and again in a fresh process (there also the BM25 side alone, a
   second pass over the same queries: the terms' postings are cached);
 - memory: peak RSS (VmHWM, else ``ru_maxrss``) of a fresh process that opens the store and runs the queries, over the
@@ -52,7 +52,7 @@ import numpy as np
 from bench_store_langchain import Baseline, check_installed
 
 from esrag.config import Settings
-from esrag.fusion import linear_fusion
+from esrag.retrieval.fusion import linear_fusion
 from esrag.stats import percentile
 from esrag.stores.sqlite import SQLiteStore
 from esrag.types import Chunk, EmbeddedChunk, IndexMeta, SearchRequest, sha256_hex

@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from esrag.config import NORMALIZATIONS, Settings  # noqa: E402
 from esrag.engine import Engine  # noqa: E402
-from esrag.evaluation import (  # noqa: E402
+from esrag.quality.evaluation import (  # noqa: E402
     check_eval_dependencies,
     eval_index_name,
     evaluate_run,
@@ -44,7 +44,7 @@ from esrag.evaluation import (  # noqa: E402
     method_ranking,
     retrieve_candidates,
 )
-from esrag.tuning import FusionSetting, score_settings, sweep_settings  # noqa: E402
+from esrag.quality.tuning import FusionSetting, score_settings, sweep_settings  # noqa: E402
 
 METRIC = "ndcg@10"
 

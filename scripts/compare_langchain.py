@@ -10,7 +10,7 @@ Needs ``pip install 'esrag[eval,compare]'``.
 What is compared (same dataset, same model, same documents, same candidate depth):
 
 * Documents are **not chunked on either side**. Each document is ``title + "\\n\\n" + text`` (see
-  ``esrag.evaluation.document_text``); the model (the packaged all-MiniLM-L6-v2, 256-token window) embeds it
+  ``esrag.quality.evaluation.document_text``); the model (the packaged all-MiniLM-L6-v2, 256-token window) embeds it
   truncated, on both sides. esrag's chunker is bypassed: one chunk per document (chunk_index 0, the whole
   text) is written through the store API (``Store.ensure_index`` + ``Store.write``), with the title in the
   chunk's ``title`` field and the text in ``text`` (esrag's BM25 indexes both fields).
@@ -63,7 +63,7 @@ os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")  # chromadb
 from esrag import __version__  # noqa: E402
 from esrag.config import DEFAULT_MODEL, Settings  # noqa: E402
 from esrag.embedders.base import Embedder  # noqa: E402
-from esrag.evaluation import (  # noqa: E402
+from esrag.quality.evaluation import (  # noqa: E402
     METRICS,
     BeirDataset,
     Ranking,
@@ -283,7 +283,7 @@ def esrag_side(
 ) -> tuple[list[Method], dict[str, Any]]:
     """Write one chunk per document into a fresh index, run every query; returns methods and build info."""
     from esrag import plugins
-    from esrag.search import HybridSearcher, fuse
+    from esrag.retrieval.search import HybridSearcher, fuse
 
     store = plugins.load(plugins.STORES, settings.store_name)(settings)
     try:
@@ -423,7 +423,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     alphas = [float(a) for a in args.alphas.split(",") if a.strip()]
 
     from esrag.embedders.sentence_transformers import SentenceTransformerEmbedder, resolve_model_path
-    from esrag.evaluation import eval_index_name
+    from esrag.quality.evaluation import eval_index_name
 
     dataset = load_beir(args.dataset, args.split)
     texts = [document_text(d) for d in dataset.documents]

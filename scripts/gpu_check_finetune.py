@@ -2,7 +2,7 @@
 bf16 at a 4x larger batch), each timed per step and measured for peak GPU memory; one JSON object out.
 
 Needs only torch (CUDA), transformers, sentence-transformers, accelerate and datasets, with esrag on
-PYTHONPATH: it imports esrag.finetune alone (no settings, stores or HTTP service). The pairs are synthetic
+PYTHONPATH: it imports esrag.quality.finetune alone (no settings, stores or HTTP service). The pairs are synthetic
 (no data set needed); the model is a local sentence-transformers directory.
 
     PYTHONPATH=. python scripts/gpu_check_finetune.py /path/to/all-MiniLM-L6-v2 --steps 30
@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from esrag.finetune import TrainConfig, train
-from esrag.finetune_pairs import Pair
+from esrag.quality.finetune import TrainConfig, train
+from esrag.quality.finetune_pairs import Pair
 
 WORDS = ("index shard replica query vector token chunk model embed search answer source cluster node alias "
          "mapping analyzer score fusion batch gradient precision memory device kernel cache window").split()

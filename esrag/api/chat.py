@@ -4,7 +4,7 @@ The request and response follow OpenAI's Chat Completions shapes, so the officia
 unmodified. The last ``user`` message is the question (text parts of a multi-part content are joined).
 The conversation before it decides what is retrieved for a follow-up ("Which command does that?"): the
 server's LLM rewrites the question into a standalone one when the generator is ``openai_compat``, else the
-earlier user questions are added to it (esrag.conversation); the response's ``esrag.query`` says what was
+earlier user questions are added to it (esrag.answering.conversation); the response's ``esrag.query`` says what was
 retrieved for and answered, and ``esrag.query_from`` how (``question``, ``llm`` or ``rule``). Client system
 prompts are not used: every answer is grounded in retrieval. ``model`` is ignored for retrieval (the
 server's index answers) and echoed back. Sampling options (``temperature``,
@@ -29,14 +29,14 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from esrag.answering.conversation import Standalone
+from esrag.answering.rag import MAX_ANSWER_K, finish
 from esrag.api import sse
 from esrag.api.deps import READ_ERRORS, Reader, check_generator, engine_of, instance_of, request_id_var
 from esrag.api.models import MAX_CHAT_MESSAGES, CheckedBody, RetrievalOptions, chat_limits
 from esrag.api.problems import ApiProblem, problem_body, status_for
-from esrag.conversation import Standalone
 from esrag.errors import EsragError
 from esrag.generators.base import Message
-from esrag.rag import MAX_ANSWER_K, finish
 from esrag.schemas import AskResponse, CitationModel, PassageModel
 
 router = APIRouter()

@@ -16,8 +16,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
 
 from esrag import validation as v
+from esrag.answering.rag import MAX_ANSWER_K
 from esrag.config import Fusion, Mode, Normalization
-from esrag.rag import MAX_ANSWER_K
 
 MAX_K = 1000
 MAX_CANDIDATES = 10_000

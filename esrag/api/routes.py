@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from starlette.convertors import Convertor, register_url_convertor
 
 from esrag import validation
+from esrag.answering.rag import finish
 from esrag.api import sse
 from esrag.api.deps import (
     READ_ERRORS,
@@ -40,7 +41,6 @@ from esrag.api.models import (
 from esrag.api.problems import ApiProblem, FieldError, problem_body, problem_responses, status_for
 from esrag.engine import Engine
 from esrag.errors import EsragError
-from esrag.rag import finish
 from esrag.schemas import AskResponse, SearchResponse, StatusResponse
 from esrag.sources.documents import DocumentsSource
 from esrag.types import Document

@@ -61,8 +61,8 @@ def ask(question: str, filters: tuple[str, ...], stream: bool, as_json: bool, **
       esrag ask "which privileges?" --generator extractive                # no LLM: quote the passages
       esrag ask "..." --json | jq .citations
     """
+    from esrag.answering.rag import finish
     from esrag.errors import GeneratorError
-    from esrag.rag import finish
 
     parsed_filters = parse_filters(filters)
     with engine_from(need_generator=True, **opts) as engine:
@@ -113,7 +113,7 @@ def _passages_text(answer: Any) -> str:
 
 
 def _print_footer(answer: Any) -> None:
-    from esrag.rag import format_sources
+    from esrag.answering.rag import format_sources
 
     if answer.no_context:
         return

@@ -1,6 +1,6 @@
 """``esrag eval`` and ``esrag tune``: retrieval quality on a BEIR-layout dataset.
 
-Thin: parse options, resolve settings, call esrag.evaluation / esrag.tuning, print."""
+Thin: parse options, resolve settings, call esrag.quality.evaluation / esrag.quality.tuning, print."""
 
 from __future__ import annotations
 
@@ -15,14 +15,14 @@ import click
 
 from esrag.cli.common import build_settings, chunk_options, fusion_options, model_options, progress_flag, store_options
 from esrag.config import NORMALIZATIONS, check_doc_weight, save_settings
-from esrag.context import PLAIN
 from esrag.engine import Engine
 from esrag.errors import BulkWriteError, ConfigError
+from esrag.ingest.context import PLAIN
 
 if TYPE_CHECKING:
-    from esrag.evaluation import BeirDataset
-    from esrag.ingest import IngestReport
-    from esrag.tuning import TuneResult
+    from esrag.ingest.pipeline import IngestReport
+    from esrag.quality.evaluation import BeirDataset
+    from esrag.quality.tuning import TuneResult
 
 T = TypeVar("T")
 
@@ -64,7 +64,7 @@ class Prepared:
 @contextmanager
 def _prepared(dataset_dir: Path, split: str, progress: bool, options: dict[str, Any]) -> Iterator[Prepared]:
     """Load the dataset, open the store and model, ingest incrementally (the store is closed on exit)."""
-    from esrag.evaluation import check_eval_dependencies, eval_index_name, load_beir
+    from esrag.quality.evaluation import check_eval_dependencies, eval_index_name, load_beir
 
     check_eval_dependencies()
     dataset = load_beir(dataset_dir, split)
@@ -106,7 +106,7 @@ def eval_cmd(dataset_dir: Path, split: str, candidates: int, as_json: bool, prog
     (BM25 and kNN candidates together), and bm25, dense, hybrid and rrf are fused from
     those same candidates; tfidf is a whole-document scikit-learn baseline.
     """
-    from esrag.evaluation import (
+    from esrag.quality.evaluation import (
         METRICS,
         build_runs,
         evaluate_run,
@@ -197,9 +197,9 @@ def tune(dataset_dir: Path, split: str, candidates: int, as_json: bool, progress
     --save); k-fold cross-validation over queries estimates how well choosing that way
     does on queries it was not chosen on.
     """
-    from esrag.evaluation import retrieve_candidates
-    from esrag.tuning import plot_curve, score_settings, sweep_settings, tune_to_dict
-    from esrag.tuning import tune as run_tune
+    from esrag.quality.evaluation import retrieve_candidates
+    from esrag.quality.tuning import plot_curve, score_settings, sweep_settings, tune_to_dict
+    from esrag.quality.tuning import tune as run_tune
 
     ks = _comma_separated(rrf_ks, int, "--rrf-ks", "integers")
     weights = _comma_separated(doc_weights, lambda w: check_doc_weight(float(w)), "--doc-weights",
@@ -259,7 +259,7 @@ def _describe_build(params: dict[str, Any]) -> str:
 
 
 def _print_tune(result: TuneResult, name: str, n_queries: int) -> None:
-    from esrag.tuning import at_doc_weight, best_per_doc_weight
+    from esrag.quality.tuning import at_doc_weight, best_per_doc_weight
 
     m = result.metric
     curve = at_doc_weight(result)

@@ -1,7 +1,7 @@
 """``esrag finetune``: adapt the embedding model to a corpus; evaluate it before and after.
 
-Thin: parse options, gather the pairs (esrag.finetune_pairs), train (esrag.finetune), measure
-(esrag.finetune_eval), print."""
+Thin: parse options, gather the pairs (esrag.quality.finetune_pairs), train (esrag.quality.finetune), measure
+(esrag.quality.finetune_eval), print."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from esrag.cli.common import build_settings, chunk_options, fusion_options, mode
 from esrag.errors import ConfigError
 
 if TYPE_CHECKING:
-    from esrag.evaluation import BeirDataset
-    from esrag.finetune_pairs import Pair
+    from esrag.quality.evaluation import BeirDataset
+    from esrag.quality.finetune_pairs import Pair
     from esrag.types import Document
 
 PAIR_KINDS = ("qrels", "headings")
@@ -36,7 +36,7 @@ def _kinds(values: Sequence[str], has_qrels: bool) -> list[str]:
 
 def _documents_of(paths: Sequence[Path]) -> list[Document]:
     """The documents of files and directories, found and loaded as ``esrag ingest`` finds and loads them."""
-    from esrag.loaders import Skipped, discover_sources, iter_file
+    from esrag.sources.loaders import Skipped, discover_sources, iter_file
     from esrag.types import Document
 
     found, skipped = discover_sources([str(p) for p in paths])
@@ -129,9 +129,9 @@ def finetune(paths: tuple[Path, ...], output: Path, qrels_dir: Path | None, pair
     Then `esrag eval DATASET --model models/ft` and `esrag reindex --model models/ft`.
     The model directory records how it was made in esrag-finetune.json.
     """
-    from esrag.evaluation import check_eval_dependencies, load_beir
-    from esrag.finetune import TrainConfig, check_output, write_provenance
-    from esrag.finetune_pairs import heading_pairs, subsample
+    from esrag.quality.evaluation import check_eval_dependencies, load_beir
+    from esrag.quality.finetune import TrainConfig, check_output, write_provenance
+    from esrag.quality.finetune_pairs import heading_pairs, subsample
 
     show = progress_flag(progress)
     kinds = _kinds(pair_kinds, qrels_dir is not None)
@@ -183,7 +183,7 @@ def finetune(paths: tuple[Path, ...], output: Path, qrels_dir: Path | None, pair
     heldout_qids: list[str] = []
     train_qids: list[str] = []
     if dataset is not None:
-        from esrag.finetune_pairs import split_heldout
+        from esrag.quality.finetune_pairs import split_heldout
 
         qids = sorted(dataset.queries)
         if not evaluate:
@@ -199,8 +199,8 @@ def finetune(paths: tuple[Path, ...], output: Path, qrels_dir: Path | None, pair
         _print({"output": str(output), "training": report.to_dict(), "data": data}, as_json, None, None)
         return
     assert dataset is not None
-    from esrag.finetune_eval import base_settings, score_model, score_tuned, summarize
-    from esrag.finetune_pairs import check_disjoint, check_enough
+    from esrag.quality.finetune_eval import base_settings, score_model, score_tuned, summarize
+    from esrag.quality.finetune_pairs import check_disjoint, check_enough
 
     check_disjoint(pairs, {q: dataset.queries[q] for q in heldout_qids})
     check_enough(pairs, config.batch_size)
@@ -216,7 +216,7 @@ def finetune(paths: tuple[Path, ...], output: Path, qrels_dir: Path | None, pair
 
 
 def _query_pairs(dataset: BeirDataset | None, kinds: Sequence[str]) -> Any:
-    from esrag.finetune_pairs import qrels_pairs
+    from esrag.quality.finetune_pairs import qrels_pairs
 
     docs = {d.doc_id: d for d in dataset.documents} if dataset is not None else {}
 
@@ -231,8 +231,8 @@ def _query_pairs(dataset: BeirDataset | None, kinds: Sequence[str]) -> Any:
 def _separate_pairs(root: Path, split: str, dataset: BeirDataset) -> list[Pair]:
     """The judged pairs of another split of the dataset (against the evaluated split's corpus); a
     ConfigError when that split judges a query of the evaluated one."""
-    from esrag.evaluation import load_beir
-    from esrag.finetune_pairs import qrels_pairs
+    from esrag.quality.evaluation import load_beir
+    from esrag.quality.finetune_pairs import qrels_pairs
 
     train = load_beir(root, split)
     shared = sorted(set(train.qrels) & set(dataset.qrels))
@@ -245,7 +245,7 @@ def _separate_pairs(root: Path, split: str, dataset: BeirDataset) -> list[Pair]:
 
 def _train(pairs: list[Pair], config: Any, output: Path, resume: bool, show: bool, data: dict[str, Any],
            log: Any) -> Any:
-    from esrag.finetune import train
+    from esrag.quality.finetune import train
 
     log(f"training {config.base_model} on {len(pairs)} pairs ({config.loss}, batch {config.batch_size}"
         f"{f', mini-batch {config.mini_batch_size}' if config.mini_batch_size else ''}) into {output}")
@@ -262,8 +262,8 @@ def _train(pairs: list[Pair], config: Any, output: Path, resume: bool, show: boo
 def _run_cv(dataset: BeirDataset, settings: Any, config: Any, query_pairs: Any, other: list[Pair], k: int,
             seed: int, candidates: int, show: bool, output: Path, resume: bool, data: dict[str, Any],
             as_json: bool, index: str | None, log: Any) -> None:
-    from esrag.finetune import write_provenance
-    from esrag.finetune_eval import base_settings, cross_validate
+    from esrag.quality.finetune import write_provenance
+    from esrag.quality.finetune_eval import base_settings, cross_validate
 
     base_cfg = base_settings(settings, dataset.name, index)
     _, folds, summary = cross_validate(dataset, base_cfg, config, query_pairs, other, k, seed,

@@ -193,7 +193,7 @@ def ingest(paths: tuple[str, ...], prune: bool, as_json: bool, progress: bool | 
       esrag ingest --from-index products --text-field description --title-field name \\
           --metadata-field brand --query '{"term": {"status": "published"}}' --prune
     """
-    from esrag.ingest import IngestAborted
+    from esrag.ingest.pipeline import IngestAborted
 
     chosen = {k: opts.pop(k) for k in SOURCE_PARAMS}
     with engine_from(**opts) as engine:

@@ -17,7 +17,7 @@ from esrag.cli.common import (
     store_options,
     valid_text,
 )
-from esrag.search import normalization_meaning
+from esrag.retrieval.search import normalization_meaning
 
 
 @click.command()

@@ -14,7 +14,7 @@ generator that decodes in-process, esrag can make citing part of the decoding in
   *Which* source is the model's own choice, by its probabilities over those numbers;
 * a sentence still uncited when the token budget is nearly spent is cited before the budget runs out;
 * given the passages' texts, a citation is forced only onto a sentence that one of them supports
-  (``esrag.answer_checks.support``), and only the numbers of the passages that support it are allowed: the
+  (``esrag.answering.checks.support``), and only the numbers of the passages that support it are allowed: the
   constraint never makes an invented claim look sourced. A sentence no passage supports is left uncited.
 
 Everything else is left to the model, and a citation the model writes by itself counts as the sentence's
@@ -29,7 +29,7 @@ import re
 from collections.abc import Collection, Sequence
 from typing import Any
 
-from esrag.answer_checks import CITATION, CITATION_RE, DEFAULT_SUPPORT_THRESHOLD, supporters
+from esrag.answering.checks import CITATION, CITATION_RE, DEFAULT_SUPPORT_THRESHOLD, supporters
 
 #: a sentence boundary: . ! or ? (optionally followed by citations) then whitespace; or a line break
 _SENTENCE_SPLIT_RE = re.compile(rf"[.!?](?:{CITATION})*\s+|\n")

@@ -15,7 +15,7 @@ How sentences are picked (``select_sentences``, pure):
    ``MIN_RELEVANCE``, or under ``RELATIVE_CUTOFF`` of the best one, is never picked after the first.
 
 Sentences are quoted verbatim, so every one is supported by the passage it cites. The answerer reads only
-the passages that fit its context budget (``CONTEXT_TOKENS``, enforced by esrag.rag before anything is
+the passages that fit its context budget (``CONTEXT_TOKENS``, enforced by esrag.answering.rag before anything is
 embedded: about 8 chunks of 256 tokens, every passage at the default ``rag_k`` of 5), so the work one answer
 causes is bounded whatever ``k`` retrieved. On a CPU, that is one embedding call of at most ~100 short
 sentences with MiniLM (tens to a few hundred ms), which the embedder runs in short slices behind waiting
@@ -32,14 +32,14 @@ from typing import Protocol
 
 import numpy as np
 
-from esrag.answer_checks import LIST_MARK_RE, content_words, split_sentences
+from esrag.answering.checks import LIST_MARK_RE, content_words, split_sentences
 from esrag.config import Settings
 from esrag.generators.base import Generator, Message
 
 MAX_SENTENCES = 4
 #: the context the answerer reads, in estimated tokens (esrag.generators.base.estimate_tokens): its
-#: ``context_tokens`` is this plus ``max_new_tokens`` (which esrag.rag reserves for the answer), and
-#: esrag.rag fits the passages into it, less the question and a margin, before anything is embedded
+#: ``context_tokens`` is this plus ``max_new_tokens`` (which esrag.answering.rag reserves for the answer), and
+#: esrag.answering.rag fits the passages into it, less the question and a margin, before anything is embedded
 CONTEXT_TOKENS = 4096
 LAMBDA = 0.7
 MIN_WORDS = 4

@@ -85,7 +85,7 @@ class OpenAICompatGenerator(Generator):
 
     name = "openai_compat"
     exact_token_counts = False
-    #: a chat's follow-up question is rewritten into a standalone one with ``rewrite`` (esrag.conversation)
+    #: a chat's follow-up question is rewritten into a standalone one with ``rewrite`` (esrag.answering.conversation)
     rewrites_questions = True
 
     def __init__(self, settings: Settings, *, context_tokens: int | None = None) -> None:
@@ -248,7 +248,7 @@ class OpenAICompatGenerator(Generator):
 
     def rewrite(self, messages: Sequence[Message], max_tokens: int) -> str:
         """One short, deterministic completion (temperature 0, at most ``max_tokens``) for the pipeline's
-        own use: a follow-up question rewritten (esrag.conversation). Not an answer: it leaves
+        own use: a follow-up question rewritten (esrag.answering.conversation). Not an answer: it leaves
         ``last_completion_tokens`` alone. GeneratorError naming the URL on any failure."""
         client = self._client()
         try:

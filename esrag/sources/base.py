@@ -1,6 +1,6 @@
 """The Source contract: where the documents of an ingest come from, and which stored documents are theirs.
 
-An ingest (``esrag.ingest.Ingestor``) runs plan -> embed -> write -> prune over one source. The source
+An ingest (``esrag.ingest.pipeline.Ingestor``) runs plan -> embed -> write -> prune over one source. The source
 yields documents with stable ids; the ingestor skips the unchanged ones, embeds and writes the rest, and,
 with ``prune``, deletes what the source no longer has. Everything that depends on where documents come
 from (files on disk, records of an Elasticsearch index, documents an API caller sent) lives in the source:
@@ -39,7 +39,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from esrag.loaders import Notice, Skipped
+from esrag.sources.loaders import Notice, Skipped
 from esrag.types import Document
 
 

@@ -47,10 +47,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from esrag import plugins
 from esrag.config import Settings
 from esrag.errors import ConfigError, EsragError, SourceError
-from esrag.loaders import Notice, Skipped
 from esrag.sources import es_records as rec
 from esrag.sources import es_requests as req
 from esrag.sources.base import BaseSource, Item, Progress, Stub
+from esrag.sources.loaders import Notice, Skipped
 from esrag.stores.es_client import (
     Connection,
     ErrorTranslator,

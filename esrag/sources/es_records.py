@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from esrag.loaders import Skipped
+from esrag.sources.loaders import Skipped
 from esrag.types import Document, Heading, MetadataValue, canonical_json, sha256_hex
 from esrag.validation import doc_id_problem, printable
 

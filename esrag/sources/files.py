@@ -1,13 +1,13 @@
 """Files and directories as a source: discovery, doc ids, prune scopes and the segments of streamed files.
 
-What is read and how is ``esrag.loaders``' (formats, doc ids relative to the path given, JSON/JSONL
+What is read and how is ``esrag.sources.loaders``' (formats, doc ids relative to the path given, JSON/JSONL
 records, binary and oversized files skipped with a reason). This module adds what an ingest needs from a
 file source:
 
 - **Prune scope.** Each given path is a scope: a directory ``docs/`` owns every stored id under
   ``docs/``; a file ``a.jsonl`` owns ``a.jsonl`` and its records ``a.jsonl#<record>``. Nothing else.
 - **Replacement rule.** A large text file (``STREAM_EXTENSIONS``) is loaded as segments
-  ``<doc_id>#part-<hash>`` (``esrag.text_stream``). Once such a file has been read to the end, its stored
+  ``<doc_id>#part-<hash>`` (``esrag.sources.text_stream``). Once such a file has been read to the end, its stored
   forms that the run did not produce are superseded: the old version of each edited segment, and the
   whole-file document of a file that has grown into segments (or the segments of one that has shrunk below
   the threshold). They are deleted with or without ``prune``. A file that failed part-way supersedes
@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from esrag.config import Settings
-from esrag.loaders import (
+from esrag.sources.base import BaseSource, Item, Progress
+from esrag.sources.loaders import (
     MAX_FILE_BYTES,
     STREAM_EXTENSIONS,
     Notice,
@@ -33,14 +34,13 @@ from esrag.loaders import (
     doc_id_candidates,
     iter_file,
 )
-from esrag.sources.base import BaseSource, Item, Progress
+from esrag.sources.text_stream import part_owner
 from esrag.stores.base import Store
-from esrag.text_stream import part_owner
 from esrag.types import MetadataValue
 
 
 class FilesSource(BaseSource):
-    """Files under ``paths`` (see ``esrag.loaders`` for formats and doc ids). Missing paths raise
+    """Files under ``paths`` (see ``esrag.sources.loaders`` for formats and doc ids). Missing paths raise
     LoaderError from ``start``, before any write; files that cannot be loaded are Skipped items."""
 
     name = "files"

@@ -151,7 +151,7 @@ class IndexVersion:
 
 
 class IndexVersions(Protocol):
-    """The versions of one store's index, for ``esrag reindex`` (``esrag.reindex``) and ``esrag status``.
+    """The versions of one store's index, for ``esrag reindex`` (``esrag.lifecycle.reindex``) and ``esrag status``.
 
     Version numbers are integers compared as numbers (``-v10`` is newer than ``-v9``). Thread-safe as far as
     the store is; two reindexes of one index at once are refused by ``freeze``."""

@@ -14,7 +14,7 @@ from typing import Any
 
 from esrag.config import Settings
 from esrag.engine import Engine
-from esrag.search import SearchResult
+from esrag.retrieval.search import SearchResult
 from esrag.types import Document, Filters, Hit
 
 TOPICS = [

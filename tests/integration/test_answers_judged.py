@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from esrag.answer_checks import repeated_sentences, split_sentences
+from esrag.answering.checks import repeated_sentences, split_sentences
+from esrag.answering.rag import UNSUPPORTED_MARK
 from esrag.config import Settings
 from esrag.engine import Engine
-from esrag.rag import UNSUPPORTED_MARK
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from esrag.rag import MAX_ANSWER_K
+from esrag.answering.rag import MAX_ANSWER_K
 from tests.fixtures.api import ApiServer
 
 pytestmark = pytest.mark.integration

@@ -13,9 +13,9 @@ import pytest
 from click.testing import CliRunner, Result
 
 from esrag import plugins
+from esrag.answering.rag import NO_CONTEXT_ANSWER
 from esrag.cli import main
 from esrag.config import Settings
-from esrag.rag import NO_CONTEXT_ANSWER
 from tests.fixtures.es import free_port
 
 pytestmark = pytest.mark.integration

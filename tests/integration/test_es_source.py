@@ -26,7 +26,7 @@ from esrag.cli import main
 from esrag.config import Settings
 from esrag.engine import Engine
 from esrag.errors import ConfigError, SourceError
-from esrag.ingest import IngestAborted, IngestReport
+from esrag.ingest.pipeline import IngestAborted, IngestReport
 from tests.fixtures.api import ApiServer
 from tests.fixtures.es import free_port, wait_http
 from tests.fixtures.fault_proxy import FaultProxy

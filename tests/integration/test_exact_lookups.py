@@ -4,8 +4,8 @@ The corpus is 50 Markdown files of real prose (paragraphs of esrag's own docs/),
 made-up word; searching for that word with the default settings must put its file first, on both stores,
 through the engine (what `esrag search` calls), `esrag search --json` itself, `ask`'s sources, and the API.
 The packaged all-MiniLM-L6-v2 embeds, so the kNN side is the real one the word has to win against. About
-four words in ten carry digits, as error codes do: those are lookups (``esrag.search.is_lookup``) and run at
-the lookup alpha; the plain words rely on the BM25 floor alone (``esrag.fusion``).
+four words in ten carry digits, as error codes do: those are lookups (``esrag.retrieval.search.is_lookup``) and run at
+the lookup alpha; the plain words rely on the BM25 floor alone (``esrag.retrieval.fusion``).
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from esrag.cli import main
-from esrag.finetune import PROVENANCE
+from esrag.quality.finetune import PROVENANCE
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from esrag.ingest import Ingestor
+from esrag.ingest.pipeline import Ingestor
 from esrag.sources.files import FilesSource
 from esrag.stores.base import Store
 from esrag.types import SearchRequest

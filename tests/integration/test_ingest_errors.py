@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from esrag.ingest import Ingestor
+from esrag.ingest.pipeline import Ingestor
 from esrag.sources.documents import DocumentsSource
 from esrag.stores.base import Store
 from esrag.types import Document

@@ -14,11 +14,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from esrag import loaders
 from esrag.config import Settings
-from esrag.context import TITLE_AND_HEADINGS
 from esrag.errors import ConfigError, StoreError
-from esrag.ingest import IngestAborted, Ingestor, IngestReport
+from esrag.ingest.context import TITLE_AND_HEADINGS
+from esrag.ingest.pipeline import IngestAborted, Ingestor, IngestReport
+from esrag.sources import loaders
 from esrag.sources.files import FilesSource, documents_for_path
 from esrag.stores.base import Store
 from esrag.types import EmbeddedChunk, SearchRequest, WriteResult

@@ -27,7 +27,7 @@ import pytest
 from esrag.config import Settings
 from esrag.engine import Engine
 from esrag.errors import ConfigError, EsragError, ReindexInProgressError
-from esrag.ingest_report import IngestAborted
+from esrag.ingest.report import IngestAborted
 from esrag.types import Document, EmbeddedChunk
 from tests.fixtures.api import ROOT, ApiServer, store_args
 
@@ -302,8 +302,8 @@ def _stored(eng: Engine) -> dict[str, Any]:
 
 def test_a_model_change_re_embeds_chunks_with_headings_from_their_stored_context_without_the_sources(
         settings: Settings, other_model: str, tmp_path: Any) -> None:
-    from esrag.context import DEFAULT_TEMPLATE
     from esrag.embedders.sentence_transformers import SentenceTransformerEmbedder
+    from esrag.ingest.context import DEFAULT_TEMPLATE
 
     assert settings.embed_template == DEFAULT_TEMPLATE  # the default: the heading path is embedded
     eng = Engine(settings)

@@ -22,7 +22,7 @@ from esrag.embedders.lazy import LazyEmbedder
 from esrag.embedders.remote import sendable
 from esrag.engine import Engine
 from esrag.errors import EmbeddingError, EmbeddingTimeoutError, ModelMismatchError
-from esrag.ingest import IngestAborted, Ingestor
+from esrag.ingest.pipeline import IngestAborted, Ingestor
 from esrag.sources.documents import DocumentsSource
 from esrag.types import Document, IndexMeta
 from tests.fixtures.embed_server import EmbedServer, TeiShim, minilm_path

@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
+from esrag.answering.rag import parse_citations
 from esrag.config import Settings
 from esrag.errors import MissingDependencyError
 from esrag.generators.base import Message
 from esrag.generators.transformers_local import TransformersLocalGenerator
-from esrag.rag import parse_citations
 
 pytestmark = pytest.mark.integration
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from esrag.answer_checks import (
+from esrag.answering.checks import (
     Sentence,
     check_sentence,
     content_words,

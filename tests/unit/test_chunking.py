@@ -7,9 +7,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from esrag.chunking import _MAX_CHARS_PER_TOKEN as MAX_CHARS_PER_TOKEN
-from esrag.chunking import Chunker, ChunkSpan, chunk_document
 from esrag.errors import ConfigError
+from esrag.ingest.chunking import _MAX_CHARS_PER_TOKEN as MAX_CHARS_PER_TOKEN
+from esrag.ingest.chunking import Chunker, ChunkSpan, chunk_document
 from esrag.types import Chunk, Document, sha256_hex
 
 Counter = Callable[[Sequence[str]], list[int]]

@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
+from esrag.answering.rag import parse_citations
 from esrag.generators.citations import CitationLogitsProcessor, CitationRules
-from esrag.rag import parse_citations
 
 VOCAB = ["<eos>", " The", " sky", " is", " blue", ".", "!", " [", "[", "1", "2", "3", "]", "].", " and",
          " 3", " e", " x", "\n", ").", " grass", " green", ".\n", "jsonl", "g", " corpus"]

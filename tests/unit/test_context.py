@@ -8,11 +8,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from esrag.chunking import Chunker, chunk_document
 from esrag.config import Settings
-from esrag.context import DEFAULT_TEMPLATE, PLAIN, TITLE_AND_HEADINGS, ContextTemplate, check_template, sections
 from esrag.errors import ConfigError
-from esrag.text_formats import OutlineState, html_document, markdown_outline, part_outline, rst_outline
+from esrag.ingest.chunking import Chunker, chunk_document
+from esrag.ingest.context import DEFAULT_TEMPLATE, PLAIN, TITLE_AND_HEADINGS, ContextTemplate, check_template, sections
+from esrag.sources.text_formats import OutlineState, html_document, markdown_outline, part_outline, rst_outline
 from esrag.types import Document, Heading, sha256_hex
 
 

@@ -1,11 +1,11 @@
-"""esrag.conversation: what a chat retrieves for a follow-up (the rule, the LLM's rewrite and its checks),
+"""esrag.answering.conversation: what a chat retrieves for a follow-up (the rule, the LLM's rewrite and its checks),
 with a scripted rewriter instead of a model for the control flow."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-from esrag.conversation import (
+from esrag.answering.conversation import (
     REWRITE_MAX_TOKENS,
     Standalone,
     parse_rewrite,

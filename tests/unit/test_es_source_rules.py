@@ -7,10 +7,10 @@ import math
 import pytest
 
 from esrag.errors import ConfigError
-from esrag.loaders import Skipped
 from esrag.sources import es_records as rec
 from esrag.sources import es_requests as req
 from esrag.sources.elasticsearch import parse_query, parse_slice
+from esrag.sources.loaders import Skipped
 from esrag.types import Document, Heading, version_sha
 
 QUERY = {"term": {"status": "published"}}

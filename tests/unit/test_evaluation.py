@@ -11,7 +11,7 @@ import pytest
 
 from esrag.config import DEFAULT_MODEL
 from esrag.errors import ConfigError, LoaderError
-from esrag.evaluation import (
+from esrag.quality.evaluation import (
     METRICS,
     build_runs,
     doc_ranking,
@@ -26,8 +26,7 @@ from esrag.evaluation import (
     tfidf_run,
     tfidf_tokenize,
 )
-from esrag.search import fuse
-from esrag.tuning import (
+from esrag.quality.tuning import (
     FusionSetting,
     alpha_grid,
     cross_validate,
@@ -37,6 +36,7 @@ from esrag.tuning import (
     sweep_settings,
     tune,
 )
+from esrag.retrieval.search import fuse
 from esrag.types import Document, ScoredChunk, SearchResponse
 
 
@@ -118,7 +118,7 @@ def test_method_rankings_from_one_response() -> None:
 
 def test_build_runs_computes_every_asked_method() -> None:
     docs = (Document("A", "a", "apples and pears"), Document("B", "b", "bananas"))
-    from esrag.evaluation import BeirDataset
+    from esrag.quality.evaluation import BeirDataset
 
     ds = BeirDataset("t", docs, {"q": "bananas"}, {"q": {"B": 1}})
     resp = SearchResponse(bm25=[sc("b1", "B", 3.0)], dense=[sc("a1", "A", 0.9), sc("b1", "B", 0.7)])

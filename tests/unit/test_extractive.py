@@ -119,7 +119,7 @@ class CountingEmbedder:
 def test_a_large_k_embeds_only_the_sentences_of_the_passages_that_fit_the_budget() -> None:
     """k = 50 long passages: the answerer's context budget keeps a best-ranked prefix of them (every one of
     the default five), and only their sentences are embedded."""
-    from esrag.rag import RagPipeline
+    from esrag.answering.rag import RagPipeline
     from esrag.types import Hit
 
     text = " ".join(f"Passage sentence number {j} explains how the keys are rotated by the operator."

@@ -1,5 +1,5 @@
 """Training pairs, held-out split, folds and guards of ``esrag finetune`` (pure), and the pure parts of
-esrag.finetune and esrag.finetune_eval."""
+esrag.quality.finetune and esrag.quality.finetune_eval."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from esrag.errors import ConfigError
-from esrag.finetune import (
+from esrag.quality.finetune import (
     CHECKPOINTS,
     PROVENANCE,
     RUN_FILE,
@@ -19,8 +19,8 @@ from esrag.finetune import (
     precision_for,
     prepare_output,
 )
-from esrag.finetune_eval import summarize
-from esrag.finetune_pairs import (
+from esrag.quality.finetune_eval import summarize
+from esrag.quality.finetune_pairs import (
     Pair,
     check_disjoint,
     check_enough,

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from esrag.fusion import Normalized, linear_fusion, normalize, rrf_fusion, with_document_evidence
+from esrag.retrieval.fusion import Normalized, linear_fusion, normalize, rrf_fusion, with_document_evidence
 
 
 def test_minmax_scales_from_the_floor_one_mean_step_below_a_cut_list() -> None:

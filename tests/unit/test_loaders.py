@@ -8,7 +8,7 @@ import pypdf
 import pytest
 
 from esrag.errors import LoaderError
-from esrag.loaders import (
+from esrag.sources.loaders import (
     Skipped,
     _Pattern,
     discover,
@@ -473,7 +473,7 @@ def test_a_file_that_vanishes_after_discovery_is_skipped(tmp_path: Path) -> None
 
 
 def test_an_unexpected_loader_error_is_a_one_line_skip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import esrag.loaders as loaders
+    import esrag.sources.loaders as loaders
 
     path = write(tmp_path / "page.html", "<p>x</p>")
 

@@ -1,6 +1,6 @@
 """Large text files are read in a stream as segment documents that together are the whole file, with its
-title, metadata and heading paths; smaller files, HTML and the usual skips are as before (esrag/loaders.py
-with esrag/text_stream.py). The size thresholds are lowered so that the files stay small."""
+title, metadata and heading paths; smaller files, HTML and the usual skips are as before (esrag/sources/loaders.py
+with esrag/sources/text_stream.py). The size thresholds are lowered so that the files stay small."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from esrag import loaders
-from esrag.context import sections
-from esrag.loaders import Skipped, iter_file, load_file
+from esrag.ingest.context import sections
+from esrag.sources import loaders
+from esrag.sources.loaders import Skipped, iter_file, load_file
 from esrag.types import Document
 
 

@@ -1,10 +1,10 @@
-"""Which queries are exact lookups (esrag.search.is_lookup): they run at the lookup_alpha setting."""
+"""Which queries are exact lookups (esrag.retrieval.search.is_lookup): they run at the lookup_alpha setting."""
 
 from __future__ import annotations
 
 import pytest
 
-from esrag.search import is_lookup
+from esrag.retrieval.search import is_lookup
 
 
 @pytest.mark.parametrize("query", [

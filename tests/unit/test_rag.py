@@ -8,10 +8,7 @@ from typing import Any
 
 import pytest
 
-from esrag.config import Settings
-from esrag.errors import ConfigError, GeneratorError
-from esrag.generators.base import Generator, Message, estimate_tokens
-from esrag.rag import (
+from esrag.answering.rag import (
     CUT_NOTE,
     EXACT_MARGIN_TOKENS,
     NO_CONTEXT_ANSWER,
@@ -30,6 +27,9 @@ from esrag.rag import (
     resolve_citations,
     truncate_to_tokens,
 )
+from esrag.config import Settings
+from esrag.errors import ConfigError, GeneratorError
+from esrag.generators.base import Generator, Message, estimate_tokens
 from esrag.types import Hit
 
 
@@ -356,7 +356,7 @@ def _consumed(stream: Any) -> Any:
 
 
 def test_an_answer_retrieves_at_most_max_answer_k_passages() -> None:
-    from esrag.rag import MAX_ANSWER_K
+    from esrag.answering.rag import MAX_ANSWER_K
 
     p = pipeline([hit(i) for i in range(1, 80)], ScriptedGenerator(["ok [1]."]))
     assert len(p.ask("q", k=MAX_ANSWER_K).retrieved) == MAX_ANSWER_K

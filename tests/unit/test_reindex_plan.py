@@ -9,10 +9,19 @@ import numpy as np
 import pytest
 
 from esrag.config import Settings
-from esrag.context import ContextTemplate
 from esrag.embedders import fingerprint
 from esrag.errors import ConfigError
-from esrag.reindex import COPY, EMBED, RECHUNK, embedded_text, model_changed, next_number, plan, target_settings
+from esrag.ingest.context import ContextTemplate
+from esrag.lifecycle.reindex import (
+    COPY,
+    EMBED,
+    RECHUNK,
+    embedded_text,
+    model_changed,
+    next_number,
+    plan,
+    target_settings,
+)
 from esrag.stores.base import IndexVersion
 from esrag.stores.es_versions import swap_actions, version_name, version_of
 from esrag.stores.sqlite_files import parse_version, version_file

@@ -1,5 +1,5 @@
 """Streamed decoding equals whole-file decoding, and segments cover the text exactly, are bounded, do not
-depend on read sizes and are content-defined (esrag/text_stream.py)."""
+depend on read sizes and are content-defined (esrag/sources/text_stream.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from esrag.text_stream import (
+from esrag.sources.text_stream import (
     Segmenter,
     StreamDecoder,
     decode,

@@ -99,9 +99,10 @@ def _database() -> sqlite3.Connection:
     conn = sqlite3.connect(":memory:")
     for statement in sql.schema("standard"):
         conn.execute(statement)
-    row = ("a", "d", "s", "t", 0, 1, -1, 0, 1, "x", "y", "now", '{"k0":"v0","team":"platform"}', b"\0", "hello")
+    row = ("a", "d", "s", "t", 0, 1, -1, 0, 1, "x", "y", "now", '{"k0":"v0","team":"platform"}', b"\0", "",
+           "hello")
     conn.execute(sql.UPSERT, row)
-    conn.execute(sql.UPSERT, ("b", "poisoned", *row[2:12], '{"team":"platform","p99":NaN}', b"\0", "hello"))
+    conn.execute(sql.UPSERT, ("b", "poisoned", *row[2:12], '{"team":"platform","p99":NaN}', b"\0", "", "hello"))
     return conn
 
 

@@ -1,7 +1,7 @@
 """Fusion tuning: sweep alpha x normalisation (linear) and k (RRF), each at every section weight, over fixed
 candidates, pick by nDCG@10 with k-fold cross-validation over queries. Pure, apart from ``plot_curve``.
 
-Candidates are retrieved once per query (``esrag.evaluation.retrieve_candidates``); every setting is then
+Candidates are retrieved once per query (``esrag.quality.evaluation.retrieve_candidates``); every setting is then
 re-fused client-side, so a sweep costs no further store round trips.
 
 Cross-validation: queries are split into ``k`` seeded folds. For each fold, the setting with the best mean
@@ -22,8 +22,8 @@ import numpy as np
 
 from esrag.config import NORMALIZATIONS, check_doc_weight
 from esrag.errors import ConfigError, MissingDependencyError
-from esrag.evaluation import RUN_DEPTH, QrelsDict, Ranking, doc_ranking, evaluate_per_query
-from esrag.search import fuse
+from esrag.quality.evaluation import RUN_DEPTH, QrelsDict, Ranking, doc_ranking, evaluate_per_query
+from esrag.retrieval.search import fuse
 from esrag.types import SearchResponse
 
 DEFAULT_RRF_KS = (1, 10, 20, 40, 60, 100)
@@ -34,7 +34,8 @@ TUNE_METRIC = "ndcg@10"
 @dataclass(frozen=True)
 class FusionSetting:
     """One point of the sweep. RRF is swept at alpha 0.5 (equal weights); ``normalization`` only matters for
-    linear fusion and ``rrf_k`` only for RRF; ``doc_weight`` for both (esrag.fusion.with_document_evidence)."""
+    linear fusion and ``rrf_k`` only for RRF; ``doc_weight`` for both
+    (esrag.retrieval.fusion.with_document_evidence)."""
 
     fusion: str
     alpha: float

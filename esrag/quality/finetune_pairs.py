@@ -3,7 +3,7 @@
 A pair is (anchor, positive): a query and a passage that answers it. Two kinds:
 
 - **qrels pairs**: one per judged (query, relevant document) of a BEIR split; the passage is the
-  document's title and text (``esrag.evaluation.document_text``), cut to ``max_chars``.
+  document's title and text (``esrag.quality.evaluation.document_text``), cut to ``max_chars``.
 - **heading pairs** (no labels): one per section of a document that has a heading: the heading is the
   anchor and the section's text the passage. A document without an outline gives (its title, its text)
   when its title is not just its file name. A heading shared by several sections names none of them and
@@ -23,10 +23,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from esrag.context import sections
 from esrag.errors import ConfigError
+from esrag.ingest.context import sections
 
-if TYPE_CHECKING:  # esrag.evaluation imports the settings (pydantic): kept off the training-only path
+if TYPE_CHECKING:  # esrag.quality.evaluation imports the settings (pydantic): kept off the training-only path
     from esrag.types import Document
 
 #: passages are cut to this many characters (the model reads at most its max_seq_length tokens anyway;
@@ -67,7 +67,7 @@ def qrels_pairs(
     """One pair per positive judgment of the queries ``query_ids`` (all judged queries when None), in
     sorted (query id, doc id) order. Judgments of documents missing from ``documents`` and queries with
     a blank text are left out."""
-    from esrag.evaluation import document_text
+    from esrag.quality.evaluation import document_text
 
     wanted = sorted(set(qrels) if query_ids is None else set(query_ids) & set(qrels))
     out: list[Pair] = []
@@ -92,7 +92,7 @@ def heading_pairs(
 ) -> list[Pair]:
     """(heading, section text) pairs of ``documents``, in document and section order.
 
-    A section's anchor is its deepest heading (``esrag.context.sections``); a document without an outline
+    A section's anchor is its deepest heading (``esrag.ingest.context.sections``); a document without an outline
     gives its title when the title is not the file name. The heading line is removed from the start of
     the passage, so the model cannot match the two by copying. Passages shorter than ``min_chars`` after
     that, and anchors held by more than one passage, are dropped.
@@ -132,8 +132,8 @@ def split_heldout(query_ids: Iterable[str], fraction: float, seed: int = 0) -> t
 
 def kfolds(query_ids: Iterable[str], k: int, seed: int = 0) -> list[tuple[list[str], list[str]]]:
     """``k`` (training ids, held-out ids) splits: the held-out parts are disjoint, near-equal and cover
-    every id once (``esrag.tuning.kfold_split``, the folds of ``esrag tune``)."""
-    from esrag.tuning import kfold_split
+    every id once (``esrag.quality.tuning.kfold_split``, the folds of ``esrag tune``)."""
+    from esrag.quality.tuning import kfold_split
 
     folds = kfold_split(list(query_ids), k, seed)
     return [(sorted(q for j, f in enumerate(folds) if j != i for q in f), sorted(fold))

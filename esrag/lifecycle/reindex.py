@@ -9,7 +9,7 @@ A reindex, step by step (the store's mechanics are its ``IndexVersions``, ``esra
      copied with their vectors; nothing is embedded.
    - The model (name and dims; ``model_changed`` is the one place models are compared): the stored text
      is embedded again with the new model, each distinct text (``chunk_sha``) once. The embedded text is
-     the chunk with its context (``esrag.context``), which the stores keep beside the text; it is
+     the chunk with its context (``esrag.ingest.context``), which the stores keep beside the text; it is
      proved by the chunk's ``chunk_sha`` (the hash of the embedded text). For chunks stored before the
      stores kept contexts, it is recovered where the chunk's hash proves it: the chunk alone, or the
      title prefix; a chunk whose context named headings cannot be recovered: the reindex stops and says
@@ -44,10 +44,10 @@ import numpy as np
 
 from esrag import __version__, plugins
 from esrag.config import Settings
-from esrag.context import ContextTemplate
 from esrag.embedders import fingerprint
 from esrag.embedders.base import Embedder
 from esrag.errors import ConfigError, EsragError, StoreError
+from esrag.ingest.context import ContextTemplate
 from esrag.sources.base import Source
 from esrag.stores.base import IndexVersion, IndexVersions, Store
 from esrag.types import EmbeddedChunk, IndexMeta, sha256_hex
@@ -259,7 +259,7 @@ class Reindexer:
 
     def _from_sources(self, target: Store, s: Settings, sources: Sequence[Source], report: ReindexReport) -> None:
         """Ingest each source in turn into ``target`` with the new settings (``Ingestor.ingest``)."""
-        from esrag.ingest import Ingestor
+        from esrag.ingest.pipeline import Ingestor
 
         ingestor = Ingestor(target, self.embedder_for(s), s)
         for source in sources:

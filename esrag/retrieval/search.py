@@ -14,7 +14,7 @@ from esrag.config import Settings, check_alpha, check_doc_weight
 from esrag.embedders import fingerprint
 from esrag.embedders.base import Embedder
 from esrag.errors import ConfigError, ModelMismatchError
-from esrag.fusion import Fused, linear_fusion, ranked, rrf_fusion, with_document_evidence
+from esrag.retrieval.fusion import Fused, linear_fusion, ranked, rrf_fusion, with_document_evidence
 from esrag.stores.base import Store
 from esrag.types import Filters, Hit, ScoredChunk, SearchRequest
 
@@ -77,10 +77,10 @@ def fuse(
     """Turn the two candidate lists into the best ``k`` Hits (all of them when k is None), best first.
 
     ``candidates`` is how many hits each side was asked for: a BM25 list shorter than that holds every
-    chunk matching the query, so every other chunk's BM25 score is known to be 0 (``esrag.fusion``).
+    chunk matching the query, so every other chunk's BM25 score is known to be 0 (``esrag.retrieval.fusion``).
 
     With ``doc_weight``, each side's scores are mixed with their sections' opening chunks' before the
-    fusion (``esrag.fusion.with_document_evidence``); the Hits still report each side's raw store score and
+    fusion (``esrag.retrieval.fusion.with_document_evidence``); the Hits still report each side's raw store score and
     store rank, and the normalised weighted score that entered the fusion."""
     if mode == "bm25":
         alpha, dense = 0.0, []

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from esrag.errors import ConfigError, EmbeddingError, MissingDependencyError
-from esrag.finetune_pairs import Pair
+from esrag.quality.finetune_pairs import Pair
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +224,7 @@ def train(
     ``on_step(step, loss)`` is called at every optimiser step. Raises ConfigError for a refused output
     directory or too few pairs, MissingDependencyError without the finetune extra, EmbeddingError when the
     base model cannot be loaded."""
-    from esrag.finetune_pairs import check_enough
+    from esrag.quality.finetune_pairs import check_enough
 
     check_enough(pairs, config.batch_size)
     output = Path(output)

@@ -34,7 +34,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from esrag.text_formats import OutlineState, markdown_title, part_outline, rst_title
+from esrag.sources.text_formats import OutlineState, markdown_title, part_outline, rst_title
 from esrag.types import Heading, sha256_hex
 
 SURROGATE = re.compile("[\ud800-\udfff]")

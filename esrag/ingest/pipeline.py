@@ -46,15 +46,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from esrag import __version__
-from esrag.chunking import Chunker, chunk_document
 from esrag.config import Settings
-from esrag.context import ContextTemplate
 from esrag.embedders import fingerprint, inflight
 from esrag.embedders.base import Embedder
 from esrag.errors import EsragError, ModelMismatchError, setting
-from esrag.ingest_report import IngestAborted, IngestReport
-from esrag.loaders import Notice, Skipped
+from esrag.ingest.chunking import Chunker, chunk_document
+from esrag.ingest.context import ContextTemplate
+from esrag.ingest.report import IngestAborted, IngestReport
 from esrag.sources.base import Progress, Source, Stub
+from esrag.sources.loaders import Notice, Skipped
 from esrag.stores.base import Store
 from esrag.types import Chunk, ChunkRef, Document, EmbeddedChunk, IndexMeta, WriteError, version_sha
 

@@ -16,7 +16,7 @@ digits of the record's content, so inserting a record changes no other record's 
 
 A ``.txt``, ``.md`` or ``.rst`` file larger than ``STREAM_BYTES`` is read in a stream and loaded as
 segments of about ``SEGMENT_CHARS`` characters, cut at paragraph ends chosen by their content (see
-``esrag.text_stream``), so memory does not grow with the file: each segment is a record
+``esrag.sources.text_stream``), so memory does not grow with the file: each segment is a record
 ``<file's id>#part-`` and 16 hex digits of its text, so an edit changes only the ids of the segments it
 touches. JSONL is read line by line; HTML, JSON and PDF files are read whole, within ``max_bytes``.
 
@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from esrag.errors import LoaderError
-from esrag.text_formats import (
+from esrag.sources.text_formats import (
     html_document,
     html_to_text,
     markdown_outline,
@@ -47,7 +47,7 @@ from esrag.text_formats import (
     rst_outline,
     rst_title,
 )
-from esrag.text_stream import SURROGATE, decode, decode_escaped, file_parts, normalize_newlines, replace_escaped
+from esrag.sources.text_stream import SURROGATE, decode, decode_escaped, file_parts, normalize_newlines, replace_escaped
 from esrag.types import Document, Heading, MetadataValue, canonical_json, sha256_hex
 from esrag.validation import doc_id_problem, dotted, invalid_values
 
@@ -62,7 +62,7 @@ MAX_FILE_BYTES = 100 * 1024 * 1024
 #: Text files (``STREAM_EXTENSIONS``) larger than this many bytes are read in a stream, as segments.
 STREAM_BYTES = 8 * 1024 * 1024
 STREAM_EXTENSIONS = frozenset({".txt", ".md", ".rst"})
-#: Characters a segment of a streamed file holds on average (at most twice as many; see esrag.text_stream).
+#: Characters a segment of a streamed file holds on average (at most twice as many; see esrag.sources.text_stream).
 SEGMENT_CHARS = 1024 * 1024
 #: Bytes per read of a streamed file.
 READ_BYTES = 256 * 1024
@@ -407,7 +407,7 @@ def _iter_file(path: Path, name: str, doc_id: str, base_metadata: Mapping[str, M
 
 
 def _iter_parts(path: Path, name: str, doc_id: str, base: dict[str, MetadataValue]) -> Iterator[Document | Skipped]:
-    """A large text file as segment Documents (``esrag.text_stream.file_parts``), read in a stream. A read
+    """A large text file as segment Documents (``esrag.sources.text_stream.file_parts``), read in a stream. A read
     error propagates (``iter_file`` turns it into a Skipped) after the segments read before it."""
     ext = path.suffix.lower()
     empty = True

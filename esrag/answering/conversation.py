@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from esrag.answer_checks import content_words
+from esrag.answering.checks import content_words
 from esrag.errors import GeneratorError
 from esrag.generators.base import Generator, Message
 

@@ -28,12 +28,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from esrag.errors import BulkWriteError
-from esrag.finetune_pairs import Pair, check_disjoint, kfolds
+from esrag.quality.finetune_pairs import Pair, check_disjoint, kfolds
 
 if TYPE_CHECKING:
     from esrag.config import Settings
-    from esrag.evaluation import BeirDataset
-    from esrag.finetune import TrainConfig, TrainReport
+    from esrag.quality.evaluation import BeirDataset
+    from esrag.quality.finetune import TrainConfig, TrainReport
 
 #: what before/after compares: the kNN side alone, and the configured hybrid
 METHODS = ("dense", "hybrid")
@@ -108,7 +108,7 @@ def score_model(
     """Ingest ``dataset``'s corpus with ``settings`` (its model and index) and score the queries ``qids``:
     method -> query id -> nDCG@10. With ``drop`` the index is deleted afterwards."""
     from esrag.engine import Engine
-    from esrag.evaluation import evaluate_per_query, method_ranking, retrieve_candidates
+    from esrag.quality.evaluation import evaluate_per_query, method_ranking, retrieve_candidates
 
     engine = Engine(settings)
     engine.check_plugins()
@@ -139,7 +139,7 @@ def score_model(
 
 def base_settings(settings: Settings, dataset_name: str, index: str | None = None) -> Settings:
     """``settings`` with ``index``, or else the index ``esrag eval`` uses for this dataset and model."""
-    from esrag.evaluation import eval_index_name
+    from esrag.quality.evaluation import eval_index_name
 
     return settings.replace(index=index or eval_index_name(dataset_name, settings.model, settings.chunk_size,
                                                   settings.chunk_overlap, settings.embed_template))
@@ -174,7 +174,7 @@ def cross_validate(
     query (checked by id and text for every fold: ConfigError on overlap). Fold models are written under
     ``workdir`` (a temporary directory when None) and removed once measured. ``settings`` names the base
     model's index (``base_settings``); ``base``: the base model's scores, when already measured."""
-    from esrag.finetune import train
+    from esrag.quality.finetune import train
 
     qids = sorted(dataset.queries)
     splits = kfolds(qids, k, seed)

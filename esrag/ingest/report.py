@@ -6,7 +6,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from esrag.errors import EsragError
-from esrag.loaders import Skipped
+from esrag.sources.loaders import Skipped
 from esrag.types import WriteError
 
 
@@ -19,7 +19,7 @@ class IngestReport:
     did not produce and that are gone from it (files gone, moved, now empty, skipped or unreadable; records
     deleted or no longer matching the query); ``documents_removed`` those of them deleted by ``prune``.
     Documents a source supersedes (the earlier forms of a large text file read in segments) are not gone but
-    replaced (see ``esrag.ingest``): deleted in any case, their chunks counted in ``chunks_deleted``.
+    replaced (see ``esrag.ingest.pipeline``): deleted in any case, their chunks counted in ``chunks_deleted``.
     ``aborted`` is the reason a run stopped early ("" if it did not); ``documents_not_written`` are then the
     documents whose new chunks were planned but not (all) written.
     """

@@ -28,11 +28,11 @@ from collections.abc import Generator as PyGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
-from esrag.answer_checks import SentenceCheck, check_sentence, cited_numbers, find_loop, split_sentences
+from esrag.answering.checks import SentenceCheck, check_sentence, cited_numbers, find_loop, split_sentences
 from esrag.config import Settings
 from esrag.errors import ConfigError, setting
 from esrag.generators.base import Generator, Message
-from esrag.search import HybridSearcher
+from esrag.retrieval.search import HybridSearcher
 from esrag.types import Hit
 
 TokenCounter = Callable[[str], int]
@@ -144,7 +144,7 @@ class Answer:
     called. ``generator`` is None for retrieval only (``--generator none``). ``constrained_citations`` is True
     when the generator's decoding made every sentence cite a source (the model chose which).
 
-    ``sentences``: every sentence of ``text`` checked against the sources (``esrag.answer_checks``): cited
+    ``sentences``: every sentence of ``text`` checked against the sources (``esrag.answering.checks``): cited
     source, support score, supported. ``cut``: why the text was cut short (``"loop"``: it started repeating
     itself), else None. ``notes``: what the reader must know about the answer (cut, unsupported sentences),
     as sentences to print after it. ``display_text``: ``text`` with ``UNSUPPORTED_MARK`` after each

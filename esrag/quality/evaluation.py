@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 
 from esrag.config import DEFAULT_MODEL, ChunkingSettings
-from esrag.context import PLAIN
 from esrag.errors import ConfigError, LoaderError, MissingDependencyError
-from esrag.search import HybridSearcher, fuse
+from esrag.ingest.context import PLAIN
+from esrag.retrieval.search import HybridSearcher, fuse
 from esrag.stats import percentile  # noqa: F401 - re-exported for the CLI
 from esrag.types import Document, ScoredChunk, SearchResponse, sha256_hex
 

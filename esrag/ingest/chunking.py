@@ -28,8 +28,8 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from esrag.context import ContextTemplate, sections
 from esrag.errors import ConfigError
+from esrag.ingest.context import ContextTemplate, sections
 from esrag.types import Chunk, Document, sha256_hex
 
 TokenCounter = Callable[[Sequence[str]], list[int]]
@@ -318,7 +318,7 @@ def chunk_document(doc: Document, chunker: Chunker, doc_sha: str | None = None,
     """Chunks of ``doc`` with content-addressed ids; ``[]`` for a blank document.
 
     ``doc_sha`` defaults to ``doc.sha(chunker.signature)``, which covers the document and the chunk
-    parameters, so changing them changes every id. With a ``template`` (see ``esrag.context``), each chunk
+    parameters, so changing them changes every id. With a ``template`` (see ``esrag.ingest.context``), each chunk
     gets the context its embedded text starts with, and the chunk is shortened so that context and chunk
     together fit ``chunker.size`` tokens; a template naming ``{headings}`` chunks each section of the
     document's outline apart. ``chunk_sha`` is the hash of the embedded text (context + chunk).
