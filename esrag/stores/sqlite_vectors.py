@@ -67,8 +67,9 @@ CONNECTIVITY, EXPANSION_ADD, EXPANSION_SEARCH = 16, 128, 128
 MERGE_MIN, MERGE_FRACTION = 20_000, 0.10
 #: a filter keeping at most this many rows is answered exactly over its rows
 FILTER_EXACT_MAX = 5_000
-#: HNSW candidates read per hit wanted, before masking and re-scoring
-OVERSAMPLE = 2
+#: HNSW candidates read per hit wanted, before masking and re-scoring: the int8 graph orders near ties
+#: coarsely, so the exact top k is fetched from a wider set (at 2, recall@10 on 300 MiniLM vectors dipped to 0.96)
+OVERSAMPLE = 4
 #: rows per batch when vectors are streamed out of SQLite into an index
 BUILD_BATCH = 10_000
 KIND = "usearch-hnsw-i8"

@@ -165,8 +165,12 @@ def test_the_saved_model_ingests_and_searches_with_model_dir(tuned: dict[str, An
     assert status["model"] == out
     hits = json.loads(cli("search", "why does the sea rise", "--json", *where).stdout)
     assert hits["hits"][0]["doc_id"].endswith("tides.md")
-    # another model on that index is refused, as for any model
-    cli("search", "sea", *where[:-4], "--device", "cpu", code=1)
+    # searching without --model embeds with the model the index records (the fine-tuned one) ...
+    hits = json.loads(cli("search", "why does the sea rise", "--json", *where[:4], "--device", "cpu").stdout)
+    assert hits["hits"][0]["doc_id"].endswith("tides.md")
+    # ... and another model named on that index is refused, as for any model
+    cli("search", "sea", *where[:4], "--model", "sentence-transformers/all-MiniLM-L6-v2", "--device", "cpu",
+        code=1)
 
 
 def test_the_tuned_vectors_differ_from_the_base_models(tuned: dict[str, Any], embedder: Any) -> None:
@@ -263,3 +267,43 @@ def test_cross_validation_scores_every_query_once_then_trains_on_all(cli: Callab
     # the fold models and their indexes are gone: only the base model's evaluation index stays
     assert sorted(p.name for p in (tmp_path / "s").iterdir() if p.suffix == ".db") == ["eval-tiny.db"]
     assert not list(tmp_path.glob("esrag-finetune-cv-*"))
+
+
+def test_reindex_with_the_model_dir_deploys_it_behind_the_index_and_rolls_back(
+        tuned: dict[str, Any], cli: Callable[..., Any], tmp_path: Path) -> None:
+    """The loop's last step: `esrag reindex --model DIR` re-embeds the live index with the fine-tuned model and
+    swaps it in (the index records the model's path and fingerprint); searches then embed with it, and
+    `--rollback` goes back to the base model."""
+    from esrag.config import Settings
+    from esrag.embedders import fingerprint
+    from esrag.engine import Engine
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i, (title, text, _) in enumerate(TOPICS):
+        (docs / f"t{i}.md").write_text(f"# {title}\n\n## Summary\n\n{text}\n", encoding="utf-8")
+    where = ["--sqlite-dir", str(tmp_path / "store"), "--index", "deployed"]
+    cli("ingest", str(docs), "--no-progress", *where)
+    model = str(tuned["out"].resolve())
+
+    def live() -> tuple[str, str, list[dict[str, Any]]]:
+        status = json.loads(cli("status", "--json", *where).stdout)
+        settings = Settings(store="sqlite", sqlite_dir=str(tmp_path / "store"), index="deployed")
+        with Engine(settings) as engine:
+            meta = engine.store.read_meta()
+        assert meta is not None
+        return meta.model, meta.fingerprint, status["versions"]
+
+    base_model, base_fp, _ = live()
+    cli("reindex", "--model", model, *where)
+    new_model, new_fp, versions = live()
+    assert new_model == model and base_model != model
+    assert [v["live"] for v in versions] == [False, True]
+    settings = Settings(model=model, device="cpu")
+    with Engine(settings) as engine:  # the fingerprint recorded is the fine-tuned model's own
+        tuned_fp = fingerprint.compute(engine.embedder)
+    assert fingerprint.same_model(new_fp, tuned_fp) and not fingerprint.same_model(new_fp, base_fp)
+    hits = json.loads(cli("search", "why does the ground shake", "--json", "--mode", "dense", *where).stdout)["hits"]
+    assert hits and hits[0]["title"] == "Earthquakes"  # embedded with the index's (fine-tuned) model
+    cli("reindex", "--rollback", *where)
+    assert live()[0] == base_model
