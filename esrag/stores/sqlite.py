@@ -223,12 +223,12 @@ class SQLiteStore:
         if self._wconn is None:
             self._wconn = self._open_existing()
             self._wconn.execute(sql.WRITE_CACHE)
-            self._file_id = _file_id(self.path)
+            self._file_id = sqlite_files.file_id(self.path)
         return self._wconn
 
     def _check_still_there(self) -> None:
         """StoreError if another process deleted or replaced the file since it was opened for writing."""
-        if self._wconn is not None and self._file_id is not None and _file_id(self.path) != self._file_id:
+        if self._wconn is not None and self._file_id is not None and sqlite_files.file_id(self.path) != self._file_id:
             raise StoreError(f"the index at {self.path} was deleted or replaced by another process while this "
                              "one was writing to it; nothing more is written (run the ingest again)")
 
@@ -287,7 +287,7 @@ class SQLiteStore:
                 conn.execute(sql.WRITE_CACHE)
                 with self._state:
                     self._wconn = conn
-                    self._file_id = _file_id(self.path)
+                    self._file_id = sqlite_files.file_id(self.path)
                     self._meta = self._meta or existing or meta
                 if created:
                     return True
@@ -505,7 +505,7 @@ class SQLiteStore:
                 cached = self._bm25
                 if cached is None or cached[0] != generation:
                     self._bm25 = None  # free the old postings first
-                    cached = self._bm25 = (generation, Bm25Index(conn, analyzer=_analyzer(conn)))
+                    cached = self._bm25 = (generation, Bm25Index(conn, analyzer=sql.index_analyzer(conn)))
         ranked = cached[1].top(conn, terms, limit, wanted)
         if ranked is not None:
             return self._hits(conn, ranked)
@@ -598,14 +598,3 @@ class SQLiteStore:
         for conn in conns:
             conn.close()
 
-
-def _analyzer(conn: sqlite3.Connection) -> str:
-    """The analyzer the index was built with, read in the caller's snapshot (another process may have
-    rebuilt it with another one)."""
-    row = conn.execute("SELECT value FROM meta WHERE key = 'index_meta'").fetchone()
-    return (IndexMeta.from_dict(json.loads(row[0])) if row else IndexMeta("", 0)).analyzer
-
-
-def _file_id(path: Path) -> tuple[int, int] | None:  # (device, inode), None when there is no file
-    st = path.stat() if path.exists() else None
-    return (st.st_dev, st.st_ino) if st else None

@@ -280,3 +280,9 @@ class SqliteVersions:
             note_file(self.live).unlink(missing_ok=True)
             done.append(f"removed the note of a reindex that died (pid {note.get('pid')})")
         return done
+
+
+def file_id(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the file at ``path`` (through a link: the live version's); None when there is none."""
+    st = path.stat() if path.exists() else None
+    return (st.st_dev, st.st_ino) if st else None

@@ -14,7 +14,7 @@ import numpy as np
 
 from esrag.errors import ConfigError, setting
 from esrag.stores.sqlite_bm25 import TOKENIZERS
-from esrag.types import TOP_LEVEL_FILTER_FIELDS, Filters, MetadataValue, ScoredChunk, SearchRequest
+from esrag.types import TOP_LEVEL_FILTER_FIELDS, Filters, IndexMeta, MetadataValue, ScoredChunk, SearchRequest
 from esrag.validation import check_filters, clean_metadata
 
 #: chunks per write transaction
@@ -249,3 +249,10 @@ def explain(request: SearchRequest, database: str, ann_min_chunks: int) -> dict[
             "fetch_sql": fetch_sql(limit) if limit else None,
         }
     return out
+
+
+def index_analyzer(conn: Any) -> str:
+    """The analyzer the index was built with, read in the caller's snapshot (another process may have
+    rebuilt it with another one)."""
+    row = conn.execute("SELECT value FROM meta WHERE key = 'index_meta'").fetchone()
+    return (IndexMeta.from_dict(json.loads(row[0])) if row else IndexMeta("", 0)).analyzer
