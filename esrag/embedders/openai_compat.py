@@ -12,18 +12,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from esrag.embedders.remote import JsonHttp, Malformed, RemoteEmbedder, RemoteSettings
+from esrag.embedders.remote import Malformed, RemoteEmbedder, entry_point
 
 NAME = "openai_compat"
 
 
 class OpenAICompatEmbedder(RemoteEmbedder):
     plugin = NAME
-
-    def __init__(self, options: RemoteSettings, model_name: str, query_prefix: str = "",
-                 passage_prefix: str = "") -> None:
-        super().__init__(options, model_name, query_prefix, passage_prefix)
-        self._http = JsonHttp(options.url, options.timeout, self.api_key)
 
     def _post(self, texts: list[str]) -> Any:
         answer = self._http.post("/embeddings", {"model": self.served_model, "input": texts,
@@ -42,16 +37,5 @@ class OpenAICompatEmbedder(RemoteEmbedder):
         return rows
 
 
-def from_settings(settings: Any) -> OpenAICompatEmbedder:
-    """The ``openai_compat`` entry point: ``[embedder.openai_compat]`` settings (url required)."""
-    from esrag import plugins
-
-    options = plugins.plugin_settings(settings, plugins.EMBEDDERS, NAME, RemoteSettings)
-    return OpenAICompatEmbedder(options, settings.model, settings.query_prefix, settings.passage_prefix)
-
-
-def _model_name_for(settings: Any) -> str:
-    return str(settings.model)
-
-
-from_settings.model_name_for = _model_name_for  # type: ignore[attr-defined]
+#: the ``openai_compat`` entry point: ``[embedder.openai_compat]`` settings (url required)
+from_settings = entry_point(OpenAICompatEmbedder)

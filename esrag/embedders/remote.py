@@ -32,7 +32,7 @@ import re
 import threading
 import time
 from abc import abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -167,6 +167,7 @@ class RemoteEmbedder(Embedder):
         self._dims: int | None = options.dims
         self._tokenizer: LocalTokenizer | None = None
         self._tok_lock = threading.Lock()
+        self._http = JsonHttp(options.url, options.timeout, self.api_key)
 
     # -- the one method a wire format implements -------------------------------------------------------
 
@@ -370,3 +371,21 @@ class JsonHttp:
             except ValueError as e:
                 raise Malformed(f"the answer is not JSON ({e})") from e
         raise Unreachable("the connection closed twice")  # pragma: no cover - the loop returns or raises
+
+
+def entry_point(cls: type[RemoteEmbedder]) -> Callable[[Any], RemoteEmbedder]:
+    """The ``esrag.embedders`` entry point of the remote embedder ``cls``: builds it from its
+    ``[embedder.<cls.plugin>]`` settings (url required) and the model settings; ``model_name_for`` names the
+    model an index built with it records (the configured one, whatever the server calls it)."""
+
+    def from_settings(settings: Any) -> RemoteEmbedder:
+        from esrag import plugins
+
+        options = plugins.plugin_settings(settings, plugins.EMBEDDERS, cls.plugin, RemoteSettings)
+        return cls(options, settings.model, settings.query_prefix, settings.passage_prefix)
+
+    def model_name_for(settings: Any) -> str:
+        return str(settings.model)
+
+    from_settings.model_name_for = model_name_for  # type: ignore[attr-defined]
+    return from_settings

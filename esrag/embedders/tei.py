@@ -13,18 +13,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from esrag.embedders.remote import JsonHttp, Malformed, RemoteEmbedder, RemoteSettings
+from esrag.embedders.remote import Malformed, RemoteEmbedder, entry_point
 
 NAME = "tei"
 
 
 class TEIEmbedder(RemoteEmbedder):
     plugin = NAME
-
-    def __init__(self, options: RemoteSettings, model_name: str, query_prefix: str = "",
-                 passage_prefix: str = "") -> None:
-        super().__init__(options, model_name, query_prefix, passage_prefix)
-        self._http = JsonHttp(options.url, options.timeout, self.api_key)
 
     def _post(self, texts: list[str]) -> Any:
         rows = self._http.post("", {"inputs": texts, "normalize": True, "truncate": True})
@@ -33,16 +28,5 @@ class TEIEmbedder(RemoteEmbedder):
         return rows
 
 
-def from_settings(settings: Any) -> TEIEmbedder:
-    """The ``tei`` entry point: ``[embedder.tei]`` settings (url required)."""
-    from esrag import plugins
-
-    options = plugins.plugin_settings(settings, plugins.EMBEDDERS, NAME, RemoteSettings)
-    return TEIEmbedder(options, settings.model, settings.query_prefix, settings.passage_prefix)
-
-
-def _model_name_for(settings: Any) -> str:
-    return str(settings.model)
-
-
-from_settings.model_name_for = _model_name_for  # type: ignore[attr-defined]
+#: the ``tei`` entry point: ``[embedder.tei]`` settings (url required)
+from_settings = entry_point(TEIEmbedder)
