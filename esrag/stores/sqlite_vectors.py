@@ -234,12 +234,15 @@ class DenseIndex:
 
         problem = self.check(pointer)
         if problem is None:
-            ann = Index.restore(str(self.path.parent / pointer.file), view=True)
+            try:  # another process's merge may delete a superseded file between the check and the mapping
+                ann = Index.restore(str(self.path.parent / pointer.file), view=True)
+            except (RuntimeError, OSError, ValueError) as e:
+                ann, problem = None, f"{pointer.file} could not be mapped ({e})"
             if ann is not None:
                 ann.expansion_search = EXPANSION_SEARCH  # type: ignore[misc]  # it has a setter
                 self._bad = self._stale = None
                 return ann
-            problem = f"{pointer.file} is unreadable"
+            problem = problem or f"{pointer.file} is unreadable"
         self._bad, self._stale = pointer, problem
         log.warning("the vector index of %s is stale (%s): searching exactly until it is rebuilt", self.path,
                     problem)
@@ -360,10 +363,14 @@ class DenseIndex:
             keys = keys[~_isin_sorted(keys, v.changed)]
             if wanted is not None:
                 keys = keys[_isin_sorted(keys, wanted)]
-            if len(keys) >= limit or count >= size:
+            if len(keys) >= limit:
                 break
-            if wanted is not None and count * 4 > size / 4:
-                return self._exact_rows(conn, v, wanted, q, limit)  # cheaper than walking most of the graph
+            if wanted is not None and (count >= size or count * 4 > size / 4):
+                # cheaper than walking most of the graph, and exact: a graph search asked for every vector
+                # may still miss a few, so k filtered hits would not be guaranteed
+                return self._exact_rows(conn, v, wanted, q, limit)
+            if count >= size:
+                break
             count = min(size, count * 4)
         return self._rescore(conn, keys, q, limit)
 
