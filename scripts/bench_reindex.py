@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 import threading
 import time
@@ -28,30 +29,14 @@ from typing import Any
 
 from _bench_common import DEFAULT_DATA, dataset, elasticsearch_url, read_jsonl
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.fixtures
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from esrag.config import Settings  # noqa: E402
 from esrag.engine import Engine  # noqa: E402
 from esrag.types import Document  # noqa: E402
-
-
-def perturbed_model(out: Path) -> str:
-    """The packaged MiniLM with every weight matrix moved by seeded noise (5% of its std), saved to ``out``."""
-    import torch
-    from sentence_transformers import SentenceTransformer
-
-    from esrag.config import DEFAULT_MODEL
-    from esrag.embedders.sentence_transformers import resolve_model_path
-
-    model = SentenceTransformer(resolve_model_path(DEFAULT_MODEL), device="cpu")
-    g = torch.Generator().manual_seed(7)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.add_(torch.randn(p.shape, generator=g) * 0.05 * p.std())
-    model.save(str(out))
-    return str(out)
+from tests.fixtures.models import perturbed_minilm  # noqa: E402
 
 
 class Searches:
@@ -134,7 +119,7 @@ def run(base: dict[str, Any], docs: list[Document], rounds: int, tmp: Path, skip
                 "copy_reindex_s": round(t_copy, 3), "copy_vs_raw_speed": round(t_raw / t_copy, 3),
                 "copy_embedded": copy.chunks_embedded, "copy_model_loaded": copy_loaded,
                 "searches_during_copy": s_copy.answers, "search_errors": s_copy.errors[:3]}
-    model = perturbed_model(tmp / "minilm-perturbed")
+    model = perturbed_minilm(tmp / "minilm-perturbed")
     with Searches(settings) as s_model:
         reembed, t_model = timed(lambda: eng.reindex({"model": model}))
     other = Engine(Settings(**base, index="fresh-new-model", device="cpu", model=model))

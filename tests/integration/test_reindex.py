@@ -30,6 +30,7 @@ from esrag.errors import ConfigError, EsragError, ReindexInProgressError
 from esrag.ingest.report import IngestAborted
 from esrag.types import Document, EmbeddedChunk
 from tests.fixtures.api import ROOT, ApiServer, store_args
+from tests.fixtures.models import perturbed_minilm
 
 pytestmark = pytest.mark.integration
 
@@ -44,21 +45,7 @@ TWINS = [Document(doc_id=f"twin{i}", source=f"twin{i}.txt", title="Twin", text="
 
 @pytest.fixture(scope="session")
 def other_model(tmp_path_factory: pytest.TempPathFactory) -> str:
-    import torch
-    from sentence_transformers import SentenceTransformer
-
-    from esrag.config import DEFAULT_MODEL
-    from esrag.embedders.sentence_transformers import resolve_model_path
-
-    model = SentenceTransformer(resolve_model_path(DEFAULT_MODEL), device="cpu")
-    g = torch.Generator().manual_seed(7)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.add_(torch.randn(p.shape, generator=g) * 0.05 * p.std())
-    out = tmp_path_factory.mktemp("model") / "minilm-perturbed"
-    model.save(str(out))
-    return str(out)
+    return perturbed_minilm(tmp_path_factory.mktemp("model") / "minilm-perturbed")
 
 
 @pytest.fixture
