@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from esrag.stores.sqlite import SQLiteStore, match_expression, query_terms
 from esrag.stores.sqlite import bm25_sql as bm25_store_sql
 from esrag.stores.sqlite_bm25 import Bm25Index
 from esrag.types import Chunk, EmbeddedChunk, IndexMeta, SearchRequest
+from tests.fixtures.processes import sigkill_mid_run
 
 pytestmark = pytest.mark.integration
 
@@ -481,17 +481,7 @@ def test_sigkill_during_writes_leaves_a_consistent_store(tmp_path: Path, kill_af
             print(b, flush=True)
             b += 1
     """)
-    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == "0", proc.stderr.read() if proc.stderr else ""
-        time.sleep(kill_after_s)
-    finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-        proc.stdout.close() if proc.stdout else None
-        proc.stderr.close() if proc.stderr else None
+    sigkill_mid_run(code, [str(tmp_path)], REPO, kill_after_s)
     path = tmp_path / "t.db"
     chunks, fts = fts_consistent(path)
     assert chunks == fts and chunks > 0

@@ -24,6 +24,7 @@ from esrag.config import Settings
 from esrag.stores import sqlite_vectors
 from esrag.stores.sqlite import SQLiteStore
 from esrag.types import Chunk, EmbeddedChunk, IndexMeta, SearchRequest
+from tests.fixtures.processes import sigkill_mid_run
 
 pytestmark = pytest.mark.integration
 
@@ -192,17 +193,7 @@ CRASH_WRITER = textwrap.dedent("""
 @pytest.mark.slow
 @pytest.mark.parametrize("kill_after_s", [0.3, 0.9])
 def test_sigkill_during_writes_then_search_equals_a_clean_rebuild(tmp_path: Path, kill_after_s: float) -> None:
-    proc = subprocess.Popen([sys.executable, "-c", CRASH_WRITER, str(tmp_path), "0"], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == "0", proc.stderr.read() if proc.stderr else ""
-        time.sleep(kill_after_s)
-    finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-        proc.stdout.close() if proc.stdout else None
-        proc.stderr.close() if proc.stderr else None
+    sigkill_mid_run(CRASH_WRITER, [str(tmp_path), "0"], REPO, kill_after_s)
     probes = list(unit(30, seed=7))
     store = SQLiteStore(settings(tmp_path))
     after_crash = [dense_ids(store, p, 15) for p in probes]
