@@ -9,10 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import signal
-import subprocess
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,7 +24,7 @@ from esrag.engine import Engine
 from esrag.errors import ConfigError, SourceError
 from esrag.ingest.pipeline import IngestAborted, IngestReport
 from tests.fixtures.api import ApiServer
-from tests.fixtures.es import free_port, wait_http
+from tests.fixtures.es import noida_server
 from tests.fixtures.fault_proxy import FaultProxy
 
 pytestmark = pytest.mark.integration
@@ -44,22 +40,8 @@ def second_es_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if env_url:
         yield env_url.rstrip("/")
         return
-    exe = shutil.which("noida-db", path=str(Path(sys.executable).parent)) or shutil.which("noida-db")
-    if exe is None:
-        pytest.fail("noida-db is not installed (pip install -e '.[test]')")
-    port, data = free_port(), tmp_path_factory.mktemp("noida-source")
-    log = (data / "server.log").open("wb")
-    proc = subprocess.Popen([exe, "start", "--only", "elasticsearch", "--elasticsearch-port", str(port),
-                             "--data-dir", str(data)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        if not wait_http(url, 60, proc):
-            pytest.fail(f"the second noida-db did not start on {url}")
+    with noida_server(tmp_path_factory.mktemp("noida-source")) as url:
         yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(10)
-        log.close()
 
 
 def record(i: int) -> dict[str, Any]:
