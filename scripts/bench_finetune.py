@@ -2,6 +2,8 @@
 fine-tuned one, K-fold cross-validated over the judged queries, for two kinds of training pairs:
 
 - ``qrels``: the judged (query, document) pairs of the other folds' queries (a model per fold);
+- ``qrels-hard``: the same pairs, each with a hard negative mined from the base model's ranking of its query
+  (``esrag.quality.finetune_pairs.with_hard_negatives``);
 - ``headings``: (title or heading -> its section) of the corpus, no labels (one model, scored per fold).
 
 Everything goes through the library as ``esrag finetune --cv K`` does (esrag.quality.finetune_eval.cross_validate):
@@ -30,7 +32,14 @@ from esrag.config import Settings
 from esrag.quality.evaluation import BeirDataset, load_beir
 from esrag.quality.finetune import TrainConfig
 from esrag.quality.finetune_eval import base_settings, cross_validate, score_model
-from esrag.quality.finetune_pairs import heading_pairs, qrels_pairs, subsample, text_key
+from esrag.quality.finetune_pairs import (
+    heading_pairs,
+    passage_of,
+    qrels_pairs,
+    subsample,
+    text_key,
+    with_hard_negatives,
+)
 
 
 def cut(dataset: BeirDataset, max_docs: int | None, seed: int) -> BeirDataset:
@@ -53,7 +62,9 @@ def run_set(path: Path, args: argparse.Namespace, store: Path) -> dict[str, Any]
                          device="cpu", save_steps=10_000)
     log = (lambda m: print(f"[{dataset.name}] {m}", file=sys.stderr, flush=True))  # noqa: E731
     t = time.perf_counter()
-    base = score_model(dataset, settings, sorted(dataset.queries), log=log)
+    cosines: dict[str, dict[str, float]] = {}
+    base = score_model(dataset, settings, sorted(dataset.queries), log=log, cosines=cosines)
+    passages = {d.doc_id: passage_of(d) for d in dataset.documents}
     base_seconds = time.perf_counter() - t
     docs = {d.doc_id: d for d in dataset.documents}
     out: dict[str, Any] = {"set": dataset.name, "documents": len(dataset.documents),
@@ -67,10 +78,18 @@ def run_set(path: Path, args: argparse.Namespace, store: Path) -> dict[str, Any]
     out["heading_pairs_found"], out["heading_pairs_dropped_as_queries"] = len(found), len(found) - len(clean)
     headings = subsample(clean, args.max_heading_pairs, args.seed)
     for kind in args.kinds:
+        mined = [0, 0]
         if kind == "qrels":
             def query_pairs(qids: Any) -> Any:
                 return qrels_pairs(dataset.queries, dataset.qrels, docs, qids)
             other: list[Any] = []
+        elif kind == "qrels-hard":  # the same pairs, each with a negative mined from the base model's ranking
+            def query_pairs(qids: Any, mined: list[int] = mined) -> Any:
+                pairs, n = with_hard_negatives(qrels_pairs(dataset.queries, dataset.qrels, docs, qids), cosines,
+                                               dataset.qrels, passages)
+                mined[0], mined[1] = mined[0] + n, mined[1] + len(pairs)
+                return pairs
+            other = []
         else:
             def query_pairs(qids: Any) -> Any:
                 return []
@@ -84,7 +103,7 @@ def run_set(path: Path, args: argparse.Namespace, store: Path) -> dict[str, Any]
             "train_seconds_per_fold": [round(f.report.seconds, 1) for f in folds],
             "steps_per_fold": [f.report.steps for f in folds],
             "seconds_total": round(time.perf_counter() - t, 1),
-        }
+        } | ({"pairs_with_a_mined_negative": f"{mined[0]} of {mined[1]}"} if kind == "qrels-hard" else {})
         log(f"{kind}: " + ", ".join(f"{m} {r['base']:.3f} -> {r['tuned']:.3f} ({r['gain']:+.3f} ± {r['gain_std']:.3f})"
                                     for m, r in summary.items()))
     return out

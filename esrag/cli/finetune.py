@@ -17,6 +17,7 @@ from esrag.errors import ConfigError
 
 if TYPE_CHECKING:
     from esrag.quality.evaluation import BeirDataset
+    from esrag.quality.finetune_eval import PerQuery
     from esrag.quality.finetune_pairs import Pair
     from esrag.types import Document
 
@@ -82,6 +83,10 @@ def _train_split(root: Path, asked: str | None, eval_split: str) -> str | None:
               show_default=True, help="Fraction of --eval-split's queries held out, when it is also trained on.")
 @click.option("--cv", "cv", type=click.IntRange(min=2), default=None, metavar="K",
               help="K-fold cross-validated gain (one model per fold), then the model on all queries.")
+@click.option("--hard-negatives/--no-hard-negatives", default=True, show_default=True,
+              help="Give each judged pair a hard negative: the document the base model ranks best for the query "
+                   "among those not judged relevant and not almost as close as the answer (a likely unjudged "
+                   "answer). Mined from the base model's index, which the evaluation builds anyway.")
 @click.option("--max-pairs", type=click.IntRange(min=1), default=None, metavar="N",
               help="Train on a seeded sample of at most N of the pairs that come from no judged query.")
 @click.option("--epochs", type=click.FloatRange(min=0.0, min_open=True), default=1.0, show_default=True)
@@ -115,7 +120,8 @@ def _train_split(root: Path, asked: str | None, eval_split: str) -> str | None:
 @model_options
 @store_options
 def finetune(paths: tuple[Path, ...], output: Path, qrels_dir: Path | None, pair_kinds: tuple[str, ...],
-             train_split: str | None, eval_split: str, heldout: float, cv: int | None, max_pairs: int | None,
+             train_split: str | None, eval_split: str, heldout: float, cv: int | None, hard_negatives: bool,
+             max_pairs: int | None,
              epochs: float, learning_rate: float, warmup: float, train_batch_size: int, mini_batch_size: int,
              max_seq_length: int, precision: str, seed: int, save_steps: int, max_steps: int, resume: bool,
              no_eval: bool, candidates: int, as_json: bool, progress: bool | None, **options: Any) -> None:
@@ -165,20 +171,31 @@ def finetune(paths: tuple[Path, ...], output: Path, qrels_dir: Path | None, pair
         data["heading_pairs"] = len(other)
     elif paths:
         raise click.UsageError("PATHS are read for --pairs headings only")
-    query_pairs = _query_pairs(dataset, kinds)
+    log = (lambda m: None) if as_json else (lambda m: click.echo(m, err=True))  # noqa: E731
+    # hard negatives are mined from the base model's ranking of every judged query: its evaluation scores
+    base_all: PerQuery | None = None
+    cosines: dict[str, dict[str, float]] | None = None
+    if hard_negatives and "qrels" in kinds and dataset is not None:
+        from esrag.quality.finetune_eval import base_settings, score_model
+
+        check_eval_dependencies(tfidf=False)
+        cosines = {}
+        base_all = score_model(dataset, base_settings(settings, dataset.name, options.get("index")),
+                               sorted(dataset.queries), candidates, show, log=log, cosines=cosines)
+    query_pairs = _query_pairs(dataset, kinds, cosines, data)
     if dataset is not None and qrels_dir is not None:
         data |= {"dataset": dataset.name, "dataset_path": str(qrels_dir.resolve()), "eval_split": eval_split}
         separate = _train_split(qrels_dir, train_split, eval_split)
         if separate is not None and "qrels" in kinds:
-            other += _separate_pairs(qrels_dir, separate, dataset)
+            other += _separate_pairs(qrels_dir, separate, dataset, settings, options.get("index"), cosines,
+                                     candidates, show, log)
             data["train_split"] = separate
     else:
         separate = None
-    log = (lambda m: None) if as_json else (lambda m: click.echo(m, err=True))  # noqa: E731
     if cv:
         assert dataset is not None
         _run_cv(dataset, settings, config, query_pairs, other, cv, seed, candidates, show, output, resume,
-                data, as_json, options.get("index"), log)
+                data, as_json, options.get("index"), log, base_all)
         return
     heldout_qids: list[str] = []
     train_qids: list[str] = []
@@ -205,7 +222,8 @@ def finetune(paths: tuple[Path, ...], output: Path, qrels_dir: Path | None, pair
     check_disjoint(pairs, {q: dataset.queries[q] for q in heldout_qids})
     check_enough(pairs, config.batch_size)
     base_cfg = base_settings(settings, dataset.name, options.get("index"))
-    base = score_model(dataset, base_cfg, heldout_qids, candidates, show, log=log)
+    base = base_all if base_all is not None else score_model(dataset, base_cfg, heldout_qids, candidates, show,
+                                                             log=log)
     report = _train(pairs, config, output, resume, show, data, log)
     tuned = score_tuned(dataset, base_cfg, output, heldout_qids, candidates, show, log=log)
     summary = summarize(base, [(heldout_qids, tuned)])
@@ -215,7 +233,10 @@ def finetune(paths: tuple[Path, ...], output: Path, qrels_dir: Path | None, pair
            as_json, dataset, settings)
 
 
-def _query_pairs(dataset: BeirDataset | None, kinds: Sequence[str]) -> Any:
+def _query_pairs(dataset: BeirDataset | None, kinds: Sequence[str], cosines: dict[str, dict[str, float]] | None,
+                 data: dict[str, Any]) -> Any:
+    """qids -> the judged pairs of those queries, each with a hard negative mined from ``cosines`` when
+    given (the base model's ranking); ``data`` counts the pairs that got one."""
     from esrag.quality.finetune_pairs import qrels_pairs
 
     docs = {d.doc_id: d for d in dataset.documents} if dataset is not None else {}
@@ -223,15 +244,31 @@ def _query_pairs(dataset: BeirDataset | None, kinds: Sequence[str]) -> Any:
     def pairs(qids: Sequence[str]) -> list[Pair]:
         if dataset is None or "qrels" not in kinds or not qids:
             return []
-        return qrels_pairs(dataset.queries, dataset.qrels, docs, qids)
+        return _mined(qrels_pairs(dataset.queries, dataset.qrels, docs, qids), dataset, cosines, data)
 
     return pairs
 
 
-def _separate_pairs(root: Path, split: str, dataset: BeirDataset) -> list[Pair]:
-    """The judged pairs of another split of the dataset (against the evaluated split's corpus); a
+def _mined(pairs: list[Pair], dataset: BeirDataset, cosines: dict[str, dict[str, float]] | None,
+           data: dict[str, Any]) -> list[Pair]:
+    from esrag.quality.finetune_pairs import passage_of, with_hard_negatives
+
+    if cosines is None:
+        return pairs
+    passages = {d.doc_id: passage_of(d) for d in dataset.documents}
+    out, n = with_hard_negatives(pairs, cosines, dataset.qrels, passages)
+    data["hard_negatives"] = {"mined": n, "pairs": len(out)}
+    return out
+
+
+def _separate_pairs(root: Path, split: str, dataset: BeirDataset, settings: Any, index: str | None,
+                    cosines: dict[str, dict[str, float]] | None, candidates: int, show: bool,
+                    log: Any) -> list[Pair]:
+    """The judged pairs of another split of the dataset (against the evaluated split's corpus), with hard
+    negatives mined from the base model's ranking of that split's queries when ``cosines`` is given; a
     ConfigError when that split judges a query of the evaluated one."""
     from esrag.quality.evaluation import load_beir
+    from esrag.quality.finetune_eval import base_settings, score_model
     from esrag.quality.finetune_pairs import qrels_pairs
 
     train = load_beir(root, split)
@@ -240,7 +277,16 @@ def _separate_pairs(root: Path, split: str, dataset: BeirDataset) -> list[Pair]:
         raise ConfigError(f"the held-out split overlaps the training data: {len(shared)} queries of "
                           f"qrels/{dataset.split}.tsv are judged in qrels/{split}.tsv too (first: {shared[0]!r})")
     docs = {d.doc_id: d for d in dataset.documents}
-    return qrels_pairs(train.queries, train.qrels, docs)
+    pairs = qrels_pairs(train.queries, train.qrels, docs)
+    if cosines is None:
+        return pairs
+    # the same corpus, so the same base index: nothing is embedded again
+    score_model(train, base_settings(settings, dataset.name, index), sorted(train.qrels), candidates, show,
+                log=log, cosines=cosines)
+    mined: dict[str, Any] = {}
+    out = _mined(pairs, train, cosines, mined)
+    log(f"hard negatives for {mined['hard_negatives']['mined']} of {len(out)} pairs of qrels/{split}.tsv")
+    return out
 
 
 def _train(pairs: list[Pair], config: Any, output: Path, resume: bool, show: bool, data: dict[str, Any],
@@ -261,12 +307,12 @@ def _train(pairs: list[Pair], config: Any, output: Path, resume: bool, show: boo
 
 def _run_cv(dataset: BeirDataset, settings: Any, config: Any, query_pairs: Any, other: list[Pair], k: int,
             seed: int, candidates: int, show: bool, output: Path, resume: bool, data: dict[str, Any],
-            as_json: bool, index: str | None, log: Any) -> None:
+            as_json: bool, index: str | None, log: Any, base: PerQuery | None = None) -> None:
     from esrag.quality.finetune import write_provenance
     from esrag.quality.finetune_eval import base_settings, cross_validate
 
     base_cfg = base_settings(settings, dataset.name, index)
-    _, folds, summary = cross_validate(dataset, base_cfg, config, query_pairs, other, k, seed,
+    _, folds, summary = cross_validate(dataset, base_cfg, config, query_pairs, other, k, seed, base=base,
                                        candidates=candidates, progress=show,
                                        workdir=output.resolve().parent, log=log)
     evaluation = {"cv": k, "seed": seed, "metric": "ndcg@10", "results": summary,

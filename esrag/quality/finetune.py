@@ -6,6 +6,8 @@ the batch in mini-batches without gradients, computes the loss over the whole ba
 mini-batches with the cached gradients: every anchor still sees every positive of the batch as a negative,
 with the memory of one mini-batch. Plain gradient accumulation would not: each accumulated step is a
 separate softmax over its own small batch, so the negatives per anchor stay those of the small batch.
+Pairs that carry a hard negative (``Pair.negative``) train on (anchor, positive, negative) triplets: each
+anchor is also scored against every negative of its batch, its own included.
 The batch sampler leaves duplicate texts out of a batch (two copies of one passage would be each other's
 false negative).
 
@@ -139,6 +141,8 @@ def pairs_fingerprint(pairs: Sequence[Pair]) -> str:
     for p in pairs:
         h.update(p.anchor.encode("utf-8", "surrogatepass") + b"\x00" + p.positive.encode("utf-8", "surrogatepass")
                  + b"\x01")
+        if p.negative:  # pairs without negatives hash as before: a run interrupted before they existed resumes
+            h.update(p.negative.encode("utf-8", "surrogatepass") + b"\x02")
     return h.hexdigest()
 
 
@@ -224,7 +228,7 @@ def train(
     ``on_step(step, loss)`` is called at every optimiser step. Raises ConfigError for a refused output
     directory or too few pairs, MissingDependencyError without the finetune extra, EmbeddingError when the
     base model cannot be loaded."""
-    from esrag.quality.finetune_pairs import check_enough
+    from esrag.quality.finetune_pairs import check_enough, fill_negatives
 
     check_enough(pairs, config.batch_size)
     output = Path(output)
@@ -261,8 +265,11 @@ def train(
     # an fp16 copy of MiniLM: "Attempting to unscale FP16 gradients").
     model.float()
     model.max_seq_length = config.max_seq_length
-    train_set = datasets.Dataset.from_dict({"anchor": [p.anchor for p in pairs],
-                                            "positive": [p.positive for p in pairs]})
+    pairs = fill_negatives(pairs, config.seed)
+    columns = {"anchor": [p.anchor for p in pairs], "positive": [p.positive for p in pairs]}
+    if all(p.negative for p in pairs):  # (anchor, positive, negative): the loss adds each hard negative
+        columns["negative"] = [p.negative for p in pairs]
+    train_set = datasets.Dataset.from_dict(columns)
     loss: Any
     if config.mini_batch_size:
         loss = losses.CachedMultipleNegativesRankingLoss(model, scale=config.scale,

@@ -96,6 +96,17 @@ def tuned_index_name(base_index: str, model_dir: Path) -> str:
     return f"{base_index}-ft-{sha256_hex(str(model_dir.resolve()), stamp)[:10]}"
 
 
+def dense_cosines(response: Any) -> dict[str, float]:
+    """Document id -> the cosine of the query and the document's best chunk, from one query's dense hits
+    (scored as Elasticsearch scores cosine: ``(1 + cos) / 2``)."""
+    out: dict[str, float] = {}
+    for hit in response.dense:
+        c = 2.0 * float(hit.score) - 1.0
+        if c > out.get(hit.doc_id, -2.0):
+            out[hit.doc_id] = c
+    return out
+
+
 def score_model(
     dataset: BeirDataset,
     settings: Settings,
@@ -104,9 +115,11 @@ def score_model(
     progress: bool = False,
     drop: bool = False,
     log: Callable[[str], None] | None = None,
+    cosines: dict[str, dict[str, float]] | None = None,
 ) -> PerQuery:
     """Ingest ``dataset``'s corpus with ``settings`` (its model and index) and score the queries ``qids``:
-    method -> query id -> nDCG@10. With ``drop`` the index is deleted afterwards."""
+    method -> query id -> nDCG@10. With ``drop`` the index is deleted afterwards. ``cosines``, when given,
+    receives each query's ``dense_cosines`` (what hard negatives are mined from)."""
     from esrag.engine import Engine
     from esrag.quality.evaluation import evaluate_per_query, method_ranking, retrieve_candidates
 
@@ -121,7 +134,11 @@ def score_model(
                                  tuple(report.errors))
         queries = {q: dataset.queries[q] for q in qids}
         qrels = {q: dataset.qrels[q] for q in qids}
-        retrieval = retrieve_candidates(queries, engine.searcher, candidates, progress)
+        def keep(qid: str, response: Any) -> None:
+            if cosines is not None:
+                cosines[qid] = dense_cosines(response)
+
+        retrieval = retrieve_candidates(queries, engine.searcher, candidates, progress, on_query=keep)
         out: PerQuery = {}
         for m in METHODS:
             run = {q: method_ranking(resp, m, settings.alpha, settings.normalization, settings.rrf_k,

@@ -10,6 +10,15 @@ A pair is (anchor, positive): a query and a passage that answers it. Two kinds:
   is dropped (with in-batch negatives, two passages under one anchor would teach the model to push each
   away from its own heading).
 
+A pair may carry a **hard negative**: a passage the base model ranks high for the anchor that does not
+answer it (``with_hard_negatives``, mined from the base model's own ranking of each judged query). With it,
+each anchor is also pushed away from the passage the model confuses it with, not only from the batch's
+random ones. Mining is positive-aware: a document scoring almost as high as the judged answer is more often
+an unjudged answer than a wrong one, so only those at most ``NEGATIVE_MARGIN`` times the positive's cosine
+qualify (the "TopK-PercPos" rule of NV-Retriever, Moreira et al. 2024, with its 0.95). When some pairs have
+one and others not, ``fill_negatives`` gives the others a seeded random passage of another pair, so that
+every example has the same columns.
+
 Guards, each a ConfigError with a one-line message: ``check_enough`` (fewer pairs than one batch: the
 in-batch negatives need a full batch) and ``check_disjoint`` (a held-out query among the training pairs,
 by id, or by text among the anchors of unlabelled pairs).
@@ -19,8 +28,8 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from esrag.errors import ConfigError
@@ -34,18 +43,24 @@ if TYPE_CHECKING:  # esrag.quality.evaluation imports the settings (pydantic): k
 MAX_PASSAGE_CHARS = 4000
 #: a heading pair's passage needs at least this many characters to say something
 MIN_PASSAGE_CHARS = 40
+#: a mined negative's cosine to the query is at most this fraction of the positive's (see the module docstring)
+NEGATIVE_MARGIN = 0.95
+#: negatives are mined among the base model's this many best documents of the query
+NEGATIVE_DEPTH = 30
 
 
 @dataclass(frozen=True)
 class Pair:
     """One training example. ``query_id`` is the judged query it came from ("" for a heading pair);
-    ``doc_id`` the document of the passage."""
+    ``doc_id`` the document of the passage; ``negative`` a passage that does not answer the anchor ("" for
+    none)."""
 
     anchor: str
     positive: str
     query_id: str = ""
     doc_id: str = ""
     kind: str = "qrels"
+    negative: str = ""
 
 
 def _clean(text: str) -> str:
@@ -55,6 +70,14 @@ def _clean(text: str) -> str:
 def text_key(text: str) -> str:
     """How texts are compared for overlap: whitespace collapsed, case folded."""
     return _clean(text).casefold()
+
+
+def passage_of(doc: Document, max_chars: int = MAX_PASSAGE_CHARS) -> str:
+    """The passage a pair holds for a whole document: its title and text
+    (``esrag.quality.evaluation.document_text``), cut to ``max_chars``."""
+    from esrag.quality.evaluation import document_text
+
+    return document_text(doc).strip()[:max_chars]
 
 
 def qrels_pairs(
@@ -67,8 +90,6 @@ def qrels_pairs(
     """One pair per positive judgment of the queries ``query_ids`` (all judged queries when None), in
     sorted (query id, doc id) order. Judgments of documents missing from ``documents`` and queries with
     a blank text are left out."""
-    from esrag.quality.evaluation import document_text
-
     wanted = sorted(set(qrels) if query_ids is None else set(query_ids) & set(qrels))
     out: list[Pair] = []
     for qid in wanted:
@@ -79,7 +100,7 @@ def qrels_pairs(
             doc = documents.get(doc_id)
             if doc is None:
                 continue
-            passage = document_text(doc).strip()[:max_chars]
+            passage = passage_of(doc, max_chars)
             if passage:
                 out.append(Pair(anchor, passage, qid, doc_id, "qrels"))
     return out
@@ -175,3 +196,56 @@ def subsample(pairs: Sequence[Pair], limit: int | None, seed: int = 0) -> list[P
         return list(pairs)
     keep = sorted(random.Random(seed).sample(range(len(pairs)), limit))
     return [pairs[i] for i in keep]
+
+
+def with_hard_negatives(
+    pairs: Sequence[Pair],
+    cosines: Mapping[str, Mapping[str, float]],
+    judged: Mapping[str, Collection[str]],
+    passages: Mapping[str, str],
+    margin: float = NEGATIVE_MARGIN,
+    depth: int = NEGATIVE_DEPTH,
+) -> tuple[list[Pair], int]:
+    """(``pairs`` with a mined negative where one qualifies, how many got one).
+
+    ``cosines``: query id -> document id -> the base model's cosine of the query and the document (its best
+    chunk); ``judged``: query id -> its relevant documents (never a negative); ``passages``: document id ->
+    the text a pair would hold for it. A pair's negative is the best-ranked document among the query's
+    ``depth`` best that is not judged relevant, whose passage differs from the positive's, and whose cosine
+    is at most ``margin`` times the positive's (any, when the positive was not retrieved). Ties rank by
+    document id. Pairs of no query (heading pairs), or of a query with no such document, are left as they are.
+    """
+    out: list[Pair] = []
+    mined = 0
+    for p in pairs:
+        scores = cosines.get(p.query_id) if p.query_id else None
+        if not scores:
+            out.append(p)
+            continue
+        cap = margin * scores[p.doc_id] if p.doc_id in scores else float("inf")
+        ranked = sorted(scores.items(), key=lambda x: (-x[1], x[0]))[:depth]
+        relevant = judged.get(p.query_id, ())
+        negative = next((passages[d] for d, c in ranked
+                         if d not in relevant and d != p.doc_id and c <= cap and d in passages
+                         and passages[d] and passages[d] != p.positive), "")
+        mined += bool(negative)
+        out.append(replace(p, negative=negative) if negative else p)
+    return out, mined
+
+
+def fill_negatives(pairs: Sequence[Pair], seed: int = 0) -> list[Pair]:
+    """``pairs`` unchanged when none has a negative; otherwise every pair without one gets the positive of
+    a seeded random other pair (of another document, and not its own positive) as its negative. With a
+    single distinct passage there is nothing to draw: those pairs keep none."""
+    if not any(p.negative for p in pairs):
+        return list(pairs)
+    rng = random.Random(seed)
+    pool = sorted({(p.positive, p.doc_id) for p in pairs})
+    out: list[Pair] = []
+    for p in pairs:
+        if p.negative:
+            out.append(p)
+            continue
+        others = [text for text, doc in pool if text != p.positive and (not p.doc_id or doc != p.doc_id)]
+        out.append(replace(p, negative=rng.choice(others)) if others else p)
+    return out

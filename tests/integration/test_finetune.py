@@ -150,6 +150,17 @@ def test_held_out_queries_are_never_among_the_training_pairs(tuned: dict[str, An
     assert heldout | trained == {f"q{i}" for i in range(len(TOPICS))}
     assert data["n_pairs"] == 18  # one judged document per training query
     assert tuned["report"]["evaluation"]["heldout_queries"] == 6
+    # the default mines a hard negative for each judged pair from the base model's ranking: on 24 documents,
+    # each query's best unjudged one is far enough below its answer
+    assert data["hard_negatives"] == {"mined": 18, "pairs": 18}
+
+
+def test_no_hard_negatives_trains_on_the_pairs_alone(cli: Callable[..., Any], tmp_path: Path) -> None:
+    data = write_dataset(tmp_path / "tiny")
+    r = cli("finetune", "--qrels", str(data), "-o", str(tmp_path / "m"), "--no-hard-negatives", "--max-steps", "1",
+            *TRAIN, "--sqlite-dir", str(tmp_path / "s"), "--json")
+    report = json.loads(r.stdout)
+    assert "hard_negatives" not in report["data"] and report["training"]["steps"] == 1
 
 
 def test_the_saved_model_ingests_and_searches_with_model_dir(tuned: dict[str, Any], cli: Callable[..., Any],

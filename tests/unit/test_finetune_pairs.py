@@ -19,16 +19,18 @@ from esrag.quality.finetune import (
     precision_for,
     prepare_output,
 )
-from esrag.quality.finetune_eval import summarize
+from esrag.quality.finetune_eval import dense_cosines, summarize
 from esrag.quality.finetune_pairs import (
     Pair,
     check_disjoint,
     check_enough,
+    fill_negatives,
     heading_pairs,
     kfolds,
     qrels_pairs,
     split_heldout,
     subsample,
+    with_hard_negatives,
 )
 from esrag.types import Document, Heading
 
@@ -215,3 +217,54 @@ def test_summarize_scores_each_held_out_query_once() -> None:
     assert [f["queries"] for f in s["hybrid"]["per_fold"]] == [2, 1]
     one = summarize(base, [(["a"], {"dense": {"a": 0.0}})])
     assert one["dense"]["gain_std"] == 0.0 and one["dense"]["gain"] == -0.5
+
+
+def test_hard_negatives_skip_judged_and_near_positive_documents() -> None:
+    passages = {d: f"passage {d}" for d in "abcdefg"}
+    judged = {"q1": {"a", "b"}, "q2": {"c"}}
+    pairs = [Pair("one", passages["a"], "q1", "a"), Pair("one", passages["b"], "q1", "b"),
+             Pair("two", passages["c"], "q2", "c"), Pair("heading", "a section", "", "z", "headings")]
+    cosines = {
+        # q1: b is judged (never a negative); c scores above 0.95 x a's 0.8 = 0.76 (a likely unjudged answer)
+        "q1": {"a": 0.80, "b": 0.85, "c": 0.78, "d": 0.70, "e": 0.70, "f": 0.10},
+        # q2: the positive was not retrieved: the best unjudged document is the negative
+        "q2": {"g": 0.50, "d": 0.40},
+    }
+    out, mined = with_hard_negatives(pairs, cosines, judged, passages)
+    # for pair (q1, a): d and e tie at 0.70 -> by id, d; for (q1, b): cap 0.8075 lets c (0.78) in
+    assert [p.negative for p in out] == ["passage d", "passage c", "passage g", ""]
+    assert mined == 3
+    assert [(p.anchor, p.positive, p.query_id) for p in out] == [(p.anchor, p.positive, p.query_id) for p in pairs]
+    # only the depth best are candidates, and a negative whose passage is the positive's own text is skipped
+    shallow, n = with_hard_negatives(pairs[:1], cosines, judged, passages, depth=3)
+    assert n == 0 and shallow[0].negative == ""  # a, b, c: judged or above the cap
+    same = dict(passages, d=passages["a"])
+    assert with_hard_negatives(pairs[:1], cosines, judged, same)[0][0].negative == "passage e"
+    # queries without a ranking, and empty inputs
+    assert with_hard_negatives(pairs, {}, judged, passages) == (pairs, 0)
+    assert with_hard_negatives([], cosines, judged, passages) == ([], 0)
+
+
+def test_fill_negatives_gives_the_rest_a_seeded_other_passage() -> None:
+    plain = [Pair("q", "p1", "q1", "d1"), Pair("h", "p2", "", "d2", "headings")]
+    assert fill_negatives(plain) == plain  # nobody has one: no negative column at all
+    pairs = [Pair("q", "p1", "q1", "d1", negative="n1"), Pair("h", "p2", "", "d2", "headings"),
+             Pair("h2", "p3", "", "d3", "headings")]
+    out = fill_negatives(pairs, seed=3)
+    assert out[0] == pairs[0] and all(p.negative for p in out)
+    assert all(p.negative != p.positive and p.negative in {"p1", "p2", "p3"} for p in out[1:])
+    assert fill_negatives(pairs, seed=3) == out  # seeded
+    # a second passage of the same document is not drawn as its negative
+    same_doc = [Pair("q", "p1", "q1", "d1", negative="n1"), Pair("h", "p2", "", "d1", "headings")]
+    assert fill_negatives(same_doc)[1].negative == ""
+
+
+def test_dense_cosines_take_each_documents_best_chunk() -> None:
+    class Hit:
+        def __init__(self, doc_id: str, score: float) -> None:
+            self.doc_id, self.score = doc_id, score
+
+    class Response:
+        dense = [Hit("a", 0.9), Hit("b", 0.75), Hit("a", 0.6), Hit("c", 0.0)]
+
+    assert dense_cosines(Response()) == pytest.approx({"a": 0.8, "b": 0.5, "c": -1.0})
