@@ -53,6 +53,25 @@ def _documents_of(paths: Sequence[Path]) -> list[Document]:
     return docs
 
 
+def _index_heading_pairs(settings: Any) -> list[Pair]:
+    """Heading pairs from the chunks of the configured index (its stored context names their headings)."""
+    from esrag.engine import Engine
+    from esrag.errors import IndexNotFoundError
+    from esrag.ingest.context import ContextTemplate
+    from esrag.quality.finetune_pairs import index_heading_pairs
+
+    engine = Engine(settings)
+    try:
+        meta = engine.store.read_meta() if engine.store.exists() else None
+        if meta is None:
+            raise IndexNotFoundError(f"no index {settings.index!r} in the {settings.store_name} store to read "
+                                     "headings from: give PATHS, or --qrels DATASET, or the --index that holds them")
+        chunks = (ec.chunk for batch in engine.store.iter_chunks() for ec in batch)
+        return index_heading_pairs(chunks, ContextTemplate(meta.embed_template))
+    finally:
+        engine.close()
+
+
 def _train_split(root: Path, asked: str | None, eval_split: str) -> str | None:
     """The split whose judged pairs are trained on, when separate from the evaluated one: the one asked,
     else ``train`` when the dataset has one; None: part of ``eval_split``'s queries are held out."""
@@ -73,8 +92,8 @@ def _train_split(root: Path, asked: str | None, eval_split: str) -> str | None:
                                       "qrels) and the held-out queries of the before/after evaluation.")
 @click.option("--pairs", "pair_kinds", multiple=True, metavar="KIND[,KIND]",
               help="Training pairs: qrels (judged query -> document) and/or headings (a heading or title -> "
-                   "its section: of PATHS, else of the dataset's corpus). [default: qrels with --qrels, else "
-                   "headings]")
+                   "its section: of PATHS, else of the dataset's corpus, else of the chunks of --index). "
+                   "[default: qrels with --qrels, else headings]")
 @click.option("--train-split", default=None, metavar="SPLIT",
               help="Qrels split to train on. [default: train if qrels/train.tsv exists, else part of "
                    "--eval-split's queries (--heldout)]")
@@ -130,6 +149,7 @@ def finetune(paths: tuple[Path, ...], output: Path, qrels_dir: Path | None, pair
     \b
     esrag finetune --qrels DATASET -o models/ft        judged pairs; before/after on held-out queries
     esrag finetune docs/ --pairs headings -o models/ft  no labels: each heading -> its section
+    esrag finetune --pairs headings -o models/ft        the same, from the chunks of the index
     esrag finetune --qrels DATASET --cv 5 -o models/ft  cross-validated gain, then the model on all
 
     Then `esrag eval DATASET --model models/ft` and `esrag reindex --model models/ft`.
@@ -161,12 +181,14 @@ def finetune(paths: tuple[Path, ...], output: Path, qrels_dir: Path | None, pair
         if paths:
             docs = _documents_of(paths)
             data["heading_sources"] = [str(p.resolve()) for p in paths]
+            found = heading_pairs(docs)
         elif dataset is not None:
-            docs = list(dataset.documents)
+            found = heading_pairs(list(dataset.documents))
             data["heading_sources"] = [str(qrels_dir.resolve() / "corpus.jsonl")] if qrels_dir else []
         else:
-            raise click.UsageError("--pairs headings needs PATHS to read, or --qrels DATASET (its corpus)")
-        found = heading_pairs(docs)
+            source = settings if options.get("index") is None else settings.replace(index=options["index"])
+            found = _index_heading_pairs(source)
+            data["heading_sources"] = [f"index {source.index!r} ({source.store_name})"]
         other += subsample(found, max_pairs, seed)
         data["heading_pairs"] = len(other)
     elif paths:

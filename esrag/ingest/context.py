@@ -23,6 +23,9 @@ section by section: no chunk straddles two sections.
 
 from __future__ import annotations
 
+import functools
+import itertools
+import re
 import string
 from collections.abc import Sequence
 
@@ -91,6 +94,51 @@ class ContextTemplate:
             return ""
         return "\n".join(line.format(**values) for line, names in self._prefix_lines
                          if not names or any(values[n] for n in names))
+
+    def headings_in(self, context: str, title: str | None = None) -> tuple[str, ...] | None:
+        """The heading path held by a stored ``context`` (one of this template's prefixes, full or shortened:
+        ``prefix``, ``shorter_prefixes``) of a document titled ``title``; () when it holds none; None when no
+        prefix of this template reads so. With ``title`` given, a reading whose title field is another text
+        is refused (the title may also be left out: a title that is only a file name is). Where two
+        readings still fit, the one keeping the template's earlier lines wins: with
+        ``"{title}\n{headings}\n\n{text}"`` and no ``title``, a context of one line reads as a title. A
+        heading that itself contains the separator ``" > "`` reads as two."""
+        if not context:
+            return ()
+        want = None if title is None else " ".join(title.split())
+        for pattern in self._readings:
+            m = pattern.fullmatch(context)
+            if m is not None and (want is None or m.groupdict().get("title") in (None, want)):
+                path = m.groupdict().get("headings") or ""
+                return tuple(path.split(HEADING_SEPARATOR)) if path else ()
+        return None
+
+    @functools.cached_property
+    def _readings(self) -> list[re.Pattern[str]]:
+        """One pattern per choice of the prefix lines with fields that are kept (a line whose fields are all
+        empty is left out), most lines first, earlier lines first among equals; the first ``{title}`` and
+        ``{headings}`` kept are captured."""
+        optional = [i for i, (_, names) in enumerate(self._prefix_lines) if names]
+        choices = sorted(itertools.product((True, False), repeat=len(optional)),
+                         key=lambda keep: (-sum(keep), [not k for k in keep]))
+        out = []
+        for keep in choices:
+            kept = {i for i, k in zip(optional, keep, strict=True) if k}
+            lines, captured = [], set()
+            for i, (line, names) in enumerate(self._prefix_lines):
+                if names and i not in kept:
+                    continue
+                parts = []
+                for literal, name, _, _ in string.Formatter().parse(line):
+                    parts.append(re.escape(literal))
+                    if name is not None and name not in captured:
+                        parts.append(f"(?P<{name}>[^\\n]*)")
+                        captured.add(name)
+                    elif name is not None:
+                        parts.append("[^\n]*")
+                lines.append("".join(parts))
+            out.append(re.compile("\n".join(lines)))
+        return out
 
     def shorter_prefixes(self, title: str, headings: Sequence[str]) -> list[str]:
         """Ever shorter prefixes to fall back on when the full one takes too much of the chunk size: the

@@ -36,7 +36,8 @@ from esrag.errors import ConfigError
 from esrag.ingest.context import sections
 
 if TYPE_CHECKING:  # esrag.quality.evaluation imports the settings (pydantic): kept off the training-only path
-    from esrag.types import Document
+    from esrag.ingest.context import ContextTemplate
+    from esrag.types import Chunk, Document
 
 #: passages are cut to this many characters (the model reads at most its max_seq_length tokens anyway;
 #: the cut only bounds memory and tokenisation time for very long sections)
@@ -122,18 +123,80 @@ def heading_pairs(
     for doc in documents:
         title = "" if doc.title_is_name else _clean(doc.title)
         for start, end, path in sections(doc, title):
-            anchor = _clean(path[-1]) if path else title
-            if not anchor:
-                continue
-            passage = doc.text[start:end].strip()
-            first, _, rest = passage.partition("\n")
-            if anchor in _clean(first) and len(_clean(first)) <= len(anchor) + 8:  # the heading line (+ marks)
-                passage = rest.strip()
-                if set(passage.split("\n", 1)[0].strip()) <= set("=-~^*#+`'\"."):  # an RST underline
-                    passage = passage.partition("\n")[2].strip()
-            passage = passage[:max_chars]
-            if len(passage) >= min_chars:
-                found.append(Pair(anchor, passage, "", doc.doc_id, "headings"))
+            pair = _section_pair(_clean(path[-1]) if path else title, doc.text[start:end], doc.doc_id, max_chars,
+                                 min_chars)
+            if pair is not None:
+                found.append(pair)
+    return _unique_anchors(found)
+
+
+def index_heading_pairs(
+    chunks: Iterable[Chunk],
+    template: ContextTemplate,
+    max_chars: int = MAX_PASSAGE_CHARS,
+    min_chars: int = MIN_PASSAGE_CHARS,
+) -> list[Pair]:
+    """``heading_pairs`` from an esrag index's stored chunks instead of the documents: a section's chunks
+    (same document and ``Chunk.section``) are put back together by their offsets, and its heading is the
+    deepest one of the path the chunks' stored context holds (``ContextTemplate.headings_in``, for the
+    index's embed template). A document's chunks with no heading in their context give (its title, its
+    text) when the title is not the file name. Pairs come in (document id, section) order."""
+    by_section: dict[tuple[str, int], list[Chunk]] = {}
+    for c in chunks:
+        by_section.setdefault((c.doc_id, c.section), []).append(c)
+    found: list[Pair] = []
+    for (doc_id, _), parts in sorted(by_section.items()):
+        parts.sort(key=lambda c: (c.start, c.chunk_index))
+        first = parts[0]
+        path = template.headings_in(first.context, first.title) or ()
+        title = _clean(first.title)
+        if title and _is_file_name(title, first.source):
+            title = ""
+        pair = _section_pair(_clean(path[-1]) if path else title, _joined(parts), doc_id, max_chars, min_chars)
+        if pair is not None:
+            found.append(pair)
+    return _unique_anchors(found)
+
+
+def _is_file_name(title: str, source: str) -> bool:
+    name = source.replace("\\", "/").rsplit("/", 1)[-1]
+    return title in (name, name.rsplit(".", 1)[0])
+
+
+def _joined(parts: Sequence[Chunk]) -> str:
+    """The text of consecutive chunks (sorted by start), their overlaps counted once: by offsets when each
+    chunk's text spans exactly its offsets (a gap, whitespace that no chunk stores, becomes a line break,
+    or a blank line when it is longer than one character), else joined with a blank line."""
+    if any(len(c.text) != c.end - c.start for c in parts):
+        return "\n\n".join(c.text for c in parts)
+    out: list[str] = []
+    end = parts[0].start
+    for c in parts:
+        if c.end <= end and out:
+            continue
+        if c.start > end and out:  # chunks are stored without the whitespace between them
+            out.append("\n" if c.start - end == 1 else "\n\n")
+        out.append(c.text[max(0, end - c.start):])
+        end = max(end, c.end)
+    return "".join(out)
+
+
+def _section_pair(anchor: str, text: str, doc_id: str, max_chars: int, min_chars: int) -> Pair | None:
+    """(anchor, the section's text without its heading line), or None when either is too short."""
+    if not anchor:
+        return None
+    passage = text.strip()
+    first, _, rest = passage.partition("\n")
+    if anchor in _clean(first) and len(_clean(first)) <= len(anchor) + 8:  # the heading line (+ marks)
+        passage = rest.strip()
+        if set(passage.split("\n", 1)[0].strip()) <= set("=-~^*#+`'\"."):  # an RST underline
+            passage = passage.partition("\n")[2].strip()
+    passage = passage[:max_chars]
+    return Pair(anchor, passage, "", doc_id, "headings") if len(passage) >= min_chars else None
+
+
+def _unique_anchors(found: list[Pair]) -> list[Pair]:
+    """The pairs whose anchor no other pair has (a shared heading names none of its sections)."""
     counts = Counter(text_key(p.anchor) for p in found)
     return [p for p in found if counts[text_key(p.anchor)] == 1]
 

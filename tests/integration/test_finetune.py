@@ -318,3 +318,21 @@ def test_reindex_with_the_model_dir_deploys_it_behind_the_index_and_rolls_back(
     assert hits and hits[0]["title"] == "Earthquakes"  # embedded with the index's (fine-tuned) model
     cli("reindex", "--rollback", *where)
     assert live()[0] == base_model
+
+
+def test_heading_pairs_come_from_the_chunks_of_an_index(cli: Callable[..., Any], tmp_path: Path) -> None:
+    """No PATHS, no dataset: the pairs are read back from the index that `esrag ingest` built."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    sections = "".join(f"## {title}\n\n{text} {text}\n\n" for title, text, _ in TOPICS[:12])
+    (docs / "guide.md").write_text(f"# Field guide\n\n{sections}", encoding="utf-8")
+    store = ["--sqlite-dir", str(tmp_path / "s"), "--index", "kb"]
+    cli("ingest", str(docs), *store, "--no-progress")
+    r = cli("finetune", "--pairs", "headings", "-o", str(tmp_path / "m"), "--max-steps", "1", *TRAIN, *store,
+            "--json")
+    report = json.loads(r.stdout)
+    assert report["data"]["heading_pairs"] == 12 and report["training"]["steps"] == 1
+    assert report["data"]["heading_sources"] == ["index 'kb' (sqlite)"]
+    missing = cli("finetune", "--pairs", "headings", "-o", str(tmp_path / "m2"), *TRAIN,
+                  "--sqlite-dir", str(tmp_path / "s"), "--index", "nothing-here", code=1)
+    assert "no index 'nothing-here'" in missing.output and not (tmp_path / "m2").exists()

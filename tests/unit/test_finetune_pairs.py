@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from esrag.errors import ConfigError
+from esrag.ingest.chunking import Chunker, chunk_document
+from esrag.ingest.context import ContextTemplate
 from esrag.quality.finetune import (
     CHECKPOINTS,
     PROVENANCE,
@@ -26,6 +28,7 @@ from esrag.quality.finetune_pairs import (
     check_enough,
     fill_negatives,
     heading_pairs,
+    index_heading_pairs,
     kfolds,
     qrels_pairs,
     split_heldout,
@@ -268,3 +271,53 @@ def test_dense_cosines_take_each_documents_best_chunk() -> None:
         dense = [Hit("a", 0.9), Hit("b", 0.75), Hit("a", 0.6), Hit("c", 0.0)]
 
     assert dense_cosines(Response()) == pytest.approx({"a": 0.8, "b": 0.5, "c": -1.0})
+
+
+def _word_count(texts: list[str]) -> list[int]:
+    return [len(t.split()) for t in texts]
+
+
+@pytest.mark.parametrize("template", ["{headings}\n\n{text}", "{title}\n{headings}\n\n{text}",
+                                      "[{title}] {headings}: {text}"])
+@pytest.mark.parametrize("size", [12, 400])
+def test_heading_pairs_from_an_index_match_those_from_the_documents(template: str, size: int) -> None:
+    """Chunked as ingest chunks them (small chunks: a section in several overlapping chunks), the stored
+    chunks give back the same (heading, section) pairs as the documents."""
+    body = "Words enough to make a passage worth training on, and then some more of them here."
+    docs = [
+        _markdown("a.md", f"# Guide\n\nIntro {body}\n\n## Install\n\nRun pip. {body} {body}\n\n"
+                          f"### On Windows\n\nUse py. {body}\n\n## Tiny\n\nshort\n", title="Guide"),
+        _markdown("b.md", f"## Usage\n\n{body}\n\n## Configure\n\nSet it. {body}\n"),
+        Document("c.txt", "c", f"A plain note. {body}", title="Release notes"),
+        Document("d.txt", "notes/d.txt", f"Another note. {body}", title="d", title_is_name=True),
+    ]
+    chunker = Chunker(_word_count, chunk_size=size, chunk_overlap=3)
+    ctx = ContextTemplate(template)
+    chunks = [c for d in docs for c in chunk_document(d, chunker, template=ctx)]
+    assert len(chunks) > len(docs)
+    expected = heading_pairs(docs)
+    got = index_heading_pairs(reversed(chunks), ctx)  # the store's order is its own
+    # the same passages, up to the whitespace between chunks (not stored)
+    assert sorted((p.anchor, " ".join(p.positive.split()), p.doc_id) for p in expected) == \
+        sorted((p.anchor, " ".join(p.positive.split()), p.doc_id) for p in got)
+    assert {p.anchor for p in got} >= {"Guide", "Install", "On Windows", "Usage", "Release notes"}
+
+
+@pytest.mark.parametrize("template", ["{headings}\n\n{text}", "{title}\n{headings}\n\n{text}",
+                                      "{title}\n\n{text}", "Doc {title} / {headings}\n{text}", "{text}"])
+def test_context_headings_read_back_from_every_prefix(template: str) -> None:
+    ctx = ContextTemplate(template)
+    for title in ("", "The title"):
+        for path in ((), ("A",), ("A", "B c")):
+            for prefix in [ctx.prefix(title, path), *ctx.shorter_prefixes(title, path)]:
+                got = ctx.headings_in(prefix, title)
+                if not prefix:
+                    assert got == ()
+                elif ctx.uses_headings:
+                    assert got is not None and tuple(got) == tuple(path)[-len(got):] if got else True
+                    if prefix == ctx.prefix(title, path):
+                        assert got == path
+    default = ContextTemplate("{headings}\n\n{text}")
+    assert default.headings_in("no blank line after") is None
+    # a heading holding the separator reads back as two
+    assert default.headings_in(default.prefix("", ["Configure > options"])) == ("Configure", "options")
