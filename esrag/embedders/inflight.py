@@ -92,14 +92,15 @@ class Stream(Generic[T]):
     back, oldest first, from ``submit`` (which keeps at most ``ahead`` windows open after it returns) and
     ``drain``. Use as a context manager, or ``close`` it."""
 
-    def __init__(self, embed: Callable[[list[str]], np.ndarray], batch: int, in_flight: int,
-                 stop: threading.Event, ahead: int = 1) -> None:
+    def __init__(self, embed: Callable[[list[str]], np.ndarray], batch: int | Callable[[], int],
+                 in_flight: int | Callable[[], int], stop: threading.Event, ahead: int = 1) -> None:
+        """``batch`` and ``in_flight`` may be functions, called on the first window that holds texts: a run
+        that embeds nothing never asks (for a lazily loaded embedder, asking loads it)."""
         self._embed = embed
-        self.batch = max(1, batch)
-        self.in_flight = max(1, in_flight)
+        self._sizing = (batch, in_flight)
         self.ahead = max(0, ahead)
         self._stop = stop
-        self._pool = ThreadPoolExecutor(max_workers=self.in_flight, thread_name_prefix="esrag-embed")
+        self._pool: ThreadPoolExecutor | None = None
         self._open: deque[_Window[T]] = deque()
         self._lock = threading.Lock()  # submission order = queue order = return order
         self._closed = False
@@ -124,8 +125,10 @@ class Stream(Generic[T]):
         with self._lock:
             if self._closed:
                 raise RuntimeError("the embedding stream is closed")
-            futures = [(idx, self._pool.submit(self._run, [texts[i] for i in idx]))
-                       for idx in requests(texts, self.batch)]
+            futures = []
+            if texts:
+                pool, batch = self._started()
+                futures = [(idx, pool.submit(self._run, [texts[i] for i in idx])) for idx in requests(texts, batch)]
             self._open.append(_Window(tag, len(texts), futures))
         done: list[tuple[T, WindowResult]] = []
         while self._over_bound():
@@ -150,7 +153,9 @@ class Stream(Generic[T]):
         with self._lock:
             self._closed = True
             self._open.clear()
-        self._pool.shutdown(wait=True, cancel_futures=True)
+            pool = self._pool
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def __enter__(self) -> Stream[T]:
         return self
@@ -160,6 +165,14 @@ class Stream(Generic[T]):
         self.close()
 
     # -- internals ---------------------------------------------------------------------------------------
+
+    def _started(self) -> tuple[ThreadPoolExecutor, int]:
+        """The request pool, started on first use, and the batch size (called under the lock)."""
+        batch, in_flight = (v() if callable(v) else v for v in self._sizing)
+        self._sizing = (max(1, batch), max(1, in_flight))
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=self._sizing[1], thread_name_prefix="esrag-embed")
+        return self._pool, self._sizing[0]
 
     def _over_bound(self) -> bool:
         """Whether the oldest open window must be returned now: more than ``ahead`` open windows hold texts,

@@ -227,9 +227,10 @@ class Ingestor:
         producer.start()
         writer.start()
         try:
-            with inflight.Stream[_Window](self.embedder.embed_documents,
-                                          inflight.request_size(self.embedder, self.embedder_batch()),
-                                          inflight.requests_in_flight(self.embedder), stop,
+            # the embedder is asked for its sizes only once there is something to embed (lazy models)
+            with inflight.Stream[_Window](lambda texts: self.embedder.embed_documents(texts),
+                                          lambda: inflight.request_size(self.embedder, self.embedder_batch()),
+                                          lambda: inflight.requests_in_flight(self.embedder), stop,
                                           ahead=_AHEAD) as stream:
                 while not stop.is_set():
                     item = plans.get()

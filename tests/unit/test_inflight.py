@@ -207,3 +207,18 @@ def test_two_threads_submitting_to_one_stream_get_every_window_once_and_whole() 
     for k, result in got:
         check(window(k), result)
     assert server.most <= 3
+
+
+def test_the_sizes_are_asked_only_once_there_is_something_to_embed() -> None:
+    asked: list[str] = []
+    server = FakeServer()
+
+    def size(name: str, value: int) -> Callable[[], int]:
+        return lambda: asked.append(name) or value  # type: ignore[func-returns-value]
+
+    with inflight.Stream[int](server.embed, size("batch", 2), size("in_flight", 2), threading.Event()) as stream:
+        got = stream.submit([], 0) + stream.submit([], 1)
+        assert [k for k, _ in got] == [0, 1] and asked == [] and server.started == []
+        got = stream.submit(window(2, 5), 2) + list(stream.drain())
+    assert [k for k, _ in got] == [2] and sorted(asked) == ["batch", "in_flight"]
+    assert [len(t) for t in server.started] == [2, 2, 1]
