@@ -84,11 +84,19 @@ class RoundRobin:
                 i = next(turn) % len(targets)
                 conns = getattr(local, "conns", None) or {}
                 local.conns = conns
-                conn = conns.get(i) or http.client.HTTPConnection(*targets[i], timeout=300)
-                conns[i] = conn
-                conn.request("POST", self.path, body=body, headers={"Content-Type": "application/json"})
-                resp = conn.getresponse()
-                data = resp.read()
+                for attempt in (0, 1):  # an upstream connection idle too long was closed: reopen it once
+                    conn = conns.get(i) or http.client.HTTPConnection(*targets[i], timeout=300)
+                    conns[i] = conn
+                    try:
+                        conn.request("POST", self.path, body=body, headers={"Content-Type": "application/json"})
+                        resp = conn.getresponse()
+                        data = resp.read()
+                        break
+                    except (OSError, http.client.HTTPException):
+                        conn.close()
+                        del conns[i]
+                        if attempt:
+                            raise
                 self.send_response(resp.status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
