@@ -6,8 +6,14 @@ expensive part, is never idle waiting on I/O:
 
 - a producer thread reads the source, compares each document's version hash with the store, chunks only
   the documents that changed, and looks up which of their chunks the index already holds;
-- the calling thread embeds, in batches sorted by length within a window;
+- the calling thread embeds, in batches sorted by length within a window, through one stream of
+  requests (``esrag.embedders.inflight.Stream``: ``in_flight`` at once for a remote embedder): window N+1's
+  requests are queued before window N is handed to the writer, so the embedder does not wait while a
+  window is handed over and written; windows are handed over whole and in order;
 - a writer thread writes to the store.
+
+Memory stays bounded: at most two windows are embedded or being embedded and not yet handed over
+(``_AHEAD`` + 1), the writer's inbox holds at most 4 documents and its batch about ``_WRITE_BATCH`` chunks.
 
 Incremental rules (exact, because chunk ids are content-addressed from the document version):
 
@@ -67,6 +73,8 @@ _LOOKUP_BATCH = 64
 _STUB_BATCH = 1000
 #: chunks per store write
 _WRITE_BATCH = 500
+#: windows whose requests are queued while an older one is still out or being handed to the writer
+_AHEAD = 1
 
 
 @dataclass
@@ -79,6 +87,16 @@ class _DocPlan:
     reused: list[EmbeddedChunk]
     stale_ids: list[str]
     is_new: bool
+
+
+@dataclass
+class _Window:
+    """One window of plans on its way through the embedder: the source position it reaches and the chunks
+    it embeds (``todo``, in plan order)."""
+
+    position: int
+    plans: list[_DocPlan]
+    todo: list[Chunk]
 
 
 def build_params(settings: Settings, meta: IndexMeta | None = None) -> dict[str, Any]:
@@ -104,8 +122,8 @@ class Ingestor:
 
     The embedder is used only for documents that changed: its ``count_tokens``, ``max_tokens``, ``dims``
     and ``embed_*`` are not touched by a run in which nothing changed. ``on_progress(units_done,
-    units_total, report)`` is called from the embedding thread after each window (units: the source's,
-    files or records; total 0 when unknown).
+    units_total, report)`` is called from the calling thread after each window is handed to the writer, in
+    order (units: the source's, files or records; total 0 when unknown).
     """
 
     def __init__(
@@ -209,18 +227,21 @@ class Ingestor:
         producer.start()
         writer.start()
         try:
-            while not stop.is_set():
-                item = plans.get()
-                if item is _DONE:
-                    break
-                position, batch = item
-                self._embed_window(batch, report, writes, pending, stop)
-                if bar is not None:
-                    bar.update(position - bar.n)
-                    bar.set_postfix(chunks=report.chunks_written, embedded=report.chunks_embedded,
-                                    refresh=False)
-                if self.on_progress:
-                    self.on_progress(position, total, report)
+            # the embedder is asked for its sizes only once there is something to embed (lazy models)
+            with inflight.Stream[_Window](lambda texts: self.embedder.embed_documents(texts),
+                                          lambda: inflight.request_size(self.embedder, self.embedder_batch()),
+                                          lambda: inflight.requests_in_flight(self.embedder), stop,
+                                          ahead=_AHEAD) as stream:
+                while not stop.is_set():
+                    item = plans.get()
+                    if item is _DONE:
+                        break
+                    window = self._start_window(*item)
+                    # window N+1's requests are queued before window N is handed to the writer
+                    for done, result in stream.submit([c.embed_text for c in window.todo], window):
+                        self._finish_window(done, result, report, writes, pending, stop, bar, total)
+                for done, result in stream.drain():
+                    self._finish_window(done, result, report, writes, pending, stop, bar, total)
         except BaseException as e:
             failures.append(e)
         finally:
@@ -360,25 +381,37 @@ class Ingestor:
             plans.append(_DocPlan(doc, missing, to_embed, reused, stale, is_new=not refs))
         return plans
 
-    def _embed_window(self, plans: list[_DocPlan], report: IngestReport, writes: queue.Queue[Any],
-                      pending: dict[str, int], stop: threading.Event) -> None:
-        """Embed the window's chunks, several requests in flight for a remote embedder
-        (``esrag.embedders.inflight``), and hand each document, with its stale chunk ids, to the writer, in
-        order. Stops once another stage failed. A failed request fails only its own chunks: each is a
-        ``WriteError`` naming its source; the document's other chunks are written and its old chunks kept,
-        so the next run embeds exactly the failed ones. Before the first embedding, the embedder's
-        fingerprint is checked against the index's (recorded when the index has none)."""
-        if not plans:
-            return
-        self._ensure_index()
+    def _start_window(self, position: int, plans: list[_DocPlan]) -> _Window:
+        """Before a window's requests go out: create the index on the first write and, before the first
+        embedding, check the embedder's fingerprint against the index's (recorded when the index has
+        none)."""
         todo = [c for p in plans for c in p.to_embed]
+        if plans:
+            self._ensure_index()
         if todo:
             fingerprint.check_once(self, self.store, self.embedder)
-        result = inflight.embed_window(self.embedder.embed_documents, [c.embed_text for c in todo],
-                                       inflight.request_size(self.embedder, self.embedder_batch()),
-                                       inflight.requests_in_flight(self.embedder), stop)
+        return _Window(position, plans, todo)
+
+    def _finish_window(self, window: _Window, result: inflight.WindowResult, report: IngestReport,
+                       writes: queue.Queue[Any], pending: dict[str, int], stop: threading.Event, bar: Any,
+                       total: int) -> None:
+        """Hand an embedded window's documents, with their stale chunk ids, to the writer, in order, then
+        report progress. Stops once another stage failed. A failed request fails only its own chunks: each
+        is a ``WriteError`` naming its source; the document's other chunks are written and its old chunks
+        kept, so the next run embeds exactly the failed ones."""
         if stop.is_set():
             return
+        if window.plans:
+            self._hand_over(window, result, report, writes, pending, stop)
+        if bar is not None:
+            bar.update(window.position - bar.n)
+            bar.set_postfix(chunks=report.chunks_written, embedded=report.chunks_embedded, refresh=False)
+        if self.on_progress:
+            self.on_progress(window.position, total, report)
+
+    def _hand_over(self, window: _Window, result: inflight.WindowResult, report: IngestReport,
+                   writes: queue.Queue[Any], pending: dict[str, int], stop: threading.Event) -> None:
+        todo = window.todo
         report.chunks_embedded += result.embedded
         failed: dict[str, str] = {}
         for idx, err in result.failed:
@@ -387,7 +420,7 @@ class Ingestor:
                 failed[todo[i].id] = f"embedding failed: {err}"
                 report.errors.append(WriteError(todo[i].id, todo[i].source, failed[todo[i].id]))
         vec_by_id = {c.id: v for c, v in zip(todo, result.vectors, strict=True) if v is not None}
-        for plan in plans:
+        for plan in window.plans:
             if stop.is_set():
                 return
             if plan.is_new:

@@ -248,3 +248,100 @@ def test_the_remote_embedder_is_thread_safe(embed_server: EmbedServer, embedder:
         t.join()
     assert not errors and len(results) == 12
     assert all(np.all(np.sum(r * want, axis=1) >= 1 - 1e-3) for r in results)
+
+
+# -- windows overlapping: the next window's requests go out while the previous one is written -------------
+
+
+class RecordingStore:
+    """The real store, with a record of every chunk written (doc_id, chunk_index), in write order; each write
+    takes ``pause`` seconds more (a slow store), so that the next windows are embedded meanwhile."""
+
+    def __init__(self, inner: Any, pause: float = 0.0) -> None:
+        self._inner = inner
+        self.pause = pause
+        self.written: list[tuple[str, int]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def write(self, chunks: Any, delete_ids: Any = ()) -> Any:
+        items = list(chunks)
+        time.sleep(self.pause)
+        self.written += [(ec.chunk.doc_id, ec.chunk.chunk_index) for ec in items]
+        return self._inner.write(items, delete_ids)
+
+
+def long_docs(n: int) -> list[Document]:
+    """Documents of about 1,100 characters: with chunk_size 48 and a window of 4 chunks, each is a window of
+    its own (4 to 16 chunks)."""
+    words = ("harbor signal copper meadow falcon ledger prism canyon engine violet orbit lantern quarry "
+             "thistle beacon").split()
+    return [Document(doc_id=f"long-{i}", source=f"docs/long-{i}.md",
+                     text=" ".join(f"{words[(i + j) % len(words)]}{j}" for j in range(120)) + f" doc {i}.")
+            for i in range(n)]
+
+
+@pytest.mark.parametrize("store_name", ["sqlite"], indirect=True)
+def test_writes_keep_the_source_order_while_windows_overlap(store_settings: Callable[..., Settings],
+                                                            embed_server: EmbedServer) -> None:
+    settings = store_settings(embedder="openai_compat", chunk_size=48, chunk_overlap=8,
+                              plugin_options=remote("openai_compat", embed_server.url, batch_size=2, in_flight=4))
+    docs = long_docs(8)
+    with Engine(settings) as engine:
+        store = RecordingStore(engine.store, pause=0.05)
+        report = Ingestor(store, engine.embedder, settings, window=4).ingest(DocumentsSource(docs))  # type: ignore[arg-type]
+        assert report.ok and report.chunks_written == report.chunks_embedded == len(store.written)
+        order = {d.doc_id: i for i, d in enumerate(docs)}
+        # documents in source order, each one's chunks in order: requests finish out of order, writes do not
+        assert store.written == sorted(store.written, key=lambda w: (order[w[0]], w[1]))
+        assert {w[0] for w in store.written} == set(order) and len(set(store.written)) == len(store.written)
+        assert engine.search("harbor3 signal4", k=3).hits
+        engine.drop()
+
+
+@pytest.mark.parametrize("store_name", ["sqlite"], indirect=True)
+def test_a_failure_in_the_next_window_while_the_previous_is_written_fails_only_its_chunks(
+        store_settings: Callable[..., Settings], embed_server: EmbedServer) -> None:
+    proxy = FaultProxy(embed_server.url)
+    try:
+        settings = store_settings(embedder="openai_compat", chunk_size=48, chunk_overlap=8,
+                                  plugin_options=remote("openai_compat", proxy.url, batch_size=16, in_flight=1))
+        docs = long_docs(5)
+        with Engine(settings) as engine:
+            fingerprint.compute(engine.embedder)  # the probe and the dims, before the faults
+            proxy.forget()
+            proxy.delay(0.0, path="/embeddings", times=1)  # window 1 (document 0): one request, through
+            proxy.status(400, path="/embeddings", times=1)  # window 2 (document 1): refused
+            seen: list[int] = []
+
+            def on_progress(done: int, total: int, report: Any) -> None:
+                if not seen and report.documents_new:
+                    # window 1 is now the writer's; window 2's request goes out without waiting for it
+                    deadline = time.monotonic() + 10
+                    while len(proxy.paths()) < 2 and time.monotonic() < deadline:
+                        time.sleep(0.01)
+                    seen.append(len(proxy.paths()))
+
+            store = RecordingStore(engine.store, pause=0.2)
+            report = Ingestor(store, engine.embedder, settings, window=4,  # type: ignore[arg-type]
+                              on_progress=on_progress).ingest(DocumentsSource(docs))
+            assert len(proxy.paths()) == len(docs)  # one request a window, as designed
+            assert seen and seen[0] >= 2
+            assert not report.ok and report.exit_code == 1
+            failed = {e.chunk_id for e in report.errors}
+            assert failed and {e.source for e in report.errors} == {docs[1].source}
+            assert all("embedding failed" in e.reason and "HTTP 400" in e.reason for e in report.errors)
+            written = [d for d, _ in store.written]
+            assert sorted(set(written), key=written.index) == [d.doc_id for d in docs if d is not docs[1]]
+            stored = engine.store.list_chunks([d.doc_id for d in docs])
+            assert docs[1].doc_id not in stored and all(stored[d.doc_id] for d in docs if d is not docs[1])
+        proxy.clear()
+        with Engine(settings) as engine:
+            rerun = engine.ingest_documents(docs)
+            assert rerun.ok and rerun.chunks_embedded == len(failed)
+            assert {r.id for r in engine.store.list_chunks([docs[1].doc_id])[docs[1].doc_id]} == failed
+            assert engine.ingest_documents(docs).chunks_embedded == 0
+            engine.drop()
+    finally:
+        proxy.close()
