@@ -2,7 +2,9 @@
 
 - Names: ``version_of`` reads N from a concrete index name as an integer, so ``-v10`` sorts after ``-v9``.
 - State: a version being built records ``"esrag_build": "building"`` in its mapping ``_meta`` (next to the
-  IndexMeta, which ignores the key); ``promote`` sets it to ``"complete"`` before it moves the alias.
+  IndexMeta, which ignores the key); ``promote`` sets it to ``"complete"`` before it moves the alias. An
+  index named like a version without esrag ``_meta`` (made by a write that reached a version deleted under
+  it) counts as building: the next reindex deletes it, a rollback never picks it.
 - The swap is one ``POST _aliases`` with a ``remove`` of every index the alias points at and an ``add`` of
   the new one: Elasticsearch applies the actions atomically, so a search sees the old or the new version,
   never none and never both.
@@ -94,8 +96,9 @@ class EsVersions:
             if number is None:
                 continue
             meta = (definition.get("mappings") or {}).get("_meta") or {}
-            out.append(IndexVersion(number=number, name=name, live=name in live,
-                                    state=str(meta.get(BUILD_KEY, COMPLETE))))
+            # no esrag _meta: made by a write that reached a version deleted under it (a guessed mapping)
+            state = str(meta.get(BUILD_KEY, COMPLETE)) if "model" in meta else BUILDING
+            out.append(IndexVersion(number=number, name=name, live=name in live, state=state))
         return sorted(out, key=lambda v: v.number)
 
     def token(self, fresh: bool = False) -> str | None:
