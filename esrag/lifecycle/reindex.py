@@ -343,12 +343,12 @@ class Reindexer:
             meta = target.read_meta()
         except CorruptStoreError as e:
             self.versions.delete(number)
-            raise StoreError(f"the new version {report.new} was deleted while it was built and made again by "
-                             f"a write with a mapping that is not esrag's ({e}); it is deleted, and "
-                             f"{report.old} stays live") from e
+            raise StoreError(f"the new version {report.new} was deleted while it was built (the server made it "
+                             f"again, with a mapping it guessed, for the chunks written after); it is deleted, "
+                             f"and {report.old} stays live: run the reindex again") from e
         if meta is None:
             raise StoreError(f"the new version {report.new} was deleted while it was built; {report.old} stays "
-                             f"live")
+                             f"live: run the reindex again")
 
     def _embed(self, batch: list[EmbeddedChunk], embedder: Embedder, template: ContextTemplate, done: set[str],
                target: Store, report: ReindexReport) -> list[EmbeddedChunk]:
