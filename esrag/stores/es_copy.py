@@ -18,10 +18,13 @@ pulling every vector through the client as JSON and sending it back through ``_b
   StoreError naming both indices and the first reason; a task still running is cancelled. Where the server
   kept no record of the task, its outcome is what the new version holds: the reindex checks the counts
   (and that the index is still the one it created) before any swap.
+- **A reindex killed during the copy** leaves the task running on a cluster: the next reindex's cleanup
+  cancels the copies into versions of the index (``copies_into``) before it deletes the half-built one.
 """
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -78,6 +81,19 @@ def first_failure(response: dict[str, Any]) -> str | None:
             return f"{reason.get('type')}: {reason.get('reason')}"
         return str(f)
     return None
+
+
+def copies_into(tasks: dict[str, Any], is_version: Callable[[str], bool]) -> list[str]:
+    """The ids of the reindex tasks in ``tasks`` (a ``GET _tasks?actions=*reindex&detailed=true`` answer)
+    that copy into an index for which ``is_version(name)`` holds; the parents only (cancelling a sliced
+    copy's parent cancels its slices). Pure."""
+    out = []
+    for node in (tasks.get("nodes") or {}).values():
+        for task_id, task in ((node or {}).get("tasks") or {}).items():
+            dest = re.search(r" to \[([^\]]+)\]", str((task or {}).get("description") or ""))
+            if dest and is_version(dest.group(1)) and not task.get("parent_task_id"):
+                out.append(str(task_id))
+    return sorted(out)
 
 
 class ServerCopy:
@@ -186,4 +202,4 @@ class ServerCopy:
             pass
 
 
-__all__ = ["COPY_FIELDS", "ServerCopy", "first_failure", "reindex_body", "task_progress"]
+__all__ = ["COPY_FIELDS", "copies_into", "ServerCopy", "first_failure", "reindex_body", "task_progress"]

@@ -25,6 +25,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from esrag.errors import ConfigError, ReindexInProgressError, StoreError
 from esrag.stores.base import IndexVersion
@@ -165,6 +166,25 @@ class EsVersions:
             self.store.client.indices.update_aliases(actions=swap_actions(self.alias, current, name))
         self.store.forget_alias()
 
+    def _cancel_copies(self) -> list[str]:
+        """Cancel the server-side copies (``es_copy``) a killed reindex left running into a version that is
+        not live; what was done. A server that keeps no task list answers none."""
+        from esrag.stores.es_copy import copies_into
+
+        live = set(self._live_names())
+        client = self.store.client.options(ignore_status=(400, 404))
+        with self.store._api("listing the copies under way"):
+            resp = client.perform_request("GET", "/_tasks?actions=*reindex&detailed=true",
+                                          headers={"accept": "application/json"})
+        running = dict(resp.body) if resp.meta.status == 200 and isinstance(resp.body, dict) else {}
+        done = []
+        for task in copies_into(running, lambda name: version_of(self.alias, name) is not None and name not in live):
+            with self.store._api(f"cancelling the copy {task}"):
+                client.perform_request("POST", f"/_tasks/{quote(task, safe=':')}/_cancel",
+                                       headers={"accept": "application/json"})
+            done.append(f"cancelled the copy {task} a killed reindex left running")
+        return done
+
     def delete(self, number: int) -> None:
         name = version_name(self.alias, number)
         if name in self._live_names():
@@ -181,7 +201,7 @@ class EsVersions:
                     f"index '{self.alias}' at {self.store.location} is being rebuilt (into {note.get('target')!r} "
                     f"by pid {note.get('pid')} on {note.get('host')}); if that reindex died, run "
                     f"`esrag reindex --abort`")
-        done = []
+        done = self._cancel_copies()
         for v in self.listing():
             if v.state == BUILDING and not v.live:
                 self.delete(v.number)

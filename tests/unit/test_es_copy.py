@@ -37,3 +37,18 @@ def test_the_first_failure_names_the_chunk_and_the_cause_or_the_search_failure()
     assert es_copy.first_failure({"failures": ["odd"]}) == "odd"
     assert es_copy.first_failure({"failures": []}) is None
     assert es_copy.first_failure({}) is None
+
+
+def test_the_copies_a_killed_reindex_left_are_found_by_their_destination_parents_only() -> None:
+    tasks = {"nodes": {"n1": {"tasks": {
+        "n1:7": {"action": "indices:data/write/reindex", "description": "reindex from [kb-v1] to [kb-v2]"},
+        "n1:8": {"action": "indices:data/write/reindex", "description": "reindex from [kb-v1] to [kb-v2]",
+                 "parent_task_id": "n1:7"},  # a slice: cancelled with its parent
+        "n1:9": {"action": "indices:data/write/reindex", "description": "reindex from [kb-v1] to [other-v2]"},
+        "n1:10": {"action": "indices:data/write/reindex", "description": "reindex from [kb-v2] to [kb-v1]"},
+        "n1:11": {"action": "indices:data/write/reindex"},
+    }}, "n2": {"tasks": {"n2:3": {"description": "reindex from [kb-v3] to [kb-v4][_doc]"}}}, "n3": None}}
+    versions = {"kb-v2", "kb-v4"}  # not live, of this index
+    assert es_copy.copies_into(tasks, versions.__contains__) == ["n1:7", "n2:3"]
+    assert es_copy.copies_into({"nodes": {}}, versions.__contains__) == []
+    assert es_copy.copies_into({}, versions.__contains__) == []
