@@ -2,13 +2,19 @@
 (``POST _reindex``), on the real server of the tests (noida-db, or the cluster of ``ESRAG_TEST_ES_URL``).
 
 What it must keep: every chunk, field for field, its vector bit for bit and its ``ingested_at``; the search
-results; progress; searches from other threads answering throughout; and, when the copy fails half-way,
-the alias where it was with a message that names the new version.
+results; progress; searches from other threads answering throughout; and, when the copy fails half-way
+or the reindex is killed during it, the alias where it was (with a message that names the new version).
 """
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -21,6 +27,7 @@ from esrag.errors import ConfigError, StoreError
 from esrag.lifecycle.reindex import ReindexReport
 from esrag.stores.elasticsearch import ElasticsearchStore
 from esrag.types import Chunk, Document, EmbeddedChunk
+from tests.fixtures.api import ROOT, store_args
 
 pytestmark = [pytest.mark.integration, pytest.mark.parametrize("store_name", ["elasticsearch"])]
 
@@ -176,3 +183,35 @@ def test_a_copy_whose_new_version_is_deleted_half_way_leaves_the_alias_and_says_
     assert not engine.reindexer().versions.cleanup()  # nothing left behind: no freeze, no half-built version
     report = engine.reindex({"index_options": "int8_hnsw"})  # and the next reindex runs through
     assert report.swapped and report.chunks == total and _live(engine).endswith("-v2")  # the number is free again
+
+
+def test_a_reindex_killed_during_the_copy_leaves_the_old_version_serving_and_a_rerun_finishes(
+        engine: Engine, settings: Settings) -> None:
+    total = _many(engine, 6000) + len(DOCS)
+    before = [h.id for h in engine.search("astronomy", k=5).hits]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    args = [sys.executable, "-m", "esrag.cli", "reindex", *store_args("elasticsearch", settings), "--device", "cpu",
+            "--index-options", "hnsw", "--json"]  # as it was: the same answers after
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    store = _es(engine)
+    new = f"{settings.index}-v2"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:  # the copy has begun
+        if store.client.options(ignore_status=404).count(index=new).body.get("count"):
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, proc.communicate()[0].decode()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    status = engine.status()
+    assert [v["name"] for v in status["versions"] if v["live"]] == [f"{settings.index}-v1"]
+    assert [v["state"] for v in status["versions"]] == ["complete", "building"]
+    assert [h.id for h in engine.search("astronomy", k=5).hits] == before
+    rerun = subprocess.run(args, env=env, capture_output=True, timeout=600, check=False)
+    out = rerun.stdout.decode()
+    assert rerun.returncode == 0, out + rerun.stderr.decode()
+    report = json.loads(out[out.index("{"):])
+    assert report["swapped"] and any("half-built" in c for c in report["cleaned"]) and report["chunks"] == total
+    assert [v["state"] for v in engine.status()["versions"]] == ["complete", "complete"]
+    assert [h.id for h in engine.search("astronomy", k=5).hits] == before
+    assert engine.ingest_documents([Document(doc_id="after", source="a.txt", text="written after the crash")]).ok
