@@ -19,10 +19,13 @@ A reindex, step by step (the store's mechanics are its ``IndexVersions``, ``esra
      the new version), or the reindex is refused with a message that says so.
 3. **Freeze** the live version (writes refused with ReindexInProgressError, searches go on), **fill**
    the new version from a snapshot of the stored chunks (``Store.iter_chunks``: a point in time, or one
-   SQLite read transaction), streamed in batches, with the writes in a thread of their own.
-4. **Verify**: the new version holds as many chunks and documents as the old one (copy and re-embed);
-   after a re-chunk, every old document is there (extra documents are reported). A failed check leaves
-   the new version unswapped, to inspect; the next reindex deletes it.
+   SQLite read transaction), streamed in batches, with the writes in a thread of their own. A copy (the
+   model kept) on a store that can copy inside its server (``CopiesVersions``: Elasticsearch's
+   ``_reindex``) is that copy instead: no chunk passes through this process.
+4. **Verify**: the new version is still the index this reindex created (not deleted, nor made again by
+   the server with a guessed mapping: that one is deleted), and holds as many chunks and documents as the
+   old one (copy and re-embed); after a re-chunk, every old document is there (extra documents are
+   reported). A failed check leaves the new version unswapped, to inspect; the next reindex deletes it.
 5. **Swap** (``IndexVersions.promote``) and release the freeze; with ``delete_old``, delete every other
    version.
 
@@ -242,8 +245,8 @@ class Reindexer:
                         self._server_copy(self.store, target, report)
                     else:
                         self._from_chunks(target, new_meta, new_settings, report, reembed=p.mode == EMBED)
-                target.refresh()
                 self._check_target(target, number, report)
+                target.refresh()
                 self._verify(target, report, by_documents=bool(sources), force=force)
             finally:
                 target.close()

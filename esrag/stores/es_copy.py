@@ -154,8 +154,9 @@ class ServerCopy:
             except EsragError as e:
                 raise StoreError(f"{e}; the alias was not moved") from e
             if resp.meta.status == 404:  # the copy ran within the request, and no record was kept
-                self.target.refresh()
-                copied = self.target.count().chunks
+                with self.store._api(f"refreshing '{self.dest}'"):  # missing: the reindex's check says so
+                    self.store.client.options(ignore_status=404).indices.refresh(index=self.dest)
+                copied = self._dest_count()
                 self._progress(copied, total)
                 return CopyResult(copied=copied, total=total, task=task, recorded=False)
             body = dict(resp.body)
