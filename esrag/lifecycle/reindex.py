@@ -19,10 +19,13 @@ A reindex, step by step (the store's mechanics are its ``IndexVersions``, ``esra
      the new version), or the reindex is refused with a message that says so.
 3. **Freeze** the live version (writes refused with ReindexInProgressError, searches go on), **fill**
    the new version from a snapshot of the stored chunks (``Store.iter_chunks``: a point in time, or one
-   SQLite read transaction), streamed in batches, with the writes in a thread of their own.
-4. **Verify**: the new version holds as many chunks and documents as the old one (copy and re-embed);
-   after a re-chunk, every old document is there (extra documents are reported). A failed check leaves
-   the new version unswapped, to inspect; the next reindex deletes it.
+   SQLite read transaction), streamed in batches, with the writes in a thread of their own. A copy (the
+   model kept) on a store that can copy inside its server (``CopiesVersions``: Elasticsearch's
+   ``_reindex``) is that copy instead: no chunk passes through this process.
+4. **Verify**: the new version is still the index this reindex created (not deleted, nor made again by
+   the server with a guessed mapping: that one is deleted), and holds as many chunks and documents as the
+   old one (copy and re-embed); after a re-chunk, every old document is there (extra documents are
+   reported). A failed check leaves the new version unswapped, to inspect; the next reindex deletes it.
 5. **Swap** (``IndexVersions.promote``) and release the freeze; with ``delete_old``, delete every other
    version.
 
@@ -46,10 +49,10 @@ from esrag import __version__, plugins
 from esrag.config import Settings
 from esrag.embedders import fingerprint
 from esrag.embedders.base import Embedder
-from esrag.errors import ConfigError, EsragError, StoreError
+from esrag.errors import ConfigError, CorruptStoreError, EsragError, StoreError
 from esrag.ingest.context import ContextTemplate
 from esrag.sources.base import Source
-from esrag.stores.base import IndexVersion, IndexVersions, Store
+from esrag.stores.base import CopiesVersions, IndexVersion, IndexVersions, Store
 from esrag.types import EmbeddedChunk, IndexMeta, sha256_hex
 
 #: chunks per snapshot batch (one read, one write)
@@ -163,6 +166,11 @@ class Reindexer:
         self._make_embedder = embedder_for or _default_embedder
         self._embedders: dict[tuple[str, str], Embedder] = {}
         self.on_progress = on_progress
+        #: copy inside the server when the store can (``CopiesVersions``); False reads and writes every
+        #: chunk through this process, as for a re-embed (the benchmark compares the two)
+        self.server_copy = True
+        #: seconds between two looks at a copy running inside the server
+        self.poll_s = 1.0
 
     def embedder_for(self, s: Settings) -> Embedder:
         """The embedder of ``s`` (its plugin and model), made once per reindexer."""
@@ -233,7 +241,11 @@ class Reindexer:
                     self._from_sources(target, new_settings, sources, report)
                 else:
                     target.ensure_index(new_meta)
-                    self._from_chunks(target, new_meta, new_settings, report, reembed=p.mode == EMBED)
+                    if p.mode == COPY and self.server_copy and isinstance(self.store, CopiesVersions):
+                        self._server_copy(self.store, target, report)
+                    else:
+                        self._from_chunks(target, new_meta, new_settings, report, reembed=p.mode == EMBED)
+                self._check_target(target, number, report)
                 target.refresh()
                 self._verify(target, report, by_documents=bool(sources), force=force)
             finally:
@@ -311,6 +323,35 @@ class Reindexer:
             writer.join()
         if failures:
             raise failures[0]
+
+    def _server_copy(self, copier: CopiesVersions, target: Store, report: ReindexReport) -> None:
+        """Copy the live version's chunks into ``target`` inside the server (``CopiesVersions.copy_to``):
+        progress is the copy's (``chunks_copied``), and nothing passes through this process."""
+        def progress(done: int, total: int) -> None:
+            report.chunks_copied = done
+            if self.on_progress:
+                self.on_progress(report)
+
+        result = copier.copy_to(target, progress, poll_s=self.poll_s)
+        report.chunks_copied = result.copied
+        report.notes.append(f"copied inside the server (task {result.task}"
+                            + ("" if result.recorded else ", of which the server keeps no record: checked by "
+                               "the counts") + ")")
+
+    def _check_target(self, target: Store, number: int, report: ReindexReport) -> None:
+        """The new version is still the index this reindex created: not deleted meanwhile, nor made again
+        by a write that reached it after (Elasticsearch creates a missing index with a mapping it guesses,
+        which is deleted here: it is no version of esrag's). StoreError naming it otherwise."""
+        try:
+            meta = target.read_meta()
+        except CorruptStoreError as e:
+            self.versions.delete(number)
+            raise StoreError(f"the new version {report.new} was deleted while it was built (the server made it "
+                             f"again, with a mapping it guessed, for the chunks written after); it is deleted, "
+                             f"and {report.old} stays live: run the reindex again") from e
+        if meta is None:
+            raise StoreError(f"the new version {report.new} was deleted while it was built; {report.old} stays "
+                             f"live: run the reindex again")
 
     def _embed(self, batch: list[EmbeddedChunk], embedder: Embedder, template: ContextTemplate, done: set[str],
                target: Store, report: ReindexReport) -> list[EmbeddedChunk]:

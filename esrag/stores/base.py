@@ -23,12 +23,15 @@ store:
 Stores that can be rebuilt behind their name (``esrag reindex``) also offer ``versions()``, an
 ``IndexVersions``: the numbered versions of the index (ES: concrete indices ``<index>-vN`` behind the alias;
 SQLite: files ``<index>.vN.db`` behind ``<index>.db``), a store bound to one of them, the atomic swap of
-the live one, and the write freeze that keeps an ingest from writing to an index being rebuilt.
+the live one, and the write freeze that keeps an ingest from writing to an index being rebuilt. Those that
+can copy their live version into another version of themselves without the chunks passing through the
+client (ES: ``POST _reindex``, ``esrag.stores.es_copy``) also offer ``copy_to`` (``CopiesVersions``): the
+reindex that keeps the model uses it instead of reading and writing every chunk and vector.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -193,4 +196,29 @@ class IndexVersions(Protocol):
         """Delete half-built versions and release a freeze left by a killed reindex; what was done, one
         line each. A freeze whose process still runs (or runs on another host) is a reindex under way:
         ReindexInProgressError, unless ``force`` (``esrag reindex --abort``: the user says it died)."""
+        ...
+
+
+@dataclass(frozen=True)
+class CopyResult:
+    """What ``CopiesVersions.copy_to`` did: ``copied`` chunks of ``total`` in the live version; ``task`` the
+    server's name for the copy; ``recorded`` whether the server kept a record of it (its outcome and
+    failures); without one, what the new version holds is the outcome (the reindex checks its counts)."""
+
+    copied: int
+    total: int
+    task: str
+    recorded: bool
+
+
+@runtime_checkable
+class CopiesVersions(Protocol):
+    """A store that copies its live version into another version of itself inside the server."""
+
+    def copy_to(self, target: Store, on_progress: Callable[[int, int], None] | None = None,
+                poll_s: float = 1.0) -> CopyResult:
+        """Copy every chunk of the live version, as stored (vectors, ``ingested_at`` and all), into
+        ``target`` (a version from ``versions().open``, created by its ``ensure_index``);
+        ``on_progress(done, total)`` at the start, every ``poll_s`` and at the end. StoreError naming both
+        indices when the copy fails; the alias is never moved by it."""
         ...

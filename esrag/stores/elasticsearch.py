@@ -43,8 +43,9 @@ from esrag.errors import (
     setting,
 )
 from esrag.redact import redact_url
+from esrag.stores import es_copy, es_versions
 from esrag.stores import es_queries as q
-from esrag.stores import es_versions
+from esrag.stores.base import CopyResult, Store
 from esrag.stores.es_bulk import BulkStats, BulkWriter
 from esrag.stores.es_client import (
     DEFAULT_RETRY_SECONDS,
@@ -125,6 +126,22 @@ class ElasticsearchStore(EsReads):
     def versions(self) -> es_versions.EsVersions:
         """The versions of this index behind its alias (``esrag reindex``, ``esrag status``)."""
         return es_versions.EsVersions(self)
+
+    def copy_to(self, target: Store, on_progress: Callable[[int, int], None] | None = None,
+                poll_s: float = es_copy.POLL_S) -> CopyResult:
+        """Copy the live version into ``target``, another version of this index on the same server, with
+        one ``POST _reindex`` (``CopiesVersions``; ``esrag.stores.es_copy``)."""
+        if not isinstance(target, ElasticsearchStore) or target.url != self.url:
+            raise ConfigError(f"a copy inside Elasticsearch at {self.location} needs a version on the same "
+                              f"server, not {target!r}")
+        found = self._get_index()
+        if found is None:
+            raise self._missing()
+        if len(found) != 1:
+            raise StoreError(f"alias '{self.alias}' at {self.location} points at {len(found)} indices "
+                             f"({', '.join(sorted(found))}); a copy needs exactly one live version")
+        total = self.count().chunks
+        return es_copy.ServerCopy(self, next(iter(found)), target, on_progress, poll_s).run(total)
 
     def served_index(self) -> str | None:
         """The concrete index (comma-joined, if several) that answers for the alias as last seen: resolved

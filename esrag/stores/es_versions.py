@@ -2,7 +2,9 @@
 
 - Names: ``version_of`` reads N from a concrete index name as an integer, so ``-v10`` sorts after ``-v9``.
 - State: a version being built records ``"esrag_build": "building"`` in its mapping ``_meta`` (next to the
-  IndexMeta, which ignores the key); ``promote`` sets it to ``"complete"`` before it moves the alias.
+  IndexMeta, which ignores the key); ``promote`` sets it to ``"complete"`` before it moves the alias. An
+  index named like a version without esrag ``_meta`` (made by a write that reached a version deleted under
+  it) counts as building: the next reindex deletes it, a rollback never picks it.
 - The swap is one ``POST _aliases`` with a ``remove`` of every index the alias points at and an ``add`` of
   the new one: Elasticsearch applies the actions atomically, so a search sees the old or the new version,
   never none and never both.
@@ -23,6 +25,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from esrag.errors import ConfigError, ReindexInProgressError, StoreError
 from esrag.stores.base import IndexVersion
@@ -94,8 +97,9 @@ class EsVersions:
             if number is None:
                 continue
             meta = (definition.get("mappings") or {}).get("_meta") or {}
-            out.append(IndexVersion(number=number, name=name, live=name in live,
-                                    state=str(meta.get(BUILD_KEY, COMPLETE))))
+            # no esrag _meta: made by a write that reached a version deleted under it (a guessed mapping)
+            state = str(meta.get(BUILD_KEY, COMPLETE)) if "model" in meta else BUILDING
+            out.append(IndexVersion(number=number, name=name, live=name in live, state=state))
         return sorted(out, key=lambda v: v.number)
 
     def token(self, fresh: bool = False) -> str | None:
@@ -162,6 +166,25 @@ class EsVersions:
             self.store.client.indices.update_aliases(actions=swap_actions(self.alias, current, name))
         self.store.forget_alias()
 
+    def _cancel_copies(self) -> list[str]:
+        """Cancel the server-side copies (``es_copy``) a killed reindex left running into a version that is
+        not live; what was done. A server that keeps no task list answers none."""
+        from esrag.stores.es_copy import copies_into
+
+        live = set(self._live_names())
+        client = self.store.client.options(ignore_status=(400, 404))
+        with self.store._api("listing the copies under way"):
+            resp = client.perform_request("GET", "/_tasks?actions=*reindex&detailed=true",
+                                          headers={"accept": "application/json"})
+        running = dict(resp.body) if resp.meta.status == 200 and isinstance(resp.body, dict) else {}
+        done = []
+        for task in copies_into(running, lambda name: version_of(self.alias, name) is not None and name not in live):
+            with self.store._api(f"cancelling the copy {task}"):
+                client.perform_request("POST", f"/_tasks/{quote(task, safe=':')}/_cancel",
+                                       headers={"accept": "application/json"})
+            done.append(f"cancelled the copy {task} a killed reindex left running")
+        return done
+
     def delete(self, number: int) -> None:
         name = version_name(self.alias, number)
         if name in self._live_names():
@@ -178,7 +201,7 @@ class EsVersions:
                     f"index '{self.alias}' at {self.store.location} is being rebuilt (into {note.get('target')!r} "
                     f"by pid {note.get('pid')} on {note.get('host')}); if that reindex died, run "
                     f"`esrag reindex --abort`")
-        done = []
+        done = self._cancel_copies()
         for v in self.listing():
             if v.state == BUILDING and not v.live:
                 self.delete(v.number)
