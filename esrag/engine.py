@@ -404,11 +404,13 @@ class Engine:
         return Reindexer(self.store, self.settings, embedder_for, on_progress)
 
     def reindex(self, changes: Mapping[str, Any], sources: Sequence[Source | str] = (), delete_old: bool = False,
-                force: bool = False) -> ReindexReport:
+                force: bool = False, on_progress: Any = None) -> ReindexReport:
         """Build a new version of the index with ``changes`` (settings), check it and swap it in
         (``esrag.lifecycle.reindex``); this engine then reads the new version. ``sources`` (Sources, e.g. from
-        ``source``, or paths) are read again instead of the stored chunks: a new chunking needs them."""
-        report: ReindexReport = self.reindexer().run(changes, sources, delete_old=delete_old, force=force)
+        ``source``, or paths) are read again instead of the stored chunks: a new chunking needs them.
+        ``on_progress(report)`` is called as the new version fills."""
+        report: ReindexReport = self.reindexer(on_progress).run(changes, sources, delete_old=delete_old,
+                                                                force=force)
         self._after_swap()
         return report
 

@@ -8,8 +8,16 @@ from typing import Any
 
 import click
 
-from esrag.cli.common import chunk_options, engine_from, index_settings_options, model_options, store_options
+from esrag.cli.common import (
+    chunk_options,
+    engine_from,
+    index_settings_options,
+    model_options,
+    progress_flag,
+    store_options,
+)
 from esrag.cli.index import SOURCE_PARAMS, file_options, make_source, source_options
+from esrag.errors import EsragError
 
 #: the flags that change the new version (the rest choose the store and how to embed)
 CHANGES = ("model", "embedder", "analyzer", "index_options", "similarity", "embed_template", "chunk_size",
@@ -30,12 +38,14 @@ CHANGES = ("model", "embedder", "analyzer", "index_options", "similarity", "embe
               help="Clean up after a reindex that died: delete its half-built version, release the write freeze.")
 @click.option("--force", is_flag=True, help="Swap even when the new version's counts differ from the live one's.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--progress/--no-progress", default=None,
+              help="A progress bar on stderr while the new version fills. [default: when stderr is a terminal]")
 @chunk_options
 @store_options
 @model_options
 @index_settings_options
 def reindex(sources: tuple[str, ...], rollback: bool, delete_old: bool, abort: bool, force: bool, as_json: bool,
-            **opts: Any) -> None:
+            progress: bool | None, **opts: Any) -> None:
     """Build a new version of the index (NAME-vN on Elasticsearch, NAME.vN.db on SQLite) with the settings
     given here, fill it from the stored chunks (vectors copied, or embedded again when the model changes)
     or from the sources read again (a new chunking): files with --from PATH, the records of an
@@ -79,8 +89,41 @@ def reindex(sources: tuple[str, ...], rollback: bool, delete_old: bool, abort: b
             _say(as_json, {"deleted": reindexer.delete_old()},
                  lambda r: [f"deleted {n}" for n in r["deleted"]] or ["no old version to delete"])
             return
-        report = engine.reindex(changes, given, delete_old=delete_old, force=force)
+        bar = _bar(engine) if progress_flag(progress) else None
+        try:
+            report = engine.reindex(changes, given, delete_old=delete_old, force=force,
+                                    on_progress=bar.show if bar is not None else None)
+        finally:
+            if bar is not None:
+                bar.close()
     _say(as_json, report.to_dict(), _lines)
+
+
+class _Bar:
+    """A progress bar over the live version's chunks: those copied or embedded so far into the new one (a
+    chunk whose text another chunk shares is embedded once: the bar may stop short of the total)."""
+
+    def __init__(self, total: int) -> None:
+        from tqdm.auto import tqdm
+
+        self._bar = tqdm(total=total or None, unit="chunks", desc="reindex", dynamic_ncols=True, leave=False)
+
+    def show(self, report: Any) -> None:
+        done = report.chunks_copied + report.chunks_embedded
+        total = self._bar.total
+        self._bar.update(max(0, (min(done, total) if total else done) - self._bar.n))
+        self._bar.set_postfix(copied=report.chunks_copied, embedded=report.chunks_embedded)  # one call a batch
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+def _bar(engine: Any) -> _Bar:
+    try:
+        total = engine.store.count().chunks if engine.store.exists() else 0
+    except EsragError:
+        total = 0
+    return _Bar(total)
 
 
 def _lines(r: dict[str, Any]) -> list[str]:

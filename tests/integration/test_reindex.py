@@ -373,3 +373,19 @@ def test_a_new_chunking_reads_an_elasticsearch_source_again_from_the_cli(
     assert bad.exit_code == 2 and "give --from" in bad.output
     es.indices.delete(index=index)
     es.close()
+
+
+def test_the_cli_shows_the_reindex_progress_on_stderr(engine: Engine, settings: Settings, store_name: str) -> None:
+    from click.testing import CliRunner
+
+    from esrag.cli import main
+
+    where = store_args(store_name, settings)
+    out = CliRunner().invoke(main, ["reindex", *where, "--index-options", "int8_hnsw", "--progress", "--json"])
+    assert out.exit_code == 0, out.output
+    report = json.loads(out.stdout)
+    assert (report["mode"], report["swapped"]) == ("copy", True)
+    # the bar counts the live version's chunks: 32 of them, all copied
+    assert "reindex" in out.stderr and f"/{len(DOCS) + 2} " in out.stderr and "copied=" in out.stderr
+    quiet = CliRunner().invoke(main, ["reindex", *where, "--analyzer", "standard", "--no-progress"])
+    assert quiet.exit_code == 0 and "reindex:" not in quiet.stderr and "copied=" not in quiet.stderr
