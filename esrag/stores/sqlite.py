@@ -589,7 +589,9 @@ class SQLiteStore:
             self._wconn, self._readers = None, []
             self._epoch += 1
             dense, self._meta, self._dense, self._bm25 = self._dense, None, None, None
-            self._saved = None
+            saved, self._saved = self._saved, None
+        if saved is not None:
+            saved.flush()  # the queued saves (each a few milliseconds; a busy store skips them)
         if dense is not None:
             dense.forget()
         for conn in conns:
