@@ -13,7 +13,8 @@ anything that is not a letter, digit or mark, lowercases, keeps diacritics. Quer
 query syntax: it is split the same way and each term is quoted and ORed (like ES ``match``). FTS5 itself
 scores row by row, too slowly for words found in much of the index, so queries are answered by
 ``sqlite_bm25.Bm25Index``: FTS5's formula over FTS5's postings, in numpy, cached per term (same hits, same
-scores; the plain FTS5 query remains for terms it cannot read the same way). FTS5's idf differs from
+scores; the plain FTS5 query remains for terms it cannot read the same way); common terms' postings are
+saved packed in ``bm25_postings`` and kept current by a change log (``sqlite_postings``). FTS5's idf differs from
 Lucene's for terms in more than half the chunks.
 
 Dense: ``sqlite_vectors.DenseIndex``: exact cosine kNN over an in-memory matrix below
@@ -366,10 +367,13 @@ class SQLiteStore:
         return WriteResult(written=written, errors=tuple(errors), deleted=deleted)
 
     def refresh(self) -> None:
-        """Nothing to make visible; StoreError if another process deleted the file this store wrote to."""
+        """Wait for this process's vector merge, if one runs (writes are visible at once); StoreError if
+        another process deleted the file this store wrote to."""
         with self._write_lock:
             self._check_still_there()
         self._reader()
+        if self._dense is not None:
+            self._dense.wait()
 
     def list_documents(self, prefix: str = "") -> dict[str, DocRef]:
         """Stored documents whose doc_id starts with ``prefix``; ``DocRef.doc_sha`` is "" for a document whose
@@ -442,8 +446,9 @@ class SQLiteStore:
             return deleted
 
     def _maintain(self, conn: sqlite3.Connection) -> None:
-        """After a committed write: the dense side's merge when due, and the BM25 change log's pruning."""
-        self._dense_index().maintain(conn)
+        """After a committed write: the dense side's merge when due (in the background), and the BM25 change
+        log's pruning."""
+        self._dense_index().maintain_in_background(lambda: self._open(create=False))
         with self._guard("prune the BM25 change log of"):
             postings.prune(conn)
 
@@ -593,6 +598,7 @@ class SQLiteStore:
         if saved is not None:
             saved.flush()  # the queued saves (each a few milliseconds; a busy store skips them)
         if dense is not None:
+            dense.wait()
             dense.forget()
         for conn in conns:
             conn.close()

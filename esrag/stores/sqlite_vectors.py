@@ -22,7 +22,8 @@ their current vectors (those still present) are searched exactly. A write theref
 process one read of the rows it changed, never a reload. Deleted chunks are masked, so they never come
 back. The final hits are read by rowid in the same SQLite snapshot as the BM25 side.
 
-Merges. After a write, the writer folds the delta into a new HNSW file when the delta reaches
+Merges. After a write, a background thread of the writing process (one at a time; the store's ``close``
+waits for it, a write does not) folds the delta into a new HNSW file when the delta reaches
 ``max(MERGE_MIN, MERGE_FRACTION x base)`` (or builds the first one when the store reaches
 ``ann_min_chunks``): it copies the current file into memory, removes and adds the changed vectors, saves
 a new file (written under a temporary name, fsynced, renamed), then, in one transaction, points ``vectors``
@@ -56,7 +57,7 @@ from typing import Any
 
 import numpy as np
 
-from esrag.errors import CorruptStoreError, ModelMismatchError
+from esrag.errors import CorruptStoreError, EsragError, ModelMismatchError
 from esrag.stores import sqlite_sql as sql
 
 log = logging.getLogger(__name__)
@@ -184,6 +185,8 @@ class DenseIndex:
         self._stale: str | None = None  # why the last pointer read was unusable
         self._bad: Pointer | None = None  # that pointer: searched exactly until the pointer moves
         self._repairing = False
+        self._merger: threading.Thread | None = None  # the background merge (maintain_in_background)
+        self._merge_again = False
 
     # --- search ------------------------------------------------------------------------------------
 
@@ -427,6 +430,41 @@ class DenseIndex:
         self._publish(conn, index, generation, pointer)
         log.info("vector index of %s: %d vectors at generation %d (%.1f s)", self.path, len(index), generation,
                  time.perf_counter() - t0)
+
+    def maintain_in_background(self, connect: Callable[[], sqlite3.Connection]) -> None:
+        """``maintain`` in a thread of its own through a ``connect()``ed connection, so that a write returns
+        without waiting for a merge; one at a time (a call during a run makes it check again when done).
+        ``wait`` joins it (the store's ``close`` does)."""
+        with self._lock:
+            self._merge_again = True
+            if self._merger is not None:
+                return
+            self._merger = threading.Thread(target=self._merge_loop, args=(connect,), name="esrag-vector-merge",
+                                            daemon=True)
+            self._merger.start()
+
+    def _merge_loop(self, connect: Callable[[], sqlite3.Connection]) -> None:
+        while True:
+            with self._lock:
+                if not self._merge_again:
+                    self._merger = None
+                    return
+                self._merge_again = False
+            try:
+                conn = connect()
+            except (OSError, sqlite3.Error, EsragError) as e:  # the file went away: nothing to merge into
+                log.warning("could not update the vector index of %s: %s", self.path, e)
+                continue
+            try:
+                self.maintain(conn)
+            finally:
+                conn.close()
+
+    def wait(self) -> None:
+        """Wait for the background merge, if one runs."""
+        merger = self._merger
+        if merger is not None:
+            merger.join()
 
     def rebuild(self, conn: sqlite3.Connection) -> None:
         """Build the HNSW file from every vector in SQLite and point the store at it (a stale index's

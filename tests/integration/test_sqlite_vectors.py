@@ -66,6 +66,7 @@ def exact_ids(directory: Path, vectors: list[np.ndarray], k: int = 10, **filters
 
 
 def status(store: SQLiteStore) -> dict[str, Any]:
+    store.refresh()  # waits for the merge a write started in the background
     return store.vector_index()
 
 
