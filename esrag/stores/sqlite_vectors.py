@@ -71,6 +71,12 @@ FILTER_EXACT_MAX = 5_000
 #: HNSW candidates read per hit wanted, before masking and re-scoring: the int8 graph orders near ties
 #: coarsely, so the exact top k is fetched from a wider set (at 2, recall@10 on 300 MiniLM vectors dipped to 0.96)
 OVERSAMPLE = 4
+#: the graph search (ef 128) misses members of a tight cluster of near-duplicates: while the candidates within
+#: CROWD_GAP (cosine distance, int8) of the limit-th fill more than a quarter of them, the search widens
+#: fourfold, up to WIDEN_MAX candidates, and the best of them by int8 distance (which orders them as the float
+#: vectors do to a correlation of 0.99995) are re-scored as before. Measured on 2,400 MiniLM vectors x 83
+#: noisy copies: recall@10 0.84 at 56 candidates, 0.885 at 224, 0.993 at 896.
+CROWD_GAP, WIDEN_MAX = 0.08, 1024
 #: rows per batch when vectors are streamed out of SQLite into an index
 BUILD_BATCH = 10_000
 KIND = "usearch-hnsw-i8"
@@ -360,14 +366,20 @@ class DenseIndex:
         if wanted is not None and len(wanted) <= FILTER_EXACT_MAX:
             return self._exact_rows(conn, v, wanted, q, limit)
         share = 1.0 if wanted is None else max(len(wanted) / max(size, 1), 1e-9)
-        count = min(size, int(OVERSAMPLE * limit / share) + 16)
+        count = rescore = min(size, int(OVERSAMPLE * limit / share) + 16)
         while True:
-            keys = np.asarray(v.ann.search(q, count, threads=1).keys, dtype=np.int64)
-            keys = keys[~_isin_sorted(keys, v.changed)]
+            found = v.ann.search(q, count, threads=1)
+            keys = np.asarray(found.keys, dtype=np.int64)  # nearest first (int8 distance)
+            ok = ~_isin_sorted(keys, v.changed)
             if wanted is not None:
-                keys = keys[_isin_sorted(keys, wanted)]
+                ok &= _isin_sorted(keys, wanted)
+            distances, keys = np.asarray(found.distances)[ok], keys[ok]
             if len(keys) >= limit:
-                break
+                crowd = int(np.count_nonzero(distances <= distances[limit - 1] + CROWD_GAP))
+                if count >= min(size, WIDEN_MAX) or len(found.keys) < count or 4 * crowd <= len(keys):
+                    break
+                count = min(size, WIDEN_MAX, count * 4)  # a crowd at the cut: look wider
+                continue
             if wanted is not None and (count >= size or count * 4 > size / 4):
                 # cheaper than walking most of the graph, and exact: a graph search asked for every vector
                 # may still miss a few, so k filtered hits would not be guaranteed
@@ -375,7 +387,7 @@ class DenseIndex:
             if count >= size:
                 break
             count = min(size, count * 4)
-        return self._rescore(conn, keys, q, limit)
+        return self._rescore(conn, keys[:rescore], q, limit)
 
     def _rescore(self, conn: sqlite3.Connection, keys: np.ndarray, q: np.ndarray, limit: int
                  ) -> tuple[np.ndarray, np.ndarray]:
