@@ -11,7 +11,8 @@ Gaussian perturbation (sigma ``--perturb``) to reach ``--n``, with query vectors
 perturbed per query); the numbers exclude embedding. ``--reuse`` keeps a store already built in ``--dir``
 (the same ``--n``) instead of writing it again. Measured:
 
-- write: chunks/s of ``store.write`` with vectors (ensure_index and data generation not timed);
+- write: chunks/s of ``store.write`` with vectors, up to the end of the vector merges they started in the
+  background (ensure_index and data generation not timed);
 - query: p50/p95 of one hybrid query at k=10 with ``--candidates`` per side: BM25 + exact kNN + linear
   fusion (``esrag.retrieval.fusion.linear_fusion``), excluding the query embedding; in this process, after a warm-up
   query that loads the vector matrix, and again in a fresh process (there also the BM25 side alone, a
@@ -200,6 +201,7 @@ def one_percent_update(args: argparse.Namespace, pairs: list[tuple[str, str]], r
     t0 = time.perf_counter()
     store.write(new)
     store.delete_chunks(list(saved))
+    store.refresh()  # and any merge they started
     took = time.perf_counter() - t0
     store.delete_chunks([c.chunk.id for c in new])
     store.write([one_chunk(pairs, i, saved[cid]) for i in old_rows if (cid := sha256_hex(str(i))[:40]) in saved])
@@ -286,6 +288,7 @@ def main() -> None:
         for at in range(0, args.n, 100_000):  # bounded memory: chunk objects are built per 100k
             result = store.write(make_chunks(pairs, vectors, at, min(args.n, at + 100_000)))
             assert not result.errors, result.errors[:3]
+        store.refresh()  # waits for the vector merge the last writes started in the background: timed too
         write_s = time.perf_counter() - t0
         del vectors
 
