@@ -5,7 +5,8 @@ File: ``<sqlite_dir>/<index>.db`` (default ``./.esrag/esrag.db``), plus SQLite's
 Schema: ``meta`` (key/value: the esrag marker, the schema version and the IndexMeta JSON); ``chunks`` (one
 row per chunk, the vector as a float32 BLOB); ``chunks_fts``, an FTS5 index over ``chunks.title`` and
 ``chunks.text`` with external content (rowid = ``chunks.rowid``), kept in sync by triggers, so that the
-FTS rows change in the same transaction as the chunk rows.
+FTS rows change in the same transaction as the chunk rows; the change logs ``vector_changes`` and
+``bm25_changes`` and the saved ``bm25_postings`` (sqlite_vectors, sqlite_postings).
 
 BM25: FTS5 ``bm25()`` with weight 1.0 on title and text, negated so that higher is better. The
 ``unicode61`` tokenizer with ``remove_diacritics 0`` is close to Elasticsearch's standard analyzer: splits on
@@ -13,9 +14,8 @@ anything that is not a letter, digit or mark, lowercases, keeps diacritics. Quer
 query syntax: it is split the same way and each term is quoted and ORed (like ES ``match``). FTS5 itself
 scores row by row, too slowly for words found in much of the index, so queries are answered by
 ``sqlite_bm25.Bm25Index``: FTS5's formula over FTS5's postings, in numpy, cached per term (same hits, same
-scores; the plain FTS5 query remains for terms it cannot read the same way); common terms' postings are
-saved packed in ``bm25_postings`` and kept current by a change log (``sqlite_postings``). FTS5's idf differs from
-Lucene's for terms in more than half the chunks.
+scores; the plain FTS5 query remains for terms it cannot read the same way), common terms read from their
+saved form (``sqlite_postings``). FTS5's idf differs from Lucene's for terms in more than half the chunks.
 
 Dense: ``sqlite_vectors.DenseIndex``: exact cosine kNN over an in-memory matrix below
 ``ann_min_chunks`` chunks (or with ``exact_knn``), a memory-mapped int8 HNSW index with float re-scoring
@@ -28,8 +28,8 @@ locked"), and one write connection serialises writers under a lock. The dense in
 are cached once per store object and shared by every thread; they are keyed by a ``generation`` counter in
 the ``meta`` table that every write transaction increments, so a commit by any connection or process
 reaches them (the postings are reloaded, the dense side applies the logged changes). Other processes may
-use the same file: a 30 s busy timeout makes writers queue, and a
-write (or refresh) after another process deleted the file fails loudly instead of writing to a lost file.
+use the same file: a 30 s busy timeout makes writers queue, and a write (or refresh) after another process
+deleted the file fails loudly instead of writing to a lost file.
 
 Durability: WAL with ``synchronous=NORMAL``: every transaction is atomic and survives a process crash; an OS
 crash can lose the last commits (redone by the next incremental ingest), never consistency.
