@@ -171,6 +171,17 @@ def _doc_sizes(conn: sqlite3.Connection, table: str) -> tuple[np.ndarray, np.nda
     return rowids, values.reshape(-1, 2).sum(axis=1)
 
 
+def _doc_sizes_of(conn: sqlite3.Connection, table: str, rowids: np.ndarray) -> Raw:
+    """(rowids, tokens per row) of the ascending ``rowids`` still in ``<table>_docsize``."""
+    found: list[tuple[int, int]] = []
+    for at in range(0, len(rowids), 500):
+        part = rowids[at:at + 500].tolist()
+        found += [(rid, _column_sizes(blob)) for rid, blob in conn.execute(
+            f"SELECT id, sz FROM {table}_docsize WHERE id IN ({', '.join('?' * len(part))}) ORDER BY id", part)]
+    return Raw(np.fromiter((r for r, _ in found), dtype=np.int64, count=len(found)),
+               np.fromiter((n for _, n in found), dtype=np.float64, count=len(found)))
+
+
 class Bm25Index:
     """Per-term bm25 parts for one read snapshot of ``<table>``. Build it inside a read transaction and drop
     it when the data changes (the store does both)."""
@@ -180,7 +191,12 @@ class Bm25Index:
         self.table = table
         self._key = term_key(analyzer)
         self._saved, self.generation = saved, generation
-        self.rowids, self.lengths = _doc_sizes(conn, table)
+        sizes = saved.lengths(conn, generation, lambda ids: _doc_sizes_of(conn, table, ids)) if saved else None
+        if sizes is None:
+            sizes = Raw(*_doc_sizes(conn, table))
+            if saved is not None:
+                saved.save_later(None, generation, sizes)
+        self.rowids, self.lengths = sizes
         self.n_rows = len(self.rowids)
         self.avgdl = float(int(self.lengths.sum())) / self.n_rows if self.n_rows else 0.0
         #: folded term -> its Postings; None: FTS5 disagrees on the term

@@ -15,6 +15,9 @@ the index's tokenizer (``Delta``: same tokens as the index, by construction; sha
 advanced row by row as writes come). The rows logged after ``g`` are taken as a superset (all those after the
 delta's start), which is exact: a row the saved list already reflects is dropped and added back as it is now.
 
+The rows' lengths in tokens (FTS5's ``docsize``: one record per row, ~1 s to read at a million rows) are
+saved and kept in step the same way, in ``bm25_lengths`` (the changed rows' lengths read from ``docsize``).
+
 Bounds: a term more than ``DELTA_MAX`` changes behind (or behind the log's ``floor``) is read from FTS5 again;
 one more than ``REFRESH`` changes behind is saved again at the reader's generation, in a background thread
 through a connection of its own that never waits for a writer (a busy store just skips the save). The writer
@@ -54,6 +57,9 @@ SCHEMA = (
     "CREATE TABLE IF NOT EXISTS bm25_postings (term TEXT PRIMARY KEY, generation INTEGER NOT NULL, "
     "rows BLOB NOT NULL, freqs BLOB NOT NULL)",
     "CREATE TABLE IF NOT EXISTS bm25_changes (rowid INTEGER PRIMARY KEY, generation INTEGER NOT NULL)",
+    # every row's tokens (FTS5's docsize, one varint per column, takes ~1 s to read at a million rows)
+    "CREATE TABLE IF NOT EXISTS bm25_lengths (id INTEGER PRIMARY KEY CHECK (id = 1), "
+    "generation INTEGER NOT NULL, rows BLOB NOT NULL, lengths BLOB NOT NULL)",
     f"CREATE TRIGGER IF NOT EXISTS chunks_bi AFTER INSERT ON chunks BEGIN {_LOG.format(row='new')} END",
     f"CREATE TRIGGER IF NOT EXISTS chunks_bd AFTER DELETE ON chunks BEGIN {_LOG.format(row='old')} END",
     "CREATE TRIGGER IF NOT EXISTS chunks_bu AFTER UPDATE OF title, text ON chunks "
@@ -63,6 +69,11 @@ _FLOOR = "SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'bm25_floor'"
 _SAVE = ("INSERT INTO bm25_postings(term, generation, rows, freqs) VALUES (?, ?, ?, ?) "
          "ON CONFLICT(term) DO UPDATE SET generation = excluded.generation, rows = excluded.rows, "
          "freqs = excluded.freqs WHERE excluded.generation > bm25_postings.generation")
+_SAVE_LENGTHS = ("INSERT INTO bm25_lengths(id, generation, rows, lengths) VALUES (1, ?, ?, ?) "
+                 "ON CONFLICT(id) DO UPDATE SET generation = excluded.generation, rows = excluded.rows, "
+                 "lengths = excluded.lengths WHERE excluded.generation > bm25_lengths.generation")
+#: the lengths are saved for an index of at least this many rows
+LENGTHS_MIN = 20_000
 
 
 class Raw(NamedTuple):
@@ -84,6 +95,24 @@ def changed_after(conn: sqlite3.Connection, generation: int) -> np.ndarray:
         "SELECT rowid FROM bm25_changes WHERE generation > ? ORDER BY rowid", (generation,))), dtype=np.int64)
 
 
+def in_sorted(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
+    """Whether each of ``values`` is in the ascending ``sorted_set`` (a binary search each: at a million
+    values, several times faster than ``np.isin``)."""
+    if not len(sorted_set):
+        return np.zeros(len(values), dtype=bool)
+    at = np.searchsorted(sorted_set, values)
+    at[at == len(sorted_set)] = 0
+    return np.asarray(sorted_set[at] == values)
+
+
+def merged(old: Raw, drop: np.ndarray, add: Raw) -> Raw:
+    """``old`` without the rows in ascending ``drop``, plus ``add`` (rows ascending in both)."""
+    keep = ~in_sorted(old.rows, drop) if len(drop) else slice(None)
+    rows = np.concatenate([old.rows[keep], add.rows])
+    order = np.argsort(rows, kind="stable")  # two ascending runs: a merge
+    return Raw(rows[order], np.concatenate([old.freqs[keep], add.freqs])[order])
+
+
 def prune(conn: sqlite3.Connection) -> None:
     """Through the write connection, no transaction open: when the log holds over 2 x DELTA_MAX rows, keep
     its DELTA_MAX newest, delete the saved terms that can no longer catch up and move the floor up."""
@@ -95,6 +124,7 @@ def prune(conn: sqlite3.Connection) -> None:
                            (DELTA_MAX,)).fetchone()
         if cut is not None:
             conn.execute("DELETE FROM bm25_postings WHERE generation < ?", (cut[0],))
+            conn.execute("DELETE FROM bm25_lengths WHERE generation < ?", (cut[0],))
             conn.execute("DELETE FROM bm25_changes WHERE generation <= ?", (cut[0],))
             conn.execute("INSERT INTO meta(key, value) VALUES ('bm25_floor', ?) "
                          "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (str(cut[0]),))
@@ -174,12 +204,8 @@ class Delta:
             rows = self._mem.execute("SELECT doc, count(*) FROM dv WHERE term = ? GROUP BY doc ORDER BY doc",
                                      (term,)).fetchall()
             changed = self.rowids
-        keep = ~np.isin(saved.rows, changed, assume_unique=True) if len(changed) else slice(None)
-        add_rows = np.fromiter((r for r, _ in rows), dtype=np.int64, count=len(rows))
-        add_freqs = np.fromiter((f for _, f in rows), dtype=np.float64, count=len(rows))
-        all_rows = np.concatenate([saved.rows[keep], add_rows])
-        order = np.argsort(all_rows, kind="stable")
-        return Raw(all_rows[order], np.concatenate([saved.freqs[keep], add_freqs])[order])
+        return merged(saved, changed, Raw(np.fromiter((r for r, _ in rows), dtype=np.int64, count=len(rows)),
+                                          np.fromiter((f for _, f in rows), dtype=np.float64, count=len(rows))))
 
     def close(self) -> None:
         with self._lock:
@@ -193,7 +219,7 @@ class Saved:
     def __init__(self, tokenizer: str, connect: Callable[[], sqlite3.Connection]) -> None:
         self.delta = Delta(tokenizer)
         self._connect = connect
-        self._jobs: queue.Queue[tuple[str, int, Raw]] = queue.Queue()
+        self._jobs: queue.Queue[tuple[str | None, int, Raw]] = queue.Queue()
         self._worker: threading.Thread | None = None
         self._lock = threading.Lock()
 
@@ -219,9 +245,31 @@ class Saved:
             self.save_later(key, generation, raw)
         return raw
 
-    def save_later(self, key: str, generation: int, raw: Raw) -> None:
-        """Queue ``raw`` (term ``key`` at ``generation``) to be saved, when long enough to be worth it."""
-        if len(raw.rows) < PERSIST_MIN or (len(raw.freqs) and float(raw.freqs.max()) > 65535):
+    def lengths(self, conn: sqlite3.Connection, generation: int,
+                read: Callable[[np.ndarray], Raw]) -> Raw | None:
+        """Every row's tokens at ``generation`` (``conn``'s snapshot) from their saved form, the rows logged
+        since read by ``read(rowids)`` (those still present, ascending); None when not saved or too far
+        behind."""
+        row = conn.execute("SELECT generation, rows, lengths FROM bm25_lengths").fetchone()
+        if row is None or int(row[0]) < floor(conn):
+            return None
+        changed = changed_after(conn, int(row[0]))
+        if len(changed) > DELTA_MAX:
+            return None
+        raw = Raw(np.frombuffer(row[1], dtype="<i8").astype(np.int64),
+                  np.frombuffer(row[2], dtype="<u4").astype(np.float64))
+        if len(changed):
+            raw = merged(raw, changed, read(changed))
+            if len(changed) > REFRESH:
+                self.save_later(None, generation, raw)
+        return raw
+
+    def save_later(self, key: str | None, generation: int, raw: Raw) -> None:
+        """Queue ``raw`` (term ``key`` at ``generation``; key None: the rows' lengths) to be saved, when long
+        enough to be worth it."""
+        top = float(raw.freqs.max()) if len(raw.freqs) else 0.0
+        if (len(raw.rows) < PERSIST_MIN or top > 65535) if key is not None else (
+                len(raw.rows) < LENGTHS_MIN or top >= 2.0 ** 32):
             return
         with self._lock:
             self._jobs.put((key, generation, raw))
@@ -232,6 +280,15 @@ class Saved:
     def flush(self) -> None:
         """Wait until every queued save is done (or skipped)."""
         self._jobs.join()
+
+    @staticmethod
+    def _save(conn: sqlite3.Connection, key: str | None, generation: int, raw: Raw) -> None:
+        if key is None:
+            conn.execute(_SAVE_LENGTHS, (generation, raw.rows.astype("<i8").tobytes(),
+                                         raw.freqs.astype("<u4").tobytes()))
+        else:
+            conn.execute(_SAVE, (key, generation, raw.rows.astype("<i8").tobytes(),
+                                 raw.freqs.astype("<u2").tobytes()))
 
     def _run(self) -> None:
         conn: sqlite3.Connection | None = None
@@ -252,8 +309,7 @@ class Saved:
                     conn.execute("BEGIN IMMEDIATE")
                     try:
                         if floor(conn) <= generation:
-                            conn.execute(_SAVE, (key, generation, raw.rows.astype("<i8").tobytes(),
-                                                 raw.freqs.astype("<u2").tobytes()))
+                            self._save(conn, key, generation, raw)
                         conn.execute("COMMIT")
                     except BaseException:
                         if conn.in_transaction:

@@ -62,12 +62,18 @@ def _saved_terms(path: Path) -> dict[str, int]:
         return dict(conn.execute("SELECT term, generation FROM bm25_postings"))
 
 
+def _lengths_generation(path: Path) -> int:
+    with sqlite3.connect(path) as conn:
+        return int(conn.execute("SELECT generation FROM bm25_lengths").fetchone()[0])
+
+
 @pytest.fixture(autouse=True)
 def small_lists(monkeypatch: pytest.MonkeyPatch) -> None:
     """Save terms of 20 rows or more (the store's tests hold hundreds of rows, not millions)."""
     monkeypatch.setattr(sqlite_postings, "PERSIST_MIN", 20)
     monkeypatch.setattr(sqlite_postings, "REFRESH", 30)
     monkeypatch.setattr(sqlite_postings, "DELTA_MAX", 200)
+    monkeypatch.setattr(sqlite_postings, "LENGTHS_MIN", 20)
 
 
 def test_saved_postings_match_fts5_after_adds_deletes_and_updates(tmp_path: Path) -> None:
@@ -80,6 +86,7 @@ def test_saved_postings_match_fts5_after_adds_deletes_and_updates(tmp_path: Path
     store.close()  # waits for the queued saves
     saved = _saved_terms(path)
     assert {"the", "of", "über", "w1"} <= set(saved), saved
+    assert _lengths_generation(path) == saved["the"]
     first = dict(saved)
     # adds, deletes, updates (new text for old ids, and a title-only change): the saved lists stay, the
     # change log brings them up to date
@@ -98,6 +105,7 @@ def test_saved_postings_match_fts5_after_adds_deletes_and_updates(tmp_path: Path
     store.close()
     later = _saved_terms(path)
     assert later["the"] > first["the"]
+    assert _lengths_generation(path) == later["the"]  # the lengths too, saved again
     # a fresh process's store reads the saved lists (and the log after them) with the same answers
     store = _store(tmp_path)
     for q in QUERIES:
