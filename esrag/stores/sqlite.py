@@ -5,7 +5,8 @@ File: ``<sqlite_dir>/<index>.db`` (default ``./.esrag/esrag.db``), plus SQLite's
 Schema: ``meta`` (key/value: the esrag marker, the schema version and the IndexMeta JSON); ``chunks`` (one
 row per chunk, the vector as a float32 BLOB); ``chunks_fts``, an FTS5 index over ``chunks.title`` and
 ``chunks.text`` with external content (rowid = ``chunks.rowid``), kept in sync by triggers, so that the
-FTS rows change in the same transaction as the chunk rows.
+FTS rows change in the same transaction as the chunk rows; the change logs ``vector_changes`` and
+``bm25_changes`` and the saved ``bm25_postings`` (sqlite_vectors, sqlite_postings).
 
 BM25: FTS5 ``bm25()`` with weight 1.0 on title and text, negated so that higher is better. The
 ``unicode61`` tokenizer with ``remove_diacritics 0`` is close to Elasticsearch's standard analyzer: splits on
@@ -13,8 +14,8 @@ anything that is not a letter, digit or mark, lowercases, keeps diacritics. Quer
 query syntax: it is split the same way and each term is quoted and ORed (like ES ``match``). FTS5 itself
 scores row by row, too slowly for words found in much of the index, so queries are answered by
 ``sqlite_bm25.Bm25Index``: FTS5's formula over FTS5's postings, in numpy, cached per term (same hits, same
-scores; the plain FTS5 query remains for terms it cannot read the same way). FTS5's idf differs from
-Lucene's for terms in more than half the chunks.
+scores; the plain FTS5 query remains for terms it cannot read the same way), common terms read from their
+saved form (``sqlite_postings``). FTS5's idf differs from Lucene's for terms in more than half the chunks.
 
 Dense: ``sqlite_vectors.DenseIndex``: exact cosine kNN over an in-memory matrix below
 ``ann_min_chunks`` chunks (or with ``exact_knn``), a memory-mapped int8 HNSW index with float re-scoring
@@ -27,8 +28,8 @@ locked"), and one write connection serialises writers under a lock. The dense in
 are cached once per store object and shared by every thread; they are keyed by a ``generation`` counter in
 the ``meta`` table that every write transaction increments, so a commit by any connection or process
 reaches them (the postings are reloaded, the dense side applies the logged changes). Other processes may
-use the same file: a 30 s busy timeout makes writers queue, and a
-write (or refresh) after another process deleted the file fails loudly instead of writing to a lost file.
+use the same file: a 30 s busy timeout makes writers queue, and a write (or refresh) after another process
+deleted the file fails loudly instead of writing to a lost file.
 
 Durability: WAL with ``synchronous=NORMAL``: every transaction is atomic and survives a process crash; an OS
 crash can lose the last commits (redone by the next incremental ingest), never consistency.
@@ -36,6 +37,7 @@ crash can lose the last commits (redone by the next incremental ingest), never c
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -53,6 +55,7 @@ import numpy as np
 from esrag.config import Settings
 from esrag.errors import CorruptStoreError, IndexNotFoundError, ModelMismatchError, StoreError
 from esrag.stores import sqlite_files
+from esrag.stores import sqlite_postings as postings
 from esrag.stores import sqlite_sql as sql
 from esrag.stores import sqlite_vectors as vectors
 from esrag.stores.sqlite_bm25 import Bm25Index, attach_vocab
@@ -74,7 +77,7 @@ from esrag.types import (
 
 __all__ = ["MARKER", "SCHEMA_VERSION", "SQLiteStore", "match_expression", "query_terms", "bm25_sql"]
 
-SCHEMA_VERSION = 4  # 2: chunks.section; 3: the vector change log (sqlite_vectors); 4: chunks.context
+SCHEMA_VERSION = 5  # 2: section; 3: vector change log (sqlite_vectors); 4: context; 5: sqlite_postings
 MARKER = "esrag-sqlite-store"
 
 
@@ -99,30 +102,13 @@ class SQLiteStore:
         # shared caches, each tagged with the generation it was read at
         self._dense: DenseIndex | None = None
         self._bm25: tuple[int, Bm25Index] | None = None
+        self._saved: postings.Saved | None = None  # the saved postings (sqlite_postings), per tokenizer
 
     # --- connection and errors -------------------------------------------------------------------------
 
-    @contextmanager
-    def _guard(self, action: str) -> Iterator[None]:
-        """Turn sqlite3 errors into StoreErrors that name the file."""
-        try:
-            yield
-        except sqlite3.Error as e:
-            code = getattr(e, "sqlite_errorcode", 0) & 0xFF
-            if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
-                raise CorruptStoreError(
-                    f"{self.path} is not a valid esrag store ({e}); move it away, or delete it and run "
-                    f"`esrag ingest` again") from e
-            if code == sqlite3.SQLITE_READONLY:
-                raise StoreError(f"cannot {action} {self.path}: the file or its directory is read-only "
-                                 f"({e})") from e
-            if code == sqlite3.SQLITE_CANTOPEN:
-                raise StoreError(f"cannot {action} {self.path}: cannot open the file or create its -wal/-shm "
-                                 f"files; check that the directory exists and is writable ({e})") from e
-            if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
-                raise StoreError(f"cannot {action} {self.path}: locked by another process for more than "
-                                 f"{sql.BUSY_TIMEOUT_S:.0f} s ({e})") from e
-            raise StoreError(f"cannot {action} {self.path}: {e}") from e
+    def _guard(self, action: str) -> contextlib.AbstractContextManager[None]:
+        """Turn sqlite3 errors into StoreErrors that name the file (``sqlite_files.guard``)."""
+        return sqlite_files.guard(self.path, action)
 
     def _open(self, create: bool) -> sqlite3.Connection:
         uri = f"{self.path.absolute().as_uri()}?mode={'rwc' if create else 'rw'}"
@@ -172,7 +158,7 @@ class SQLiteStore:
                 conn.execute(sql.ADD_SECTION)
             if "context" not in columns:
                 conn.execute(sql.ADD_CONTEXT)
-            for stmt in vectors.SCHEMA:
+            for stmt in (*vectors.SCHEMA, *postings.SCHEMA):
                 conn.execute(stmt)
             conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
             conn.execute("COMMIT")
@@ -309,13 +295,14 @@ class SQLiteStore:
                 conn.execute("DROP TABLE chunks_fts")
                 conn.execute(sql.FTS_TABLE.format(tokenizer=sql.tokenizer(new.analyzer)))
                 conn.execute("INSERT INTO chunks_fts(chunks_fts) VALUES ('rebuild')")
+                conn.execute("DELETE FROM bm25_postings")  # saved with the old tokenizer
             conn.execute("UPDATE meta SET value = ? WHERE key = 'index_meta'", (canonical_json(new.to_dict()),))
         with self._state:
             self._meta = new
 
     @staticmethod
     def _create_schema(conn: sqlite3.Connection, meta: IndexMeta) -> None:
-        for stmt in (*sql.schema(meta.analyzer), sql.SHA_INDEX, *vectors.SCHEMA):
+        for stmt in (*sql.schema(meta.analyzer), sql.SHA_INDEX, *vectors.SCHEMA, *postings.SCHEMA):
             conn.execute(stmt)
         conn.executemany("INSERT INTO meta(key, value) VALUES (?, ?)", [
             ("marker", MARKER), ("schema_version", str(SCHEMA_VERSION)),
@@ -376,14 +363,17 @@ class SQLiteStore:
                                                  reason=f"{type(e).__name__}: {e}"))
                 deleted = self._delete_in(conn, "id", delete_ids)
             self._check_still_there()  # a delete during this transaction: what it wrote is gone
-            self._dense_index().maintain(conn)
+            self._maintain(conn)
         return WriteResult(written=written, errors=tuple(errors), deleted=deleted)
 
     def refresh(self) -> None:
-        """Nothing to make visible; StoreError if another process deleted the file this store wrote to."""
+        """Wait for this process's vector merge, if one runs (writes are visible at once); StoreError if
+        another process deleted the file this store wrote to."""
         with self._write_lock:
             self._check_still_there()
         self._reader()
+        if self._dense is not None:
+            self._dense.wait()
 
     def list_documents(self, prefix: str = "") -> dict[str, DocRef]:
         """Stored documents whose doc_id starts with ``prefix``; ``DocRef.doc_sha`` is "" for a document whose
@@ -452,8 +442,15 @@ class SQLiteStore:
             sqlite_files.check_writable(self.path)
             with self._guard("delete from"), self._transaction(conn):
                 deleted = self._delete_in(conn, column, values)
-            self._dense_index().maintain(conn)
+            self._maintain(conn)
             return deleted
+
+    def _maintain(self, conn: sqlite3.Connection) -> None:
+        """After a committed write: the dense side's merge when due (in the background), and the BM25 change
+        log's pruning."""
+        self._dense_index().maintain_in_background(lambda: self._open(create=False))
+        with self._guard("prune the BM25 change log of"):
+            postings.prune(conn)
 
     @staticmethod
     def _delete_in(conn: sqlite3.Connection, column: str, values: Sequence[str]) -> int:
@@ -505,7 +502,11 @@ class SQLiteStore:
                 cached = self._bm25
                 if cached is None or cached[0] != generation:
                     self._bm25 = None  # free the old postings first
-                    cached = self._bm25 = (generation, Bm25Index(conn, analyzer=sql.index_analyzer(conn)))
+                    analyzer = sql.index_analyzer(conn)
+                    if self._saved is None or self._saved.delta.tokenizer != sql.tokenizer(analyzer):
+                        self._saved = postings.Saved(sql.tokenizer(analyzer), lambda: self._open(create=False))
+                    cached = self._bm25 = (generation, Bm25Index(conn, analyzer=analyzer, saved=self._saved,
+                                                                 generation=generation))
         ranked = cached[1].top(conn, terms, limit, wanted)
         if ranked is not None:
             return self._hits(conn, ranked)
@@ -593,7 +594,11 @@ class SQLiteStore:
             self._wconn, self._readers = None, []
             self._epoch += 1
             dense, self._meta, self._dense, self._bm25 = self._dense, None, None, None
+            saved, self._saved = self._saved, None
+        if saved is not None:
+            saved.flush()  # the queued saves (each a few milliseconds; a busy store skips them)
         if dense is not None:
+            dense.wait()
             dense.forget()
         for conn in conns:
             conn.close()

@@ -38,6 +38,10 @@ scattered. ``exhaustive`` is the plain scorer, the reference the tests compare `
 Memory: a cached term costs 12 bytes per row holding it (int32 position + float64 part), 16 for a term in
 more than ``PREFIX`` rows (plus its int32 order by part), and 8 more per row of the index for a dense term;
 the cache is bounded by ``MAX_BYTES`` in all (least recently used terms go first) and dropped on any write.
+What makes that cheap is where a term's rows and occurrences come from: a term in ``PERSIST_MIN`` rows or more
+is read from its saved, packed form and brought to the snapshot through the change log (``sqlite_postings``:
+milliseconds, where FTS5's one-row-per-occurrence vocabulary takes 1.7 s for a word in a million rows), and
+saved there after its first read from FTS5.
 """
 
 from __future__ import annotations
@@ -52,11 +56,15 @@ from typing import NamedTuple
 
 import numpy as np
 
+from esrag.stores.sqlite_postings import Raw, Saved
+
 K1, B = 1.2, 0.75
 #: rows per term scored first by ``Bm25Index.top`` (the highest parts), grown fourfold until the top k is proven
 PREFIX = 1024
-#: bytes of postings kept in memory across all cached terms
-MAX_BYTES = 192 << 20
+#: bytes of postings kept in memory across all cached terms: at 1M chunks of Zipf words, 512 MiB holds a
+#: query stream's common terms (BM25 p50/p95 3.6/22.8 ms on a second pass over 100 queries; 51/218 ms at
+#: 192 MiB, which evicted and re-read them); a query process stays under the raw vectors' size
+MAX_BYTES = 512 << 20
 #: ``top`` grows its prefixes while they hold under 1/GROW_MAX of the rows in all, then scores every row
 GROW_MAX = 8
 #: a term in more than 1/DENSE_SHARE of the rows also keeps a dense array of parts
@@ -142,22 +150,56 @@ def _column_sizes(blob: bytes) -> int:
     return total
 
 
+def _doc_sizes(conn: sqlite3.Connection, table: str) -> tuple[np.ndarray, np.ndarray]:
+    """(rowids, tokens per row) from ``<table>_docsize``, ascending: decoded with numpy from three
+    ``group_concat`` strings (~3x faster than a row at a time; at a million rows that is most of a
+    fresh process's first query), row by row for a record that is not one varint per column."""
+    ids, sizes, hexed = conn.execute(f"SELECT group_concat(id), group_concat(length(sz)), group_concat(hex(sz), '') "
+                                     f"FROM (SELECT id, sz FROM {table}_docsize ORDER BY id)").fetchone()
+    if not ids:
+        return np.empty(0, np.int64), np.empty(0, np.float64)
+    rowids = np.fromstring(ids, dtype=np.int64, sep=",")
+    data = np.frombuffer(bytes.fromhex(hexed), dtype=np.uint8)
+    last = data < 0x80  # the last byte of each varint
+    ends = np.flatnonzero(last)
+    row_ends = np.cumsum(np.fromstring(sizes, dtype=np.int64, sep=",")) - 1
+    two_each = 2 * np.arange(1, len(rowids) + 1)
+    if len(ends) != 2 * len(rowids) or not last[-1] or (np.cumsum(last)[row_ends] != two_each).any():
+        lengths = [_column_sizes(blob) for (blob,) in conn.execute(f"SELECT sz FROM {table}_docsize ORDER BY id")]
+        return rowids, np.asarray(lengths, dtype=np.float64)
+    which = np.r_[0, np.cumsum(last)[:-1]]  # the varint each byte belongs to
+    shift = 7 * (ends[which] - np.arange(len(data)))
+    values = np.bincount(which, weights=(data & 0x7F).astype(np.int64) << shift, minlength=len(ends))
+    return rowids, values.reshape(-1, 2).sum(axis=1)
+
+
+def _doc_sizes_of(conn: sqlite3.Connection, table: str, rowids: np.ndarray) -> Raw:
+    """(rowids, tokens per row) of the ascending ``rowids`` still in ``<table>_docsize``."""
+    found: list[tuple[int, int]] = []
+    for at in range(0, len(rowids), 500):
+        part = rowids[at:at + 500].tolist()
+        found += [(rid, _column_sizes(blob)) for rid, blob in conn.execute(
+            f"SELECT id, sz FROM {table}_docsize WHERE id IN ({', '.join('?' * len(part))}) ORDER BY id", part)]
+    return Raw(np.fromiter((r for r, _ in found), dtype=np.int64, count=len(found)),
+               np.fromiter((n for _, n in found), dtype=np.float64, count=len(found)))
+
+
 class Bm25Index:
     """Per-term bm25 parts for one read snapshot of ``<table>``. Build it inside a read transaction and drop
     it when the data changes (the store does both)."""
 
-    def __init__(self, conn: sqlite3.Connection, table: str = "chunks_fts", analyzer: str = "standard") -> None:
+    def __init__(self, conn: sqlite3.Connection, table: str = "chunks_fts", analyzer: str = "standard",
+                 saved: Saved | None = None, generation: int = 0) -> None:
         self.table = table
         self._key = term_key(analyzer)
-        ids: list[int] = []
-        lengths: list[int] = []
-        for rid, blob in conn.execute(f"SELECT id, sz FROM {table}_docsize ORDER BY id"):
-            ids.append(rid)
-            lengths.append(blob[0] + blob[1] if len(blob) == 2 and blob[0] < 0x80 and blob[1] < 0x80
-                           else _column_sizes(blob))
-        self.rowids = np.asarray(ids, dtype=np.int64)
-        self.lengths = np.asarray(lengths, dtype=np.float64)
-        self.n_rows = len(ids)
+        self._saved, self.generation = saved, generation
+        sizes = saved.lengths(conn, generation, lambda ids: _doc_sizes_of(conn, table, ids)) if saved else None
+        if sizes is None:
+            sizes = Raw(*_doc_sizes(conn, table))
+            if saved is not None:
+                saved.save_later(None, generation, sizes)
+        self.rowids, self.lengths = sizes
+        self.n_rows = len(self.rowids)
         self.avgdl = float(int(self.lengths.sum())) / self.n_rows if self.n_rows else 0.0
         #: folded term -> its Postings; None: FTS5 disagrees on the term
         self._terms: OrderedDict[str, Postings | None] = OrderedDict()
@@ -165,20 +207,32 @@ class Bm25Index:
         self._lock = threading.Lock()  # the term cache is shared by the threads that search
         attach_vocab(conn, table)
 
-    def _load(self, conn: sqlite3.Connection, term: str) -> Postings | None:
-        folded = self._key(term)
+    def _raw(self, conn: sqlite3.Connection, term: str, folded: str) -> Raw | None:
+        """The term's rowids and occurrences at this snapshot: from its saved form (sqlite_postings) when
+        there is one, else from FTS5 (and then saved, when long); None when FTS5 reads the term otherwise."""
+        if self._saved is not None and (raw := self._saved.read(conn, self.generation, term, folded)) is not None:
+            return raw
         text = conn.execute(f"SELECT group_concat(doc) FROM {_VOCAB} WHERE term = ?", (folded,)).fetchone()[0]
         docs = np.fromstring(text, dtype=np.int64, sep=",") if text else np.empty(0, dtype=np.int64)
         if len(docs) > 1 and not (docs[1:] >= docs[:-1]).all():
             docs = np.sort(docs)
         starts = np.flatnonzero(np.r_[True, docs[1:] != docs[:-1]]) if len(docs) else np.empty(0, np.int64)
-        rows = docs[starts]
-        freq = np.diff(np.r_[starts, len(docs)]).astype(np.float64)
+        raw = Raw(docs[starts], np.diff(np.r_[starts, len(docs)]).astype(np.float64))
         matched = int(conn.execute(f"SELECT count(*) FROM {self.table} WHERE {self.table} MATCH ?",
                                    (f'"{term}"',)).fetchone()[0])
+        if matched != len(raw.rows):
+            return None
+        if self._saved is not None:
+            self._saved.save_later(folded, self.generation, raw)
+        return raw
+
+    def _load(self, conn: sqlite3.Connection, term: str) -> Postings | None:
+        raw = self._raw(conn, term, self._key(term))
+        if raw is None:
+            return None
+        rows, freq = raw
         positions = np.searchsorted(self.rowids, rows)
-        if matched != len(rows) or (len(rows) and (positions[-1] >= self.n_rows
-                                                   or (self.rowids[positions] != rows).any())):
+        if len(rows) and (positions[-1] >= self.n_rows or (self.rowids[positions] != rows).any()):
             return None
         n_hit = len(rows)
         idf = math.log((self.n_rows - n_hit + 0.5) / (n_hit + 0.5))
@@ -187,7 +241,7 @@ class Bm25Index:
         dl = self.lengths[positions]
         part = idf * ((freq * (K1 + 1.0)) / (freq + K1 * (1 - B + B * dl / self.avgdl)))
         # by part, highest first (ties by position): only for lists that top() may cut
-        order = np.lexsort((positions, -part)).astype(np.int32) if len(part) > PREFIX else None
+        order = np.argsort(-part, kind="stable").astype(np.int32) if len(part) > PREFIX else None
         dense = None
         if DENSE_SHARE * len(part) > self.n_rows:
             dense = np.zeros(self.n_rows, dtype=np.float64)

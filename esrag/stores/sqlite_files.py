@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from esrag.errors import ConfigError, ReindexInProgressError, StoreError
+from esrag.errors import ConfigError, CorruptStoreError, ReindexInProgressError, StoreError
 from esrag.stores import sqlite_sql as sql
 from esrag.stores.base import IndexVersion
 from esrag.types import Chunk, EmbeddedChunk
@@ -286,3 +286,26 @@ def file_id(path: Path) -> tuple[int, int] | None:
     """(device, inode) of the file at ``path`` (through a link: the live version's); None when there is none."""
     st = path.stat() if path.exists() else None
     return (st.st_dev, st.st_ino) if st else None
+
+
+@contextlib.contextmanager
+def guard(path: Path, action: str) -> Iterator[None]:
+    """Turn sqlite3 errors into StoreErrors that name the file."""
+    try:
+        yield
+    except sqlite3.Error as e:
+        code = getattr(e, "sqlite_errorcode", 0) & 0xFF
+        if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+            raise CorruptStoreError(
+                f"{path} is not a valid esrag store ({e}); move it away, or delete it and run "
+                f"`esrag ingest` again") from e
+        if code == sqlite3.SQLITE_READONLY:
+            raise StoreError(f"cannot {action} {path}: the file or its directory is read-only "
+                             f"({e})") from e
+        if code == sqlite3.SQLITE_CANTOPEN:
+            raise StoreError(f"cannot {action} {path}: cannot open the file or create its -wal/-shm "
+                             f"files; check that the directory exists and is writable ({e})") from e
+        if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+            raise StoreError(f"cannot {action} {path}: locked by another process for more than "
+                             f"{sql.BUSY_TIMEOUT_S:.0f} s ({e})") from e
+        raise StoreError(f"cannot {action} {path}: {e}") from e

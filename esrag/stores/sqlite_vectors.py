@@ -22,7 +22,8 @@ their current vectors (those still present) are searched exactly. A write theref
 process one read of the rows it changed, never a reload. Deleted chunks are masked, so they never come
 back. The final hits are read by rowid in the same SQLite snapshot as the BM25 side.
 
-Merges. After a write, the writer folds the delta into a new HNSW file when the delta reaches
+Merges. After a write, a background thread of the writing process (one at a time; the store's ``close``
+waits for it, a write does not) folds the delta into a new HNSW file when the delta reaches
 ``max(MERGE_MIN, MERGE_FRACTION x base)`` (or builds the first one when the store reaches
 ``ann_min_chunks``): it copies the current file into memory, removes and adds the changed vectors, saves
 a new file (written under a temporary name, fsynced, renamed), then, in one transaction, points ``vectors``
@@ -56,7 +57,7 @@ from typing import Any
 
 import numpy as np
 
-from esrag.errors import CorruptStoreError, ModelMismatchError
+from esrag.errors import CorruptStoreError, EsragError, ModelMismatchError
 from esrag.stores import sqlite_sql as sql
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,12 @@ FILTER_EXACT_MAX = 5_000
 #: HNSW candidates read per hit wanted, before masking and re-scoring: the int8 graph orders near ties
 #: coarsely, so the exact top k is fetched from a wider set (at 2, recall@10 on 300 MiniLM vectors dipped to 0.96)
 OVERSAMPLE = 4
+#: the graph search (ef 128) misses members of a tight cluster of near-duplicates: while the candidates within
+#: CROWD_GAP (cosine distance, int8) of the limit-th fill more than a quarter of them, the search widens
+#: fourfold, up to WIDEN_MAX candidates, and the best of them by int8 distance (which orders them as the float
+#: vectors do to a correlation of 0.99995) are re-scored as before. Measured on 2,400 MiniLM vectors x 83
+#: noisy copies: recall@10 0.84 at 56 candidates, 0.885 at 224, 0.993 at 896.
+CROWD_GAP, WIDEN_MAX = 0.08, 1024
 #: rows per batch when vectors are streamed out of SQLite into an index
 BUILD_BATCH = 10_000
 KIND = "usearch-hnsw-i8"
@@ -184,6 +191,8 @@ class DenseIndex:
         self._stale: str | None = None  # why the last pointer read was unusable
         self._bad: Pointer | None = None  # that pointer: searched exactly until the pointer moves
         self._repairing = False
+        self._merger: threading.Thread | None = None  # the background merge (maintain_in_background)
+        self._merge_again = False
 
     # --- search ------------------------------------------------------------------------------------
 
@@ -357,14 +366,20 @@ class DenseIndex:
         if wanted is not None and len(wanted) <= FILTER_EXACT_MAX:
             return self._exact_rows(conn, v, wanted, q, limit)
         share = 1.0 if wanted is None else max(len(wanted) / max(size, 1), 1e-9)
-        count = min(size, int(OVERSAMPLE * limit / share) + 16)
+        count = rescore = min(size, int(OVERSAMPLE * limit / share) + 16)
         while True:
-            keys = np.asarray(v.ann.search(q, count, threads=1).keys, dtype=np.int64)
-            keys = keys[~_isin_sorted(keys, v.changed)]
+            found = v.ann.search(q, count, threads=1)
+            keys = np.asarray(found.keys, dtype=np.int64)  # nearest first (int8 distance)
+            ok = ~_isin_sorted(keys, v.changed)
             if wanted is not None:
-                keys = keys[_isin_sorted(keys, wanted)]
+                ok &= _isin_sorted(keys, wanted)
+            distances, keys = np.asarray(found.distances)[ok], keys[ok]
             if len(keys) >= limit:
-                break
+                crowd = int(np.count_nonzero(distances <= distances[limit - 1] + CROWD_GAP))
+                if count >= min(size, WIDEN_MAX) or len(found.keys) < count or 4 * crowd <= len(keys):
+                    break
+                count = min(size, WIDEN_MAX, count * 4)  # a crowd at the cut: look wider
+                continue
             if wanted is not None and (count >= size or count * 4 > size / 4):
                 # cheaper than walking most of the graph, and exact: a graph search asked for every vector
                 # may still miss a few, so k filtered hits would not be guaranteed
@@ -372,7 +387,7 @@ class DenseIndex:
             if count >= size:
                 break
             count = min(size, count * 4)
-        return self._rescore(conn, keys, q, limit)
+        return self._rescore(conn, keys[:rescore], q, limit)
 
     def _rescore(self, conn: sqlite3.Connection, keys: np.ndarray, q: np.ndarray, limit: int
                  ) -> tuple[np.ndarray, np.ndarray]:
@@ -427,6 +442,41 @@ class DenseIndex:
         self._publish(conn, index, generation, pointer)
         log.info("vector index of %s: %d vectors at generation %d (%.1f s)", self.path, len(index), generation,
                  time.perf_counter() - t0)
+
+    def maintain_in_background(self, connect: Callable[[], sqlite3.Connection]) -> None:
+        """``maintain`` in a thread of its own through a ``connect()``ed connection, so that a write returns
+        without waiting for a merge; one at a time (a call during a run makes it check again when done).
+        ``wait`` joins it (the store's ``close`` does)."""
+        with self._lock:
+            self._merge_again = True
+            if self._merger is not None:
+                return
+            self._merger = threading.Thread(target=self._merge_loop, args=(connect,), name="esrag-vector-merge",
+                                            daemon=True)
+            self._merger.start()
+
+    def _merge_loop(self, connect: Callable[[], sqlite3.Connection]) -> None:
+        while True:
+            with self._lock:
+                if not self._merge_again:
+                    self._merger = None
+                    return
+                self._merge_again = False
+            try:
+                conn = connect()
+            except (OSError, sqlite3.Error, EsragError) as e:  # the file went away: nothing to merge into
+                log.warning("could not update the vector index of %s: %s", self.path, e)
+                continue
+            try:
+                self.maintain(conn)
+            finally:
+                conn.close()
+
+    def wait(self) -> None:
+        """Wait for the background merge, if one runs."""
+        merger = self._merger
+        if merger is not None:
+            merger.join()
 
     def rebuild(self, conn: sqlite3.Connection) -> None:
         """Build the HNSW file from every vector in SQLite and point the store at it (a stale index's

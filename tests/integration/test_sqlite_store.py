@@ -24,7 +24,7 @@ import pytest
 from esrag.config import Settings
 from esrag.errors import CorruptStoreError, IndexNotFoundError, ModelMismatchError, StoreError
 from esrag.stores import sqlite_bm25
-from esrag.stores.sqlite import SQLiteStore, match_expression, query_terms
+from esrag.stores.sqlite import SCHEMA_VERSION, SQLiteStore, match_expression, query_terms
 from esrag.stores.sqlite import bm25_sql as bm25_store_sql
 from esrag.stores.sqlite_bm25 import Bm25Index
 from esrag.types import Chunk, EmbeddedChunk, IndexMeta, SearchRequest
@@ -656,7 +656,7 @@ def test_a_store_of_schema_1_gains_the_section_column_and_its_old_chunks_read_as
     finally:
         store.close()
     with sqlite3.connect(path) as conn:
-        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("4",)
+        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (str(SCHEMA_VERSION),)
         assert conn.execute("SELECT count(*) FROM vector_changes").fetchone() == (1,)  # "new" is logged
     conn.close()
 

@@ -1,0 +1,327 @@
+"""Compact, persistent postings of the BM25 side's common terms, kept in step with writes by a change log.
+
+FTS5 hands out a term's postings one row per occurrence (``fts5vocab``): about 1.7 s for a word found in a
+million chunks. ``sqlite_bm25.Bm25Index`` caches what it reads, but only per process, per generation and
+within a memory bound, so at a million chunks common words were read again and again. Here, a term found in
+at least ``PERSIST_MIN`` rows is saved once as two packed arrays in the ``bm25_postings`` table (its rowids,
+ascending, int64; its occurrences per row, uint16) with the generation they were read at. Any process then
+reads it back in milliseconds (the BLOBs' pages are shared through the OS cache).
+
+Kept in step without rewriting on every write: triggers log, in the write's own transaction, each rowid whose
+title or text was added, changed or deleted (``bm25_changes``: one row per rowid, the latest generation). A
+saved term of generation ``g`` is brought to the reader's snapshot by dropping every rowid logged after ``g``
+and adding those rows' current occurrences, read by tokenising just those rows in an in-memory FTS5 table with
+the index's tokenizer (``Delta``: same tokens as the index, by construction; shared by the threads and
+advanced row by row as writes come). The rows logged after ``g`` are taken as a superset (all those after the
+delta's start), which is exact: a row the saved list already reflects is dropped and added back as it is now.
+
+The rows' lengths in tokens (FTS5's ``docsize``: one record per row, ~1 s to read at a million rows) are
+saved and kept in step the same way, in ``bm25_lengths`` (the changed rows' lengths read from ``docsize``).
+
+Bounds: a term more than ``DELTA_MAX`` changes behind (or behind the log's ``floor``) is read from FTS5 again;
+one more than ``REFRESH`` changes behind is saved again at the reader's generation, in a background thread
+through a connection of its own that never waits for a writer (a busy store just skips the save). The writer
+prunes the log when it holds over ``2 x DELTA_MAX`` rows: the saved terms too old to catch up are deleted and
+the ``floor`` (meta ``bm25_floor``) moves up, all in one transaction.
+
+Crash safety: the log changes in the chunks' transaction, a save and a prune are one transaction each; a
+SIGKILL anywhere leaves either the old or the new state, and a saved term is only ever combined with the log
+after its generation, so a search never sees postings of another snapshot.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from typing import NamedTuple
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+#: terms found in at least this many rows are saved (shorter lists read from FTS5 in a few milliseconds)
+PERSIST_MIN = 2048
+#: a saved term further behind than this many changed rows is read from FTS5 again
+DELTA_MAX = 50_000
+#: a saved term further behind than this is saved again at the reader's generation
+REFRESH = 5_000
+
+_NEXT = "coalesce((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'generation'), 0) + 1"
+_LOG = ("INSERT INTO bm25_changes(rowid, generation) VALUES ({row}.rowid, " + _NEXT + ") "
+        "ON CONFLICT(rowid) DO UPDATE SET generation = excluded.generation;")
+#: the statements that add the saved postings and their change log to a store (new, or of schema 4)
+SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS bm25_postings (term TEXT PRIMARY KEY, generation INTEGER NOT NULL, "
+    "rows BLOB NOT NULL, freqs BLOB NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS bm25_changes (rowid INTEGER PRIMARY KEY, generation INTEGER NOT NULL)",
+    # every row's tokens (FTS5's docsize, one varint per column, takes ~1 s to read at a million rows)
+    "CREATE TABLE IF NOT EXISTS bm25_lengths (id INTEGER PRIMARY KEY CHECK (id = 1), "
+    "generation INTEGER NOT NULL, rows BLOB NOT NULL, lengths BLOB NOT NULL)",
+    f"CREATE TRIGGER IF NOT EXISTS chunks_bi AFTER INSERT ON chunks BEGIN {_LOG.format(row='new')} END",
+    f"CREATE TRIGGER IF NOT EXISTS chunks_bd AFTER DELETE ON chunks BEGIN {_LOG.format(row='old')} END",
+    "CREATE TRIGGER IF NOT EXISTS chunks_bu AFTER UPDATE OF title, text ON chunks "
+    f"WHEN old.title IS NOT new.title OR old.text IS NOT new.text BEGIN {_LOG.format(row='new')} END",
+)
+_FLOOR = "SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'bm25_floor'"
+_SAVE = ("INSERT INTO bm25_postings(term, generation, rows, freqs) VALUES (?, ?, ?, ?) "
+         "ON CONFLICT(term) DO UPDATE SET generation = excluded.generation, rows = excluded.rows, "
+         "freqs = excluded.freqs WHERE excluded.generation > bm25_postings.generation")
+_SAVE_LENGTHS = ("INSERT INTO bm25_lengths(id, generation, rows, lengths) VALUES (1, ?, ?, ?) "
+                 "ON CONFLICT(id) DO UPDATE SET generation = excluded.generation, rows = excluded.rows, "
+                 "lengths = excluded.lengths WHERE excluded.generation > bm25_lengths.generation")
+#: the lengths are saved for an index of at least this many rows
+LENGTHS_MIN = 20_000
+
+
+class Raw(NamedTuple):
+    """One term's postings: ``rows`` (rowids, ascending, int64) and ``freqs`` (occurrences per row, float64)."""
+
+    rows: np.ndarray
+    freqs: np.ndarray
+
+
+def floor(conn: sqlite3.Connection) -> int:
+    """The generation after which the change log is complete (0: complete since the start)."""
+    row = conn.execute(_FLOOR).fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
+
+
+def changed_after(conn: sqlite3.Connection, generation: int) -> np.ndarray:
+    """Rowids logged after ``generation``, ascending."""
+    return np.fromiter((r for (r,) in conn.execute(
+        "SELECT rowid FROM bm25_changes WHERE generation > ? ORDER BY rowid", (generation,))), dtype=np.int64)
+
+
+def in_sorted(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
+    """Whether each of ``values`` is in the ascending ``sorted_set`` (a binary search each: at a million
+    values, several times faster than ``np.isin``)."""
+    if not len(sorted_set):
+        return np.zeros(len(values), dtype=bool)
+    at = np.searchsorted(sorted_set, values)
+    at[at == len(sorted_set)] = 0
+    return np.asarray(sorted_set[at] == values)
+
+
+def merged(old: Raw, drop: np.ndarray, add: Raw) -> Raw:
+    """``old`` without the rows in ascending ``drop``, plus ``add`` (rows ascending in both)."""
+    keep = ~in_sorted(old.rows, drop) if len(drop) else slice(None)
+    rows = np.concatenate([old.rows[keep], add.rows])
+    order = np.argsort(rows, kind="stable")  # two ascending runs: a merge
+    return Raw(rows[order], np.concatenate([old.freqs[keep], add.freqs])[order])
+
+
+def prune(conn: sqlite3.Connection) -> None:
+    """Through the write connection, no transaction open: when the log holds over 2 x DELTA_MAX rows, keep
+    its DELTA_MAX newest, delete the saved terms that can no longer catch up and move the floor up."""
+    if int(conn.execute("SELECT count(*) FROM bm25_changes").fetchone()[0]) <= 2 * DELTA_MAX:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        cut = conn.execute("SELECT generation FROM bm25_changes ORDER BY generation DESC LIMIT 1 OFFSET ?",
+                           (DELTA_MAX,)).fetchone()
+        if cut is not None:
+            conn.execute("DELETE FROM bm25_postings WHERE generation < ?", (cut[0],))
+            conn.execute("DELETE FROM bm25_lengths WHERE generation < ?", (cut[0],))
+            conn.execute("DELETE FROM bm25_changes WHERE generation <= ?", (cut[0],))
+            conn.execute("INSERT INTO meta(key, value) VALUES ('bm25_floor', ?) "
+                         "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (str(cut[0]),))
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+class Delta:
+    """The current title and text of the rows logged after ``since``, tokenised in an in-memory FTS5 table
+    with the index's tokenizer, as of ``generation``. Thread-safe."""
+
+    def __init__(self, tokenizer: str) -> None:
+        self.tokenizer = tokenizer
+        self._lock = threading.Lock()
+        self._mem = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
+        self._mem.execute(f"CREATE VIRTUAL TABLE d USING fts5(title, text, tokenize='{tokenizer}')")
+        self._mem.execute("CREATE VIRTUAL TABLE dv USING fts5vocab(d, 'instance')")
+        self._mem.execute(f"CREATE VIRTUAL TABLE t USING fts5(text, tokenize='{tokenizer}')")
+        self._mem.execute("CREATE VIRTUAL TABLE tv USING fts5vocab(t, 'instance')")
+        self.since = self.generation = -1
+        self.rowids = np.empty(0, np.int64)
+
+    def token(self, term: str) -> str | None:
+        """The one token the tokenizer makes of a query term, or None (none, or several)."""
+        with self._lock:
+            self._mem.execute("BEGIN")
+            try:
+                self._mem.execute("INSERT INTO t(rowid, text) VALUES (1, ?)", (term,))
+                found = [t for (t,) in self._mem.execute("SELECT term FROM tv")]
+            finally:
+                self._mem.execute("ROLLBACK")
+        return found[0] if len(found) == 1 else None
+
+    def _load(self, conn: sqlite3.Connection, rowids: np.ndarray) -> None:
+        """(Re)index ``rowids`` as they are in ``conn``'s snapshot (rows gone there are just removed)."""
+        for at in range(0, len(rowids), 500):
+            part = rowids[at:at + 500].tolist()
+            marks = ", ".join("?" * len(part))
+            self._mem.execute(f"DELETE FROM d WHERE rowid IN ({marks})", part)
+            self._mem.executemany("INSERT INTO d(rowid, title, text) VALUES (?, ?, ?)", conn.execute(
+                f"SELECT rowid, title, text FROM chunks WHERE rowid IN ({marks})", part))
+
+    def _catch_up(self, conn: sqlite3.Connection, since: int, generation: int) -> None:
+        """Cover the rows logged after ``since`` at ``generation`` (hold the lock; ``conn`` is in a read
+        transaction at ``generation``)."""
+        if self.since <= since and self.generation == generation:
+            return
+        self._mem.execute("BEGIN")
+        try:
+            if self.since <= since and 0 <= self.generation < generation and floor(conn) <= self.generation:
+                new = changed_after(conn, self.generation)
+                self._load(conn, new)
+                self.rowids = np.union1d(self.rowids, new)
+            else:
+                self._mem.execute("DELETE FROM d")
+                self.rowids = changed_after(conn, since)
+                self._load(conn, self.rowids)
+                self.since = since
+            self.generation = generation
+            self._mem.execute("COMMIT")
+        except BaseException:
+            self._mem.execute("ROLLBACK")
+            self.since = self.generation = -1
+            raise
+
+    def apply(self, conn: sqlite3.Connection, generation: int, saved_generation: int, term: str,
+              saved: Raw) -> Raw | None:
+        """``saved`` (a term's postings at ``saved_generation``) brought to ``generation``; None when this
+        delta is newer than the caller's snapshot (an old reader: it reads FTS5 instead)."""
+        with self._lock:
+            if self.generation > generation:
+                return None
+            self._catch_up(conn, saved_generation, generation)
+            rows = self._mem.execute("SELECT doc, count(*) FROM dv WHERE term = ? GROUP BY doc ORDER BY doc",
+                                     (term,)).fetchall()
+            changed = self.rowids
+        return merged(saved, changed, Raw(np.fromiter((r for r, _ in rows), dtype=np.int64, count=len(rows)),
+                                          np.fromiter((f for _, f in rows), dtype=np.float64, count=len(rows))))
+
+    def close(self) -> None:
+        with self._lock:
+            self._mem.close()
+
+
+class Saved:
+    """The saved postings of one store: reading them (brought up to a snapshot through a shared ``Delta``)
+    and saving them in the background through ``connect()``ed connections. Thread-safe."""
+
+    def __init__(self, tokenizer: str, connect: Callable[[], sqlite3.Connection]) -> None:
+        self.delta = Delta(tokenizer)
+        self._connect = connect
+        self._jobs: queue.Queue[tuple[str | None, int, Raw]] = queue.Queue()
+        self._worker: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def read(self, conn: sqlite3.Connection, generation: int, term: str, key: str) -> Raw | None:
+        """Term ``key``'s postings at ``generation`` (``conn``'s snapshot) from its saved form, or None when
+        it is not saved, too far behind, or ``term`` does not tokenise to exactly ``key``."""
+        row = conn.execute("SELECT generation, rows, freqs FROM bm25_postings WHERE term = ?", (key,)).fetchone()
+        if row is None or self.delta.token(term) != key:
+            return None
+        saved_generation = int(row[0])
+        if saved_generation < floor(conn):
+            return None
+        behind = int(conn.execute("SELECT count(*) FROM bm25_changes WHERE generation > ?",
+                                  (saved_generation,)).fetchone()[0])
+        if behind > DELTA_MAX:
+            return None
+        saved = Raw(np.frombuffer(row[1], dtype="<i8").astype(np.int64),
+                    np.frombuffer(row[2], dtype="<u2").astype(np.float64))
+        if not behind:
+            return saved
+        raw = self.delta.apply(conn, generation, saved_generation, key, saved)
+        if raw is not None and behind > REFRESH:
+            self.save_later(key, generation, raw)
+        return raw
+
+    def lengths(self, conn: sqlite3.Connection, generation: int,
+                read: Callable[[np.ndarray], Raw]) -> Raw | None:
+        """Every row's tokens at ``generation`` (``conn``'s snapshot) from their saved form, the rows logged
+        since read by ``read(rowids)`` (those still present, ascending); None when not saved or too far
+        behind."""
+        row = conn.execute("SELECT generation, rows, lengths FROM bm25_lengths").fetchone()
+        if row is None or int(row[0]) < floor(conn):
+            return None
+        changed = changed_after(conn, int(row[0]))
+        if len(changed) > DELTA_MAX:
+            return None
+        raw = Raw(np.frombuffer(row[1], dtype="<i8").astype(np.int64),
+                  np.frombuffer(row[2], dtype="<u4").astype(np.float64))
+        if len(changed):
+            raw = merged(raw, changed, read(changed))
+            if len(changed) > REFRESH:
+                self.save_later(None, generation, raw)
+        return raw
+
+    def save_later(self, key: str | None, generation: int, raw: Raw) -> None:
+        """Queue ``raw`` (term ``key`` at ``generation``; key None: the rows' lengths) to be saved, when long
+        enough to be worth it."""
+        top = float(raw.freqs.max()) if len(raw.freqs) else 0.0
+        if (len(raw.rows) < PERSIST_MIN or top > 65535) if key is not None else (
+                len(raw.rows) < LENGTHS_MIN or top >= 2.0 ** 32):
+            return
+        with self._lock:
+            self._jobs.put((key, generation, raw))
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._run, name="esrag-bm25-save", daemon=True)
+                self._worker.start()
+
+    def flush(self) -> None:
+        """Wait until every queued save is done (or skipped)."""
+        self._jobs.join()
+
+    @staticmethod
+    def _save(conn: sqlite3.Connection, key: str | None, generation: int, raw: Raw) -> None:
+        if key is None:
+            conn.execute(_SAVE_LENGTHS, (generation, raw.rows.astype("<i8").tobytes(),
+                                         raw.freqs.astype("<u4").tobytes()))
+        else:
+            conn.execute(_SAVE, (key, generation, raw.rows.astype("<i8").tobytes(),
+                                 raw.freqs.astype("<u2").tobytes()))
+
+    def _run(self) -> None:
+        conn: sqlite3.Connection | None = None
+        try:
+            while True:
+                try:
+                    key, generation, raw = self._jobs.get(timeout=0.5)
+                except queue.Empty:
+                    with self._lock:
+                        if self._jobs.empty():
+                            self._worker = None
+                            return
+                    continue
+                try:
+                    if conn is None:
+                        conn = self._connect()
+                        conn.execute("PRAGMA busy_timeout = 100")  # never wait long for a writer
+                    conn.execute("BEGIN IMMEDIATE")
+                    try:
+                        if floor(conn) <= generation:
+                            self._save(conn, key, generation, raw)
+                        conn.execute("COMMIT")
+                    except BaseException:
+                        if conn.in_transaction:
+                            conn.execute("ROLLBACK")
+                        raise
+                except sqlite3.Error as e:  # busy, read-only, gone: the next reader reads FTS5 again
+                    log.debug("could not save the postings of %r: %s", key, e)
+                finally:
+                    self._jobs.task_done()
+        finally:
+            if conn is not None:
+                conn.close()
+
+    def close(self) -> None:
+        self.delta.close()
