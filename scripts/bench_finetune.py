@@ -33,8 +33,8 @@ from esrag.quality.evaluation import BeirDataset, load_beir
 from esrag.quality.finetune import TrainConfig
 from esrag.quality.finetune_eval import base_settings, cross_validate, score_model
 from esrag.quality.finetune_pairs import (
+    document_passages,
     heading_pairs,
-    passage_of,
     qrels_pairs,
     subsample,
     text_key,
@@ -64,7 +64,7 @@ def run_set(path: Path, args: argparse.Namespace, store: Path) -> dict[str, Any]
     t = time.perf_counter()
     cosines: dict[str, dict[str, float]] = {}
     base = score_model(dataset, settings, sorted(dataset.queries), log=log, cosines=cosines)
-    passages = {d.doc_id: passage_of(d) for d in dataset.documents}
+    passages = document_passages(dataset.documents)
     base_seconds = time.perf_counter() - t
     docs = {d.doc_id: d for d in dataset.documents}
     out: dict[str, Any] = {"set": dataset.name, "documents": len(dataset.documents),

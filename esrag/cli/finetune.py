@@ -259,28 +259,22 @@ def _query_pairs(dataset: BeirDataset | None, kinds: Sequence[str], cosines: dic
                  data: dict[str, Any]) -> Any:
     """qids -> the judged pairs of those queries, each with a hard negative mined from ``cosines`` when
     given (the base model's ranking); ``data`` counts the pairs that got one."""
-    from esrag.quality.finetune_pairs import qrels_pairs
+    from esrag.quality.finetune_pairs import document_passages, qrels_pairs, with_hard_negatives
 
     docs = {d.doc_id: d for d in dataset.documents} if dataset is not None else {}
+    passages = document_passages(docs.values()) if cosines is not None else {}
 
     def pairs(qids: Sequence[str]) -> list[Pair]:
         if dataset is None or "qrels" not in kinds or not qids:
             return []
-        return _mined(qrels_pairs(dataset.queries, dataset.qrels, docs, qids), dataset, cosines, data)
+        found = qrels_pairs(dataset.queries, dataset.qrels, docs, qids)
+        if cosines is None:
+            return found
+        out, n = with_hard_negatives(found, cosines, dataset.qrels, passages)
+        data["hard_negatives"] = {"mined": n, "pairs": len(out)}
+        return out
 
     return pairs
-
-
-def _mined(pairs: list[Pair], dataset: BeirDataset, cosines: dict[str, dict[str, float]] | None,
-           data: dict[str, Any]) -> list[Pair]:
-    from esrag.quality.finetune_pairs import passage_of, with_hard_negatives
-
-    if cosines is None:
-        return pairs
-    passages = {d.doc_id: passage_of(d) for d in dataset.documents}
-    out, n = with_hard_negatives(pairs, cosines, dataset.qrels, passages)
-    data["hard_negatives"] = {"mined": n, "pairs": len(out)}
-    return out
 
 
 def _separate_pairs(root: Path, split: str, dataset: BeirDataset, settings: Any, index: str | None,
@@ -291,7 +285,7 @@ def _separate_pairs(root: Path, split: str, dataset: BeirDataset, settings: Any,
     ConfigError when that split judges a query of the evaluated one."""
     from esrag.quality.evaluation import load_beir
     from esrag.quality.finetune_eval import base_settings, score_model
-    from esrag.quality.finetune_pairs import qrels_pairs
+    from esrag.quality.finetune_pairs import document_passages, qrels_pairs, with_hard_negatives
 
     train = load_beir(root, split)
     shared = sorted(set(train.qrels) & set(dataset.qrels))
@@ -305,9 +299,8 @@ def _separate_pairs(root: Path, split: str, dataset: BeirDataset, settings: Any,
     # the same corpus, so the same base index: nothing is embedded again
     score_model(train, base_settings(settings, dataset.name, index), sorted(train.qrels), candidates, show,
                 log=log, cosines=cosines)
-    mined: dict[str, Any] = {}
-    out = _mined(pairs, train, cosines, mined)
-    log(f"hard negatives for {mined['hard_negatives']['mined']} of {len(out)} pairs of qrels/{split}.tsv")
+    out, n = with_hard_negatives(pairs, cosines, train.qrels, document_passages(dataset.documents))
+    log(f"hard negatives for {n} of {len(out)} pairs of qrels/{split}.tsv")
     return out
 
 

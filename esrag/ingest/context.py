@@ -131,11 +131,9 @@ class ContextTemplate:
                 parts = []
                 for literal, name, _, _ in string.Formatter().parse(line):
                     parts.append(re.escape(literal))
-                    if name is not None and name not in captured:
-                        parts.append(f"(?P<{name}>[^\\n]*)")
+                    if name is not None:
+                        parts.append("[^\n]*" if name in captured else f"(?P<{name}>[^\n]*)")
                         captured.add(name)
-                    elif name is not None:
-                        parts.append("[^\n]*")
                 lines.append("".join(parts))
             out.append(re.compile("\n".join(lines)))
         return out

@@ -81,6 +81,11 @@ def passage_of(doc: Document, max_chars: int = MAX_PASSAGE_CHARS) -> str:
     return document_text(doc).strip()[:max_chars]
 
 
+def document_passages(documents: Iterable[Document], max_chars: int = MAX_PASSAGE_CHARS) -> dict[str, str]:
+    """Document id -> ``passage_of`` the document: what hard negatives are drawn from."""
+    return {d.doc_id: passage_of(d, max_chars) for d in documents}
+
+
 def qrels_pairs(
     queries: Mapping[str, str],
     qrels: Mapping[str, Mapping[str, int]],
