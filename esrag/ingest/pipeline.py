@@ -107,7 +107,7 @@ def build_params(settings: Settings, meta: IndexMeta | None = None) -> dict[str,
         analyzer = meta.analyzer
     return {"chunk_size": settings.chunk_size, "chunk_overlap": settings.chunk_overlap,
             "embed_template": settings.embed_template, "analyzer": analyzer,
-            "fingerprint": meta.fingerprint if meta is not None else ""}  # recorded by _embed_window
+            "fingerprint": meta.fingerprint if meta is not None else ""}  # recorded by _start_window
 
 
 def index_meta(embedder: Embedder, settings: Settings, existing: IndexMeta | None = None) -> IndexMeta:
