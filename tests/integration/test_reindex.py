@@ -30,6 +30,7 @@ from esrag.errors import ConfigError, EsragError, ReindexInProgressError
 from esrag.ingest.report import IngestAborted
 from esrag.types import Document, EmbeddedChunk
 from tests.fixtures.api import ROOT, ApiServer, store_args
+from tests.fixtures.engines import ingested, live_version
 from tests.fixtures.models import perturbed_minilm
 
 pytestmark = pytest.mark.integration
@@ -55,15 +56,8 @@ def settings(store_settings: Callable[..., Settings]) -> Settings:
 
 @pytest.fixture
 def engine(settings: Settings) -> Iterator[Engine]:
-    eng = Engine(settings)
-    assert eng.ingest_documents([*DOCS, *TWINS]).ok
-    yield eng
-    eng.drop()
-    eng.close()
-
-
-def _live(eng: Engine) -> str:
-    return next(v["name"] for v in eng.status()["versions"] if v["live"])
+    with ingested(settings, [*DOCS, *TWINS]) as eng:
+        yield eng
 
 
 def _expected_dense(model_dir: str, query: str, vectors: dict[str, np.ndarray]) -> dict[str, float]:
@@ -83,7 +77,7 @@ def test_index_settings_alone_embed_nothing_and_versions_roll_back_and_prune(eng
     assert (report.mode, report.chunks_embedded, report.chunks, report.swapped) == ("copy", 0, len(DOCS) + 2, True)
     assert not fresh.embedder.loaded  # no model was even loaded
     suffix = "-v2" if store_name == "elasticsearch" else ".v2.db"
-    assert _live(fresh).endswith(suffix) and _live(engine).endswith(suffix)
+    assert live_version(fresh).endswith(suffix) and live_version(engine).endswith(suffix)
     assert [h.id for h in engine.search("databases", k=5).hits] == before
     assert fresh.rollback()[1].endswith("1" if store_name == "elasticsearch" else ".v1.db")
     assert [v["live"] for v in fresh.status()["versions"]] == [True, False]
@@ -92,7 +86,7 @@ def test_index_settings_alone_embed_nothing_and_versions_roll_back_and_prune(eng
         fresh.reindex({"analyzer": "standard"})
     names = [v["name"] for v in fresh.status()["versions"]]
     assert [v["number"] for v in fresh.status()["versions"]] == list(range(1, 11))
-    assert _live(fresh) == names[-1] and names[-1].replace(".db", "").endswith("v10")
+    assert live_version(fresh) == names[-1] and names[-1].replace(".db", "").endswith("v10")
     assert fresh.rollback()[1] == names[-2]  # v10 -> v9
     deleted = fresh.reindexer().delete_old()
     assert len(deleted) == 9 and [v["name"] for v in fresh.status()["versions"]] == [names[-2]]
@@ -255,7 +249,7 @@ def test_esrag_serve_answers_through_a_model_change_and_then_with_the_new_model(
     assert [h["dense_score"] for h in hits] == pytest.approx([expected[h["id"]] for h in hits], abs=1e-5)
     with pytest.raises(EsragError):
         engine.reindex({"chunk_size": 64})  # a new chunking without --from: refused, nothing changes
-    assert _live(engine) == next(v["name"] for v in info["versions"] if v["live"])
+    assert live_version(engine) == next(v["name"] for v in info["versions"] if v["live"])
 
 
 GUIDE = """# Operations guide
@@ -323,11 +317,11 @@ def test_chunks_stored_before_contexts_were_kept_still_need_the_sources_and_say_
     # as an older esrag stored them: no context (the chunk_sha still hashes the embedded text)
     old = [EmbeddedChunk(dataclasses.replace(ec.chunk, context=""), ec.embedding) for ec in _stored(eng).values()]
     assert not eng.store.write(old).errors
-    live = _live(eng)
+    live = live_version(eng)
     with pytest.raises(ConfigError) as e:
         eng.reindex({"model": other_model})
     assert "--from PATH or --from-index NAME" in str(e.value) and "before esrag kept contexts" in str(e.value)
-    assert _live(eng) == live
+    assert live_version(eng) == live
     report = eng.reindex({"model": other_model}, [str(corpus)])  # the sources, as today
     assert (report.mode, report.swapped, report.chunks) == ("rechunk", True, len(old))
     assert any(" > " in ec.chunk.context for ec in _stored(eng).values())  # read again: the contexts are kept
@@ -368,7 +362,7 @@ def test_a_new_chunking_reads_an_elasticsearch_source_again_from_the_cli(
     with Engine(settings) as eng:
         hit = eng.search("astronomy", k=1, filters={"team": "t1"}).hits[0]
         assert hit.doc_id.startswith(f"es:{index}/n") and hit.metadata["source_index"] == index
-        assert eng.status()["chunks"] == report["chunks"] and _live(eng).endswith(".v2.db")
+        assert eng.status()["chunks"] == report["chunks"] and live_version(eng).endswith(".v2.db")
     bad = runner.invoke(main, ["reindex", *where, "--glob", "*.md", "--chunk-size", "40"])
     assert bad.exit_code == 2 and "give --from" in bad.output
     es.indices.delete(index=index)

@@ -28,6 +28,7 @@ from esrag.lifecycle.reindex import ReindexReport
 from esrag.stores.elasticsearch import ElasticsearchStore
 from esrag.types import Chunk, Document, EmbeddedChunk
 from tests.fixtures.api import ROOT, store_args
+from tests.fixtures.engines import ingested, live_version
 
 pytestmark = [pytest.mark.integration, pytest.mark.parametrize("store_name", ["elasticsearch"])]
 
@@ -45,20 +46,13 @@ def settings(store_settings: Callable[..., Settings]) -> Settings:
 
 @pytest.fixture
 def engine(settings: Settings) -> Iterator[Engine]:
-    eng = Engine(settings)
-    assert eng.ingest_documents(DOCS).ok
-    yield eng
-    eng.drop()
-    eng.close()
+    with ingested(settings, DOCS) as eng:
+        yield eng
 
 
 def _es(eng: Engine) -> ElasticsearchStore:
     assert isinstance(eng.store, ElasticsearchStore)
     return eng.store
-
-
-def _live(eng: Engine) -> str:
-    return next(v["name"] for v in eng.status()["versions"] if v["live"])
 
 
 def _stored(eng: Engine) -> dict[str, EmbeddedChunk]:
@@ -119,7 +113,7 @@ def test_a_copy_inside_the_server_keeps_every_chunk_vector_stamp_and_search_resu
     assert report.chunks_copied == report.chunks == len(before)
     assert any(n.startswith("copied inside the server") for n in report.notes), report.notes
     assert progress[0] == 0 and progress[-1] == len(before) and progress == sorted(progress)
-    assert _live(engine).endswith("-v2") and reader.store.served_index() == _live(engine)
+    assert live_version(engine).endswith("-v2") and reader.store.served_index() == live_version(engine)
     after = _stored(engine)
     assert {i: ec.chunk for i, ec in after.items()} == {i: ec.chunk for i, ec in before.items()}
     for i, ec in before.items():  # bit for bit; the bare chunk stays without one
@@ -161,7 +155,7 @@ def test_a_copy_whose_new_version_is_deleted_half_way_leaves_the_alias_and_says_
         engine: Engine, settings: Settings) -> None:
     total = _many(engine, 6000) + len(DOCS)
     before = [h.id for h in engine.search("astronomy", k=5).hits]
-    live = _live(engine)
+    live = live_version(engine)
     store = _es(engine)
     deleted: list[int] = []
 
@@ -177,12 +171,13 @@ def test_a_copy_whose_new_version_is_deleted_half_way_leaves_the_alias_and_says_
     assert deleted and 0 < deleted[0] < total, deleted  # caught half-way
     message = str(e.value)
     assert f"new version {settings.index}-v2 was deleted" in message and f"{live} stays live" in message, message
-    assert _live(engine) == live and engine.status()["chunks"] == total
+    assert live_version(engine) == live and engine.status()["chunks"] == total
     assert [v["name"] for v in engine.status()["versions"]] == [live]  # what the server made of it is gone
     assert [h.id for h in engine.search("astronomy", k=5).hits] == before
     assert not engine.reindexer().versions.cleanup()  # nothing left behind: no freeze, no half-built version
     report = engine.reindex({"index_options": "int8_hnsw"})  # and the next reindex runs through
-    assert report.swapped and report.chunks == total and _live(engine).endswith("-v2")  # the number is free again
+    # the number is free again
+    assert report.swapped and report.chunks == total and live_version(engine).endswith("-v2")
 
 
 def test_a_reindex_killed_during_the_copy_leaves_the_old_version_serving_and_a_rerun_finishes(

@@ -13,6 +13,7 @@ from esrag.config import Settings
 from esrag.engine import Engine
 from esrag.errors import IndexNotFoundError
 from esrag.types import Document
+from tests.fixtures.engines import ingested
 from tests.fixtures.fault_proxy import FaultProxy
 
 pytestmark = pytest.mark.integration
@@ -34,11 +35,8 @@ def settings(fake_distribution: Path, store_settings: Callable[..., Settings], f
 
 @pytest.fixture
 def engine(settings: Settings) -> Iterator[Engine]:
-    eng = Engine(settings)
-    assert eng.ingest_documents(DOCS).ok
-    yield eng
-    eng.drop()
-    eng.close()
+    with ingested(settings, DOCS) as eng:
+        yield eng
 
 
 def test_a_search_is_one_msearch_once_the_engine_has_seen_its_index(engine: Engine,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import sqlite3
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -67,6 +68,19 @@ def _lengths_generation(path: Path) -> int:
         return int(conn.execute("SELECT generation FROM bm25_lengths").fetchone()[0])
 
 
+def _filled(directory: Path, searched: bool = True) -> Path:
+    """A store in ``directory`` with 300 chunks (ids a0..a299), closed; with ``searched``, every query was
+    run once first, so the common terms are saved. The database's path."""
+    store = _store(directory)
+    store.ensure_index(IndexMeta(model="m", dims=2))
+    store.write(_chunks(_texts(1, 300), "a"))
+    if searched:
+        for q in QUERIES:
+            _ours(store, q)
+    store.close()
+    return store.path
+
+
 @pytest.fixture(autouse=True)
 def small_lists(monkeypatch: pytest.MonkeyPatch) -> None:
     """Save terms of 20 rows or more (the store's tests hold hundreds of rows, not millions)."""
@@ -114,13 +128,7 @@ def test_saved_postings_match_fts5_after_adds_deletes_and_updates(tmp_path: Path
 
 
 def test_the_log_is_pruned_and_terms_too_far_behind_are_read_from_fts5_again(tmp_path: Path) -> None:
-    store = _store(tmp_path)
-    store.ensure_index(IndexMeta(model="m", dims=2))
-    store.write(_chunks(_texts(1, 300), "a"))
-    path = store.path
-    for q in QUERIES:
-        _ours(store, q)
-    store.close()
+    path = _filled(tmp_path)
     assert _saved_terms(path)
     store = _store(tmp_path)
     for round_ in range(3):  # 3 x 200 changes: over 2 x DELTA_MAX, so the writer prunes
@@ -136,13 +144,7 @@ def test_the_log_is_pruned_and_terms_too_far_behind_are_read_from_fts5_again(tmp
 
 
 def test_two_threads_search_while_another_process_and_a_thread_write(tmp_path: Path) -> None:
-    store = _store(tmp_path)
-    store.ensure_index(IndexMeta(model="m", dims=2))
-    store.write(_chunks(_texts(1, 300), "a"))
-    path = store.path
-    for q in QUERIES:
-        _ours(store, q)
-    store.close()
+    path = _filled(tmp_path)
     code = ("import sys, numpy as np; sys.path.insert(0, sys.argv[2])\n"
             "from tests.integration.test_sqlite_postings import _store, _chunks, _texts\n"
             "from pathlib import Path\n"
@@ -150,8 +152,6 @@ def test_two_threads_search_while_another_process_and_a_thread_write(tmp_path: P
             "for r in range(15): s.write(_chunks(_texts(100 + r, 20), f'x{r}'), delete_ids=[f'a{r}'])\n"
             "s.close()\n")
     repo = str(Path(__file__).resolve().parents[2])
-    import subprocess
-
     writer = subprocess.Popen([sys.executable, "-c", code, str(tmp_path), repo])
     store = _store(tmp_path)
     errors: list[BaseException] = []
@@ -202,11 +202,7 @@ while True:  # writes and reads: the reads save terms again and again, in the ba
 
 
 def test_a_sigkill_during_saves_and_writes_leaves_postings_that_match_a_clean_rebuild(tmp_path: Path) -> None:
-    store = _store(tmp_path)
-    store.ensure_index(IndexMeta(model="m", dims=2))
-    store.write(_chunks(_texts(1, 300), "a"))
-    path = store.path
-    store.close()
+    path = _filled(tmp_path, searched=False)
     repo = Path(__file__).resolve().parents[2]
     for after in (0.3, 1.1):
         sigkill_mid_run(_KILLED, [str(tmp_path), str(repo)], repo, after)
