@@ -135,7 +135,9 @@ def test_a_copy_inside_the_server_keeps_every_chunk_vector_stamp_and_search_resu
 
 def _many(eng: Engine, n: int) -> int:
     """``n`` more chunks (real text, random unit vectors), written through the store: a copy that takes
-    long enough to be caught half-way."""
+    long enough to be caught half-way. noida-db shows a copy's first chunks to a count only after some
+    6,000 of them: 20,000 leave the deleting test a margin (with 6,000 the count first showed the finished
+    copy in about one run of two)."""
     rng = np.random.default_rng(7)
     dims = eng.store.read_meta().dims  # type: ignore[union-attr]
     chunks = []
@@ -153,7 +155,7 @@ def _many(eng: Engine, n: int) -> int:
 
 def test_a_copy_whose_new_version_is_deleted_half_way_leaves_the_alias_and_says_so(
         engine: Engine, settings: Settings) -> None:
-    total = _many(engine, 6000) + len(DOCS)
+    total = _many(engine, 20000) + len(DOCS)
     before = [h.id for h in engine.search("astronomy", k=5).hits]
     live = live_version(engine)
     store = _es(engine)
