@@ -22,21 +22,22 @@ Terms are looked up by their folded form, folded by a table read from ``unicode6
 FTS5's own MATCH count when it is loaded: a term that FTS5 would tokenise or fold differently is flagged,
 and its queries go to FTS5.
 
-Top k without scoring every matching row (``Bm25Index.top``): a term's rows are also kept ordered by their
-part, highest first. A query first scores, exactly, only the union of each term's ``PREFIX`` highest-part rows
-(the candidates; ``cut`` rows per term, fourfold more each round). A row outside every prefix scores at most
-the sum of each term's first part left out (its bound; float addition is monotone, so summed in the same order
-the bound holds for the rounded scores too). When the k-th best candidate scores strictly above that bound, no
-other row can reach the top k, nor tie with its last member, so the top k and their scores are exactly the
-exhaustive ones (a query whose terms are all short lists is exhaustive at once). Otherwise the prefixes grow,
-until they would hold 1/``GROW_MAX`` of the rows: then (typically a query of words found in most rows, whose
-parts are all alike) every row is scored, and only the rows scoring at least that k-th candidate score (a
-lower bound of the true k-th) are ranked. Terms in more than ``1 / DENSE_SHARE`` of the rows also keep their
+Top k without scoring every matching row (``Bm25Index.top``): a query first scores, exactly, only the union
+of each term's ``PREFIX`` highest-part rows (the candidates; ``cut`` rows per term, fourfold more each
+round, found by a partition the first time a cut is asked for, not by sorting the whole list when it is
+loaded). A row outside every prefix scores at most the sum of each term's first part left out (its bound;
+float addition is monotone, so summed in the same order the bound holds for the rounded scores too). When
+the k-th best candidate scores strictly above that bound, no other row can reach the top k, nor tie with its
+last member, so the top k and their scores are exactly the exhaustive ones (a query whose terms are all
+short lists is exhaustive at once). Otherwise the prefixes grow, until they would hold 1/``GROW_MAX`` of the
+rows: then (typically a query of words found in most rows, whose parts are all alike) every row is
+scored, and only the rows scoring at least that k-th candidate score (a lower bound of the true k-th) are
+ranked. Terms in more than ``1 / DENSE_SHARE`` of the rows also keep their
 parts as one float64 per row (0.0 where absent), added to the scores as one contiguous array rather than
 scattered. ``exhaustive`` is the plain scorer, the reference the tests compare ``top`` with.
 
-Memory: a cached term costs 12 bytes per row holding it (int32 position + float64 part), 16 for a term in
-more than ``PREFIX`` rows (plus its int32 order by part), and 8 more per row of the index for a dense term;
+Memory: a cached term costs 12 bytes per row holding it (int32 position + float64 part), plus the heads
+found (at most 1/``GROW_MAX`` of the rows), and 8 more per row of the index for a dense term;
 the cache is bounded by ``MAX_BYTES`` in all (least recently used terms go first) and dropped on any write.
 What makes that cheap is where a term's rows and occurrences come from: a term in ``PERSIST_MIN`` rows or more
 is read from its saved, packed form and brought to the snapshot through the change log (``sqlite_postings``:
@@ -69,6 +70,9 @@ MAX_BYTES = 512 << 20
 GROW_MAX = 8
 #: a term in more than 1/DENSE_SHARE of the rows also keeps a dense array of parts
 DENSE_SHARE = 4
+#: postings are mapped from rowids to positions through an inverse map when the largest rowid is below
+#: INVERSE_SPARSITY x the rows (else by binary search: the map would cost more than it saves)
+INVERSE_SPARSITY = 4
 _VOCAB = "temp.esrag_vocab_instance"
 
 
@@ -205,6 +209,7 @@ class Bm25Index:
         self._terms: OrderedDict[str, Postings | None] = OrderedDict()
         self._size = 0
         self._lock = threading.Lock()  # the term cache is shared by the threads that search
+        self._inverse: np.ndarray | None = None
         attach_vocab(conn, table)
 
     def _raw(self, conn: sqlite3.Connection, term: str, folded: str) -> Raw | None:
@@ -226,13 +231,39 @@ class Bm25Index:
             self._saved.save_later(folded, self.generation, raw)
         return raw
 
+    def _positions(self, rows: np.ndarray) -> np.ndarray | None:
+        """Positions in ``rowids`` of the ascending ``rows``, or None when one is not there. Through the
+        inverse map (one gather per row) where the rowids are not too sparse for one, else by binary search."""
+        if not len(rows):
+            return np.empty(0, dtype=np.int64)
+        inverse = self._inverse_map()
+        if inverse is None:
+            positions = np.searchsorted(self.rowids, rows)
+            if positions[-1] >= self.n_rows or (self.rowids[positions] != rows).any():
+                return None
+            return positions
+        if rows[0] < 0 or rows[-1] >= len(inverse):
+            return None
+        positions = inverse[rows]
+        return None if (positions < 0).any() else positions
+
+    def _inverse_map(self) -> np.ndarray | None:
+        """rowid -> position (-1: no such row), built once per index when the largest rowid is below
+        INVERSE_SPARSITY x the rows (4 bytes per rowid up to it); None otherwise."""
+        inverse = self._inverse
+        if inverse is None and self.n_rows and int(self.rowids[-1]) < INVERSE_SPARSITY * max(self.n_rows, 1024):
+            inverse = np.full(int(self.rowids[-1]) + 1, -1, dtype=np.int32)
+            inverse[self.rowids] = np.arange(self.n_rows, dtype=np.int32)
+            self._inverse = inverse
+        return inverse
+
     def _load(self, conn: sqlite3.Connection, term: str) -> Postings | None:
         raw = self._raw(conn, term, self._key(term))
         if raw is None:
             return None
         rows, freq = raw
-        positions = np.searchsorted(self.rowids, rows)
-        if len(rows) and (positions[-1] >= self.n_rows or (self.rowids[positions] != rows).any()):
+        positions = self._positions(rows)
+        if positions is None:
             return None
         n_hit = len(rows)
         idf = math.log((self.n_rows - n_hit + 0.5) / (n_hit + 0.5))
@@ -240,13 +271,11 @@ class Bm25Index:
             idf = 1e-6
         dl = self.lengths[positions]
         part = idf * ((freq * (K1 + 1.0)) / (freq + K1 * (1 - B + B * dl / self.avgdl)))
-        # by part, highest first (ties by position): only for lists that top() may cut
-        order = np.argsort(-part, kind="stable").astype(np.int32) if len(part) > PREFIX else None
         dense = None
         if DENSE_SHARE * len(part) > self.n_rows:
             dense = np.zeros(self.n_rows, dtype=np.float64)
             dense[positions] = part
-        return Postings(positions.astype(np.int32), part, order, dense)
+        return Postings(positions.astype(np.int32), part, dense, {})
 
     def postings(self, conn: sqlite3.Connection, term: str) -> Postings | None:
         """The term's postings, cached; None when FTS5 would read the term differently."""
@@ -287,11 +316,12 @@ class Bm25Index:
         while True:
             bound, parts = 0.0, []
             for e in entries:  # in query order, as the scores are summed
-                if e.order is None or cut >= len(e.order):
+                if cut >= len(e.positions):
                     parts.append(e.positions)
                 else:
-                    parts.append(e.positions[e.order[:cut]])
-                    bound += float(e.part[e.order[cut]])
+                    head, first_left_out = e.prefix(cut)
+                    parts.append(head)
+                    bound += first_left_out
             candidates = np.sort(np.concatenate(parts))  # (np.unique hashes: ~50x slower here)
             candidates = candidates[np.r_[True, candidates[1:] != candidates[:-1]]] if len(candidates) else candidates
             if mask is not None:
@@ -356,14 +386,25 @@ class Bm25Index:
 
 class Postings(NamedTuple):
     """One term's postings: ``positions`` into ``Bm25Index.rowids`` (ascending), each row's bm25 ``part``,
-    ``order``, the indexes of the parts from highest to lowest (ties by position), or None for a list of
-    at most ``PREFIX`` rows (always read whole), and ``dense``, the parts as one value per row of the index
-    (0.0 where absent) for a term in more than 1/DENSE_SHARE of the rows, else None."""
+    ``dense``, the parts as one value per row of the index (0.0 where absent) for a term in more than
+    1/DENSE_SHARE of the rows, else None, and ``prefixes``, the heads ``prefix`` has found (by cut)."""
 
     positions: np.ndarray
     part: np.ndarray
-    order: np.ndarray | None
     dense: np.ndarray | None
+    prefixes: dict[int, tuple[np.ndarray, float]]
+
+    def prefix(self, cut: int) -> tuple[np.ndarray, float]:
+        """The positions of the ``cut`` highest parts (``cut`` < the rows; which of equal parts at the cut is
+        left to the partition) and the highest part left out: one O(rows) partition per cut, the first time
+        it is asked for (threads that ask at once both compute it, the same)."""
+        got = self.prefixes.get(cut)
+        if got is None:
+            at = np.argpartition(-self.part, cut)
+            got = self.prefixes[cut] = (self.positions[at[:cut]], float(self.part[at[cut]]))
+        return got
 
     def nbytes(self) -> int:
-        return sum(a.nbytes for a in (self.positions, self.part, self.order, self.dense) if a is not None)
+        """Bytes held (the heads, at most 1/GROW_MAX of the rows per term, are counted at their largest)."""
+        return (sum(a.nbytes for a in (self.positions, self.part, self.dense) if a is not None)
+                + self.positions.nbytes // GROW_MAX)

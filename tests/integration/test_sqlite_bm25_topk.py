@@ -64,13 +64,17 @@ def corpus(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     conn.close()
 
 
-@pytest.mark.parametrize("prefix", [1, 3, 32, 1024])
+@pytest.mark.parametrize(("prefix", "sparsity"), [(1, 4), (3, 4), (32, 4), (1024, 4), (3, 0)])
 def test_top_equals_the_exhaustive_scorer(corpus: tuple[sqlite3.Connection, list[str], list[list[str]]],
-                                          monkeypatch: pytest.MonkeyPatch, prefix: int) -> None:
+                                          monkeypatch: pytest.MonkeyPatch, prefix: int, sparsity: int) -> None:
+    """Also with the rowids mapped to positions by binary search (sparsity 0: no inverse map)."""
     conn, texts, queries = corpus
     monkeypatch.setattr(sqlite_bm25, "PREFIX", prefix)
+    monkeypatch.setattr(sqlite_bm25, "INVERSE_SPARSITY", sparsity)
     conn.execute("BEGIN")
     index = Bm25Index(conn)
+    index.postings(conn, "the")
+    assert (index._inverse is None) == (sparsity == 0)
     rng = np.random.default_rng(prefix)
     broad = np.sort(rng.choice(np.arange(1, len(texts) + 1), size=len(texts) // 2, replace=False))
     narrow = np.sort(rng.choice(np.arange(1, len(texts) + 1), size=len(texts) // 20, replace=False))
