@@ -301,7 +301,8 @@ class DenseIndex:
         delta_ids = np.concatenate([v.delta_rowids[keep], new_ids])
         delta = np.concatenate([v.delta[keep], new_rows])
         order = np.argsort(delta_ids, kind="stable")
-        return dataclasses.replace(v, generation=generation, changed=np.union1d(v.changed, ids),
+        changed = np.union1d(v.changed, ids) if len(v.changed) else ids  # ids: unique, ascending (ORDER BY)
+        return dataclasses.replace(v, generation=generation, changed=changed,
                                    delta=delta[order], delta_rowids=delta_ids[order])
 
     def knn(self, conn: sqlite3.Connection, v: _View, query: np.ndarray, wanted: np.ndarray | None,
