@@ -54,7 +54,7 @@ import numpy as np
 
 from esrag.config import Settings
 from esrag.errors import CorruptStoreError, IndexNotFoundError, ModelMismatchError, StoreError
-from esrag.stores import sqlite_files
+from esrag.stores import sqlite_files, sqlite_rows
 from esrag.stores import sqlite_postings as postings
 from esrag.stores import sqlite_sql as sql
 from esrag.stores import sqlite_vectors as vectors
@@ -79,6 +79,8 @@ __all__ = ["MARKER", "SCHEMA_VERSION", "SQLiteStore", "match_expression", "query
 
 SCHEMA_VERSION = 5  # 2: section; 3: vector change log (sqlite_vectors); 4: context; 5: sqlite_postings
 MARKER = "esrag-sqlite-store"
+
+
 
 
 class SQLiteStore:
@@ -345,23 +347,23 @@ class SQLiteStore:
             dims = self._meta.dims
             now = datetime.now(UTC).isoformat()
             with self._guard("write to"), self._transaction(conn):
+                batch: list[tuple[Any, tuple[Any, ...]]] = []  # (chunk, its row), upserted in one statement
                 for item in chunks:
                     chunk = getattr(item, "chunk", None)
                     try:
                         c = item.chunk
-                        row = (str(c.id), str(c.doc_id), str(c.source), str(c.title), int(c.chunk_index),
-                               int(c.chunk_count), int(c.section), int(c.start), int(c.end), str(c.doc_sha),
-                               str(c.chunk_sha), now, sql.metadata_json(c.metadata),
-                               sql.vector(item.embedding, dims).tobytes(), str(c.context), str(c.text))
-                        conn.execute(sql.UPSERT, row)
-                        written += 1
-                    except (ValueError, TypeError, AttributeError, OverflowError, sqlite3.IntegrityError,
-                            sqlite3.InterfaceError, sqlite3.ProgrammingError) as e:
-                        # SQLite rolls back just the failed statement; the transaction goes on.
-                        errors.append(WriteError(chunk_id=str(getattr(chunk, "id", "")),
-                                                 source=str(getattr(chunk, "source", "")),
-                                                 reason=f"{type(e).__name__}: {e}"))
-                deleted = self._delete_in(conn, "id", delete_ids)
+                        batch.append((c, (str(c.id), str(c.doc_id), str(c.source), str(c.title),
+                                          int(c.chunk_index), int(c.chunk_count), int(c.section), int(c.start),
+                                          int(c.end), str(c.doc_sha), str(c.chunk_sha), now,
+                                          sql.metadata_json(c.metadata), sql.vector(item.embedding, dims).tobytes(),
+                                          str(c.context), str(c.text))))
+                    except sqlite_rows.ROW_ERRORS as e:
+                        errors.append(sqlite_rows.write_error(chunk, e))
+                    if len(batch) == sql.ROWS_PER_STATEMENT:
+                        written += sqlite_rows.upsert(conn, batch, errors)
+                        batch = []
+                written += sqlite_rows.upsert(conn, batch, errors)
+                deleted = sqlite_rows.delete_in(conn, "id", delete_ids)
             self._check_still_there()  # a delete during this transaction: what it wrote is gone
             self._maintain(conn)
         return WriteResult(written=written, errors=tuple(errors), deleted=deleted)
@@ -441,7 +443,7 @@ class SQLiteStore:
                 return 0
             sqlite_files.check_writable(self.path)
             with self._guard("delete from"), self._transaction(conn):
-                deleted = self._delete_in(conn, column, values)
+                deleted = sqlite_rows.delete_in(conn, column, values)
             self._maintain(conn)
             return deleted
 
@@ -451,14 +453,6 @@ class SQLiteStore:
         self._dense_index().maintain_in_background(lambda: self._open(create=False))
         with self._guard("prune the BM25 change log of"):
             postings.prune(conn)
-
-    @staticmethod
-    def _delete_in(conn: sqlite3.Connection, column: str, values: Sequence[str]) -> int:
-        deleted = 0
-        for part in sql.batches(list(dict.fromkeys(values))):
-            cur = conn.execute(f"DELETE FROM chunks WHERE {column} IN ({', '.join('?' * len(part))})", part)
-            deleted += cur.rowcount
-        return deleted
 
     def search(self, request: SearchRequest) -> SearchResponse:
         """Both sides in one read snapshot, each returning up to ``request.candidates`` hits, best first."""
@@ -482,7 +476,8 @@ class SQLiteStore:
                         bm25 = self._bm25_side(conn, generation, request.text, request.filters, wanted, limit)
                     if view is not None and limit:
                         assert request.vector is not None
-                        dense = self._hits(conn, self._dense_index().knn(conn, view, request.vector, wanted, limit))
+                        knn = self._dense_index().knn(conn, view, request.vector, wanted, limit)
+                        dense = sqlite_rows.hits(conn, knn)
                     break
                 finally:
                     conn.execute("COMMIT")
@@ -509,19 +504,10 @@ class SQLiteStore:
                                                                  generation=generation))
         ranked = cached[1].top(conn, terms, limit, wanted)
         if ranked is not None:
-            return self._hits(conn, ranked)
+            return sqlite_rows.hits(conn, ranked)
         built = bm25_sql(terms, filters, limit)
         assert built is not None
         return [sql.scored(r, float(r[9])) for r in conn.execute(*built)]
-
-    @staticmethod
-    def _hits(conn: sqlite3.Connection, ranked: list[tuple[int, float]]) -> list[ScoredChunk]:
-        """The rows of ranked ``(rowid, score)`` pairs, in order (rows deleted meanwhile are skipped)."""
-        rows: dict[int, Sequence[Any]] = {}
-        for part in sql.batches(ranked):
-            for r in conn.execute(sql.fetch_sql(len(part)), [rid for rid, _ in part]):
-                rows[int(r[0])] = r
-        return [sql.scored(rows[rid], score) for rid, score in ranked if rid in rows]
 
     def _dense_index(self) -> DenseIndex:
         """The dense side (sqlite_vectors), made on first use, once the store's dims are known."""

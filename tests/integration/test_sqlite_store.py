@@ -329,6 +329,24 @@ def test_bad_items_are_reported_with_their_source_and_the_rest_written(store: SQ
     assert store.count().chunks == 2
 
 
+@pytest.mark.parametrize("bad_at", [0, 5, 255, 256, 299])
+def test_a_row_sqlite_refuses_inside_a_many_row_statement_fails_alone(store: SQLiteStore, bad_at: int) -> None:
+    """Rows go ROWS_PER_STATEMENT (256) to a statement; a row SQLite itself refuses (a lone surrogate cannot be
+    encoded when it is bound) fails only itself: the other rows of its statement and the next ones are written,
+    and the FTS index holds exactly the rows written."""
+    chunks = [chunk(f"c{i}", f"word{i} common", seed=i) for i in range(300)]
+    chunks[bad_at] = chunk(f"c{bad_at}", "broken \ud800 text", seed=bad_at)
+    result = store.write(chunks)
+    assert result.written == 299
+    assert [(e.chunk_id, e.reason.split(":")[0]) for e in result.errors] == [(f"c{bad_at}", "UnicodeEncodeError")]
+    assert store.count().chunks == 299
+    assert len(store.search(SearchRequest(text="common", vector=None, candidates=1000)).bm25) == 299
+    assert bm25_ids(store, f"word{bad_at}") == []
+    assert bm25_ids(store, f"word{(bad_at + 1) % 300}") == [f"c{(bad_at + 1) % 300}"]
+    store.close()
+    assert fts_consistent(store.path) == (299, 299)
+
+
 def test_metadata_filters_compare_as_strings_on_both_sides(store: SQLiteStore) -> None:
     store.write([chunk(f"c{i}", "same words", metadata={"n": i, "even": i % 2 == 0, "lang": "en"}, seed=i)
                  for i in range(6)])
