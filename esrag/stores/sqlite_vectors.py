@@ -23,14 +23,15 @@ process one read of the rows it changed, never a reload. Deleted chunks are mask
 back. The final hits are read by rowid in the same SQLite snapshot as the BM25 side.
 
 Merges. After a write, a background thread of the writing process (one at a time; the store's ``close``
-waits for it, a write does not) folds the delta into a new HNSW file when the delta reaches
-``max(MERGE_MIN, MERGE_FRACTION x base)`` (or builds the first one when the store reaches
-``ann_min_chunks``): it copies the current file into memory, removes and adds the changed vectors, saves
-a new file (written under a temporary name, fsynced, renamed), then, in one transaction, points ``vectors``
-at it (only if nobody else did meanwhile) and drops the log up to the merged generation. A crash at any
-point leaves either the old pointer (an orphan file, deleted by the next merge) or the new one. A
-pointer whose file is missing, unreadable or of the wrong size is stale: the process rebuilds it from the
-vectors in SQLite and, until then, answers exactly; it never serves a different set of chunks.
+waits for it, a write does not) folds the delta into a new HNSW file when the delta reaches ``max(MERGE_MIN,
+MERGE_FRACTION x base)`` (or builds the first one when the store reaches ``ann_min_chunks``): it copies the
+current file into memory, removes and adds the changed vectors (read a batch per short read transaction: no
+snapshot is held while the graph is built, so the WAL keeps being checkpointed; see ``_merged``), saves a
+new file (written under a temporary name, fsynced, renamed), then, in one transaction, points ``vectors`` at
+it (only if nobody else did meanwhile) and drops the log up to the merged generation. A crash at any point
+leaves either the old pointer (an orphan file, deleted by the next merge) or the new one. A pointer whose
+file is missing, unreadable or of the wrong size is stale: the process rebuilds it from the vectors in
+SQLite and, until then, answers exactly; it never serves a different set of chunks.
 
 Approximate answers are re-scored: the HNSW candidates' float vectors are read from SQLite and the hits
 carry exact ``(1 + cos) / 2`` scores. Filtered kNN returns ``limit`` hits whenever that many match: a
@@ -99,6 +100,10 @@ SCHEMA = (LOG_TABLE, LOG_INDEX, *LOG_TRIGGERS)
 _CHANGES = ("SELECT v.rowid, c.embedding FROM vector_changes AS v LEFT JOIN chunks AS c ON c.rowid = v.rowid "
             "WHERE v.generation > ? ORDER BY v.rowid")
 _STATE = "SELECT key, value FROM meta WHERE key IN ('generation', 'vectors')"
+#: a merge's batches (keyset pages by rowid): every vector up to a rowid, or those logged in (base, merged]
+_ALL_AFTER = "SELECT rowid, embedding FROM chunks WHERE rowid <= ? AND rowid > ? ORDER BY rowid LIMIT ?"
+_LOGGED_AFTER = ("SELECT v.rowid, c.embedding FROM vector_changes AS v LEFT JOIN chunks AS c ON c.rowid = v.rowid "
+                 "WHERE v.generation > ? AND v.generation <= ? AND v.rowid > ? ORDER BY v.rowid LIMIT ?")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -436,10 +441,10 @@ class DenseIndex:
                                            (pointer.generation,)).fetchone()[0])
                 if pending < max(MERGE_MIN, MERGE_FRACTION * pointer.count):
                     return
-            t0 = time.perf_counter()
-            index = self._merged(conn, base)
         finally:
             conn.execute("COMMIT")
+        t0 = time.perf_counter()
+        index = self._merged(conn, base, generation)
         self._publish(conn, index, generation, pointer)
         log.info("vector index of %s: %d vectors at generation %d (%.1f s)", self.path, len(index), generation,
                  time.perf_counter() - t0)
@@ -485,27 +490,50 @@ class DenseIndex:
         conn.execute("BEGIN")
         try:
             generation, pointer = read_state(conn)
-            index = self._merged(conn, None)
         finally:
             conn.execute("COMMIT")
-        self._publish(conn, index, generation, pointer)
+        self._publish(conn, self._merged(conn, None, generation), generation, pointer)
 
-    def _merged(self, conn: sqlite3.Connection, pointer: Pointer | None) -> Any:
-        """An in-memory HNSW index of the snapshot: the pointer's file plus the log after it, or (no
-        pointer) every vector."""
+    def _merged(self, conn: sqlite3.Connection, pointer: Pointer | None, generation: int) -> Any:
+        """An in-memory HNSW index of the store at ``generation`` as far as the log after it does not mask:
+        the pointer's file with the rowids logged in (its generation, ``generation``] removed and their
+        vectors added, or (no pointer) every vector.
+
+        Read ``BUILD_BATCH`` rows at a time, each batch in a read transaction of its own (``conn`` has none
+        open), so that no snapshot is held while the graph is built: a snapshot held for the minutes a large
+        merge takes kept the WAL from being checkpointed (it grew to gigabytes during a bulk load). Exact all
+        the same: a row changed after ``generation`` is logged after it, so the new file's entry for it,
+        whichever a batch read, is masked and its current vector searched in the delta until the next merge."""
         from usearch.index import Index
 
         if pointer is None:
             index = Index(ndim=self.dims, metric="cos", dtype="i8", connectivity=CONNECTIVITY,
                           expansion_add=EXPANSION_ADD, expansion_search=EXPANSION_SEARCH, multi=False)
-            rows = conn.execute(sql.LOAD_SQL)
+            # up to the last rowid now, or the pages would chase a writer that keeps adding rows; a row added
+            # after ``generation`` and not read is logged after it, in the delta
+            conn.execute("BEGIN")
+            try:
+                params: tuple[int, ...] = (int(conn.execute("SELECT coalesce(max(rowid), 0) FROM chunks"
+                                                             ).fetchone()[0]),)
+            finally:
+                conn.execute("COMMIT")
+            query = _ALL_AFTER
         else:
             restored = Index.restore(str(self.path.parent / pointer.file))
             if restored is None or len(restored) != pointer.count:
                 raise ValueError(f"{pointer.file} does not hold the {pointer.count} vectors recorded")
             index = restored
-            rows = conn.execute(_CHANGES, (pointer.generation,))
-        while batch := rows.fetchmany(BUILD_BATCH):
+            query, params = _LOGGED_AFTER, (pointer.generation, generation)
+        last = -1
+        while True:
+            conn.execute("BEGIN")
+            try:
+                batch = conn.execute(query, (*params, last, BUILD_BATCH)).fetchall()
+            finally:
+                conn.execute("COMMIT")
+            if not batch:
+                return index
+            last = int(batch[-1][0])
             keys = np.fromiter((r[0] for r in batch), dtype=np.uint64, count=len(batch))
             if pointer is not None:
                 index.remove(keys)
@@ -513,7 +541,6 @@ class DenseIndex:
             if present:
                 index.add(np.fromiter((r for r, _ in present), dtype=np.uint64, count=len(present)),
                           normalised([b for _, b in present], self.dims, self.path))
-        return index
 
     def _publish(self, conn: sqlite3.Connection, index: Any, generation: int, old: Pointer | None) -> None:
         """Save ``index`` (the snapshot at ``generation``) and point the store at it, unless another process

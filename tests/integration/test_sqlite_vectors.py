@@ -321,6 +321,58 @@ def test_readers_in_threads_run_while_a_thread_writes_and_merges(ann_store: SQLi
     assert status(ann_store)["kind"] == sqlite_vectors.KIND
 
 
+@pytest.mark.parametrize("first_build", [True, False])
+def test_writes_between_a_merges_batches_are_masked_and_no_snapshot_is_held(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, first_build: bool) -> None:
+    """A merge reads its vectors a batch per short read transaction: while it builds the graph, the WAL can
+    be checkpointed to the end (no snapshot held), and rows another writer updates, deletes or adds between
+    its batches are served at their current state (masked by the log after the merged generation)."""
+    monkeypatch.setattr(sqlite_vectors, "BUILD_BATCH", 40)
+    monkeypatch.setattr(sqlite_vectors, "MERGE_MIN", 10**9)  # no merge but the one this test runs
+    vecs = unit(500, seed=21)
+    store = SQLiteStore(settings(tmp_path, ann_min_chunks=10**9 if first_build else 100))
+    store.ensure_index(IndexMeta(model="m", dims=DIMS))
+    store.write([chunk(f"c{i}", v) for i, v in enumerate(vecs[:300])])
+    if not first_build:
+        store.refresh()
+        assert status(store)["vectors_in_index"] == 300
+        store.write([chunk(f"c{i}", vecs[300 + i]) for i in range(0, 120, 2)])  # 60 updates to merge
+    other = SQLiteStore(settings(tmp_path, ann_min_chunks=10**9))
+    original = sqlite_vectors.normalised
+    calls: list[int] = []
+
+    def between_batches(blobs: list[bytes], dims: int, where: Path) -> np.ndarray:
+        calls.append(len(blobs))
+        if len(calls) == 1:  # the merge has read its first batch and holds no transaction now
+            with sqlite3.connect(store.path) as conn:
+                busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            conn.close()
+            assert busy == 0
+            other.write([chunk(f"c{i}", vecs[i + 1]) for i in range(200, 260)])  # updated past the merge's reads
+            other.delete_chunks([f"c{i}" for i in range(1, 300, 9)])
+            other.write([chunk(f"n{i}", vecs[420 + i]) for i in range(60)])
+        return original(blobs, dims, where)
+
+    monkeypatch.setattr(sqlite_vectors, "normalised", between_batches)
+    dense = store._dense_index()
+    monkeypatch.setattr(dense, "ann_min", 100)
+    conn = store._open(create=False)
+    if not first_build:
+        monkeypatch.setattr(sqlite_vectors, "MERGE_MIN", 50)
+    dense.maintain(conn)
+    conn.close()
+    monkeypatch.setattr(sqlite_vectors, "normalised", original)
+    assert len(calls) > 2 and status(store)["kind"] == sqlite_vectors.KIND
+    probes = [*vecs[:300:25], *vecs[420:480:10], *unit(8, seed=77)]
+    found = [dense_ids(store, p, 20) for p in probes]
+    assert served(store) == stored(store)
+    deleted = {f"c{i}" for i in range(1, 300, 9)}
+    assert not {cid for ids in found for cid in ids} & deleted
+    assert found == exact_ids(tmp_path, probes, 20)
+    other.close()
+    store.close()
+
+
 @pytest.mark.slow
 def test_readers_and_two_writing_processes_stay_consistent(ann_store: SQLiteStore) -> None:
     directory = str(ann_store.path.parent)
