@@ -210,6 +210,7 @@ class Bm25Index:
         self._size = 0
         self._lock = threading.Lock()  # the term cache is shared by the threads that search
         self._inverse: np.ndarray | None = None
+        self._norms: np.ndarray | None = None
         attach_vocab(conn, table)
 
     def _raw(self, conn: sqlite3.Connection, term: str, folded: str) -> Raw | None:
@@ -247,6 +248,14 @@ class Bm25Index:
         positions = inverse[rows]
         return None if (positions < 0).any() else positions
 
+    def _row_norms(self) -> np.ndarray:
+        """Every row's ``k1 * (1 - b + b * D / avgdl)``, computed once per index: the same operations in the
+        same order as per posting, so the parts are bit for bit the same."""
+        norms = self._norms
+        if norms is None:
+            norms = self._norms = K1 * (1 - B + B * self.lengths / self.avgdl)
+        return norms
+
     def _inverse_map(self) -> np.ndarray | None:
         """rowid -> position (-1: no such row), built once per index when the largest rowid is below
         INVERSE_SPARSITY x the rows (4 bytes per rowid up to it); None otherwise."""
@@ -269,8 +278,7 @@ class Bm25Index:
         idf = math.log((self.n_rows - n_hit + 0.5) / (n_hit + 0.5))
         if idf <= 0.0:
             idf = 1e-6
-        dl = self.lengths[positions]
-        part = idf * ((freq * (K1 + 1.0)) / (freq + K1 * (1 - B + B * dl / self.avgdl)))
+        part = idf * ((freq * (K1 + 1.0)) / (freq + self._row_norms()[positions]))
         dense = None
         if DENSE_SHARE * len(part) > self.n_rows:
             dense = np.zeros(self.n_rows, dtype=np.float64)
