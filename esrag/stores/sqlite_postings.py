@@ -222,6 +222,7 @@ class Saved:
         self._jobs: queue.Queue[tuple[str | None, int, Raw]] = queue.Queue()
         self._worker: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._counted: tuple[int, dict[int, int]] = (-1, {})  # generation, {saved generation: rows behind}
 
     def read(self, conn: sqlite3.Connection, generation: int, term: str, key: str) -> Raw | None:
         """Term ``key``'s postings at ``generation`` (``conn``'s snapshot) from its saved form, or None when
@@ -232,11 +233,10 @@ class Saved:
         saved_generation = int(row[0])
         if saved_generation < floor(conn):
             return None
-        behind = int(conn.execute("SELECT count(*) FROM bm25_changes WHERE generation > ?",
-                                  (saved_generation,)).fetchone()[0])
+        behind = self._behind(conn, generation, saved_generation)
         if behind > DELTA_MAX:
             return None
-        saved = Raw(np.frombuffer(row[1], dtype="<i8").astype(np.int64),
+        saved = Raw(np.frombuffer(row[1], dtype="<i8").astype(np.int64, copy=False),  # read-only, no copy
                     np.frombuffer(row[2], dtype="<u2").astype(np.float64))
         if not behind:
             return saved
@@ -244,6 +244,22 @@ class Saved:
         if raw is not None and behind > REFRESH:
             self.save_later(key, generation, raw)
         return raw
+
+    def _behind(self, conn: sqlite3.Connection, generation: int, saved_generation: int) -> int:
+        """Rows logged after ``saved_generation`` in a snapshot at ``generation``: counted once per pair (the
+        terms saved together share it), the counts of older snapshots dropped."""
+        with self._lock:
+            if self._counted[0] != generation:
+                self._counted = (generation, {})
+            counts = self._counted[1]
+            if saved_generation in counts:
+                return counts[saved_generation]
+        behind = int(conn.execute("SELECT count(*) FROM bm25_changes WHERE generation > ?",
+                                  (saved_generation,)).fetchone()[0])
+        with self._lock:
+            if self._counted[0] == generation:
+                self._counted[1][saved_generation] = behind
+        return behind
 
     def lengths(self, conn: sqlite3.Connection, generation: int,
                 read: Callable[[np.ndarray], Raw]) -> Raw | None:
