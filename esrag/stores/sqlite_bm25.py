@@ -32,7 +32,7 @@ last member, so the top k and their scores are exactly the exhaustive ones (a qu
 short lists is exhaustive at once). Otherwise the prefixes grow, until they would hold 1/``GROW_MAX`` of the
 rows: then (typically a query of words found in most rows, whose parts are all alike) every row is
 scored, and only the rows scoring at least that k-th candidate score (a lower bound of the true k-th) are
-ranked. Terms in more than ``1 / DENSE_SHARE`` of the rows also keep their
+ranked. Terms in more than ``1 / DENSE_SHARE`` of the rows also keep, once that scorer first needs it, their
 parts as one float64 per row (0.0 where absent), added to the scores as one contiguous array rather than
 scattered. ``exhaustive`` is the plain scorer, the reference the tests compare ``top`` with.
 
@@ -279,11 +279,8 @@ class Bm25Index:
         if idf <= 0.0:
             idf = 1e-6
         part = idf * ((freq * (K1 + 1.0)) / (freq + self._row_norms()[positions]))
-        dense = None
-        if DENSE_SHARE * len(part) > self.n_rows:
-            dense = np.zeros(self.n_rows, dtype=np.float64)
-            dense[positions] = part
-        return Postings(positions.astype(np.int32), part, dense, {})
+        dense_rows = self.n_rows if DENSE_SHARE * len(part) > self.n_rows else 0
+        return Postings(positions.astype(np.int32), part, dense_rows, {}, [])
 
     def postings(self, conn: sqlite3.Connection, term: str) -> Postings | None:
         """The term's postings, cached; None when FTS5 would read the term differently."""
@@ -351,8 +348,8 @@ class Bm25Index:
         if not len(positions):
             return scores
         for e in entries:
-            if e.dense is not None:
-                scores += e.dense[positions]
+            if e.dense_built:
+                scores += e.dense_built[0][positions]
                 continue
             if not len(e.positions):  # a term no row holds
                 continue
@@ -382,8 +379,8 @@ class Bm25Index:
         best is known to reach; only the rows scoring at least that are ranked."""
         scores = np.zeros(self.n_rows, dtype=np.float64)
         for e in entries:
-            if e.dense is not None:
-                scores += e.dense  # 0.0 where absent: the same sums as the scatter below
+            if (dense := e.dense()) is not None:
+                scores += dense  # 0.0 where absent: the same sums as the scatter below
             else:
                 scores[e.positions] += e.part  # positions are unique within a term
         if mask is not None:
@@ -394,13 +391,27 @@ class Bm25Index:
 
 class Postings(NamedTuple):
     """One term's postings: ``positions`` into ``Bm25Index.rowids`` (ascending), each row's bm25 ``part``,
-    ``dense``, the parts as one value per row of the index (0.0 where absent) for a term in more than
-    1/DENSE_SHARE of the rows, else None, and ``prefixes``, the heads ``prefix`` has found (by cut)."""
+    ``dense_rows``, the index's rows for a term in more than 1/DENSE_SHARE of them (else 0), and what is
+    derived from them on first need: ``prefixes``, the heads ``prefix`` has found (by cut), and
+    ``dense_built``, the parts as one value per row of the index (``dense``)."""
 
     positions: np.ndarray
     part: np.ndarray
-    dense: np.ndarray | None
+    dense_rows: int
     prefixes: dict[int, tuple[np.ndarray, float]]
+    dense_built: list[np.ndarray]
+
+    def dense(self) -> np.ndarray | None:
+        """The parts as one float64 per row of the index (0.0 where absent), for a term in more than
+        1/DENSE_SHARE of the rows (else None): built the first time the exhaustive scorer needs it, not when
+        the term is loaded, as most queries never score every row (threads that ask at once both build it)."""
+        if not self.dense_rows:
+            return None
+        if not self.dense_built:
+            dense = np.zeros(self.dense_rows, dtype=np.float64)
+            dense[self.positions] = self.part
+            self.dense_built.append(dense)
+        return self.dense_built[0]
 
     def prefix(self, cut: int) -> tuple[np.ndarray, float]:
         """The positions of the ``cut`` highest parts (``cut`` < the rows; which of equal parts at the cut is
@@ -413,6 +424,6 @@ class Postings(NamedTuple):
         return got
 
     def nbytes(self) -> int:
-        """Bytes held (the heads, at most 1/GROW_MAX of the rows per term, are counted at their largest)."""
-        return (sum(a.nbytes for a in (self.positions, self.part, self.dense) if a is not None)
-                + self.positions.nbytes // GROW_MAX)
+        """Bytes held (the heads, at most 1/GROW_MAX of the rows per term, and the dense parts are counted at
+        their largest, built or not)."""
+        return (self.positions.nbytes + self.part.nbytes + 8 * self.dense_rows + self.positions.nbytes // GROW_MAX)
