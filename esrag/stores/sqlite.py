@@ -57,10 +57,11 @@ from esrag.errors import CorruptStoreError, IndexNotFoundError, ModelMismatchErr
 from esrag.stores import sqlite_files, sqlite_rows
 from esrag.stores import sqlite_postings as postings
 from esrag.stores import sqlite_sql as sql
-from esrag.stores import sqlite_vectors as vectors
+from esrag.stores import sqlite_vector_log as vector_log
 from esrag.stores.sqlite_bm25 import Bm25Index, attach_vocab
 from esrag.stores.sqlite_sql import bm25_sql, match_expression, query_terms
-from esrag.stores.sqlite_vectors import DenseIndex, read_state
+from esrag.stores.sqlite_vector_log import read_state
+from esrag.stores.sqlite_vectors import DenseIndex
 from esrag.types import (
     ChunkRef,
     Counts,
@@ -79,8 +80,6 @@ __all__ = ["MARKER", "SCHEMA_VERSION", "SQLiteStore", "match_expression", "query
 
 SCHEMA_VERSION = 5  # 2: section; 3: vector change log (sqlite_vectors); 4: context; 5: sqlite_postings
 MARKER = "esrag-sqlite-store"
-
-
 
 
 class SQLiteStore:
@@ -160,7 +159,7 @@ class SQLiteStore:
                 conn.execute(sql.ADD_SECTION)
             if "context" not in columns:
                 conn.execute(sql.ADD_CONTEXT)
-            for stmt in (*vectors.SCHEMA, *postings.SCHEMA):
+            for stmt in (*vector_log.SCHEMA, *postings.SCHEMA):
                 conn.execute(stmt)
             conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
             conn.execute("COMMIT")
@@ -304,7 +303,7 @@ class SQLiteStore:
 
     @staticmethod
     def _create_schema(conn: sqlite3.Connection, meta: IndexMeta) -> None:
-        for stmt in (*sql.schema(meta.analyzer), sql.SHA_INDEX, *vectors.SCHEMA, *postings.SCHEMA):
+        for stmt in (*sql.schema(meta.analyzer), sql.SHA_INDEX, *vector_log.SCHEMA, *postings.SCHEMA):
             conn.execute(stmt)
         conn.executemany("INSERT INTO meta(key, value) VALUES (?, ?)", [
             ("marker", MARKER), ("schema_version", str(SCHEMA_VERSION)),

@@ -2,9 +2,10 @@
 
 Source of truth: the ``chunks.embedding`` column. Everything here is a cache of it that can be thrown away.
 
-Change log: triggers on ``chunks`` record, in the same transaction as the chunk rows, each rowid whose vector
-was added, replaced or deleted, with the generation that transaction commits (``vector_changes``: one row
-per rowid, the latest change). So "what changed after generation g" is one indexed range read, and a
+Change log (its schema, its queries and the pointer row are in ``sqlite_vector_log``): triggers on
+``chunks`` record, in the same transaction as the chunk rows, each rowid whose vector was added, replaced
+or deleted, with the generation that transaction commits (``vector_changes``: one row per rowid, the
+latest change). So "what changed after generation g" is one indexed range read, and a
 crash (SIGKILL mid-write included) can never separate the log from the chunks.
 
 Bases and deltas. A search process holds one *base* and the *delta* since it:
@@ -45,7 +46,6 @@ Thread safety: a ``DenseIndex`` is shared by the store's threads; a search works
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import secrets
@@ -60,6 +60,8 @@ import numpy as np
 
 from esrag.errors import CorruptStoreError, EsragError, ModelMismatchError
 from esrag.stores import sqlite_sql as sql
+from esrag.stores import sqlite_vector_log as vector_log
+from esrag.stores.sqlite_vector_log import KIND, Pointer, read_state
 
 log = logging.getLogger(__name__)
 
@@ -81,61 +83,6 @@ OVERSAMPLE = 4
 CROWD_GAP, WIDEN_MAX = 0.08, 2048
 #: rows per batch when vectors are streamed out of SQLite into an index
 BUILD_BATCH = 10_000
-KIND = "usearch-hnsw-i8"
-
-LOG_TABLE = "CREATE TABLE IF NOT EXISTS vector_changes (rowid INTEGER PRIMARY KEY, generation INTEGER NOT NULL)"
-LOG_INDEX = "CREATE INDEX IF NOT EXISTS vector_changes_generation ON vector_changes(generation)"
-_NEXT = "coalesce((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'generation'), 0) + 1"
-# an upsert, not INSERT OR REPLACE: the conflict clause of the statement firing a trigger overrides the
-# trigger's own OR REPLACE, and the chunks upsert is such a statement
-_LOG = ("INSERT INTO vector_changes(rowid, generation) VALUES ({row}.rowid, " + _NEXT + ") "
-        "ON CONFLICT(rowid) DO UPDATE SET generation = excluded.generation;")
-LOG_TRIGGERS = (
-    f"CREATE TRIGGER IF NOT EXISTS chunks_vi AFTER INSERT ON chunks BEGIN {_LOG.format(row='new')} END",
-    f"CREATE TRIGGER IF NOT EXISTS chunks_vd AFTER DELETE ON chunks BEGIN {_LOG.format(row='old')} END",
-    "CREATE TRIGGER IF NOT EXISTS chunks_vu AFTER UPDATE OF embedding ON chunks "
-    f"WHEN old.embedding IS NOT new.embedding BEGIN {_LOG.format(row='new')} END",
-)
-#: the statements that add the change log to a store (new, or of schema 2)
-SCHEMA = (LOG_TABLE, LOG_INDEX, *LOG_TRIGGERS)
-_CHANGES = ("SELECT v.rowid, c.embedding FROM vector_changes AS v LEFT JOIN chunks AS c ON c.rowid = v.rowid "
-            "WHERE v.generation > ? ORDER BY v.rowid")
-_STATE = "SELECT key, value FROM meta WHERE key IN ('generation', 'vectors')"
-#: a merge's batches (keyset pages by rowid): every vector up to a rowid, or those logged in (base, merged]
-_ALL_AFTER = "SELECT rowid, embedding FROM chunks WHERE rowid <= ? AND rowid > ? ORDER BY rowid LIMIT ?"
-_LOGGED_AFTER = ("SELECT v.rowid, c.embedding FROM vector_changes AS v LEFT JOIN chunks AS c ON c.rowid = v.rowid "
-                 "WHERE v.generation > ? AND v.generation <= ? AND v.rowid > ? ORDER BY v.rowid LIMIT ?")
-
-
-@dataclasses.dataclass(frozen=True)
-class Pointer:
-    """The ``vectors`` meta row: the HNSW file (a name beside the database), the generation it holds and its
-    vector count."""
-
-    file: str
-    generation: int
-    count: int
-
-    @classmethod
-    def parse(cls, text: str | None) -> Pointer | None:
-        if not text:
-            return None
-        try:
-            d = json.loads(text)
-            return cls(file=str(d["file"]), generation=int(d["generation"]), count=int(d["count"]))
-        except (ValueError, KeyError, TypeError):
-            return None  # unreadable: treated as no index, rebuilt by the next merge
-
-    def dump(self) -> str:
-        return json.dumps({"file": self.file, "generation": self.generation, "count": self.count, "kind": KIND})
-
-
-def read_state(conn: sqlite3.Connection) -> tuple[int, Pointer | None]:
-    """(generation, vectors pointer) in the caller's snapshot."""
-    values = dict(conn.execute(_STATE).fetchall())
-    return int(values.get("generation", 0) or 0), Pointer.parse(values.get("vectors"))
-
-
 def normalised(blobs: list[bytes], dims: int, where: Path) -> np.ndarray:
     """(n, dims) unit float32 rows of stored vector blobs; CorruptStoreError for a blob of the wrong size."""
     out = np.empty((len(blobs), dims), dtype=np.float32)
@@ -296,7 +243,7 @@ class DenseIndex:
         """``v`` with the changes logged after ``v.generation`` applied (an O(changes) step)."""
         if generation == v.generation:
             return v
-        rows = conn.execute(_CHANGES, (v.generation,)).fetchall()
+        rows = conn.execute(vector_log.CHANGES, (v.generation,)).fetchall()
         if not rows:
             return dataclasses.replace(v, generation=generation)
         ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
@@ -438,7 +385,7 @@ class DenseIndex:
             elif self.check(pointer) is not None:
                 base = None  # stale: rebuilt from SQLite
             else:
-                pending = int(conn.execute("SELECT count(*) FROM vector_changes WHERE generation > ?",
+                pending = int(conn.execute(vector_log.PENDING,
                                            (pointer.generation,)).fetchone()[0])
                 if pending < max(MERGE_MIN, MERGE_FRACTION * pointer.count):
                     return
@@ -518,13 +465,13 @@ class DenseIndex:
                                                              ).fetchone()[0]),)
             finally:
                 conn.execute("COMMIT")
-            query = _ALL_AFTER
+            query = vector_log.ALL_AFTER
         else:
             restored = Index.restore(str(self.path.parent / pointer.file))
             if restored is None or len(restored) != pointer.count:
                 raise ValueError(f"{pointer.file} does not hold the {pointer.count} vectors recorded")
             index = restored
-            query, params = _LOGGED_AFTER, (pointer.generation, generation)
+            query, params = vector_log.LOGGED_AFTER, (pointer.generation, generation)
         last = -1
         while True:
             conn.execute("BEGIN")
@@ -584,7 +531,7 @@ class DenseIndex:
         conn.execute("BEGIN")
         try:
             generation, pointer = read_state(conn)
-            pending = int(conn.execute("SELECT count(*) FROM vector_changes WHERE generation > ?",
+            pending = int(conn.execute(vector_log.PENDING,
                                        (pointer.generation if pointer else -1,)).fetchone()[0]) if pointer else 0
         finally:
             conn.execute("COMMIT")
