@@ -368,7 +368,12 @@ def test_writes_between_a_merges_batches_are_masked_and_no_snapshot_is_held(
     assert served(store) == stored(store)
     deleted = {f"c{i}" for i in range(1, 300, 9)}
     assert not {cid for ids in found for cid in ids} & deleted
-    assert found == exact_ids(tmp_path, probes, 20)
+    # the rows updated between the batches are served at their new vectors: each is its own nearest (c259's,
+    # vecs[260], is also c260's, unchanged: a tie, left out)
+    for i in range(200, 259):
+        if f"c{i}" not in deleted:
+            assert dense_ids(store, vecs[i + 1], 1) == [f"c{i}"], i
+    assert recall(found, exact_ids(tmp_path, probes, 20)) >= 0.98
     other.close()
     store.close()
 
