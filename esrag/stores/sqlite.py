@@ -78,7 +78,7 @@ from esrag.types import (
 
 __all__ = ["MARKER", "SCHEMA_VERSION", "SQLiteStore", "match_expression", "query_terms", "bm25_sql"]
 
-SCHEMA_VERSION = 5  # 2: section; 3: vector change log (sqlite_vectors); 4: context; 5: sqlite_postings
+SCHEMA_VERSION = 6  # 2: section; 3: vector change log (sqlite_vectors); 4: context; 5: sqlite_postings; 6: heads
 MARKER = "esrag-sqlite-store"
 
 
@@ -148,10 +148,11 @@ class SQLiteStore:
         return meta
 
     def _upgrade(self, conn: sqlite3.Connection) -> None:
-        """Schema 1, 2 or 3 -> 4 in one write transaction (another process may have done it already): the
-        chunks written before schema 2 record section -1, which search treats as a chunk that stands for
-        itself; schema 3 adds the vector change log (the current vectors are the base it starts from);
-        schema 4 stores each chunk's context ('' for the chunks written before)."""
+        """An older schema -> SCHEMA_VERSION in one write transaction (another process may have done it
+        already): the chunks written before schema 2 record section -1, which search treats as a chunk that
+        stands for itself; schema 3 adds the vector change log (the current vectors are the base it starts
+        from); schema 4 stores each chunk's context ('' for the chunks written before); schema 5 adds the
+        saved postings and their change log, schema 6 the saved heads (both filled as searches read them)."""
         conn.execute("BEGIN IMMEDIATE")
         try:
             columns = {r[1] for r in conn.execute("PRAGMA table_info(chunks)")}

@@ -23,53 +23,70 @@ FTS5's own MATCH count when it is loaded: a term that FTS5 would tokenise or fol
 and its queries go to FTS5.
 
 Top k without scoring every matching row (``Bm25Index.top``): a query first scores, exactly, only the union
-of each term's ``PREFIX`` highest-part rows (the candidates; ``cut`` rows per term, fourfold more each
-round, found by a partition the first time a cut is asked for, not by sorting the whole list when it is
-loaded). A row outside every prefix scores at most the sum of each term's first part left out (its bound;
-float addition is monotone, so summed in the same order the bound holds for the rounded scores too). When
-the k-th best candidate scores strictly above that bound, no other row can reach the top k, nor tie with its
-last member, so the top k and their scores are exactly the exhaustive ones (a query whose terms are all
-short lists is exhaustive at once). Otherwise the prefixes grow, until they would hold 1/``GROW_MAX`` of the
-rows: then (typically a query of words found in most rows, whose parts are all alike) every row is
-scored, and only the rows scoring at least that k-th candidate score (a lower bound of the true k-th) are
-ranked. Terms in more than ``1 / DENSE_SHARE`` of the rows also keep, once that scorer first needs it, their
-parts as one float64 per row (0.0 where absent), added to the scores as one contiguous array rather than
-scattered. ``exhaustive`` is the plain scorer, the reference the tests compare ``top`` with.
+of each term's ``PREFIX`` highest-part rows (the candidates; found by a partition the first time a cut is
+asked for, not by sorting the whole list when it is loaded). A row outside every prefix scores at most the
+sum of each term's first part left out (its bound; float addition is monotone, so summed in the same order
+the bound holds for the rounded scores too). When the k-th best candidate scores strictly above that bound,
+no other row can reach the top k, nor tie with its last member, so the top k and their scores are exactly
+the exhaustive ones (a query whose terms are all short lists is exhaustive at once). Otherwise the prefixes
+of the terms that hold the bound up grow fourfold (``_grown``: a rare term's first part left out is large, a
+common word's small, so a query of both does not read deep into the common word), until they would hold
+1/``GROW_MAX`` of the rows: then (typically a query of words found in most rows, whose parts are all alike)
+every row is scored, and only the rows scoring at least that k-th candidate score (a lower bound of the true
+k-th) are ranked. ``exhaustive`` is the plain scorer, the reference the tests compare ``top`` with.
 
-Memory: a cached term costs 12 bytes per row holding it (int32 position + float64 part), plus the heads
-found (at most 1/``GROW_MAX`` of the rows), and 8 more per row of the index for a dense term;
-the cache is bounded by ``MAX_BYTES`` in all (least recently used terms go first) and dropped on any write.
-What makes that cheap is where a term's rows and occurrences come from: a term in ``PERSIST_MIN`` rows or more
-is read from its saved, packed form and brought to the snapshot through the change log (``sqlite_postings``:
-milliseconds, where FTS5's one-row-per-occurrence vocabulary takes 1.7 s for a word in a million rows), and
-saved there after its first read from FTS5.
+A candidate's part of a term is found by a binary search in the term's rows, by one pass over the term's
+rows through a position -> candidate map when the term has few rows per candidate (``SLOT_SHARE``), or, for
+a term in more than 1/``DENSE_SHARE`` of the rows, from its parts as one float64 per row (0.0 where absent),
+built once the term is scored against ``DENSE_CANDIDATES`` candidates or by the exhaustive scorer.
+
+A common word's first query in a process (``HEAD_MIN`` rows or more) need not rank, nor even score, all its
+rows: ``sqlite_postings`` saves its head (the rowids of its ``HEAD_ROWS`` best rows, best first) when a
+query first ranks it, and a later index whose snapshot the head holds for takes the prefixes from it and
+scores candidates from the rows as read (the positions and parts of all its rows are computed only when a
+longer prefix, the dense parts or the exhaustive scorer needs them).
+
+Memory: a cached term costs 12 bytes per row holding it (int32 position + float64 part; 10 while it is
+scored from the rows as read), plus the heads found (at most 1/``GROW_MAX`` of the rows), and 8 more per row
+of the index for a dense term; the cache is bounded by ``MAX_BYTES`` in all (least recently used terms go
+first) and dropped on any write. What makes that cheap is where a term's rows and occurrences come from: a
+term in ``PERSIST_MIN`` rows or more is read from its saved, packed form and brought to the snapshot through
+the change log (``sqlite_postings``: milliseconds, where FTS5's one-row-per-occurrence vocabulary takes 1.7 s
+for a word in a million rows), and saved there after its first read from FTS5.
 """
 
 from __future__ import annotations
 
 import functools
-import math
 import sqlite3
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
 
 import numpy as np
 
-from esrag.stores.sqlite_postings import Raw, Saved
+from esrag.stores.sqlite_bm25_term import GROW_MAX, K1, B, Postings, Stale
+from esrag.stores.sqlite_postings import Head, Raw, Saved
 
-K1, B = 1.2, 0.75
 #: rows per term scored first by ``Bm25Index.top`` (the highest parts), grown fourfold until the top k is proven
 PREFIX = 1024
 #: bytes of postings kept in memory across all cached terms: at 1M chunks of Zipf words, 512 MiB holds a
 #: query stream's common terms (BM25 p50/p95 3.6/22.8 ms on a second pass over 100 queries; 51/218 ms at
 #: 192 MiB, which evicted and re-read them); a query process stays under the raw vectors' size
 MAX_BYTES = 512 << 20
-#: ``top`` grows its prefixes while they hold under 1/GROW_MAX of the rows in all, then scores every row
-GROW_MAX = 8
-#: a term in more than 1/DENSE_SHARE of the rows also keeps a dense array of parts
-DENSE_SHARE = 4
+#: a term found in at least this many rows has its head saved (``sqlite_postings.Saved.head``): below it,
+#: ranking all its rows takes about a millisecond
+HEAD_MIN = 65_536
+#: rows of a common term's saved head: the prefixes of the first two rounds
+#: and the part that bounds the second (32 KiB per term)
+HEAD_ROWS = 4 * PREFIX + 1
+#: a term in more than 1/DENSE_SHARE of the rows builds its dense parts once it scores this many candidates:
+#: then a gather each, where a binary search each in a million rows costs ~0.1 us (~4 ms at 45k candidates,
+#: per round); building them costs ~8 ms, about what the binary searches of the query's rounds cost)
+DENSE_CANDIDATES = 8192
+#: ``Bm25Index._scores`` finds a term's rows among the candidates through a position -> slot map when the term
+#: has at most SLOT_SHARE rows per candidate (one pass over its rows), else by binary search per candidate
+SLOT_SHARE = 32
 #: postings are mapped from rowids to positions through an inverse map when the largest rowid is below
 #: INVERSE_SPARSITY x the rows (else by binary search: the map would cost more than it saves)
 INVERSE_SPARSITY = 4
@@ -267,20 +284,34 @@ class Bm25Index:
         return inverse
 
     def _load(self, conn: sqlite3.Connection, term: str) -> Postings | None:
-        raw = self._raw(conn, term, self._key(term))
+        key = self._key(term)
+        raw = self._raw(conn, term, key)
         if raw is None:
             return None
-        rows, freq = raw
-        positions = self._positions(rows)
+        head = None
+        if self._saved is not None and len(raw.rows) >= HEAD_MIN:
+            head = self._head(conn, key)
+        try:
+            entry = Postings(self, key, raw, head)
+            if head is not None and not entry.head_holds():
+                entry = Postings(self, key, raw, None)
+            return entry
+        except Stale:
+            return None
+
+    def _head(self, conn: sqlite3.Connection, key: str) -> np.ndarray | None:
+        """The positions of the term's saved head, best first, when one holds for this snapshot."""
+        assert self._saved is not None
+        rows = self._saved.head(conn, self.generation, key)
+        if rows is None or not len(rows):
+            return None
+        order = np.argsort(rows)
+        positions = self._positions(rows[order])
         if positions is None:
             return None
-        n_hit = len(rows)
-        idf = math.log((self.n_rows - n_hit + 0.5) / (n_hit + 0.5))
-        if idf <= 0.0:
-            idf = 1e-6
-        part = idf * ((freq * (K1 + 1.0)) / (freq + self._row_norms()[positions]))
-        dense_rows = self.n_rows if DENSE_SHARE * len(part) > self.n_rows else 0
-        return Postings(positions.astype(np.int32), part, dense_rows, {}, [])
+        head = np.empty(len(rows), dtype=np.int64)
+        head[order] = positions
+        return head
 
     def postings(self, conn: sqlite3.Connection, term: str) -> Postings | None:
         """The term's postings, cached; None when FTS5 would read the term differently."""
@@ -309,7 +340,12 @@ class Bm25Index:
         loaded = [self.postings(conn, t) for t in terms]
         if any(entry is None for entry in loaded):
             return None
-        entries = [e for e in loaded if e is not None]
+        try:
+            return self._top([e for e in loaded if e is not None], limit, allowed)
+        except Stale:
+            return None
+
+    def _top(self, entries: list[Postings], limit: int, allowed: np.ndarray | None) -> list[tuple[int, float]]:
         mask: np.ndarray | None = None
         if allowed is not None:
             wanted = positions_of(self.rowids, allowed)
@@ -317,16 +353,19 @@ class Bm25Index:
                 return self._ranked(wanted, self._scores(entries, wanted), limit)
             mask = np.zeros(self.n_rows, dtype=bool)
             mask[wanted] = True
-        cut = PREFIX
+        cuts = [PREFIX] * len(entries)  # per term, in query order
         while True:
-            bound, parts = 0.0, []
-            for e in entries:  # in query order, as the scores are summed
-                if cut >= len(e.positions):
-                    parts.append(e.positions)
+            bound, parts, bounds = 0.0, [], []
+            for e, cut in zip(entries, cuts, strict=True):  # in query order, as the scores are summed
+                if cut >= len(e):
+                    parts.append(e.full()[0])
+                    bounds.append(0.0)
                 else:
                     head, first_left_out = e.prefix(cut)
                     parts.append(head)
                     bound += first_left_out
+                    bounds.append(first_left_out)
+                    self._save_head(e)
             candidates = np.sort(np.concatenate(parts))  # (np.unique hashes: ~50x slower here)
             candidates = candidates[np.r_[True, candidates[1:] != candidates[:-1]]] if len(candidates) else candidates
             if mask is not None:
@@ -335,28 +374,43 @@ class Bm25Index:
             kth = np.partition(scores, len(scores) - limit)[len(scores) - limit] if len(scores) >= limit else 0.0
             if bound == 0.0 or kth > bound:
                 return self._ranked(candidates, scores, limit)
-            cut *= 4
-            if GROW_MAX * sum(min(cut, len(e.positions)) for e in entries) > self.n_rows:
-                # a longer prefix would cost about what scoring every row does
+            cuts = _grown(cuts, bounds, bound - float(kth))
+            if GROW_MAX * sum(min(cut, len(e)) for e, cut in zip(entries, cuts, strict=True)) > self.n_rows:
+                # longer prefixes would cost about what scoring every row does
                 return self.exhaustive(entries, limit, mask, floor=float(kth))
 
-    @staticmethod
-    def _scores(entries: Sequence[Postings], positions: np.ndarray) -> np.ndarray:
+    def _save_head(self, e: Postings) -> None:
+        """Queue, once, the head of a common term ranked here (it had none that held): saved in the
+        background if the store stays unchanged, for the next processes' first queries."""
+        if e.head is None and not e.head_saved and self._saved is not None and len(e) >= HEAD_MIN:
+            e.head_saved = True
+            self._saved.save_head_later(e.key, self.generation, Head(self.rowids, *e.full(), HEAD_ROWS))
+
+    def _scores(self, entries: Sequence[Postings], positions: np.ndarray) -> np.ndarray:
         """The exact scores of the sorted ``positions``: each term's part added in query order (0.0 plus the
-        first part is that part, so the sums are bit for bit those of ``exhaustive``)."""
+        first part is that part, so the sums are bit for bit those of ``exhaustive``). A term's rows are
+        found among the positions by binary search, or, for a term with at most SLOT_SHARE rows per
+        position, by one pass over its rows through a position -> slot map (a binary search per position
+        would cost more)."""
         scores = np.zeros(len(positions), dtype=np.float64)
         if not len(positions):
             return scores
+        slots: np.ndarray | None = None
         for e in entries:
-            if e.dense_built:
-                scores += e.dense_built[0][positions]
+            if (dense := e.dense_built if len(positions) < DENSE_CANDIDATES else e.dense()) is not None:
+                scores += dense[positions]
                 continue
-            if not len(e.positions):  # a term no row holds
+            if not len(e):  # a term no row holds
                 continue
-            at = np.searchsorted(e.positions, positions)
-            at[at >= len(e.positions)] = 0
-            hit = e.positions[at] == positions
-            scores[hit] += e.part[at[hit]]
+            if len(e) <= SLOT_SHARE * len(positions):
+                if slots is None:
+                    slots = np.full(self.n_rows, -1, dtype=np.int32)
+                    slots[positions] = np.arange(len(positions), dtype=np.int32)
+                slot, part = e.scores_by_slot(slots, positions)
+                scores[slot] += part
+            else:
+                hit, part = e.scores_at(positions)
+                scores[hit] += part
         return scores
 
     def _ranked(self, positions: np.ndarray, scores: np.ndarray, limit: int) -> list[tuple[int, float]]:
@@ -382,48 +436,19 @@ class Bm25Index:
             if (dense := e.dense()) is not None:
                 scores += dense  # 0.0 where absent: the same sums as the scatter below
             else:
-                scores[e.positions] += e.part  # positions are unique within a term
+                positions, part = e.full()
+                scores[positions] += part  # positions are unique within a term
         if mask is not None:
             scores[~mask] = 0.0
         hits = np.flatnonzero(scores >= floor) if floor > 0.0 else np.flatnonzero(scores)  # matches score > 0
         return self._ranked(hits, scores[hits], limit)
 
 
-class Postings(NamedTuple):
-    """One term's postings: ``positions`` into ``Bm25Index.rowids`` (ascending), each row's bm25 ``part``,
-    ``dense_rows``, the index's rows for a term in more than 1/DENSE_SHARE of them (else 0), and what is
-    derived from them on first need: ``prefixes``, the heads ``prefix`` has found (by cut), and
-    ``dense_built``, the parts as one value per row of the index (``dense``)."""
-
-    positions: np.ndarray
-    part: np.ndarray
-    dense_rows: int
-    prefixes: dict[int, tuple[np.ndarray, float]]
-    dense_built: list[np.ndarray]
-
-    def dense(self) -> np.ndarray | None:
-        """The parts as one float64 per row of the index (0.0 where absent), for a term in more than
-        1/DENSE_SHARE of the rows (else None): built the first time the exhaustive scorer needs it, not when
-        the term is loaded, as most queries never score every row (threads that ask at once both build it)."""
-        if not self.dense_rows:
-            return None
-        if not self.dense_built:
-            dense = np.zeros(self.dense_rows, dtype=np.float64)
-            dense[self.positions] = self.part
-            self.dense_built.append(dense)
-        return self.dense_built[0]
-
-    def prefix(self, cut: int) -> tuple[np.ndarray, float]:
-        """The positions of the ``cut`` highest parts (``cut`` < the rows; which of equal parts at the cut is
-        left to the partition) and the highest part left out: one O(rows) partition per cut, the first time
-        it is asked for (threads that ask at once both compute it, the same)."""
-        got = self.prefixes.get(cut)
-        if got is None:
-            at = np.argpartition(-self.part, cut)
-            got = self.prefixes[cut] = (self.positions[at[:cut]], float(self.part[at[cut]]))
-        return got
-
-    def nbytes(self) -> int:
-        """Bytes held (the heads, at most 1/GROW_MAX of the rows per term, and the dense parts are counted at
-        their largest, built or not)."""
-        return (self.positions.nbytes + self.part.nbytes + 8 * self.dense_rows + self.positions.nbytes // GROW_MAX)
+def _grown(cuts: list[int], bounds: list[float], short: float) -> list[int]:
+    """The next round's prefix sizes: fourfold for the terms that hold the bound up (a bound of at least
+    ``short``, what the bound exceeds the k-th candidate by, over the terms still cut), the others unchanged.
+    A common word's first part left out is small (its idf is), so its prefix grows only when it matters."""
+    cut_terms = sum(b > 0.0 for b in bounds)
+    top = max(bounds)
+    return [c * 4 if b > 0.0 and (b * cut_terms >= short or b == top) else c
+            for c, b in zip(cuts, bounds, strict=True)]

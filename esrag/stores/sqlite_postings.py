@@ -18,6 +18,12 @@ delta's start), which is exact: a row the saved list already reflects is dropped
 The rows' lengths in tokens (FTS5's ``docsize``: one record per row, ~1 s to read at a million rows) are
 saved and kept in step the same way, in ``bm25_lengths`` (the changed rows' lengths read from ``docsize``).
 
+A common term (``sqlite_bm25.HEAD_MIN``) also saves its head (``bm25_heads``): the rowids of its
+best-scoring rows, best first, as ranked at a generation. Its scores depend on every row (the row count, the
+average length), so a head holds only for a snapshot in which nothing was logged since that generation
+(``Saved.head``); it is saved by a background job when the store has not changed since, and read by
+``sqlite_bm25`` so that a common word's first query in a process need not rank all its rows.
+
 Bounds: a term more than ``DELTA_MAX`` changes behind (or behind the log's ``floor``) is read from FTS5 again;
 one more than ``REFRESH`` changes behind is saved again at the reader's generation, in a background thread
 through a connection of its own that never waits for a writer (a busy store just skips the save). The writer
@@ -60,6 +66,8 @@ SCHEMA = (
     # every row's tokens (FTS5's docsize, one varint per column, takes ~1 s to read at a million rows)
     "CREATE TABLE IF NOT EXISTS bm25_lengths (id INTEGER PRIMARY KEY CHECK (id = 1), "
     "generation INTEGER NOT NULL, rows BLOB NOT NULL, lengths BLOB NOT NULL)",
+    # a common term's best rows at a generation, best first (schema 6)
+    "CREATE TABLE IF NOT EXISTS bm25_heads (term TEXT PRIMARY KEY, generation INTEGER NOT NULL, rows BLOB NOT NULL)",
     f"CREATE TRIGGER IF NOT EXISTS chunks_bi AFTER INSERT ON chunks BEGIN {_LOG.format(row='new')} END",
     f"CREATE TRIGGER IF NOT EXISTS chunks_bd AFTER DELETE ON chunks BEGIN {_LOG.format(row='old')} END",
     "CREATE TRIGGER IF NOT EXISTS chunks_bu AFTER UPDATE OF title, text ON chunks "
@@ -72,12 +80,17 @@ _SAVE = ("INSERT INTO bm25_postings(term, generation, rows, freqs) VALUES (?, ?,
 _SAVE_LENGTHS = ("INSERT INTO bm25_lengths(id, generation, rows, lengths) VALUES (1, ?, ?, ?) "
                  "ON CONFLICT(id) DO UPDATE SET generation = excluded.generation, rows = excluded.rows, "
                  "lengths = excluded.lengths WHERE excluded.generation > bm25_lengths.generation")
+_SAVE_HEAD = ("INSERT INTO bm25_heads(term, generation, rows) VALUES (?, ?, ?) "
+              "ON CONFLICT(term) DO UPDATE SET generation = excluded.generation, rows = excluded.rows "
+              "WHERE excluded.generation > bm25_heads.generation")
+_CHANGES_AFTER = "SELECT count(*) FROM bm25_changes WHERE generation > ?"
 #: the lengths are saved for an index of at least this many rows
 LENGTHS_MIN = 20_000
 
 
 class Raw(NamedTuple):
-    """One term's postings: ``rows`` (rowids, ascending, int64) and ``freqs`` (occurrences per row, float64)."""
+    """One term's postings: ``rows`` (rowids, ascending, int64) and ``freqs`` (occurrences per row: float64,
+    or uint16 as saved; either converts exactly)."""
 
     rows: np.ndarray
     freqs: np.ndarray
@@ -125,6 +138,7 @@ def prune(conn: sqlite3.Connection) -> None:
         if cut is not None:
             conn.execute("DELETE FROM bm25_postings WHERE generation < ?", (cut[0],))
             conn.execute("DELETE FROM bm25_lengths WHERE generation < ?", (cut[0],))
+            conn.execute("DELETE FROM bm25_heads WHERE generation < ?", (cut[0],))
             conn.execute("DELETE FROM bm25_changes WHERE generation <= ?", (cut[0],))
             conn.execute("INSERT INTO meta(key, value) VALUES ('bm25_floor', ?) "
                          "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (str(cut[0]),))
@@ -133,6 +147,24 @@ def prune(conn: sqlite3.Connection) -> None:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+
+
+class Head:
+    """What a term's head is ranked from, at one generation: the ``positions`` of its rows in the index's
+    ascending ``rowids`` and their bm25 ``parts``. ``best()`` ranks them (once) and keeps the rowids of the
+    ``rows`` best, best first, ties by rowid."""
+
+    def __init__(self, rowids: np.ndarray, positions: np.ndarray, parts: np.ndarray, rows: int) -> None:
+        self.rowids, self.positions, self.parts, self.rows = rowids, positions, parts, rows
+        self._best: np.ndarray | None = None
+
+    def best(self) -> np.ndarray:
+        if self._best is None:
+            at = np.argpartition(-self.parts, self.rows - 1)[:self.rows] if len(self.parts) > self.rows else \
+                np.arange(len(self.parts))
+            order = np.lexsort((self.positions[at], -self.parts[at]))  # positions ascend with rowids
+            self._best = self.rowids[self.positions[at[order]]]
+        return self._best
 
 
 class Delta:
@@ -219,7 +251,8 @@ class Saved:
     def __init__(self, tokenizer: str, connect: Callable[[], sqlite3.Connection]) -> None:
         self.delta = Delta(tokenizer)
         self._connect = connect
-        self._jobs: queue.Queue[tuple[str | None, int, Raw]] = queue.Queue()
+        #: (kind, term, generation, what): kind "postings" (what: Raw), "lengths" (Raw) or "head" (a Head)
+        self._jobs: queue.Queue[tuple[str, str, int, Raw | Head]] = queue.Queue()
         self._worker: threading.Thread | None = None
         self._lock = threading.Lock()
         self._counted: tuple[int, dict[int, int]] = (-1, {})  # generation, {saved generation: rows behind}
@@ -237,7 +270,7 @@ class Saved:
         if behind > DELTA_MAX:
             return None
         saved = Raw(np.frombuffer(row[1], dtype="<i8").astype(np.int64, copy=False),  # read-only, no copy
-                    np.frombuffer(row[2], dtype="<u2").astype(np.float64))
+                    np.frombuffer(row[2], dtype="<u2").astype(np.uint16, copy=False))
         if not behind:
             return saved
         raw = self.delta.apply(conn, generation, saved_generation, key, saved)
@@ -254,12 +287,26 @@ class Saved:
             counts = self._counted[1]
             if saved_generation in counts:
                 return counts[saved_generation]
-        behind = int(conn.execute("SELECT count(*) FROM bm25_changes WHERE generation > ?",
-                                  (saved_generation,)).fetchone()[0])
+        behind = int(conn.execute(_CHANGES_AFTER, (saved_generation,)).fetchone()[0])
         with self._lock:
             if self._counted[0] == generation:
                 self._counted[1][saved_generation] = behind
         return behind
+
+    def head(self, conn: sqlite3.Connection, generation: int, key: str) -> np.ndarray | None:
+        """Term ``key``'s saved head (rowids, best first) when it holds for ``conn``'s snapshot at
+        ``generation``: saved at or before it with nothing logged since; else None."""
+        row = conn.execute("SELECT generation, rows FROM bm25_heads WHERE term = ?", (key,)).fetchone()
+        if row is None or not floor(conn) <= int(row[0]) <= generation:
+            return None
+        if self._behind(conn, generation, int(row[0])):
+            return None
+        return np.frombuffer(row[1], dtype="<i8").astype(np.int64, copy=False)
+
+    def save_head_later(self, key: str, generation: int, head: Head) -> None:
+        """Queue term ``key``'s head at ``generation``, ranked in the background and saved if nothing was
+        logged since (a store being written to skips it: the next quiet reader saves it)."""
+        self._queue(("head", key, generation, head))
 
     def lengths(self, conn: sqlite3.Connection, generation: int,
                 read: Callable[[np.ndarray], Raw]) -> Raw | None:
@@ -287,8 +334,11 @@ class Saved:
         if (len(raw.rows) < PERSIST_MIN or top > 65535) if key is not None else (
                 len(raw.rows) < LENGTHS_MIN or top >= 2.0 ** 32):
             return
+        self._queue(("lengths", "", generation, raw) if key is None else ("postings", key, generation, raw))
+
+    def _queue(self, job: tuple[str, str, int, Raw | Head]) -> None:
         with self._lock:
-            self._jobs.put((key, generation, raw))
+            self._jobs.put(job)
             if self._worker is None:
                 self._worker = threading.Thread(target=self._run, name="esrag-bm25-save", daemon=True)
                 self._worker.start()
@@ -298,20 +348,25 @@ class Saved:
         self._jobs.join()
 
     @staticmethod
-    def _save(conn: sqlite3.Connection, key: str | None, generation: int, raw: Raw) -> None:
-        if key is None:
-            conn.execute(_SAVE_LENGTHS, (generation, raw.rows.astype("<i8").tobytes(),
-                                         raw.freqs.astype("<u4").tobytes()))
+    def _save(conn: sqlite3.Connection, kind: str, key: str, generation: int, what: Raw | Head) -> None:
+        """Save one job (the caller holds the write transaction). A head is ranked here, in the background,
+        and saved only if nothing was logged since its generation."""
+        if isinstance(what, Head):
+            if not int(conn.execute(_CHANGES_AFTER, (generation,)).fetchone()[0]):
+                conn.execute(_SAVE_HEAD, (key, generation, what.best().astype("<i8").tobytes()))
+        elif kind == "lengths":
+            conn.execute(_SAVE_LENGTHS, (generation, what.rows.astype("<i8").tobytes(),
+                                         what.freqs.astype("<u4").tobytes()))
         else:
-            conn.execute(_SAVE, (key, generation, raw.rows.astype("<i8").tobytes(),
-                                 raw.freqs.astype("<u2").tobytes()))
+            conn.execute(_SAVE, (key, generation, what.rows.astype("<i8").tobytes(),
+                                 what.freqs.astype("<u2").tobytes()))
 
     def _run(self) -> None:
         conn: sqlite3.Connection | None = None
         try:
             while True:
                 try:
-                    key, generation, raw = self._jobs.get(timeout=0.5)
+                    kind, key, generation, what = self._jobs.get(timeout=0.5)
                 except queue.Empty:
                     with self._lock:
                         if self._jobs.empty():
@@ -322,10 +377,14 @@ class Saved:
                     if conn is None:
                         conn = self._connect()
                         conn.execute("PRAGMA busy_timeout = 100")  # never wait long for a writer
+                    if isinstance(what, Head):
+                        if int(conn.execute(_CHANGES_AFTER, (generation,)).fetchone()[0]):
+                            continue  # written to since: not worth ranking (task_done runs in finally)
+                        what.best()  # ranked before the write lock is taken
                     conn.execute("BEGIN IMMEDIATE")
                     try:
                         if floor(conn) <= generation:
-                            self._save(conn, key, generation, raw)
+                            self._save(conn, kind, key, generation, what)
                         conn.execute("COMMIT")
                     except BaseException:
                         if conn.in_transaction:

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from esrag.config import Settings
-from esrag.stores import sqlite_postings
+from esrag.stores import sqlite_bm25, sqlite_postings
 from esrag.stores.sqlite import SQLiteStore
 from esrag.stores.sqlite_sql import bm25_sql, query_terms
 from esrag.types import Chunk, EmbeddedChunk, IndexMeta, SearchRequest
@@ -58,6 +58,19 @@ def _ours(store: SQLiteStore, text: str) -> dict[str, float]:
     return {c.id: c.score for c in store.search(SearchRequest(text=text, vector=None, candidates=100_000)).bm25}
 
 
+def _fts5_top(path: Path, text: str, k: int) -> list[tuple[str, float]]:
+    built = bm25_sql(query_terms(text), {}, k)
+    if built is None:
+        return []
+    with sqlite3.connect(path) as conn:
+        return [(r[1], float(r[9])) for r in conn.execute(*built)]
+
+
+def _top(store: SQLiteStore, text: str, k: int) -> list[tuple[str, float]]:
+    """The top ``k`` alone: ranked from the prefixes (and saved heads), not by scoring every row."""
+    return [(c.id, c.score) for c in store.search(SearchRequest(text=text, vector=None, candidates=k)).bm25]
+
+
 def _saved_terms(path: Path) -> dict[str, int]:
     with sqlite3.connect(path) as conn:
         return dict(conn.execute("SELECT term, generation FROM bm25_postings"))
@@ -83,8 +96,12 @@ def _filled(directory: Path, searched: bool = True) -> Path:
 
 @pytest.fixture(autouse=True)
 def small_lists(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Save terms of 20 rows or more (the store's tests hold hundreds of rows, not millions)."""
+    """Save terms of 20 rows or more, and heads of 5 rows for terms in 40 or more (the store's tests hold
+    hundreds of rows, not millions; top k from prefixes of 1, 4, 16 ... rows, the first two from a head)."""
     monkeypatch.setattr(sqlite_postings, "PERSIST_MIN", 20)
+    monkeypatch.setattr(sqlite_bm25, "HEAD_MIN", 40)
+    monkeypatch.setattr(sqlite_bm25, "HEAD_ROWS", 5)
+    monkeypatch.setattr(sqlite_bm25, "PREFIX", 1)
     monkeypatch.setattr(sqlite_postings, "REFRESH", 30)
     monkeypatch.setattr(sqlite_postings, "DELTA_MAX", 200)
     monkeypatch.setattr(sqlite_postings, "LENGTHS_MIN", 20)
@@ -186,8 +203,9 @@ _KILLED = """
 import sys, threading
 sys.path.insert(0, sys.argv[2])
 from pathlib import Path
-from esrag.stores import sqlite_postings
+from esrag.stores import sqlite_bm25, sqlite_postings
 sqlite_postings.PERSIST_MIN, sqlite_postings.REFRESH = 20, 5
+sqlite_bm25.HEAD_MIN, sqlite_bm25.HEAD_ROWS, sqlite_bm25.PREFIX = 40, 5, 1
 from esrag.types import SearchRequest
 from tests.integration.test_sqlite_postings import QUERIES, _chunks, _store, _texts
 s = _store(Path(sys.argv[1]))
@@ -196,7 +214,7 @@ r = 0
 while True:  # writes and reads: the reads save terms again and again, in the background
     s.write(_chunks(_texts(1000 + r, 10), f"k{r}"), delete_ids=[f"a{r}"])
     for q in QUERIES:
-        s.search(SearchRequest(text=q, vector=None, candidates=50))
+        s.search(SearchRequest(text=q, vector=None, candidates=3))
     r += 1
 """
 
@@ -221,4 +239,8 @@ def test_a_sigkill_during_saves_and_writes_leaves_postings_that_match_a_clean_re
         for q in QUERIES:
             assert ours[q] == pytest.approx(_ours(clean, q), rel=1e-12, abs=0), q
             assert ours[q] == _fts5(path, q), q
+        store = _store(tmp_path)  # top 3 from the heads the killed process saved (those that hold)
+        for q in QUERIES:
+            assert _top(store, q, 3) == _fts5_top(path, q, 3), q
+        store.close()
         clean.close()
