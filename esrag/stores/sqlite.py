@@ -152,7 +152,8 @@ class SQLiteStore:
         already): the chunks written before schema 2 record section -1, which search treats as a chunk that
         stands for itself; schema 3 adds the vector change log (the current vectors are the base it starts
         from); schema 4 stores each chunk's context ('' for the chunks written before); schema 5 adds the
-        saved postings and their change log, schema 6 the saved heads (both filled as searches read them)."""
+        saved postings and their change log, schema 6 the saved heads and the saved lists' format (all filled
+        as searches read them)."""
         conn.execute("BEGIN IMMEDIATE")
         try:
             columns = {r[1] for r in conn.execute("PRAGMA table_info(chunks)")}
@@ -162,6 +163,7 @@ class SQLiteStore:
                 conn.execute(sql.ADD_CONTEXT)
             for stmt in (*vector_log.SCHEMA, *postings.SCHEMA):
                 conn.execute(stmt)
+            postings.upgrade(conn)
             conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
             conn.execute("COMMIT")
         except BaseException:

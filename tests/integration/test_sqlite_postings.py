@@ -16,7 +16,8 @@ import pytest
 
 from esrag.config import Settings
 from esrag.stores import sqlite_bm25, sqlite_postings
-from esrag.stores.sqlite import SQLiteStore
+from esrag.stores.sqlite import SCHEMA_VERSION, SQLiteStore
+from esrag.stores.sqlite_postings import unpack
 from esrag.stores.sqlite_sql import bm25_sql, query_terms
 from esrag.types import Chunk, EmbeddedChunk, IndexMeta, SearchRequest
 from tests.fixtures.processes import sigkill_mid_run
@@ -142,6 +143,36 @@ def test_saved_postings_match_fts5_after_adds_deletes_and_updates(tmp_path: Path
     for q in QUERIES:
         assert _ours(store, q) == _fts5(path, q), q
     store.close()
+
+
+def test_lists_saved_in_the_old_format_or_damaged_still_give_fts5s_answer(tmp_path: Path) -> None:
+    """A store of schema 5 (lists saved as int64 rowids, no format column) is upgraded and its lists read as
+    they are; a damaged list is read from FTS5 instead and saved again."""
+    path = _filled(tmp_path)
+    with sqlite3.connect(path) as conn:
+        saved = conn.execute("SELECT term, rows, freqs, format FROM bm25_postings").fetchall()
+        assert {"the", "of", "w1"} <= {t for t, *_ in saved} and all(f != 0 for *_, f in saved)
+        for term, rows, freqs, fmt in saved:
+            got_rows, got_counts = unpack(rows, freqs, fmt, 2)
+            old = (b"\x07" * 13, freqs, fmt) if term == "the" else (
+                got_rows.astype("<i8").tobytes(), got_counts.astype("<u2").tobytes(), 0)
+            conn.execute("UPDATE bm25_postings SET rows = ?, freqs = ?, format = ? WHERE term = ?", (*old, term))
+        for table in ("bm25_postings", "bm25_lengths"):
+            conn.execute(f"ALTER TABLE {table} DROP COLUMN format")
+        conn.execute("DROP TABLE bm25_heads")
+        conn.execute("UPDATE meta SET value = '5' WHERE key = 'schema_version'")
+    store = _store(tmp_path)
+    for q in QUERIES:
+        assert _ours(store, q) == _fts5(path, q), q
+        assert _top(store, q, 3) == _fts5_top(path, q, 3), q
+    store.close()
+    with sqlite3.connect(path) as conn:
+        rows, freqs, fmt = conn.execute("SELECT rows, freqs, format FROM bm25_postings WHERE term = 'the'").fetchone()
+        (expected,) = conn.execute("SELECT count(*) FROM chunks_fts WHERE chunks_fts MATCH 'the'").fetchone()
+        version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
+        assert conn.execute("SELECT count(*) FROM bm25_heads").fetchone()[0] > 0  # the table is back, in use
+    assert len(unpack(rows, freqs, fmt, 2)[0]) == expected  # saved again, readable
+    assert version == str(SCHEMA_VERSION)
 
 
 def test_the_log_is_pruned_and_terms_too_far_behind_are_read_from_fts5_again(tmp_path: Path) -> None:
