@@ -405,8 +405,8 @@ class Saved:
 
     @staticmethod
     def _save(conn: sqlite3.Connection, kind: str, key: str, generation: int, what: Raw | Head) -> None:
-        """Save one job (the caller holds the write transaction). A head is ranked here, in the background,
-        and saved only if nothing was logged since its generation."""
+        """Save one job (the caller holds the write transaction). A head (ranked by ``_run`` before the
+        transaction) is saved only if, inside it, nothing was logged since its generation."""
         if isinstance(what, Head):
             if not int(conn.execute(_CHANGES_AFTER, (generation,)).fetchone()[0]):
                 conn.execute(_SAVE_HEAD, (key, generation, what.best().astype("<i8").tobytes()))
