@@ -42,7 +42,7 @@ _EXPORTS: dict[str, str] = {
     "Answer": "esrag.answering.rag",
     "AnswerStream": "esrag.answering.rag",
     "Citation": "esrag.answering.rag",
-    "Passage": "esrag.answering.rag",
+    "Passage": "esrag.answering.prompt",
     "IngestReport": "esrag.ingest.report",
     "EsragError": "esrag.errors",
     "ConfigError": "esrag.errors",
@@ -59,7 +59,8 @@ __all__ = [  # written out, so that linters and type checkers read it; the same 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time ``__getattr__`` imports on demand
     from typing import Any
 
-    from esrag.answering.rag import Answer, AnswerStream, Citation, Passage
+    from esrag.answering.prompt import Passage
+    from esrag.answering.rag import Answer, AnswerStream, Citation
     from esrag.config import Settings
     from esrag.engine import Engine
     from esrag.errors import ConfigError, EsragError, IndexNotFoundError, MissingDependencyError

@@ -98,7 +98,7 @@ def flush(pipeline: Any) -> None:
     """Generate one token for an unrelated prompt, so that a server's prompt cache (llama.cpp keeps the last
     prompt's KV state) holds only the shared system-prompt prefix before every measured call: otherwise
     whichever of ask/raw runs second skips its prompt processing."""
-    from esrag.answering.rag import build_messages
+    from esrag.answering.prompt import build_messages
 
     g = pipeline.generator
     keep, g.max_new_tokens = g.max_new_tokens, 1

@@ -8,24 +8,26 @@ from typing import Any
 
 import pytest
 
-from esrag.answering.rag import (
-    CUT_NOTE,
+from esrag.answering.prompt import (
     EXACT_MARGIN_TOKENS,
-    NO_CONTEXT_ANSWER,
-    NOT_SUPPORTED_NOTE,
     SYSTEM_PROMPT,
-    UNSUPPORTED_MARK,
     Passage,
-    RagPipeline,
     build_messages,
     fit_passages,
     format_passage,
+    prompt_budget,
+    truncate_to_tokens,
+)
+from esrag.answering.rag import (
+    CUT_NOTE,
+    NO_CONTEXT_ANSWER,
+    NOT_SUPPORTED_NOTE,
+    UNSUPPORTED_MARK,
+    RagPipeline,
     format_sources,
     is_relevant,
     parse_citations,
-    prompt_budget,
     resolve_citations,
-    truncate_to_tokens,
 )
 from esrag.config import Settings
 from esrag.errors import ConfigError, GeneratorError
