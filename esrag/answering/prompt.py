@@ -51,10 +51,14 @@ class Passage:
                 "truncated": self.truncated, "text": self.text}
 
 
+def source_line(n: int, source: str, title: str) -> str:
+    """``[n] source`` plus the title when there is one, e.g. ``[2] docs/keys.md — Rotating keys``: a passage's
+    header in the prompt, and its line in the ``Sources:`` block printed after the answer."""
+    return f"[{n}] {source}" + (f" — {title}" if title and title != source else "")
+
+
 def passage_header(n: int, hit: Hit) -> str:
-    """``[n] source`` plus the title when there is one, e.g. ``[2] docs/keys.md — Rotating keys``."""
-    title = f" — {hit.title}" if hit.title and hit.title != hit.source else ""
-    return f"[{n}] {hit.source}{title}"
+    return source_line(n, hit.source, hit.title)
 
 
 def format_passage(n: int, hit: Hit, text: str) -> str:

@@ -35,6 +35,7 @@ from esrag.answering.prompt import (
     build_messages,
     fit_passages,
     prompt_budget,
+    source_line,
 )
 from esrag.config import Settings
 from esrag.errors import ConfigError, setting
@@ -205,9 +206,7 @@ def format_sources(citations: Sequence[Citation]) -> str:
     """The ``Sources:`` block printed after an answer, one cited chunk per line ('' when none)."""
     if not citations:
         return ""
-    lines = [f"[{c.n}] {c.source}" + (f" — {c.title}" if c.title and c.title != c.source else "")
-             for c in citations]
-    return "Sources:\n" + "\n".join(lines)
+    return "Sources:\n" + "\n".join(source_line(c.n, c.source, c.title) for c in citations)
 
 
 # -- the pipeline ----------------------------------------------------------------------------------------
