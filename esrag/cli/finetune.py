@@ -18,7 +18,7 @@ from esrag.errors import ConfigError
 if TYPE_CHECKING:
     from esrag.quality.evaluation import BeirDataset
     from esrag.quality.finetune_eval import PerQuery
-    from esrag.quality.finetune_pairs import Pair
+    from esrag.quality.finetune_pairs import Pair, PassageOf
     from esrag.types import Document
 
 PAIR_KINDS = ("qrels", "headings")
@@ -119,7 +119,7 @@ def _train_split(root: Path, asked: str | None, eval_split: str) -> str | None:
               help="> 0: the cached loss (GradCache): the batch is embedded this many at a time, so a large "
                    "--train-batch-size fits in memory with all its in-batch negatives. 0: plain loss.")
 @click.option("--max-seq-length", type=click.IntRange(8, 8192), default=256, show_default=True,
-              help="Tokens of each text the model reads in training.")
+              help="Tokens of each text the model reads in training (256: a whole chunk of the default --chunk-size).")
 @click.option("--precision", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default="auto",
               show_default=True, help="auto: bf16 on CUDA where supported, else fp16; fp32 on the CPU.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of training, split and folds.")
@@ -204,13 +204,20 @@ def finetune(paths: tuple[Path, ...], output: Path, qrels_dir: Path | None, pair
         cosines = {}
         base_all = score_model(dataset, base_settings(settings, dataset.name, options.get("index")),
                                sorted(dataset.queries), candidates, show, log=log, cosines=cosines)
-    query_pairs = _query_pairs(dataset, kinds, cosines, data)
+    passage = None
+    if dataset is not None and "qrels" in kinds:  # judged pairs hold each document as the index embeds it
+        from esrag.quality.finetune_eval import passage_reader
+
+        passage = passage_reader(settings)
+        data["passages"] = {"view": "first chunk, as embedded", "chunk_size": settings.chunk_size,
+                            "embed_template": settings.embed_template}
+    query_pairs = _query_pairs(dataset, kinds, cosines, data, passage)
     if dataset is not None and qrels_dir is not None:
         data |= {"dataset": dataset.name, "dataset_path": str(qrels_dir.resolve()), "eval_split": eval_split}
         separate = _train_split(qrels_dir, train_split, eval_split)
         if separate is not None and "qrels" in kinds:
             other += _separate_pairs(qrels_dir, separate, dataset, settings, options.get("index"), cosines,
-                                     candidates, show, log)
+                                     candidates, show, log, passage)
             data["train_split"] = separate
     else:
         separate = None
@@ -256,18 +263,19 @@ def finetune(paths: tuple[Path, ...], output: Path, qrels_dir: Path | None, pair
 
 
 def _query_pairs(dataset: BeirDataset | None, kinds: Sequence[str], cosines: dict[str, dict[str, float]] | None,
-                 data: dict[str, Any]) -> Any:
-    """qids -> the judged pairs of those queries, each with a hard negative mined from ``cosines`` when
-    given (the base model's ranking); ``data`` counts the pairs that got one."""
+                 data: dict[str, Any], passage: PassageOf | None) -> Any:
+    """qids -> the judged pairs of those queries, each document read by ``passage``, each pair with a hard
+    negative mined from ``cosines`` when given (the base model's ranking); ``data`` counts the pairs that
+    got one."""
     from esrag.quality.finetune_pairs import document_passages, qrels_pairs, with_hard_negatives
 
     docs = {d.doc_id: d for d in dataset.documents} if dataset is not None else {}
-    passages = document_passages(docs.values()) if cosines is not None else {}
+    passages = document_passages(docs.values(), passage=passage) if cosines is not None else {}
 
     def pairs(qids: Sequence[str]) -> list[Pair]:
         if dataset is None or "qrels" not in kinds or not qids:
             return []
-        found = qrels_pairs(dataset.queries, dataset.qrels, docs, qids)
+        found = qrels_pairs(dataset.queries, dataset.qrels, docs, qids, passage=passage)
         if cosines is None:
             return found
         out, n = with_hard_negatives(found, cosines, dataset.qrels, passages)
@@ -279,7 +287,7 @@ def _query_pairs(dataset: BeirDataset | None, kinds: Sequence[str], cosines: dic
 
 def _separate_pairs(root: Path, split: str, dataset: BeirDataset, settings: Any, index: str | None,
                     cosines: dict[str, dict[str, float]] | None, candidates: int, show: bool,
-                    log: Any) -> list[Pair]:
+                    log: Any, passage: PassageOf | None) -> list[Pair]:
     """The judged pairs of another split of the dataset (against the evaluated split's corpus), with hard
     negatives mined from the base model's ranking of that split's queries when ``cosines`` is given; a
     ConfigError when that split judges a query of the evaluated one."""
@@ -293,13 +301,13 @@ def _separate_pairs(root: Path, split: str, dataset: BeirDataset, settings: Any,
         raise ConfigError(f"the held-out split overlaps the training data: {len(shared)} queries of "
                           f"qrels/{dataset.split}.tsv are judged in qrels/{split}.tsv too (first: {shared[0]!r})")
     docs = {d.doc_id: d for d in dataset.documents}
-    pairs = qrels_pairs(train.queries, train.qrels, docs)
+    pairs = qrels_pairs(train.queries, train.qrels, docs, passage=passage)
     if cosines is None:
         return pairs
     # the same corpus, so the same base index: nothing is embedded again
     score_model(train, base_settings(settings, dataset.name, index), sorted(train.qrels), candidates, show,
                 log=log, cosines=cosines)
-    out, n = with_hard_negatives(pairs, cosines, train.qrels, document_passages(dataset.documents))
+    out, n = with_hard_negatives(pairs, cosines, train.qrels, document_passages(dataset.documents, passage=passage))
     log(f"hard negatives for {n} of {len(out)} pairs of qrels/{split}.tsv")
     return out
 

@@ -117,6 +117,13 @@ def index_meta(embedder: Embedder, settings: Settings, existing: IndexMeta | Non
                      normalized=True, esrag_version=__version__, **build_params(settings, existing))
 
 
+def make_chunker(embedder: Embedder, settings: Settings) -> Chunker:
+    """The chunker of an index of ``settings`` embedded by ``embedder``: its tokenizer, the chunk size and
+    overlap, the model's token limit. Loads the model."""
+    return Chunker(count_tokens=embedder.count_tokens, chunk_size=settings.chunk_size,
+                   chunk_overlap=settings.chunk_overlap, max_tokens=embedder.max_tokens)
+
+
 class Ingestor:
     """Ingest one source into one store with one embedder.
 
@@ -149,12 +156,7 @@ class Ingestor:
     def chunker(self) -> Chunker:
         """The chunker, built on first use (it needs the embedder's tokenizer)."""
         if self._chunker is None:
-            self._chunker = Chunker(
-                count_tokens=self.embedder.count_tokens,
-                chunk_size=self.settings.chunk_size,
-                chunk_overlap=self.settings.chunk_overlap,
-                max_tokens=self.embedder.max_tokens,
-            )
+            self._chunker = make_chunker(self.embedder, self.settings)
         return self._chunker
 
     @property

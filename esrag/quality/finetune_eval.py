@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from esrag.errors import BulkWriteError
-from esrag.quality.finetune_pairs import Pair, check_disjoint, kfolds
+from esrag.quality.finetune_pairs import Pair, PassageOf, check_disjoint, indexed_passage, kfolds
 
 if TYPE_CHECKING:
     from esrag.config import Settings
@@ -152,6 +152,17 @@ def score_model(
                 engine.drop()
         finally:
             engine.close()
+
+
+def passage_reader(settings: Settings) -> PassageOf:
+    """``indexed_passage`` for the index ``settings`` describe: its chunker (the embedder's tokenizer, chunk
+    size and overlap) and its embed template, so that training pairs hold what that index embeds. Loads
+    the model's tokenizer; touches no store."""
+    from esrag.engine import Engine
+    from esrag.ingest.context import ContextTemplate
+    from esrag.ingest.pipeline import make_chunker
+
+    return indexed_passage(make_chunker(Engine(settings).embedder, settings), ContextTemplate(settings.embed_template))
 
 
 def base_settings(settings: Settings, dataset_name: str, index: str | None = None) -> Settings:

@@ -3,7 +3,9 @@
 A pair is (anchor, positive): a query and a passage that answers it. Two kinds:
 
 - **qrels pairs**: one per judged (query, relevant document) of a BEIR split; the passage is the
-  document's title and text (``esrag.quality.evaluation.document_text``), cut to ``max_chars``.
+  document as the index embeds it (``indexed_passage``: its first chunk, with the context the embed template
+  puts before it), or without an index's chunker its title and text
+  (``esrag.quality.evaluation.document_text``); cut to ``max_chars`` either way.
 - **heading pairs** (no labels): one per section of a document that has a heading: the heading is the
   anchor and the section's text the passage. A document without an outline gives (its title, its text)
   when its title is not just its file name. A heading shared by several sections names none of them and
@@ -28,7 +30,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -36,6 +38,7 @@ from esrag.errors import ConfigError
 from esrag.ingest.context import sections
 
 if TYPE_CHECKING:  # esrag.quality.evaluation imports the settings (pydantic): kept off the training-only path
+    from esrag.ingest.chunking import Chunker
     from esrag.ingest.context import ContextTemplate
     from esrag.types import Chunk, Document
 
@@ -81,9 +84,34 @@ def passage_of(doc: Document, max_chars: int = MAX_PASSAGE_CHARS) -> str:
     return document_text(doc).strip()[:max_chars]
 
 
-def document_passages(documents: Iterable[Document], max_chars: int = MAX_PASSAGE_CHARS) -> dict[str, str]:
-    """Document id -> ``passage_of`` the document: what hard negatives are drawn from."""
-    return {d.doc_id: passage_of(d, max_chars) for d in documents}
+#: how a pair's passage is read from a document (``passage_of`` or an ``indexed_passage``)
+PassageOf = Callable[["Document"], str]
+
+
+def indexed_passage(chunker: Chunker, template: ContextTemplate, max_chars: int = MAX_PASSAGE_CHARS) -> PassageOf:
+    """A document's passage as an index with this ``chunker`` and embed ``template`` embeds it: the embedded
+    text of its first chunk (``Chunk.embed_text``: the template's context, then the chunk), cut to
+    ``max_chars``; "" for a blank document.
+
+    The model is then trained on the view of a document it will be asked to embed: the same context (a
+    title the index does not embed is not trained on either) and the same length (a chunk, not a whole
+    section cut at the training sequence length). Retrieval scores a document by its best chunk; the first
+    is the one a section's answer starts in, and the one a cut passage would hold anyway."""
+    from esrag.ingest.chunking import chunk_document
+
+    def passage(doc: Document) -> str:
+        chunks = chunk_document(doc, chunker, template=template)
+        return chunks[0].embed_text.strip()[:max_chars] if chunks else ""
+
+    return passage
+
+
+def document_passages(documents: Iterable[Document], max_chars: int = MAX_PASSAGE_CHARS,
+                      passage: PassageOf | None = None) -> dict[str, str]:
+    """Document id -> the document's passage (``passage``, else ``passage_of``): what hard negatives are
+    drawn from."""
+    read = passage or (lambda d: passage_of(d, max_chars))
+    return {d.doc_id: read(d) for d in documents}
 
 
 def qrels_pairs(
@@ -92,10 +120,12 @@ def qrels_pairs(
     documents: Mapping[str, Document],
     query_ids: Iterable[str] | None = None,
     max_chars: int = MAX_PASSAGE_CHARS,
+    passage: PassageOf | None = None,
 ) -> list[Pair]:
     """One pair per positive judgment of the queries ``query_ids`` (all judged queries when None), in
-    sorted (query id, doc id) order. Judgments of documents missing from ``documents`` and queries with
-    a blank text are left out."""
+    sorted (query id, doc id) order; the positive is the document's ``passage`` (``passage_of`` when None).
+    Judgments of documents missing from ``documents`` and queries with a blank text are left out."""
+    read = passage or (lambda d: passage_of(d, max_chars))
     wanted = sorted(set(qrels) if query_ids is None else set(query_ids) & set(qrels))
     out: list[Pair] = []
     for qid in wanted:
@@ -106,9 +136,9 @@ def qrels_pairs(
             doc = documents.get(doc_id)
             if doc is None:
                 continue
-            passage = passage_of(doc, max_chars)
-            if passage:
-                out.append(Pair(anchor, passage, qid, doc_id, "qrels"))
+            text = read(doc)
+            if text:
+                out.append(Pair(anchor, text, qid, doc_id, "qrels"))
     return out
 
 

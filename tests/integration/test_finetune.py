@@ -136,6 +136,9 @@ def test_the_loss_falls_and_the_provenance_says_how_the_model_was_made(tuned: di
     assert prov["params"]["batch_size"] == 8 and prov["params"]["loss"] == "mnrl"
     assert prov["params"]["learning_rate"] == 1e-4 and prov["params"]["epochs"] == 3
     assert prov["data"]["dataset"] == "tiny" and prov["data"]["pairs"] == ["qrels"]
+    # judged pairs hold each document as the index embeds it (its first chunk, with the template's context)
+    assert prov["data"]["passages"] == {"view": "first chunk, as embedded", "chunk_size": 256,
+                                        "embed_template": "{headings}\n\n{text}"}
     assert prov["training"]["precision"] == "fp32" and prov["training"]["device"] == "cpu"
     assert prov["esrag_version"] and prov["created_at"]
     assert set(prov["evaluation"]["results"]) == {"dense", "hybrid"}

@@ -26,9 +26,11 @@ from esrag.quality.finetune_pairs import (
     Pair,
     check_disjoint,
     check_enough,
+    document_passages,
     fill_negatives,
     heading_pairs,
     index_heading_pairs,
+    indexed_passage,
     kfolds,
     qrels_pairs,
     split_heldout,
@@ -55,6 +57,32 @@ def test_qrels_pairs_one_per_judged_document_in_sorted_order() -> None:
     assert [p.query_id for p in qrels_pairs(queries, qrels, DOCS, ["q2", "unknown"])] == ["q2"]
     assert qrels_pairs(queries, qrels, DOCS, []) == []
     assert qrels_pairs(queries, qrels, DOCS, max_chars=5)[0].positive == "Tides"
+
+
+def test_indexed_passage_is_the_first_chunk_as_the_index_embeds_it() -> None:
+    """Judged pairs hold what the index embeds: the first chunk with its context, not the title the
+    default template leaves out, and not the text past the first chunk."""
+    words = " ".join(f"w{i}" for i in range(40))
+    doc = _markdown("a.md", f"## Install\n\nRun pip. {words}\n", title="Guide")
+    chunker = Chunker(_word_count, chunk_size=12, chunk_overlap=2)
+    for template in ("{headings}\n\n{text}", "{title}\n{headings}\n\n{text}", "{text}"):
+        ctx = ContextTemplate(template)
+        first = chunk_document(doc, chunker, template=ctx)[0]
+        read = indexed_passage(chunker, ctx)
+        assert read(doc) == first.embed_text.strip()
+        assert len(chunk_document(doc, chunker, template=ctx)) > 1 and "w39" not in read(doc)
+        assert read(doc).startswith("Guide") == ("{title}" in template)
+    assert indexed_passage(chunker, ContextTemplate("{headings}\n\n{text}"))(doc).startswith(
+        "Install\n\n## Install\n\nRun pip.")  # the context, then the chunk (its heading line included)
+    assert indexed_passage(chunker, ContextTemplate("{text}"), max_chars=7)(doc) == "## Inst"
+    assert indexed_passage(chunker, ContextTemplate("{text}"))(Document("b", "b", " \n ")) == ""
+    # qrels pairs and the hard negatives' passages read documents the same way
+    read = indexed_passage(chunker, ContextTemplate("{headings}\n\n{text}"))
+    docs = {"a": doc, "d2": DOCS["d2"]}
+    pairs = qrels_pairs({"q": "how to install"}, {"q": {"a": 1, "d2": 1}}, docs, passage=read)
+    assert [p.positive for p in pairs] == [read(doc), "Bees dance."]
+    assert document_passages(docs.values(), passage=read) == {"a.md": read(doc), "d2": "Bees dance."}
+    assert document_passages(docs.values(), max_chars=5) == {"a.md": "Guide", "d2": "Bees "}
 
 
 def _markdown(doc_id: str, text: str, title: str = "", title_is_name: bool = False) -> Document:
