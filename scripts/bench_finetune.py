@@ -8,13 +8,15 @@ fine-tuned one, K-fold cross-validated over the judged queries, for two kinds of
 
 Everything goes through the library as ``esrag finetune --cv K`` does (esrag.quality.finetune_eval.cross_validate):
 the corpus is ingested into a throw-away SQLite store with each model, queries are retrieved as
-``esrag eval`` retrieves them. The hyper-parameters are fixed up front (below), not tuned to any set.
+``esrag eval`` retrieves them, and a judged pair holds its document as the index embeds it (its first chunk,
+with its context; ``--passages document --max-seq-length 128`` measures the first version: title and text
+cut at 128 tokens). The hyper-parameters are fixed up front (below), not tuned to any set.
 
 On a shared 2-core CPU, re-embedding a corpus per fold model is the cost, so a set can be cut to
 ``--max-docs`` documents: every judged document, then a seeded sample of the others. Figures on a cut
 corpus are higher than on the whole one (fewer distractors); base and fine-tuned are compared on the same.
 
-    python scripts/bench_finetune.py /tmp/sets/python-faq /tmp/sets/debian-faq --max-docs 300 --json out.json
+    python scripts/bench_finetune.py /tmp/sets/python-faq /tmp/sets/debian-faq --kinds qrels-hard --json out.json
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from typing import Any
 from esrag.config import Settings
 from esrag.quality.evaluation import BeirDataset, load_beir
 from esrag.quality.finetune import TrainConfig
-from esrag.quality.finetune_eval import base_settings, cross_validate, score_model
+from esrag.quality.finetune_eval import base_settings, cross_validate, passage_reader, score_model
 from esrag.quality.finetune_pairs import (
     document_passages,
     heading_pairs,
@@ -64,12 +66,15 @@ def run_set(path: Path, args: argparse.Namespace, store: Path) -> dict[str, Any]
     t = time.perf_counter()
     cosines: dict[str, dict[str, float]] = {}
     base = score_model(dataset, settings, sorted(dataset.queries), log=log, cosines=cosines)
-    passages = document_passages(dataset.documents)
+    # judged pairs hold each document as the index embeds it (as `esrag finetune` does), or, with
+    # --passages document, its title and text cut at --max-seq-length tokens (the method before)
+    passage = passage_reader(settings) if args.passages == "indexed" else None
+    passages = document_passages(dataset.documents, passage=passage)
     base_seconds = time.perf_counter() - t
     docs = {d.doc_id: d for d in dataset.documents}
     out: dict[str, Any] = {"set": dataset.name, "documents": len(dataset.documents),
                            "documents_full": len(full.documents), "queries": len(dataset.queries),
-                           "base_index_seconds": round(base_seconds, 1)}
+                           "base_index_seconds": round(base_seconds, 1), "passages": args.passages}
     # a heading that is word for word a judged query would leak it (esrag finetune refuses such pairs):
     # left out here, and counted
     asked = {text_key(q) for q in full.queries.values()}
@@ -81,12 +86,12 @@ def run_set(path: Path, args: argparse.Namespace, store: Path) -> dict[str, Any]
         mined = [0, 0]
         if kind == "qrels":
             def query_pairs(qids: Any) -> Any:
-                return qrels_pairs(dataset.queries, dataset.qrels, docs, qids)
+                return qrels_pairs(dataset.queries, dataset.qrels, docs, qids, passage=passage)
             other: list[Any] = []
         elif kind == "qrels-hard":  # the same pairs, each with a negative mined from the base model's ranking
             def query_pairs(qids: Any, mined: list[int] = mined) -> Any:
-                pairs, n = with_hard_negatives(qrels_pairs(dataset.queries, dataset.qrels, docs, qids), cosines,
-                                               dataset.qrels, passages)
+                pairs, n = with_hard_negatives(qrels_pairs(dataset.queries, dataset.qrels, docs, qids,
+                                                           passage=passage), cosines, dataset.qrels, passages)
                 mined[0], mined[1] = mined[0] + n, mined[1] + len(pairs)
                 return pairs
             other = []
@@ -118,7 +123,10 @@ def main() -> None:
     p.add_argument("--epochs", type=float, default=3.0)
     p.add_argument("--lr", type=float, default=3e-5)
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--max-seq-length", type=int, default=128)
+    p.add_argument("--max-seq-length", type=int, default=256,
+                   help="tokens read in training (256: a whole chunk of the default 256, as `esrag finetune`)")
+    p.add_argument("--passages", choices=["indexed", "document"], default="indexed",
+                   help="a judged pair's passage: the document's first chunk as embedded, or its title and text")
     p.add_argument("--max-heading-pairs", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, help="write the results here too")
