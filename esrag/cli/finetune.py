@@ -6,7 +6,7 @@ Thin: parse options, gather the pairs (esrag.quality.finetune_pairs), train (esr
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -205,19 +205,23 @@ def finetune(paths: tuple[Path, ...], output: Path, qrels_dir: Path | None, pair
         base_all = score_model(dataset, base_settings(settings, dataset.name, options.get("index")),
                                sorted(dataset.queries), candidates, show, log=log, cosines=cosines)
     passage = None
+    passages: dict[str, str] = {}  # document id -> passage: what hard negatives are drawn from
     if dataset is not None and "qrels" in kinds:  # judged pairs hold each document as the index embeds it
         from esrag.quality.finetune_eval import passage_reader
+        from esrag.quality.finetune_pairs import document_passages
 
         passage = passage_reader(settings)
         data["passages"] = {"view": "first chunk, as embedded", "chunk_size": settings.chunk_size,
                             "embed_template": settings.embed_template}
-    query_pairs = _query_pairs(dataset, kinds, cosines, data, passage)
+        if cosines is not None:  # chunks the corpus once, for both kinds of judged pairs below
+            passages = document_passages(dataset.documents, passage=passage)
+    query_pairs = _query_pairs(dataset, kinds, cosines, data, passage, passages)
     if dataset is not None and qrels_dir is not None:
         data |= {"dataset": dataset.name, "dataset_path": str(qrels_dir.resolve()), "eval_split": eval_split}
         separate = _train_split(qrels_dir, train_split, eval_split)
         if separate is not None and "qrels" in kinds:
             other += _separate_pairs(qrels_dir, separate, dataset, settings, options.get("index"), cosines,
-                                     candidates, show, log, passage)
+                                     candidates, show, log, passage, passages)
             data["train_split"] = separate
     else:
         separate = None
@@ -263,14 +267,13 @@ def finetune(paths: tuple[Path, ...], output: Path, qrels_dir: Path | None, pair
 
 
 def _query_pairs(dataset: BeirDataset | None, kinds: Sequence[str], cosines: dict[str, dict[str, float]] | None,
-                 data: dict[str, Any], passage: PassageOf | None) -> Any:
+                 data: dict[str, Any], passage: PassageOf | None, passages: Mapping[str, str]) -> Any:
     """qids -> the judged pairs of those queries, each document read by ``passage``, each pair with a hard
-    negative mined from ``cosines`` when given (the base model's ranking); ``data`` counts the pairs that
-    got one."""
-    from esrag.quality.finetune_pairs import document_passages, qrels_pairs, with_hard_negatives
+    negative mined from ``cosines`` when given (the base model's ranking) among ``passages``; ``data``
+    counts the pairs that got one."""
+    from esrag.quality.finetune_pairs import qrels_pairs, with_hard_negatives
 
     docs = {d.doc_id: d for d in dataset.documents} if dataset is not None else {}
-    passages = document_passages(docs.values(), passage=passage) if cosines is not None else {}
 
     def pairs(qids: Sequence[str]) -> list[Pair]:
         if dataset is None or "qrels" not in kinds or not qids:
@@ -287,13 +290,13 @@ def _query_pairs(dataset: BeirDataset | None, kinds: Sequence[str], cosines: dic
 
 def _separate_pairs(root: Path, split: str, dataset: BeirDataset, settings: Any, index: str | None,
                     cosines: dict[str, dict[str, float]] | None, candidates: int, show: bool,
-                    log: Any, passage: PassageOf | None) -> list[Pair]:
+                    log: Any, passage: PassageOf | None, passages: Mapping[str, str]) -> list[Pair]:
     """The judged pairs of another split of the dataset (against the evaluated split's corpus), with hard
     negatives mined from the base model's ranking of that split's queries when ``cosines`` is given; a
     ConfigError when that split judges a query of the evaluated one."""
     from esrag.quality.evaluation import load_beir
     from esrag.quality.finetune_eval import base_settings, score_model
-    from esrag.quality.finetune_pairs import document_passages, qrels_pairs, with_hard_negatives
+    from esrag.quality.finetune_pairs import qrels_pairs, with_hard_negatives
 
     train = load_beir(root, split)
     shared = sorted(set(train.qrels) & set(dataset.qrels))
@@ -307,7 +310,7 @@ def _separate_pairs(root: Path, split: str, dataset: BeirDataset, settings: Any,
     # the same corpus, so the same base index: nothing is embedded again
     score_model(train, base_settings(settings, dataset.name, index), sorted(train.qrels), candidates, show,
                 log=log, cosines=cosines)
-    out, n = with_hard_negatives(pairs, cosines, train.qrels, document_passages(dataset.documents, passage=passage))
+    out, n = with_hard_negatives(pairs, cosines, train.qrels, passages)
     log(f"hard negatives for {n} of {len(out)} pairs of qrels/{split}.tsv")
     return out
 

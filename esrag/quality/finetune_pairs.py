@@ -106,11 +106,16 @@ def indexed_passage(chunker: Chunker, template: ContextTemplate, max_chars: int 
     return passage
 
 
+def _reader(passage: PassageOf | None, max_chars: int) -> PassageOf:
+    """``passage``, or ``passage_of`` cut to ``max_chars`` when None."""
+    return passage or (lambda d: passage_of(d, max_chars))
+
+
 def document_passages(documents: Iterable[Document], max_chars: int = MAX_PASSAGE_CHARS,
                       passage: PassageOf | None = None) -> dict[str, str]:
     """Document id -> the document's passage (``passage``, else ``passage_of``): what hard negatives are
     drawn from."""
-    read = passage or (lambda d: passage_of(d, max_chars))
+    read = _reader(passage, max_chars)
     return {d.doc_id: read(d) for d in documents}
 
 
@@ -125,7 +130,7 @@ def qrels_pairs(
     """One pair per positive judgment of the queries ``query_ids`` (all judged queries when None), in
     sorted (query id, doc id) order; the positive is the document's ``passage`` (``passage_of`` when None).
     Judgments of documents missing from ``documents`` and queries with a blank text are left out."""
-    read = passage or (lambda d: passage_of(d, max_chars))
+    read = _reader(passage, max_chars)
     wanted = sorted(set(qrels) if query_ids is None else set(query_ids) & set(qrels))
     out: list[Pair] = []
     for qid in wanted:
